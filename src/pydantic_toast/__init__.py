@@ -1,0 +1,38 @@
+"""pydantic-toast: PostgreSQL's TOAST idea for Pydantic models.
+
+A model that subclasses `ExternalBaseModel` keeps its data in an external store chosen by a URL;
+`model_dump()` returns a small reference and `model_validate(reference)` brings the model back.
+"""
+
+from .backends.base import StorageBackend
+from .base import ExternalBaseModel, ExternalConfigDict, ReferenceLike
+from .exceptions import (
+    ExternalStorageError,
+    RecordNotFoundError,
+    StorageConnectionError,
+    StorageValidationError,
+    UnsupportedOperationError,
+)
+from .persistence import CONTEXT_KEY
+from .reference import ExternalReference
+from .registry import register_backend
+from .runtime import aclose, close
+
+__all__ = [
+    "CONTEXT_KEY",
+    "ExternalBaseModel",
+    "ExternalConfigDict",
+    "ExternalReference",
+    "ExternalStorageError",
+    "RecordNotFoundError",
+    "ReferenceLike",
+    "StorageBackend",
+    "StorageConnectionError",
+    "StorageValidationError",
+    "UnsupportedOperationError",
+    "aclose",
+    "close",
+    "register_backend",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,101 @@
+"""`memory://[name]`: a process-wide store in a dict, for tests and examples.
+
+Every backend instance with the same name shares one store, whichever event loop or thread uses
+it, so sync and async calls see the same records. Nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+from uuid import UUID
+
+from ..exceptions import StorageValidationError
+from ..url import StorageURL
+from .base import RecordKey, StorageBackend, StoredRecord
+
+__all__ = ["MemoryBackend"]
+
+
+class MemoryBackend(StorageBackend):
+    _stores: ClassVar[dict[str, dict[UUID, StoredRecord]]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        parsed = StorageURL.parse(url)
+        self.check_url(parsed)
+        self.name = (parsed.host or "") + parsed.path
+        with self._lock:
+            self._records = self._stores.setdefault(self.name, {})
+
+    @classmethod
+    def check_url(cls, url: StorageURL) -> None:
+        if url.query:
+            raise StorageValidationError(
+                f"memory:// takes no options, got {sorted(url.options)} in {url.masked!r}",
+                expected="memory://[name]",
+                actual=url.masked,
+            )
+
+    async def connect(self) -> None:
+        pass
+
+    async def disconnect(self) -> None:
+        pass
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        await self.save_records([StoredRecord.from_envelope(id, class_name, data)])
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        [record] = await self.load_records([(id, class_name)])
+        return None if record is None else record.envelope()
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        with self._lock:
+            for record in records:
+                existing = self._records.get(record.id)
+                if existing is not None and existing.class_name == record.class_name:
+                    record = _keep_created_at(record, existing)
+                self._records[record.id] = record
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        now = datetime.now(UTC)
+        with self._lock:
+            found = [self._records.get(id) for id, _ in keys]
+        return [
+            record
+            if record is not None
+            and record.class_name == class_name
+            and (record.expires_at is None or record.expires_at > now)
+            else None
+            for record, (_, class_name) in zip(found, keys, strict=True)
+        ]
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        with self._lock:
+            record = self._records.get(id)
+            if record is None or record.class_name != class_name:
+                return False
+            del self._records[id]
+            return True
+
+    @classmethod
+    def clear(cls, name: str = "") -> None:
+        """Forget every record of the store called `name` (tests use this)."""
+        with cls._lock:
+            cls._stores.get(name, {}).clear()
+
+
+def _keep_created_at(record: StoredRecord, existing: StoredRecord) -> StoredRecord:
+    return StoredRecord(
+        id=record.id,
+        class_name=record.class_name,
+        data_json=record.data_json,
+        schema_version=record.schema_version,
+        created_at=existing.created_at,
+        updated_at=record.updated_at,
+        expires_at=record.expires_at,
+    )

@@ -1,0 +1,246 @@
+"""`sqlite:///relative/path.db` or `sqlite:////absolute/path.db`: the embedded default.
+
+Uses the standard library's sqlite3, so it needs no extra dependency. Each backend instance owns
+one connection driven by one dedicated worker thread: calls never block the event loop, and
+SQLite's single-writer rule is respected without locks of our own. Several instances (one per
+event loop, or several processes) share the file safely through WAL mode and a busy timeout.
+
+Options (query string): `table` (default `external_models`), `busy_timeout` in seconds (default 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+from ..exceptions import StorageConnectionError, StorageValidationError
+from ..url import StorageURL
+from ._options import URLOptions
+from .base import RecordKey, StorageBackend, StoredRecord, format_timestamp, parse_timestamp
+
+__all__ = ["SQLiteBackend"]
+
+T = TypeVar("T")
+
+_OPTIONS = ("table", "busy_timeout")
+# SQLite builds before 3.32 allow at most 999 bound parameters per statement.
+_MAX_IDS_PER_SELECT = 900
+
+
+class SQLiteBackend(StorageBackend):
+    url_options = _OPTIONS
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        parsed = StorageURL.parse(url)
+        self._path, self._table, self._busy_timeout = _settings(parsed)
+        self._shown = parsed.masked
+        self._executor: ThreadPoolExecutor | None = None
+        self._connection: sqlite3.Connection | None = None
+
+    @classmethod
+    def check_url(cls, url: StorageURL) -> None:
+        _settings(url)
+
+    async def connect(self) -> None:
+        if self._connection is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pydantic-toast-sqlite")
+        try:
+            self._connection = await asyncio.get_running_loop().run_in_executor(executor, self._open)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            connection = sqlite3.connect(
+                self._path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise StorageConnectionError(
+                f"cannot open SQLite database {self._path!r} ({exc}); check that the directory "
+                "exists and is writable",
+                url=self._shown,
+            ) from exc
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            table = self._table
+            connection.execute(
+                f'CREATE TABLE IF NOT EXISTS "{table}" ('
+                "id TEXT PRIMARY KEY, class_name TEXT NOT NULL, data TEXT NOT NULL, "
+                "schema_version INTEGER NOT NULL DEFAULT 1, created_at TEXT NOT NULL, "
+                "updated_at TEXT NOT NULL, expires_at TEXT)"
+            )
+            connection.execute(
+                f'CREATE INDEX IF NOT EXISTS "idx_{table}_class_name" ON "{table}" (class_name)'
+            )
+        except sqlite3.Error as exc:
+            connection.close()
+            raise self._error("prepare", exc) from exc
+        return connection
+
+    async def disconnect(self) -> None:
+        connection, executor = self._connection, self._executor
+        self._connection = self._executor = None
+        if connection is None or executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, connection.close)
+        except RuntimeError:
+            # The executor refuses work once the interpreter is shutting down; the worker is idle
+            # by then, so closing from this thread is safe (check_same_thread=False).
+            connection.close()
+        executor.shutdown(wait=False)
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        connection, executor = self._connection, self._executor
+        if connection is None or executor is None:
+            raise StorageConnectionError(f"the SQLite backend for {self._shown!r} is closed", url=self._shown)
+        return await asyncio.get_running_loop().run_in_executor(executor, work, connection)
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        await self.save_records([StoredRecord.from_envelope(id, class_name, data)])
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        [record] = await self.load_records([(id, class_name)])
+        return None if record is None else record.envelope()
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        if records:
+            await self._run(lambda connection: self._write(connection, records))
+
+    def _write(self, connection: sqlite3.Connection, records: Sequence[StoredRecord]) -> None:
+        rows = [
+            (
+                str(r.id),
+                r.class_name,
+                r.data_json.decode(),
+                r.schema_version,
+                format_timestamp(r.created_at),
+                format_timestamp(r.updated_at),
+                None if r.expires_at is None else format_timestamp(r.expires_at),
+            )
+            for r in records
+        ]
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            before = connection.total_changes
+            connection.executemany(
+                f'INSERT INTO "{self._table}" '
+                "(id, class_name, data, schema_version, created_at, updated_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
+                "schema_version = excluded.schema_version, updated_at = excluded.updated_at, "
+                "expires_at = excluded.expires_at WHERE class_name = excluded.class_name",
+                rows,
+            )
+            if connection.total_changes - before != len(rows):
+                connection.execute("ROLLBACK")
+                raise StorageValidationError(
+                    "refusing to overwrite a record of another class that has the same id; "
+                    "nothing in this batch was saved",
+                    expected=sorted({r.class_name for r in records}),
+                )
+            connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise self._error("save", exc) from exc
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        if not keys:
+            return []
+        found = await self._run(lambda connection: self._read(connection, keys))
+        return [found.get(key) for key in keys]
+
+    def _read(
+        self, connection: sqlite3.Connection, keys: Sequence[RecordKey]
+    ) -> dict[RecordKey, StoredRecord]:
+        now = format_timestamp(datetime.now(UTC))
+        by_class: dict[str, list[str]] = {}
+        for id, class_name in keys:
+            by_class.setdefault(class_name, []).append(str(id))
+        found: dict[RecordKey, StoredRecord] = {}
+        try:
+            for class_name, ids in by_class.items():
+                unique = list(dict.fromkeys(ids))
+                for start in range(0, len(unique), _MAX_IDS_PER_SELECT):
+                    chunk = unique[start : start + _MAX_IDS_PER_SELECT]
+                    marks = ",".join("?" * len(chunk))
+                    rows = connection.execute(
+                        "SELECT id, data, schema_version, created_at, updated_at, expires_at "
+                        f'FROM "{self._table}" WHERE class_name = ? AND id IN ({marks}) '
+                        "AND (expires_at IS NULL OR expires_at > ?)",
+                        (class_name, *chunk, now),
+                    ).fetchall()
+                    for id_text, data, version, created, updated, expires in rows:
+                        record = StoredRecord(
+                            id=UUID(id_text),
+                            class_name=class_name,
+                            data_json=data.encode(),
+                            schema_version=version,
+                            created_at=parse_timestamp(created),
+                            updated_at=parse_timestamp(updated),
+                            expires_at=None if expires is None else parse_timestamp(expires),
+                        )
+                        found[record.key] = record
+        except sqlite3.Error as exc:
+            raise self._error("load", exc) from exc
+        return found
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        def remove(connection: sqlite3.Connection) -> bool:
+            try:
+                cursor = connection.execute(
+                    f'DELETE FROM "{self._table}" WHERE id = ? AND class_name = ?', (str(id), class_name)
+                )
+            except sqlite3.Error as exc:
+                raise self._error("delete", exc) from exc
+            return cursor.rowcount > 0
+
+        return await self._run(remove)
+
+    def _error(self, action: str, exc: sqlite3.Error) -> StorageConnectionError:
+        return StorageConnectionError(f"SQLite {action} failed on {self._path!r}: {exc}", url=self._shown)
+
+
+def _settings(url: StorageURL) -> tuple[str, str, float]:
+    options = URLOptions(url, backend="sqlite")
+    options.reject_unknown(_OPTIONS)
+    if url.host or url.port:
+        raise StorageValidationError(
+            f"a SQLite URL names a file, not a host: write 'sqlite:///relative.db' or "
+            f"'sqlite:////absolute/path.db', not {url.masked!r}",
+            expected="sqlite:///path",
+            actual=url.masked,
+        )
+    path = url.path[1:] if url.path.startswith("/") else url.path
+    if not path or path.endswith("/"):
+        raise StorageValidationError(
+            f"SQLite URL {url.masked!r} names no file; write 'sqlite:///toast.db' (relative) or "
+            "'sqlite:////tmp/toast.db' (absolute)",
+            expected="sqlite:///path",
+            actual=url.masked,
+        )
+    if path == ":memory:":
+        raise StorageValidationError(
+            "sqlite:///:memory: would give every event loop its own empty database; "
+            "use 'memory://' for a process-local store",
+            expected="sqlite:///path or memory://",
+            actual=url.masked,
+        )
+    return (
+        str(Path(path)),
+        options.identifier("table", "external_models"),
+        options.number("busy_timeout", 5.0),
+    )

@@ -1,0 +1,223 @@
+"""`ExternalBaseModel` and `ExternalConfigDict`: the pydantic hooks, nothing else.
+
+The hooks live in the model's core schema (a wrap serializer and a wrap validator), not in
+Python-level `model_dump` overrides, so an external model nested in a plain model, a list, a
+`TypeAdapter` or a FastAPI body becomes a reference there too. The work they do is in
+`persistence.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeAlias, TypeVar, overload
+from uuid import UUID
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PrivateAttr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticSerializationError
+
+from . import persistence
+from .exceptions import ExternalStorageError
+from .persistence import ModelSettings, RecordState
+from .reference import ExternalReference
+
+__all__ = ["ExternalBaseModel", "ExternalConfigDict", "ReferenceLike"]
+
+ReferenceLike: TypeAlias = ExternalReference | Mapping[str, Any] | UUID | str
+"""What `Model.load` / `Model.delete` accept: a reference (object or dict) or a bare id."""
+
+
+class ExternalConfigDict(ConfigDict, total=False):
+    """A pydantic `ConfigDict` with pydantic-toast's keys; every pydantic key still works."""
+
+    storage: str
+    """Storage URL: 'sqlite:///toast.db', 'memory://', 'postgresql://…', 'redis://…', or a
+    scheme registered with `register_backend`. Required."""
+
+    storage_name: str
+    """The `class_name` written in references and stored records. Default: the class name."""
+
+    schema_version: int
+    """Written with every save. Default 1."""
+
+    timeout: float
+    """Seconds one storage operation may take before `StorageConnectionError`. Default 30."""
+
+    ttl: timedelta | None
+    """Time to live of stored records, on backends that support expiry. Default: no expiry."""
+
+
+_M = TypeVar("_M", bound="ExternalBaseModel")
+
+
+class _DeleteMethod(Generic[_M]):
+    """`await model.delete()` on an instance, `await Model.delete(ref_or_id)` on the class."""
+
+    @overload
+    def __get__(self, instance: None, owner: type[_M]) -> Callable[[ReferenceLike], Awaitable[bool]]: ...
+
+    @overload
+    def __get__(self, instance: _M, owner: type[_M]) -> Callable[[], Awaitable[bool]]: ...
+
+    def __get__(self, instance: _M | None, owner: type[_M]) -> Callable[..., Awaitable[bool]]:
+        if instance is None:
+
+            async def delete_by_reference(reference: ReferenceLike) -> bool:
+                return await persistence.delete(owner, persistence.coerce_reference(owner, reference))
+
+            return delete_by_reference
+
+        async def delete_instance() -> bool:
+            record_id = persistence.state_of(instance).id
+            if record_id is None:
+                return False
+            reference = ExternalReference(class_name=owner.__toast_settings__.storage_name, id=record_id)
+            return await persistence.delete(type(instance), reference)
+
+        return delete_instance
+
+
+class ExternalBaseModel(BaseModel):
+    """A model whose data lives in external storage; it dumps to a small reference.
+
+    `model_dump()` / `model_dump_json()` store the data (upsert) and return
+    `{"class_name": ..., "id": ...}`; `model_validate(reference)` loads it back. The async API
+    (`await m.save()`, `await Model.load(ref)`, `await m.delete()`) runs on the caller's loop.
+    """
+
+    # Stored data must round-trip exactly: arbitrary bytes as base64, non-finite floats as text.
+    model_config = ExternalConfigDict(
+        ser_json_bytes="base64",
+        val_json_bytes="base64",
+        ser_json_inf_nan="strings",
+        ignored_types=(_DeleteMethod,),
+    )
+
+    __toast_settings__: ClassVar[ModelSettings]
+
+    _toast_record: RecordState = PrivateAttr(default_factory=RecordState)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.__toast_settings__ = persistence.settings_for(cls)
+
+    @model_serializer(mode="wrap")
+    def _toast_serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        return persistence.serialize(self, handler, info)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _toast_validate(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        return persistence.validate(cls, value, handler, info)
+
+    # ------------------------------------------------------------------ async API
+
+    async def save(self) -> ExternalReference:
+        """Store this model (insert or update) on the running loop; return its reference."""
+        return await persistence.save(self)
+
+    @classmethod
+    async def load(cls, reference: ReferenceLike) -> Self:
+        """Load the model a reference (object, dict, UUID or id text) points at."""
+        return await persistence.load(cls, persistence.coerce_reference(cls, reference))
+
+    delete: ClassVar[_DeleteMethod[Any]] = _DeleteMethod()
+
+    @property
+    def external_reference(self) -> ExternalReference | None:
+        """The reference of the record this instance is, or None if it was never saved or loaded."""
+        record_id = persistence.state_of(self).id
+        if record_id is None:
+            return None
+        return ExternalReference(class_name=type(self).__toast_settings__.storage_name, id=record_id)
+
+    # ------------------------------------------------------------------ pydantic entry points
+    # Only to surface the library's exceptions unwrapped; the work happens in the hooks above.
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        persistence.clear_serializer_error()
+        try:
+            return super().model_dump(**kwargs)
+        except PydanticSerializationError:
+            _raise_original()
+            raise
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        persistence.clear_serializer_error()
+        try:
+            return super().model_dump_json(**kwargs)
+        except PydanticSerializationError:
+            _raise_original()
+            raise
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            _raise_unwrapped(exc)
+            raise
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as exc:
+            _raise_unwrapped(exc)
+            raise
+
+    @classmethod
+    def model_validate_strings(cls, obj: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate_strings(obj, **kwargs)
+        except ValidationError as exc:
+            _raise_unwrapped(exc)
+            raise
+
+    # A copy is a new record: two instances sharing an id would silently overwrite each other.
+    # Pickling keeps the id: it moves the same record to another process.
+
+    def __copy__(self) -> Self:
+        copied = super().__copy__()
+        persistence.reset_state(copied)
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        copied = super().__deepcopy__(memo)
+        persistence.reset_state(copied)
+        return copied
+
+
+# Lets persistence recognise our validator among the user's own in the core schema.
+ExternalBaseModel._toast_validate.__func__.__toast_hook__ = True
+
+
+def _raise_original() -> None:
+    original = persistence.take_serializer_error()
+    if original is not None:
+        raise original.with_traceback(original.__traceback__) from None
+
+
+def _raise_unwrapped(exc: ValidationError) -> None:
+    """A bad top-level reference is reported as the library's own exception, not wrapped."""
+    errors = exc.errors()
+    if len(errors) == 1 and not errors[0]["loc"]:
+        original = (errors[0].get("ctx") or {}).get("error")
+        if isinstance(original, ExternalStorageError):
+            raise original from None
+
+
+if TYPE_CHECKING:
+    _check: type[BaseModel] = ExternalBaseModel

@@ -1,0 +1,474 @@
+"""Turning models into stored records and back, and collecting the writes of one dump.
+
+`base.py` only hooks pydantic; everything those hooks do lives here:
+
+* `serialize` (the model's wrap serializer) adds the model to the current `WriteSet` and returns
+  its reference. A top-level dump owns the write set and flushes it before returning, so every
+  external model reached by one dump, at any depth, is written in one batch per backend.
+* `validate` (the model's wrap validator) recognises a reference, checks it before any I/O and
+  loads the record; anything else validates as ordinary pydantic data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+from uuid import UUID, uuid4
+
+import pydantic_core
+from pydantic import ValidationInfo, ValidatorFunctionWrapHandler
+from pydantic_core import SchemaValidator, core_schema
+
+from . import runtime
+from .backends.base import StoredRecord
+from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError
+from .reference import ExternalReference, looks_like_reference, parse_id, parse_reference
+from .registry import backend_class
+from .url import StorageURL
+
+if TYPE_CHECKING:
+    from pydantic import SerializationInfo, SerializerFunctionWrapHandler
+
+    from .base import ExternalBaseModel
+
+__all__ = ["CONTEXT_KEY", "ModelSettings", "RecordState", "WriteSet"]
+
+M = TypeVar("M", bound="ExternalBaseModel")
+
+CONTEXT_KEY = "pydantic_toast"
+"""Serialization context key: {"pydantic_toast": "inline"} dumps full data without storing;
+{"pydantic_toast": "reference"} returns the reference of an already stored model without writing."""
+
+DEFAULT_TIMEOUT = 30.0
+_STATE = "_toast_record"
+
+
+@dataclass(slots=True, eq=False)
+class RecordState:
+    """Which stored record an instance is. Kept in a private attribute.
+
+    It compares equal to any other state so that pydantic's `==` stays about field values: a
+    restored model equals the one that was dumped, whatever their record bookkeeping.
+    """
+
+    id: UUID | None = None
+    created_at: datetime | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RecordState)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """An external model class's validated configuration."""
+
+    url: StorageURL
+    storage_name: str
+    schema_version: int
+    timeout: float
+    ttl: timedelta | None = None
+
+
+def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
+    """Validate the class's `ExternalConfigDict` at class definition, naming the class on error."""
+    config = cast(Mapping[str, Any], cls.model_config)
+    name = cls.__qualname__
+    storage = config.get("storage")
+    try:
+        if storage is None:
+            raise StorageValidationError(
+                "no storage configured; add model_config = ExternalConfigDict(storage='sqlite:///toast.db') "
+                f"or another URL (known schemes: {', '.join(_known())})",
+                expected="storage URL",
+                actual=None,
+            )
+        url = StorageURL.parse(storage)
+        backend = backend_class(url.scheme)
+        # Duck-typed backends registered without subclassing StorageBackend may lack the hook.
+        check_url = getattr(backend, "check_url", None)
+        if callable(check_url):
+            check_url(url)
+        storage_name = config.get("storage_name", cls.__name__)
+        if (
+            not isinstance(storage_name, str)
+            or not storage_name
+            or ":" in storage_name
+            or len(storage_name) > 200
+        ):
+            raise StorageValidationError(
+                f"storage_name {storage_name!r} must be a non-empty string of at most 200 characters "
+                "without ':'",
+                expected="name",
+                actual=storage_name,
+            )
+        schema_version = config.get("schema_version", 1)
+        if not isinstance(schema_version, int) or isinstance(schema_version, bool) or schema_version < 1:
+            raise StorageValidationError(
+                f"schema_version must be an integer >= 1, got {schema_version!r}",
+                expected="int >= 1",
+                actual=schema_version,
+            )
+        timeout = config.get("timeout", DEFAULT_TIMEOUT)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < float("inf")
+        ):
+            raise StorageValidationError(
+                f"timeout must be a positive number of seconds, got {timeout!r}",
+                expected="seconds > 0",
+                actual=timeout,
+            )
+        ttl = config.get("ttl")
+        if ttl is not None and (not isinstance(ttl, timedelta) or ttl <= timedelta(0)):
+            raise StorageValidationError(
+                f"ttl must be a positive datetime.timedelta or None, got {ttl!r}",
+                expected="timedelta > 0",
+                actual=ttl,
+            )
+    except StorageValidationError as exc:
+        raise StorageValidationError(f"{name}: {exc}", expected=exc.expected, actual=exc.actual) from None
+    return ModelSettings(
+        url=url, storage_name=storage_name, schema_version=schema_version, timeout=float(timeout), ttl=ttl
+    )
+
+
+def _known() -> list[str]:
+    from .registry import known_schemes
+
+    return known_schemes()
+
+
+def state_of(model: ExternalBaseModel) -> RecordState:
+    private = model.__pydantic_private__
+    assert private is not None  # ExternalBaseModel declares a private attribute
+    return cast(RecordState, private[_STATE])
+
+
+def reset_state(model: ExternalBaseModel) -> None:
+    """Make `model` a new, unsaved record (copies must never overwrite their original)."""
+    private = model.__pydantic_private__
+    assert private is not None
+    private[_STATE] = RecordState()
+
+
+# --------------------------------------------------------------------------- writing
+
+_inline_model: ContextVar[object | None] = ContextVar("pydantic_toast_inline_model", default=None)
+_write_set: ContextVar[WriteSet | None] = ContextVar("pydantic_toast_write_set", default=None)
+_serializer_error: ContextVar[BaseException | None] = ContextVar(
+    "pydantic_toast_serializer_error", default=None
+)
+
+
+class WriteSet:
+    """The records one dump produces, grouped by storage URL, each model once."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, tuple[ModelSettings, dict[UUID, StoredRecord]]] = {}
+        # id(model) -> (model, reference); keeping the model alive keeps its id() unique.
+        self._seen: dict[int, tuple[ExternalBaseModel, ExternalReference]] = {}
+
+    def add(self, model: ExternalBaseModel) -> ExternalReference:
+        seen = self._seen.get(id(model))
+        if seen is not None:
+            return seen[1]
+        cls = type(model)
+        settings = cls.__toast_settings__
+        state = state_of(model)
+        if state.id is None:
+            state.id = uuid4()
+        reference = ExternalReference.model_construct(class_name=settings.storage_name, id=state.id)
+        # Registered before serializing the data, so a model reachable from itself ends as a reference.
+        self._seen[id(model)] = (model, reference)
+        token = _inline_model.set(model)
+        try:
+            # The instance's own class serializer: a subclass instance in a base-typed field
+            # keeps its subclass fields. Field names, not aliases, so loading never depends on
+            # the caller's alias settings.
+            data = cls.__pydantic_serializer__.to_json(
+                model, by_alias=False, round_trip=True, exclude_computed_fields=True
+            )
+        finally:
+            _inline_model.reset(token)
+        now = datetime.now(UTC)
+        if state.created_at is None:
+            state.created_at = now
+        record = StoredRecord(
+            id=state.id,
+            class_name=settings.storage_name,
+            data_json=data,
+            schema_version=settings.schema_version,
+            created_at=state.created_at,
+            updated_at=now,
+            expires_at=None if settings.ttl is None else now + settings.ttl,
+        )
+        group = self._groups.get(settings.url.raw)
+        if group is None:
+            group = self._groups[settings.url.raw] = (settings, {})
+        group[1][record.id] = record
+        return reference
+
+    async def flush(self) -> None:
+        """Write every collected record: one batch per backend, backends concurrently."""
+        groups = list(self._groups.values())
+        if len(groups) == 1:
+            await _save_group(*groups[0])
+        elif groups:
+            results = await asyncio.gather(*(_save_group(*group) for group in groups), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+
+    @property
+    def timeout(self) -> float:
+        return max((settings.timeout for settings, _ in self._groups.values()), default=DEFAULT_TIMEOUT)
+
+
+async def _save_group(settings: ModelSettings, records: dict[UUID, StoredRecord]) -> None:
+    batch = list(records.values())
+    await runtime.execute(settings.url, settings.timeout, lambda backend: backend.save_records(batch))
+
+
+def serialize(
+    model: ExternalBaseModel, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+) -> Any:
+    """The wrap serializer of every external model."""
+    if _inline_model.get() is model:
+        # Our own request for this very instance's full data; nested occurrences of the same
+        # instance must become references again, hence the reset.
+        token = _inline_model.set(None)
+        try:
+            return handler(model)
+        finally:
+            _inline_model.reset(token)
+    mode = _context_mode(info.context)
+    if mode == "inline":
+        token = _inline_model.set(model)
+        try:
+            return type(model).__pydantic_serializer__.to_python(
+                model,
+                mode=info.mode,
+                by_alias=info.by_alias,
+                round_trip=info.round_trip,
+                context=info.context,
+            )
+        finally:
+            _inline_model.reset(token)
+    if mode == "reference":
+        record_id = state_of(model).id
+        if record_id is None:
+            raise _remember(
+                StorageValidationError(
+                    f"this {type(model).__name__} was never saved, so it has no reference yet; dump it "
+                    "without the 'reference' context first"
+                )
+            )
+        return {"class_name": type(model).__toast_settings__.storage_name, "id": str(record_id)}
+    write_set = _write_set.get()
+    if write_set is not None:
+        return write_set.add(model).as_dict()
+    write_set = WriteSet()
+    collecting = _write_set.set(write_set)
+    try:
+        reference = write_set.add(model)
+    finally:
+        _write_set.reset(collecting)
+    try:
+        runtime.run_sync(write_set.flush(), write_set.timeout)
+    except ExternalStorageError as exc:
+        _remember(exc)
+        raise
+    return reference.as_dict()
+
+
+def _context_mode(context: object) -> object:
+    if isinstance(context, Mapping):
+        mode = context.get(CONTEXT_KEY)
+        if mode is not None and mode not in ("inline", "reference"):
+            raise _remember(
+                StorageValidationError(
+                    f"serialization context {{{CONTEXT_KEY!r}: {mode!r}}} is not understood; "
+                    "use 'inline' (full data, nothing stored) or 'reference' (no write)",
+                    expected=["inline", "reference"],
+                    actual=mode,
+                )
+            )
+        return mode
+    return None
+
+
+def _remember(exc: BaseException) -> BaseException:
+    """Pydantic wraps serializer errors in PydanticSerializationError; keep the original for
+    `ExternalBaseModel.model_dump` to re-raise, so `except StorageConnectionError` works."""
+    _serializer_error.set(exc)
+    return exc
+
+
+def clear_serializer_error() -> None:
+    _serializer_error.set(None)
+
+
+def take_serializer_error() -> BaseException | None:
+    exc = _serializer_error.get()
+    _serializer_error.set(None)
+    return exc
+
+
+async def save(model: ExternalBaseModel) -> ExternalReference:
+    write_set = WriteSet()
+    token = _write_set.set(write_set)
+    try:
+        reference = write_set.add(model)
+    finally:
+        _write_set.reset(token)
+    await write_set.flush()
+    return reference
+
+
+# --------------------------------------------------------------------------- reading
+
+_prefetched: ContextVar[Mapping[tuple[UUID, str], StoredRecord] | None] = ContextVar(
+    "pydantic_toast_prefetched", default=None
+)
+
+
+def validate(
+    cls: type[ExternalBaseModel], value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+) -> Any:
+    """The wrap validator of every external model."""
+    if _is_reference(cls, value):
+        reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
+        return load_sync(cls, reference)
+    if info.mode == "json":
+        # A wrap validator hands JSON input over as Python objects, and validating those in
+        # Python mode breaks JSON-only semantics (strict datetimes, base64 bytes): re-validate
+        # as JSON with the model's own schema instead.
+        return inner_validator(cls).validate_json(pydantic_core.to_json(value), context=info.context)
+    return handler(value)
+
+
+def _is_reference(cls: type[ExternalBaseModel], value: object) -> bool:
+    if isinstance(value, ExternalReference):
+        return True
+    # A model with its own 'class_name' field accepts references only as ExternalReference.
+    return looks_like_reference(value) and "class_name" not in cls.model_fields
+
+
+def resolve_class(cls: type[M], reference: ExternalReference) -> type[M]:
+    """The class a reference loads as: `cls` itself or one of its subclasses, by storage name."""
+    if cls.__toast_settings__.storage_name == reference.class_name:
+        return cls
+    pending = list(cls.__subclasses__())
+    while pending:
+        sub = pending.pop()
+        settings = sub.__dict__.get("__toast_settings__")
+        if isinstance(settings, ModelSettings) and settings.storage_name == reference.class_name:
+            return sub
+        pending.extend(sub.__subclasses__())
+    expected = cls.__toast_settings__.storage_name
+    raise StorageValidationError(
+        f"reference is for class {reference.class_name!r} but is being validated as {expected!r}; "
+        f"pass it to the model it was dumped from",
+        expected=expected,
+        actual=reference.class_name,
+    )
+
+
+def coerce_reference(cls: type[ExternalBaseModel], value: object) -> ExternalReference:
+    """Accept an ExternalReference, a reference dict, or a bare id (UUID or its text)."""
+    if isinstance(value, UUID | str):
+        return ExternalReference.model_construct(
+            class_name=cls.__toast_settings__.storage_name, id=parse_id(value)
+        )
+    return parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
+
+
+def load_sync(cls: type[M], reference: ExternalReference) -> M:
+    target = resolve_class(cls, reference)
+    settings = target.__toast_settings__
+    prefetched = _prefetched.get()
+    record = None if prefetched is None else prefetched.get((reference.id, reference.class_name))
+    if record is None:
+        record = runtime.run_sync(fetch(settings, reference.id), settings.timeout)
+    if record is None:
+        raise RecordNotFoundError(reference.class_name, reference.id)
+    return materialize(target, record)
+
+
+async def load(cls: type[M], reference: ExternalReference) -> M:
+    target = resolve_class(cls, reference)
+    record = await fetch(target.__toast_settings__, reference.id)
+    if record is None:
+        raise RecordNotFoundError(reference.class_name, reference.id)
+    return materialize(target, record)
+
+
+async def fetch(settings: ModelSettings, record_id: UUID) -> StoredRecord | None:
+    key = (record_id, settings.storage_name)
+    [record] = await runtime.execute(
+        settings.url, settings.timeout, lambda backend: backend.load_records([key])
+    )
+    return record
+
+
+async def delete(cls: type[ExternalBaseModel], reference: ExternalReference) -> bool:
+    settings = resolve_class(cls, reference).__toast_settings__
+    key = reference.id
+    return await runtime.execute(
+        settings.url, settings.timeout, lambda backend: backend.delete(key, reference.class_name)
+    )
+
+
+def materialize(cls: type[M], record: StoredRecord) -> M:
+    """Validate a stored record's data into a model that remembers which record it is."""
+    settings = cls.__toast_settings__
+    if record.schema_version > settings.schema_version:
+        raise StorageValidationError(
+            f"stored {record.class_name} record {record.id} has schema_version {record.schema_version}, "
+            f"newer than this code's {settings.schema_version}; deploy the code that wrote it",
+            expected=settings.schema_version,
+            actual=record.schema_version,
+        )
+    model = cast(M, inner_validator(cls).validate_json(record.data_json, by_alias=False, by_name=True))
+    state = state_of(model)
+    state.id = record.id
+    state.created_at = record.created_at
+    return model
+
+
+def inner_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
+    """A validator for `cls`'s own data: its core schema minus our wrap validator at the top."""
+    cached = cls.__dict__.get("__toast_inner_validator__")
+    if cached is not None:
+        return cast(SchemaValidator, cached)
+    if not cls.__pydantic_complete__:
+        cls.model_rebuild(raise_errors=True)
+    schema = cast(dict[str, Any], cls.__pydantic_core_schema__)
+    definitions: list[Any] = []
+    if schema["type"] == "definitions":
+        definitions = schema["definitions"]
+        schema = schema["schema"]
+    if schema["type"] == "definition-ref":
+        schema = next(d for d in definitions if d.get("ref") == schema["schema_ref"])
+    stripped = _strip_own_validator(schema)
+    top: Any = core_schema.definitions_schema(stripped, definitions) if definitions else stripped
+    validator = SchemaValidator(top, stripped.get("config") or schema.get("config"))
+    type.__setattr__(cls, "__toast_inner_validator__", validator)
+    return validator
+
+
+def _strip_own_validator(schema: dict[str, Any]) -> dict[str, Any]:
+    if schema["type"] == "function-wrap" and getattr(schema["function"]["function"], "__toast_hook__", False):
+        return cast(dict[str, Any], schema["schema"])
+    if schema["type"] in ("function-before", "function-after", "function-wrap") and "schema" in schema:
+        copied = {key: value for key, value in schema.items() if key != "ref"}
+        copied["schema"] = _strip_own_validator(schema["schema"])
+        return copied
+    return {key: value for key, value in schema.items() if key != "ref"}

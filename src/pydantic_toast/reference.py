@@ -1,0 +1,94 @@
+"""`ExternalReference`: the tiny `{"class_name", "id"}` form a stored model travels as."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, field_serializer
+
+from .exceptions import StorageValidationError
+
+__all__ = ["ExternalReference", "parse_reference"]
+
+_MAX_SHOWN = 80
+_REFERENCE_KEYS = frozenset({"class_name", "id"})
+
+
+class ExternalReference(BaseModel):
+    """Points at one stored record. `model_dump()` gives `{"class_name": ..., "id": "<uuid>"}`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    class_name: str
+    id: UUID
+
+    @field_serializer("id")
+    def _id_as_text(self, value: UUID) -> str:
+        return str(value)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"class_name": self.class_name, "id": str(self.id)}
+
+
+def looks_like_reference(value: object) -> bool:
+    return isinstance(value, ExternalReference) or (
+        isinstance(value, Mapping) and "class_name" in value and "id" in value
+    )
+
+
+def parse_reference(value: object, *, expected_class: str | None = None) -> ExternalReference:
+    """Check an untrusted reference before any I/O: exact keys, string class name, UUID id."""
+    if isinstance(value, ExternalReference):
+        return value
+    if not isinstance(value, Mapping):
+        raise StorageValidationError(
+            f"a reference must be an object {{'class_name': ..., 'id': ...}}, got {type(value).__name__}",
+            expected="reference object",
+            actual=type(value).__name__,
+        )
+    extra = sorted(_shown(key) for key in value if key not in _REFERENCE_KEYS)
+    if extra:
+        raise StorageValidationError(
+            f"a reference has exactly the keys 'class_name' and 'id'; unexpected key(s): {', '.join(extra)}",
+            expected=sorted(_REFERENCE_KEYS),
+            actual=extra,
+        )
+    missing = sorted(_REFERENCE_KEYS - set(value))
+    if missing:
+        raise StorageValidationError(
+            f"a reference needs the key(s) {', '.join(missing)}",
+            expected=sorted(_REFERENCE_KEYS),
+            actual=sorted(str(key) for key in value),
+        )
+    class_name = value["class_name"]
+    if not isinstance(class_name, str):
+        raise StorageValidationError(
+            f"a reference's class_name must be a string, got {type(class_name).__name__}",
+            expected=expected_class or "str",
+            actual=_shown(class_name),
+        )
+    return ExternalReference(class_name=class_name, id=parse_id(value["id"]))
+
+
+def parse_id(value: Any) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str) and len(value) <= 45:
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise StorageValidationError(
+        "a reference's id must be a UUID such as '550e8400-e29b-41d4-a716-446655440000', "
+        f"got {_shown(value)}",
+        expected="UUID",
+        actual=_shown(value),
+    )
+
+
+def _shown(value: object) -> str:
+    """A bounded repr of untrusted input, safe to put in an error message."""
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"

@@ -1,0 +1,210 @@
+"""Which connected backend instance serves a call, and the bridge that lets sync code use them.
+
+* Async calls run on the caller's event loop with that loop's own backend instance (pool,
+  client): no thread hop, and no connection is ever used from a loop that did not create it.
+  Instances are created lazily, connected once, and reused until `aclose()`.
+* Sync calls (`model_dump()`, `model_validate(ref)`) may come from plain code, from threads, or
+  from inside a running event loop where `asyncio.run` is impossible. They are submitted to one
+  library-owned daemon thread running its own event loop, which owns the backends used by sync
+  calls, and the caller waits for the result with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import os
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .backends.base import StorageBackend
+from .exceptions import ExternalStorageError, StorageConnectionError
+from .registry import backend_class
+from .url import StorageURL, mask_secrets
+
+__all__ = ["aclose", "close", "execute", "get_backend", "run_sync"]
+
+T = TypeVar("T")
+
+_SHUTDOWN_TIMEOUT = 5.0
+
+
+@dataclass
+class _Slot:
+    backend: StorageBackend
+    connected: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+_lock = threading.Lock()
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Slot]] = weakref.WeakKeyDictionary()
+
+
+async def get_backend(url: StorageURL) -> StorageBackend:
+    """The connected backend for `url` on the running loop, creating and connecting it once."""
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    slot = None if slots is None else slots.get(url.raw)
+    if slot is None:
+        backend_type = backend_class(url.scheme)
+        with _lock:
+            slots = _slots.setdefault(loop, {})
+            slot = slots.get(url.raw)
+            if slot is None:
+                slot = slots[url.raw] = _Slot(backend_type(url.raw))
+    if slot.connected:
+        return slot.backend
+    async with slot.lock:
+        if not slot.connected:
+            await slot.backend.connect()
+            slot.connected = True
+    return slot.backend
+
+
+async def execute(url: StorageURL, seconds: float, operation: Callable[[StorageBackend], Awaitable[T]]) -> T:
+    """Run `operation` against the backend for `url` within `seconds`.
+
+    Built-in backends raise the library's exceptions themselves; for custom backends, timeouts
+    and OS-level connection failures are translated here so callers see one hierarchy.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            return await operation(await get_backend(url))
+    except ExternalStorageError:
+        raise
+    except TimeoutError as exc:
+        raise StorageConnectionError(
+            f"storage {url.masked!r} did not answer within {seconds:g} s; check that the server is "
+            "up and reachable, or raise 'timeout' in the model's ExternalConfigDict",
+            url=url.masked,
+        ) from exc
+    except OSError as exc:
+        raise StorageConnectionError(
+            f"cannot reach storage {url.masked!r}: {mask_secrets(str(exc), url.password)}",
+            url=url.masked,
+        ) from None
+
+
+async def aclose() -> None:
+    """Disconnect every backend this process opened that can still be closed.
+
+    Closes the running loop's backends and those of the sync bridge; backends of loops that have
+    already closed are dropped. The next call reconnects lazily.
+    """
+    current = asyncio.get_running_loop()
+    await _close_loop(current)
+    bridge_loop = _bridge.loop_if_running()
+    if bridge_loop is not None and bridge_loop is not current:
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_close_loop(bridge_loop), bridge_loop))
+    with _lock:
+        for loop in [loop for loop in _slots if loop.is_closed()]:
+            del _slots[loop]
+
+
+def close() -> None:
+    """Sync twin of `aclose()` for code that runs no event loop of its own."""
+    bridge_loop = _bridge.loop_if_running()
+    if bridge_loop is not None:
+        _bridge.run(_close_loop(bridge_loop), _SHUTDOWN_TIMEOUT)
+
+
+async def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    with _lock:
+        slots = _slots.pop(loop, {})
+    results = await asyncio.gather(
+        *(slot.backend.disconnect() for slot in slots.values() if slot.connected), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result
+
+
+class _Bridge:
+    """One daemon thread running an event loop for sync callers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def loop_if_running(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                started = threading.Event()
+
+                def serve() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(started.set)
+                    loop.run_forever()
+
+                thread = threading.Thread(target=serve, name="pydantic-toast-io", daemon=True)
+                thread.start()
+                started.wait()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            raise ExternalStorageError(
+                "a sync pydantic-toast call (model_dump / model_validate of an external model) was "
+                "made from inside the library's own I/O thread, which would deadlock; use the async "
+                "API (await model.save(), await Model.load(ref)) inside backends"
+            )
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._start())
+        try:
+            # Operations carry their own timeout; the margin only guards against a wedged loop.
+            return future.result(timeout + 1.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise StorageConnectionError(
+                f"a storage operation did not finish within {timeout:g} s; the storage server may be "
+                "down or overloaded"
+            ) from None
+
+    def shutdown(self) -> None:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None or not thread.is_alive():
+            return
+        closing = asyncio.run_coroutine_threadsafe(_close_loop(loop), loop)
+        try:
+            closing.result(_SHUTDOWN_TIMEOUT)
+        except Exception:  # noqa: BLE001 - the process is exiting; never hang or shout at exit
+            closing.cancel()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(_SHUTDOWN_TIMEOUT)
+
+    def forget_after_fork(self) -> None:
+        # The child has no I/O thread, and the parent's connections must not be shared.
+        self._lock = threading.Lock()
+        self._loop = self._thread = None
+
+
+_bridge = _Bridge()
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
+    """Run `coroutine` on the library's I/O thread and wait up to about `timeout` seconds."""
+    return _bridge.run(coroutine, timeout)
+
+
+def _forget_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+    _slots.clear()
+    _bridge.forget_after_fork()
+
+
+atexit.register(_bridge.shutdown)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
