@@ -28,6 +28,13 @@ REQUIRED_METHODS = ("connect", "disconnect", "save", "load")
 _BUILTIN: dict[str, tuple[str, str | None]] = {
     "memory": ("pydantic_toast.backends.memory:MemoryBackend", None),
     "sqlite": ("pydantic_toast.backends.sqlite:SQLiteBackend", None),
+    "postgresql": ("pydantic_toast.backends.postgresql:PostgreSQLBackend", "postgresql"),
+    "postgres": ("pydantic_toast.backends.postgresql:PostgreSQLBackend", "postgresql"),
+    "redis": ("pydantic_toast.backends.redis:RedisBackend", "redis"),
+    "rediss": ("pydantic_toast.backends.redis:RedisBackend", "redis"),
+    "unix": ("pydantic_toast.backends.redis:RedisBackend", "redis"),
+    "redis+cluster": ("pydantic_toast.backends.redis:RedisClusterBackend", "redis"),
+    "rediss+cluster": ("pydantic_toast.backends.redis:RedisClusterBackend", "redis"),
 }
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
