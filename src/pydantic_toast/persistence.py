@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -443,6 +444,9 @@ def materialize(cls: type[M], record: StoredRecord) -> M:
     return model
 
 
+_build_lock = threading.Lock()
+
+
 def inner_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
     """A validator for `cls`'s own data: its core schema minus our wrap validator at the top."""
     cached = cls.__dict__.get("__toast_inner_validator__")
@@ -459,7 +463,14 @@ def inner_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
         schema = next(d for d in definitions if d.get("ref") == schema["schema_ref"])
     stripped = _strip_own_validator(schema)
     top: Any = core_schema.definitions_schema(stripped, definitions) if definitions else stripped
-    validator = SchemaValidator(top, stripped.get("config") or schema.get("config"))
+    with _build_lock:
+        # pydantic-core reuses a complete class's own validator for its 'model' node, which would
+        # put our wrap validator straight back; hide completeness while building.
+        type.__setattr__(cls, "__pydantic_complete__", False)
+        try:
+            validator = SchemaValidator(top, stripped.get("config") or schema.get("config"))
+        finally:
+            type.__setattr__(cls, "__pydantic_complete__", True)
     type.__setattr__(cls, "__toast_inner_validator__", validator)
     return validator
 

@@ -1,0 +1,51 @@
+"""Fixtures shared by every test module.
+
+Server fixtures live in `tests/fixtures/`: each finds a running server (env URL, default port) or
+starts a throwaway one from local binaries, and fails under CI=true when none can be had.
+"""
+
+from __future__ import annotations
+
+import importlib.util  # TEMPORARY-LEAD
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast.backends.memory import MemoryBackend
+
+pytest_plugins = [
+    p for p in ["fixtures.postgresql", "fixtures.redis"] if importlib.util.find_spec(p)
+]  # TEMPORARY-LEAD
+
+
+@pytest.fixture
+def memory_url() -> Iterator[str]:
+    name = f"test-{uuid4().hex}"
+    yield f"memory://{name}"
+    MemoryBackend.clear(name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'toast.db'}"
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql", "redis"])
+def storage_url(request: pytest.FixtureRequest) -> str:
+    """The same test against every built-in backend; servers are found or started on demand."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    if request.param == "postgresql":
+        url += ("&" if "?" in url else "?") + f"table=t_{uuid4().hex[:12]}"
+    elif request.param == "redis":
+        url += ("&" if "?" in url else "?") + f"prefix=t_{uuid4().hex[:12]}"
+    return url
+
+
+@pytest.fixture(autouse=True)
+async def _close_backends() -> AsyncIterator[None]:
+    """Every test starts and ends with no open connection, so nothing leaks between tests."""
+    yield
+    await pydantic_toast.aclose()
