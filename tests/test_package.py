@@ -29,6 +29,7 @@ DOCUMENTED_NAMES = {
     "aclose",
     "close",
     "register_backend",
+    "stats",
 }
 
 

@@ -16,7 +16,7 @@ from .exceptions import (
 from .persistence import CONTEXT_KEY
 from .reference import ExternalReference
 from .registry import register_backend
-from .runtime import aclose, close
+from .runtime import aclose, close, stats
 
 __all__ = [
     "CONTEXT_KEY",
@@ -33,6 +33,7 @@ __all__ = [
     "aclose",
     "close",
     "register_backend",
+    "stats",
 ]
 
 __version__ = "0.1.0"

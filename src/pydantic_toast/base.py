@@ -8,7 +8,7 @@ Python-level `model_dump` overrides, so an external model nested in a plain mode
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeAlias, TypeVar, overload
 from uuid import UUID
@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticSerializationError
 
 from . import persistence
-from .exceptions import ExternalStorageError
+from .exceptions import ExternalStorageError, StorageValidationError
 from .persistence import ModelSettings, RecordState
 from .reference import ExternalReference
 
@@ -132,6 +132,29 @@ class ExternalBaseModel(BaseModel):
     async def load(cls, reference: ReferenceLike) -> Self:
         """Load the model a reference (object, dict, UUID or id text) points at."""
         return await persistence.load(cls, persistence.coerce_reference(cls, reference))
+
+    @classmethod
+    async def save_many(cls, models: Iterable[ExternalBaseModel]) -> list[ExternalReference]:
+        """Store several models (and the external models they hold): one batch per backend."""
+        batch = list(models)
+        for model in batch:
+            if not isinstance(model, ExternalBaseModel):
+                raise StorageValidationError(
+                    f"save_many() takes external models, got {type(model).__name__}",
+                    expected="ExternalBaseModel",
+                    actual=type(model).__name__,
+                )
+        return await persistence.save_many(batch)
+
+    @classmethod
+    async def load_many(cls, references: Iterable[ReferenceLike]) -> list[Self]:
+        """Load several models in order, batched per backend and per level of nesting.
+
+        Every missing id is reported together in one `RecordNotFoundError`.
+        """
+        return await persistence.load_many(
+            cls, [persistence.coerce_reference(cls, ref) for ref in references]
+        )
 
     delete: ClassVar[_DeleteMethod[Any]] = _DeleteMethod()
 

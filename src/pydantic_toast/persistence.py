@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID, uuid4
 
 import pydantic_core
-from pydantic import ValidationInfo, ValidatorFunctionWrapHandler
+from pydantic import ValidationError, ValidationInfo, ValidatorFunctionWrapHandler
 from pydantic_core import SchemaValidator, core_schema
 
 from . import runtime
@@ -323,21 +323,23 @@ def take_serializer_error() -> BaseException | None:
 
 
 async def save(model: ExternalBaseModel) -> ExternalReference:
-    write_set = WriteSet()
-    token = _write_set.set(write_set)
-    try:
-        reference = write_set.add(model)
-    finally:
-        _write_set.reset(token)
-    await write_set.flush()
+    [reference] = await save_many([model])
     return reference
 
 
-# --------------------------------------------------------------------------- reading
+async def save_many(models: Sequence[ExternalBaseModel]) -> list[ExternalReference]:
+    """Store models and every external model they hold: one batch per backend."""
+    write_set = WriteSet()
+    collecting = _write_set.set(write_set)
+    try:
+        references = [write_set.add(model) for model in models]
+    finally:
+        _write_set.reset(collecting)
+    await write_set.flush()
+    return references
 
-_prefetched: ContextVar[Mapping[tuple[UUID, str], StoredRecord] | None] = ContextVar(
-    "pydantic_toast_prefetched", default=None
-)
+
+# --------------------------------------------------------------------------- reading
 
 
 def validate(
@@ -391,32 +393,153 @@ def coerce_reference(cls: type[ExternalBaseModel], value: object) -> ExternalRef
     return parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
 
 
+_RecordKey = tuple[str, UUID, str]  # (storage URL, id, class_name)
+
+
+class _PendingLoadError(ValueError):
+    """Raised inside validation for a reference whose record is not fetched yet.
+
+    A ValueError, so pydantic records it and goes on validating the siblings: one pass finds
+    every reference of a level, and they are fetched together before the next pass.
+    """
+
+
+class TreeLoader:
+    """Loads models and, level by level, the external models their data refers to.
+
+    Each pass validates the roots with the records fetched so far; references not yet fetched
+    are collected instead of loaded one by one, then fetched in one batch per backend, and the
+    pass is repeated. Loading a tree of depth d costs d + 1 round trips per backend, not one
+    per node.
+    """
+
+    def __init__(self, roots: Sequence[tuple[type[ExternalBaseModel], ExternalReference]]) -> None:
+        self._roots = [(cls, self._key(cls, ref)) for cls, ref in roots]
+        self._records: dict[_RecordKey, StoredRecord] = {}
+        self._missing: set[_RecordKey] = set()
+        self._settings: dict[_RecordKey, ModelSettings] = {}
+        self._wanted: dict[_RecordKey, ModelSettings] = {}
+        self._loading: set[_RecordKey] = set()
+        for cls, key in self._roots:
+            self._wanted[key] = cls.__toast_settings__
+
+    @staticmethod
+    def _key(cls: type[ExternalBaseModel], reference: ExternalReference) -> _RecordKey:
+        return (cls.__toast_settings__.url.raw, reference.id, reference.class_name)
+
+    @property
+    def timeout(self) -> float:
+        return max((settings.timeout for settings in self._wanted.values()), default=DEFAULT_TIMEOUT)
+
+    def _raise_for_missing_roots(self) -> None:
+        missing = [key for _, key in self._roots if key in self._missing]
+        if missing:
+            class_names = sorted({key[2] for key in missing})
+            raise RecordNotFoundError(", ".join(class_names), list(dict.fromkeys(key[1] for key in missing)))
+
+    async def fetch_wanted(self) -> None:
+        """Fetch every collected reference: one `load_records` call per backend, concurrently."""
+        groups: dict[str, list[_RecordKey]] = {}
+        for key in self._wanted:
+            groups.setdefault(key[0], []).append(key)
+        wanted, self._wanted = self._wanted, {}
+
+        async def fetch_group(keys: list[_RecordKey]) -> None:
+            settings = wanted[keys[0]]
+            pairs = [(key[1], key[2]) for key in keys]
+            timeout = max(wanted[key].timeout for key in keys)
+            found = await runtime.execute(settings.url, timeout, lambda backend: backend.load_records(pairs))
+            for key, record in zip(keys, found, strict=True):
+                if record is None:
+                    self._missing.add(key)
+                else:
+                    self._records[key] = record
+
+        if len(groups) == 1:
+            await fetch_group(next(iter(groups.values())))
+        else:
+            results = await asyncio.gather(
+                *(fetch_group(keys) for keys in groups.values()), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+
+    def attempt(self) -> list[ExternalBaseModel] | None:
+        """Materialize the roots; None when more records must be fetched first."""
+        self._raise_for_missing_roots()
+        token = _tree_loader.set(self)
+        try:
+            models: list[ExternalBaseModel] = []
+            for cls, key in self._roots:
+                try:
+                    models.append(self._materialize(cls, key))
+                except ValidationError:
+                    if self._wanted:
+                        continue
+                    raise
+            return None if self._wanted else models
+        finally:
+            _tree_loader.reset(token)
+
+    def resolve(self, cls: type[M], reference: ExternalReference) -> M:
+        """Called by a nested reference's validator during a pass."""
+        key = self._key(cls, reference)
+        if key in self._records:
+            return self._materialize(cls, key)
+        if key in self._missing:
+            raise RecordNotFoundError(reference.class_name, reference.id)
+        self._wanted[key] = cls.__toast_settings__
+        raise _PendingLoadError(f"{reference.class_name} {reference.id} is being fetched")
+
+    def _materialize(self, cls: type[M], key: _RecordKey) -> M:
+        if key in self._loading:
+            raise StorageValidationError(
+                f"stored {key[2]} record {key[1]} refers to itself through its references; "
+                "a cycle of stored references cannot be loaded into models",
+                actual=str(key[1]),
+            )
+        self._loading.add(key)
+        try:
+            return materialize(cls, self._records[key])
+        finally:
+            self._loading.discard(key)
+
+
+_tree_loader: ContextVar[TreeLoader | None] = ContextVar("pydantic_toast_tree_loader", default=None)
+
+
 def load_sync(cls: type[M], reference: ExternalReference) -> M:
     target = resolve_class(cls, reference)
-    settings = target.__toast_settings__
-    prefetched = _prefetched.get()
-    record = None if prefetched is None else prefetched.get((reference.id, reference.class_name))
-    if record is None:
-        record = runtime.run_sync(fetch(settings, reference.id), settings.timeout)
-    if record is None:
-        raise RecordNotFoundError(reference.class_name, reference.id)
-    return materialize(target, record)
+    loader = _tree_loader.get()
+    if loader is not None:
+        return loader.resolve(target, reference)
+    loader = TreeLoader([(target, reference)])
+    while True:
+        runtime.run_sync(loader.fetch_wanted(), loader.timeout)
+        models = loader.attempt()
+        if models is not None:
+            return cast(M, models[0])
+
+
+async def load_many(cls: type[M], references: Sequence[ExternalReference]) -> list[M]:
+    """Load models in order; every missing id is reported in one RecordNotFoundError."""
+    roots: list[tuple[type[ExternalBaseModel], ExternalReference]] = [
+        (resolve_class(cls, reference), reference) for reference in references
+    ]
+    if not roots:
+        return []
+    loader = TreeLoader(roots)
+    while True:
+        await loader.fetch_wanted()
+        models = loader.attempt()
+        if models is not None:
+            return cast(list[M], models)
 
 
 async def load(cls: type[M], reference: ExternalReference) -> M:
-    target = resolve_class(cls, reference)
-    record = await fetch(target.__toast_settings__, reference.id)
-    if record is None:
-        raise RecordNotFoundError(reference.class_name, reference.id)
-    return materialize(target, record)
-
-
-async def fetch(settings: ModelSettings, record_id: UUID) -> StoredRecord | None:
-    key = (record_id, settings.storage_name)
-    [record] = await runtime.execute(
-        settings.url, settings.timeout, lambda backend: backend.load_records([key])
-    )
-    return record
+    [model] = await load_many(cls, [reference])
+    return model
 
 
 async def delete(cls: type[ExternalBaseModel], reference: ExternalReference) -> bool:

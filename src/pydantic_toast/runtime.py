@@ -21,12 +21,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .backends.base import StorageBackend
+from .backends.base import BackendStats, StorageBackend
 from .exceptions import ExternalStorageError, StorageConnectionError
 from .registry import backend_class
 from .url import StorageURL, mask_secrets
 
-__all__ = ["aclose", "close", "execute", "get_backend", "run_sync"]
+__all__ = ["aclose", "close", "execute", "get_backend", "run_sync", "stats"]
 
 T = TypeVar("T")
 
@@ -42,6 +42,18 @@ class _Slot:
 
 _lock = threading.Lock()
 _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Slot]] = weakref.WeakKeyDictionary()
+_stats: dict[str, tuple[StorageURL, BackendStats]] = {}
+
+
+def stats() -> dict[str, dict[str, int]]:
+    """Traffic counters per storage URL (password masked), cumulative since the process started.
+
+    `round_trips` counts requests that waited for a server: take the difference around a block
+    of code to check it for N+1 patterns.
+    """
+    with _lock:
+        entries = list(_stats.values())
+    return {url.masked: counters.snapshot() for url, counters in entries}
 
 
 async def get_backend(url: StorageURL) -> StorageBackend:
@@ -55,7 +67,11 @@ async def get_backend(url: StorageURL) -> StorageBackend:
             slots = _slots.setdefault(loop, {})
             slot = slots.get(url.raw)
             if slot is None:
-                slot = slots[url.raw] = _Slot(backend_type(url.raw))
+                backend = backend_type(url.raw)
+                if url.raw not in _stats:
+                    _stats[url.raw] = (url, BackendStats())
+                backend.stats = _stats[url.raw][1]
+                slot = slots[url.raw] = _Slot(backend)
     if slot.connected:
         return slot.backend
     async with slot.lock:

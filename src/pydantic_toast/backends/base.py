@@ -9,11 +9,12 @@ Built-in backends also override the record-level methods (`save_records`, `load_
 from __future__ import annotations
 
 import asyncio
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, cast
 from uuid import UUID
 
 import pydantic_core
@@ -21,7 +22,14 @@ import pydantic_core
 from ..exceptions import StorageValidationError, UnsupportedOperationError
 from ..url import StorageURL
 
-__all__ = ["RecordKey", "StorageBackend", "StoredRecord", "format_timestamp", "parse_timestamp"]
+__all__ = [
+    "BackendStats",
+    "RecordKey",
+    "StorageBackend",
+    "StoredRecord",
+    "format_timestamp",
+    "parse_timestamp",
+]
 
 RecordKey: TypeAlias = tuple[UUID, str]
 """(id, class_name): what identifies a record. A load never returns a record of another class."""
@@ -101,6 +109,37 @@ def _as_datetime(value: object) -> datetime:
     raise TypeError(f"timestamps must be ISO 8601 strings, not {type(value).__name__}")
 
 
+class BackendStats:
+    """Counters a backend keeps about its own traffic, shared by every instance of one URL.
+
+    `round_trips` counts requests that waited for the server (a pipeline or a multi-row statement
+    is one), so N+1 patterns show up as counts, not as timings.
+    """
+
+    __slots__ = ("_lock", "records_read", "records_written", "round_trips")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.round_trips = 0
+        self.records_written = 0
+        self.records_read = 0
+
+    def add(self, *, round_trips: int = 1, written: int = 0, read: int = 0) -> None:
+        # Sync calls count on the I/O thread while async calls count on the caller's.
+        with self._lock:
+            self.round_trips += round_trips
+            self.records_written += written
+            self.records_read += read
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "round_trips": self.round_trips,
+                "records_written": self.records_written,
+                "records_read": self.records_read,
+            }
+
+
 class StorageBackend(ABC):
     """Base class of every backend. Subclass it and implement the four abstract methods.
 
@@ -113,6 +152,19 @@ class StorageBackend(ABC):
 
     def __init__(self, url: str) -> None:
         self.url = url
+
+    @property
+    def stats(self) -> BackendStats:
+        """This backend's traffic counters (the runtime shares one per URL across loops)."""
+        # Created on demand: contract backends need not call StorageBackend.__init__.
+        stats = self.__dict__.get("_toast_stats")
+        if stats is None:
+            stats = self.__dict__["_toast_stats"] = BackendStats()
+        return cast(BackendStats, stats)
+
+    @stats.setter
+    def stats(self, value: BackendStats) -> None:
+        self.__dict__["_toast_stats"] = value
 
     @abstractmethod
     async def connect(self) -> None:
@@ -150,10 +202,12 @@ class StorageBackend(ABC):
                     "configuration or implement save_records() with expiry in the backend"
                 )
         await asyncio.gather(*(self.save(r.id, r.class_name, r.envelope()) for r in records))
+        self.stats.add(round_trips=len(records), written=len(records))
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Load several records, in order, None where missing. Default: concurrent `load`s."""
         envelopes = await asyncio.gather(*(self.load(id, class_name) for id, class_name in keys))
+        self.stats.add(round_trips=len(keys), read=sum(envelope is not None for envelope in envelopes))
         return [
             None if envelope is None else StoredRecord.from_envelope(id, class_name, envelope)
             for (id, class_name), envelope in zip(keys, envelopes, strict=True)

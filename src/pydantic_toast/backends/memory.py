@@ -54,6 +54,7 @@ class MemoryBackend(StorageBackend):
         return None if record is None else record.envelope()
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        self.stats.add(written=len(records))
         with self._lock:
             for record in records:
                 existing = self._records.get(record.id)
@@ -65,6 +66,7 @@ class MemoryBackend(StorageBackend):
         now = datetime.now(UTC)
         with self._lock:
             found = [self._records.get(id) for id, _ in keys]
+        self.stats.add(read=sum(record is not None for record in found))
         return [
             record
             if record is not None
@@ -75,6 +77,7 @@ class MemoryBackend(StorageBackend):
         ]
 
     async def delete(self, id: UUID, class_name: str) -> bool:
+        self.stats.add()
         with self._lock:
             record = self._records.get(id)
             if record is None or record.class_name != class_name:

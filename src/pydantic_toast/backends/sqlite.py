@@ -119,6 +119,7 @@ class SQLiteBackend(StorageBackend):
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         if records:
             await self._run(lambda connection: self._write(connection, records))
+            self.stats.add(written=len(records))
 
     def _write(self, connection: sqlite3.Connection, records: Sequence[StoredRecord]) -> None:
         rows = [
@@ -161,6 +162,7 @@ class SQLiteBackend(StorageBackend):
         if not keys:
             return []
         found = await self._run(lambda connection: self._read(connection, keys))
+        self.stats.add(read=len(found))
         return [found.get(key) for key in keys]
 
     def _read(
@@ -208,7 +210,9 @@ class SQLiteBackend(StorageBackend):
                 raise self._error("delete", exc) from exc
             return cursor.rowcount > 0
 
-        return await self._run(remove)
+        existed = await self._run(remove)
+        self.stats.add()
+        return existed
 
     def _error(self, action: str, exc: sqlite3.Error) -> StorageConnectionError:
         return StorageConnectionError(f"SQLite {action} failed on {self._path!r}: {exc}", url=self._shown)

@@ -1,0 +1,183 @@
+"""Batches and nesting cost O(1) round trips per backend for writes and O(depth) for reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from pydantic import BaseModel, Field
+
+import pydantic_toast
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, RecordNotFoundError
+from pydantic_toast.url import StorageURL
+
+
+class RoundTrips:
+    def __init__(self) -> None:
+        self.by_url: dict[str, int] = {}
+
+
+@contextmanager
+def counting(*urls: str) -> Iterator[RoundTrips]:
+    """Round trips each storage URL made inside the block, from the backends' own counters."""
+    masked = [StorageURL.parse(url).masked for url in urls]
+
+    def totals() -> list[int]:
+        snapshot = pydantic_toast.stats()
+        return [snapshot.get(url, {}).get("round_trips", 0) for url in masked]
+
+    counts = RoundTrips()
+    before = totals()
+    yield counts
+    counts.by_url = {url: after - start for url, start, after in zip(urls, before, totals(), strict=True)}
+
+
+def tree_models(storage: str, child_storage: str | None = None) -> tuple[Any, Any]:
+    class Child(ExternalBaseModel):
+        index: int
+        payload: str
+        model_config = ExternalConfigDict(storage=child_storage or storage)
+
+    class Parent(ExternalBaseModel):
+        name: str
+        children: list[Child]
+        model_config = ExternalConfigDict(storage=storage)
+
+    return Parent, Child
+
+
+async def test_save_many_and_load_many_are_one_round_trip_each(storage_url: str) -> None:
+    _, child_type = tree_models(storage_url)
+    children = [child_type(index=i, payload="x" * 100) for i in range(100)]
+    await child_type.save_many(children[:1])  # connect outside the counted block
+
+    with counting(storage_url) as saving:
+        references = await child_type.save_many(children)
+    with counting(storage_url) as loading:
+        loaded = await child_type.load_many(references)
+
+    assert loaded == children
+    assert [child.external_reference for child in loaded] == references
+    assert saving.by_url[storage_url] == 1
+    assert loading.by_url[storage_url] == 1
+
+
+async def test_parent_with_100_children_saves_in_one_and_loads_in_two_round_trips(storage_url: str) -> None:
+    parent_type, child_type = tree_models(storage_url)
+    parent = parent_type(name="p", children=[child_type(index=i, payload="y" * 50) for i in range(100)])
+    await child_type(index=-1, payload="warm-up").save()
+
+    with counting(storage_url) as saving:
+        reference = await parent.save()
+    with counting(storage_url) as loading:
+        loaded = await parent_type.load(reference)
+    with counting(storage_url) as sync_loading:
+        sync_loaded = parent_type.model_validate(reference.model_dump())
+
+    assert loaded == parent
+    assert sync_loaded == parent
+    assert saving.by_url[storage_url] == 1
+    assert loading.by_url[storage_url] == 2
+    # The sync path batches per level too (its first call also connects the I/O thread's backend).
+    assert sync_loading.by_url[storage_url] == 2
+
+
+async def test_sync_dump_of_an_external_tree_is_one_round_trip(storage_url: str) -> None:
+    parent_type, child_type = tree_models(storage_url)
+    child_type(index=0, payload="warm-up").model_dump()
+    parent = parent_type(name="p", children=[child_type(index=i, payload="z") for i in range(100)])
+
+    with counting(storage_url) as saving:
+        reference = parent.model_dump()
+
+    assert saving.by_url[storage_url] == 1
+    assert parent_type.model_validate(reference) == parent
+
+
+async def test_three_levels_load_in_three_round_trips(storage_url: str) -> None:
+    class Leaf(ExternalBaseModel):
+        value: int
+        model_config = ExternalConfigDict(storage=storage_url)
+
+    class Branch(ExternalBaseModel):
+        leaves: list[Leaf]
+        model_config = ExternalConfigDict(storage=storage_url)
+
+    class Root(ExternalBaseModel):
+        branches: list[Branch]
+        model_config = ExternalConfigDict(storage=storage_url)
+
+    root = Root(branches=[Branch(leaves=[Leaf(value=b * 10 + i) for i in range(10)]) for b in range(10)])
+    reference = await root.save()
+    with counting(storage_url) as loading:
+        loaded = await Root.load(reference)
+    assert loaded == root
+    assert loading.by_url[storage_url] == 3
+
+
+async def test_models_on_different_backends_nest_with_one_round_trip_each(
+    memory_url: str, sqlite_url: str
+) -> None:
+    parent_type, child_type = tree_models(memory_url, child_storage=sqlite_url)
+    parent = parent_type(name="p", children=[child_type(index=i, payload="w") for i in range(20)])
+    await child_type(index=-1, payload="warm-up").save()
+
+    with counting(memory_url, sqlite_url) as saving:
+        reference = await parent.save()
+    with counting(memory_url, sqlite_url) as loading:
+        loaded = await parent_type.load(reference)
+
+    assert loaded == parent
+    assert saving.by_url == {memory_url: 1, sqlite_url: 1}
+    assert loading.by_url == {memory_url: 1, sqlite_url: 1}
+
+
+async def test_load_many_reports_every_missing_id_at_once(storage_url: str) -> None:
+    _, child_type = tree_models(storage_url)
+    present = await child_type.save_many([child_type(index=1, payload="p")])
+    missing = [uuid4(), uuid4()]
+    with pytest.raises(RecordNotFoundError) as caught:
+        await child_type.load_many([missing[0], present[0], missing[1]])
+    assert caught.value.ids == tuple(missing)
+    assert caught.value.class_name == "Child"
+
+
+async def test_load_many_keeps_order_and_duplicates(storage_url: str) -> None:
+    _, child_type = tree_models(storage_url)
+    references = await child_type.save_many([child_type(index=i, payload="p") for i in range(3)])
+    loaded = await child_type.load_many([references[2], references[0], references[2]])
+    assert [child.index for child in loaded] == [2, 0, 2]
+    assert await child_type.load_many([]) == []
+
+
+async def test_missing_child_record_is_reported(storage_url: str) -> None:
+    parent_type, child_type = tree_models(storage_url)
+    child = child_type(index=1, payload="gone")
+    reference = await parent_type(name="p", children=[child]).save()
+    await child.delete()
+    with pytest.raises(Exception, match="no stored Child record") as caught:
+        await parent_type.load(reference)
+    assert "ValidationError" in type(caught.value).__name__
+
+
+def test_contract_only_backend_batches_fall_back_to_single_calls(tmp_path: Path) -> None:
+    import test_custom_backends  # registers the contract-only FileBackend as 'file'
+
+    assert test_custom_backends.FileBackend.__name__ == "FileBackend"
+    parent_type, child_type = tree_models(f"file://{tmp_path}")
+    parent = parent_type(name="p", children=[child_type(index=i, payload="f") for i in range(5)])
+    assert parent_type.model_validate(parent.model_dump()) == parent
+
+
+def test_plain_parent_dump_writes_each_external_child(memory_url: str) -> None:
+    _, child_type = tree_models(memory_url)
+
+    class Holder(BaseModel):
+        items: list[child_type] = Field(default_factory=list)  # type: ignore[valid-type]
+
+    holder = Holder(items=[child_type(index=i, payload="h") for i in range(3)])
+    assert Holder.model_validate(holder.model_dump()) == holder
