@@ -78,7 +78,7 @@ def every_type_values() -> dict[str, Any]:
 
 def wide_model(storage: str, fields: int = 120) -> Any:
     class WideBase(ExternalBaseModel):
-        model_config = ExternalConfigDict(storage=storage, storage_name="WideModel")
+        model_config = ExternalConfigDict(storage=storage)
 
     definitions: dict[str, Any] = {f"field_{i:03d}": (int if i % 2 else str, ...) for i in range(fields)}
     return create_model("WideModel", __base__=WideBase, **definitions)

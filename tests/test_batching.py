@@ -173,11 +173,55 @@ def test_contract_only_backend_batches_fall_back_to_single_calls(tmp_path: Path)
     assert parent_type.model_validate(parent.model_dump()) == parent
 
 
-def test_plain_parent_dump_writes_each_external_child(memory_url: str) -> None:
-    _, child_type = tree_models(memory_url)
+def test_plain_parent_dump_writes_each_external_child(storage_url: str) -> None:
+    _, child_type = tree_models(storage_url)
 
     class Holder(BaseModel):
         items: list[child_type] = Field(default_factory=list)  # type: ignore[valid-type]
 
     holder = Holder(items=[child_type(index=i, payload="h") for i in range(3)])
-    assert Holder.model_validate(holder.model_dump()) == holder
+    child_type(index=-1, payload="warm-up").model_dump()
+    with counting(storage_url) as saving:
+        dumped = holder.model_dump()
+    assert saving.by_url[storage_url] == 3
+    assert Holder.model_validate(dumped) == holder
+
+
+async def test_dump_helpers_batch_a_plain_parent(storage_url: str) -> None:
+    _, child_type = tree_models(storage_url)
+
+    class Holder(BaseModel):
+        items: list[child_type]  # type: ignore[valid-type]
+        by_key: dict[str, child_type]  # type: ignore[valid-type]
+
+    holder = Holder(
+        items=[child_type(index=i, payload="h") for i in range(100)],
+        by_key={"a": child_type(index=0, payload="k")},
+    )
+    await child_type(index=-1, payload="warm-up").save()
+    child_type(index=-2, payload="warm-up").model_dump()
+
+    with counting(storage_url) as async_saving:
+        dumped = await pydantic_toast.adump(holder)
+    with counting(storage_url) as sync_saving:
+        as_json = pydantic_toast.dump(holder, mode="json")
+    with counting(storage_url) as list_saving:
+        listed = pydantic_toast.dump(holder.items)
+
+    assert async_saving.by_url[storage_url] == 1
+    assert sync_saving.by_url[storage_url] == 1
+    assert list_saving.by_url[storage_url] == 1
+    assert dumped == as_json
+    assert listed == dumped["items"]
+    assert Holder.model_validate(dumped) == holder
+
+
+def test_dump_helper_raises_the_library_error_for_plain_parents(tmp_path: Path) -> None:
+    _, child_type = tree_models(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
+
+    class Holder(BaseModel):
+        item: child_type  # type: ignore[valid-type]
+
+    holder = Holder(item=child_type(index=1, payload="p"))
+    with pytest.raises(pydantic_toast.StorageConnectionError):
+        pydantic_toast.dump(holder)

@@ -108,3 +108,37 @@ def test_subclasses_inherit_storage_and_get_their_own_name() -> None:
         level: int
 
     assert Admin(name="Ada", level=3).model_dump()["class_name"] == "Admin"
+
+
+def test_an_explicit_storage_name_is_not_inherited() -> None:
+    base = define(storage="memory://inherit-name", storage_name="people")
+
+    class Admin(base):  # type: ignore[valid-type,misc]
+        level: int
+
+    assert Admin(name="Ada", level=1).model_dump()["class_name"] == "Admin"
+
+
+def test_two_classes_cannot_share_a_storage_name_in_one_store() -> None:
+    class First(ExternalBaseModel):
+        x: int
+        model_config = ExternalConfigDict(storage="memory://clash", storage_name="thing")
+
+    with pytest.raises(StorageValidationError, match=r"already stores records named 'thing'") as caught:
+
+        class Second(ExternalBaseModel):
+            y: int
+            model_config = ExternalConfigDict(storage="memory://clash", storage_name="thing")
+
+    assert "First" in str(caught.value)
+    assert First(x=1).model_dump()["class_name"] == "thing"
+
+
+def test_redefining_the_same_class_is_allowed() -> None:
+    for _ in range(2):
+
+        class Reloaded(ExternalBaseModel):
+            x: int
+            model_config = ExternalConfigDict(storage="memory://reload")
+
+        assert Reloaded(x=1).model_dump()["class_name"] == "Reloaded"

@@ -98,10 +98,10 @@ async def test_load_accepts_only_ids_or_references(tmp_path: Path) -> None:
         await model.load({"id": str(uuid4())})
 
 
-def test_record_not_found_is_also_a_value_error_for_nested_payloads() -> None:
+def test_record_not_found_is_also_a_value_error_for_nested_payloads(memory_url: str) -> None:
     class Doc(ExternalBaseModel):
         body: str
-        model_config = ExternalConfigDict(storage="memory://errors")
+        model_config = ExternalConfigDict(storage=memory_url)
 
     class Envelope(BaseModel):
         doc: Doc
@@ -111,10 +111,10 @@ def test_record_not_found_is_also_a_value_error_for_nested_payloads() -> None:
     assert isinstance(caught.value.errors()[0]["ctx"]["error"], RecordNotFoundError)
 
 
-def test_unknown_serialization_context_mode_is_refused() -> None:
+def test_unknown_serialization_context_mode_is_refused(memory_url: str) -> None:
     class Doc(ExternalBaseModel):
         body: str
-        model_config = ExternalConfigDict(storage="memory://errors")
+        model_config = ExternalConfigDict(storage=memory_url)
 
     with pytest.raises(StorageValidationError, match="not understood"):
         Doc(body="x").model_dump(context={"pydantic_toast": "sideways"})

@@ -27,7 +27,9 @@ DOCUMENTED_NAMES = {
     "StorageValidationError",
     "UnsupportedOperationError",
     "aclose",
+    "adump",
     "close",
+    "dump",
     "register_backend",
     "stats",
 }

@@ -13,7 +13,7 @@ from .exceptions import (
     StorageValidationError,
     UnsupportedOperationError,
 )
-from .persistence import CONTEXT_KEY
+from .persistence import CONTEXT_KEY, adump, dump
 from .reference import ExternalReference
 from .registry import register_backend
 from .runtime import aclose, close, stats
@@ -31,7 +31,9 @@ __all__ = [
     "StorageValidationError",
     "UnsupportedOperationError",
     "aclose",
+    "adump",
     "close",
+    "dump",
     "register_backend",
     "stats",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID, uuid4
 
 import pydantic_core
-from pydantic import ValidationError, ValidationInfo, ValidatorFunctionWrapHandler
-from pydantic_core import SchemaValidator, core_schema
+from pydantic import BaseModel, TypeAdapter, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler
+from pydantic_core import PydanticSerializationError, SchemaValidator, core_schema
 
 from . import runtime
 from .backends.base import StoredRecord
@@ -96,6 +97,9 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         if callable(check_url):
             check_url(url)
         storage_name = config.get("storage_name", cls.__name__)
+        if any(storage_name == _declared_name(base) for base in cls.__mro__[1:]):
+            # Inherited from a parent's config: a subclass is a class of its own in the store.
+            storage_name = cls.__name__
         if (
             not isinstance(storage_name, str)
             or not storage_name
@@ -133,11 +137,44 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
                 expected="timedelta > 0",
                 actual=ttl,
             )
+        _claim_storage_name(cls, url, storage_name)
     except StorageValidationError as exc:
         raise StorageValidationError(f"{name}: {exc}", expected=exc.expected, actual=exc.actual) from None
     return ModelSettings(
         url=url, storage_name=storage_name, schema_version=schema_version, timeout=float(timeout), ttl=ttl
     )
+
+
+_claims_lock = threading.Lock()
+_claims: weakref.WeakValueDictionary[tuple[str, str], type[ExternalBaseModel]] = weakref.WeakValueDictionary()
+
+
+def _claim_storage_name(cls: type[ExternalBaseModel], url: StorageURL, storage_name: str) -> None:
+    """Refuse two different classes writing the same class name into the same store.
+
+    References carry only the class name, so two such classes would read each other's records.
+    Redefining the same class (same module and qualified name: a reload, a notebook cell) is fine.
+    """
+    with _claims_lock:
+        holder = _claims.get((url.raw, storage_name))
+        same_class = holder is not None and (holder.__module__, holder.__qualname__) == (
+            cls.__module__,
+            cls.__qualname__,
+        )
+        if holder is not None and not same_class:
+            raise StorageValidationError(
+                f"{holder.__module__}.{holder.__qualname__} already stores records named {storage_name!r} "
+                f"in {url.masked!r}; give one of them another name with "
+                f"ExternalConfigDict(storage_name='...') so their records are kept apart",
+                expected="a storage name unique per store",
+                actual=storage_name,
+            )
+        _claims[(url.raw, storage_name)] = cls
+
+
+def _declared_name(base: type) -> str | None:
+    settings = base.__dict__.get("__toast_settings__")
+    return settings.storage_name if isinstance(settings, ModelSettings) else None
 
 
 def _known() -> list[str]:
@@ -337,6 +374,43 @@ async def save_many(models: Sequence[ExternalBaseModel]) -> list[ExternalReferen
         _write_set.reset(collecting)
     await write_set.flush()
     return references
+
+
+def dump(value: Any, **kwargs: Any) -> Any:
+    """Dump any pydantic value; every external model inside is written in one batch per backend."""
+    write_set = WriteSet()
+    collecting = _write_set.set(write_set)
+    try:
+        result = _dump_collecting(value, kwargs)
+    finally:
+        _write_set.reset(collecting)
+    runtime.run_sync(write_set.flush(), write_set.timeout)
+    return result
+
+
+async def adump(value: Any, **kwargs: Any) -> Any:
+    """Async twin of `dump`: the batch is written on the running loop."""
+    write_set = WriteSet()
+    collecting = _write_set.set(write_set)
+    try:
+        result = _dump_collecting(value, kwargs)
+    finally:
+        _write_set.reset(collecting)
+    await write_set.flush()
+    return result
+
+
+def _dump_collecting(value: Any, kwargs: dict[str, Any]) -> Any:
+    clear_serializer_error()
+    try:
+        if isinstance(value, BaseModel):
+            return value.model_dump(**kwargs)
+        return TypeAdapter(type(value)).dump_python(value, **kwargs)
+    except PydanticSerializationError:
+        original = take_serializer_error()
+        if original is not None:
+            raise original from None
+        raise
 
 
 # --------------------------------------------------------------------------- reading
