@@ -7,6 +7,7 @@ library exception, or a pydantic ValidationError — never a driver exception or
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 from uuid import UUID, uuid4
@@ -90,10 +91,8 @@ def test_arbitrary_python_input(storage_url: str, payload: Any) -> None:
 def test_arbitrary_json_input(storage_url: str, payload: Any, raw: str) -> None:
     model = secret_model(storage_url)
     for text in (json.dumps(payload, default=str), raw):
-        try:
+        with contextlib.suppress(ExternalStorageError, ValidationError):
             model.model_validate_json(text)
-        except (ExternalStorageError, ValidationError):
-            pass
 
 
 @EXAMPLES
@@ -104,10 +103,8 @@ def test_nested_hostile_references_are_validation_errors(storage_url: str, refer
     class Envelope(BaseModel):
         secret: model  # type: ignore[valid-type]
 
-    try:
+    with contextlib.suppress(ValidationError):
         Envelope.model_validate({"secret": reference})
-    except ValidationError:
-        pass
 
 
 def test_a_reference_never_loads_a_record_of_another_class(storage_url: str) -> None:
@@ -123,4 +120,4 @@ def test_a_reference_never_loads_a_record_of_another_class(storage_url: str) -> 
     with pytest.raises(ExternalStorageError):
         Public.model_validate({"class_name": "Public", "id": reference["id"]})
     assert secret.model_validate(reference).value == "classified"
-    assert UUID(reference["id"])
+    assert UUID(reference["id"]).version == 4
