@@ -32,6 +32,7 @@ DOCUMENTED_NAMES = {
     "dump",
     "register_backend",
     "stats",
+    "upgrade",
 }
 
 

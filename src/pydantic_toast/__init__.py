@@ -17,6 +17,7 @@ from .persistence import CONTEXT_KEY, adump, dump
 from .reference import ExternalReference
 from .registry import register_backend
 from .runtime import aclose, close, stats
+from .upgrades import upgrade
 
 __all__ = [
     "CONTEXT_KEY",
@@ -36,6 +37,7 @@ __all__ = [
     "dump",
     "register_backend",
     "stats",
+    "upgrade",
 ]
 
 __version__ = "0.1.0"

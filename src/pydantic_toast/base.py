@@ -31,6 +31,7 @@ from . import persistence
 from .exceptions import ExternalStorageError, StorageValidationError
 from .persistence import ModelSettings, RecordState
 from .reference import ExternalReference
+from .upgrades import UpgradeFunction, collect_upgrades
 
 __all__ = ["ExternalBaseModel", "ExternalConfigDict", "ReferenceLike"]
 
@@ -56,6 +57,9 @@ class ExternalConfigDict(ConfigDict, total=False):
 
     ttl: timedelta | None
     """Time to live of stored records, on backends that support expiry. Default: no expiry."""
+
+    upgrade_write_back: bool
+    """Store a record again at the current schema_version after upgrading it on load. Default False."""
 
 
 _M = TypeVar("_M", bound="ExternalBaseModel")
@@ -105,6 +109,7 @@ class ExternalBaseModel(BaseModel):
     )
 
     __toast_settings__: ClassVar[ModelSettings]
+    __toast_upgrades__: ClassVar[dict[int, UpgradeFunction]]
 
     _toast_record: RecordState = PrivateAttr(default_factory=RecordState)
 
@@ -112,6 +117,12 @@ class ExternalBaseModel(BaseModel):
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         cls.__toast_settings__ = persistence.settings_for(cls)
+        try:
+            cls.__toast_upgrades__ = collect_upgrades(cls, cls.__toast_settings__.schema_version)
+        except StorageValidationError as exc:
+            raise StorageValidationError(
+                f"{cls.__qualname__}: {exc}", expected=exc.expected, actual=exc.actual
+            ) from None
 
     @model_serializer(mode="wrap")
     def _toast_serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:

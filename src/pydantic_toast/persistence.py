@@ -30,6 +30,7 @@ from .backends.base import StoredRecord
 from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError
 from .reference import ExternalReference, looks_like_reference, parse_id, parse_reference
 from .registry import backend_class
+from .upgrades import upgraded_data
 from .url import StorageURL
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class ModelSettings:
     schema_version: int
     timeout: float
     ttl: timedelta | None = None
+    upgrade_write_back: bool = False
 
 
 def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
@@ -138,10 +140,22 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
                 actual=ttl,
             )
         _claim_storage_name(cls, url, storage_name)
+        write_back = config.get("upgrade_write_back", False)
+        if not isinstance(write_back, bool):
+            raise StorageValidationError(
+                f"upgrade_write_back must be True or False, got {write_back!r}",
+                expected="bool",
+                actual=write_back,
+            )
     except StorageValidationError as exc:
         raise StorageValidationError(f"{name}: {exc}", expected=exc.expected, actual=exc.actual) from None
     return ModelSettings(
-        url=url, storage_name=storage_name, schema_version=schema_version, timeout=float(timeout), ttl=ttl
+        url=url,
+        storage_name=storage_name,
+        schema_version=schema_version,
+        timeout=float(timeout),
+        ttl=ttl,
+        upgrade_write_back=write_back,
     )
 
 
@@ -494,6 +508,7 @@ class TreeLoader:
         self._settings: dict[_RecordKey, ModelSettings] = {}
         self._wanted: dict[_RecordKey, ModelSettings] = {}
         self._loading: set[_RecordKey] = set()
+        self._upgraded: dict[_RecordKey, ExternalBaseModel] = {}
         for cls, key in self._roots:
             self._wanted[key] = cls.__toast_settings__
 
@@ -575,9 +590,28 @@ class TreeLoader:
             )
         self._loading.add(key)
         try:
-            return materialize(cls, self._records[key])
+            record = self._records[key]
+            model = materialize(cls, record)
         finally:
             self._loading.discard(key)
+        settings = cls.__toast_settings__
+        if settings.upgrade_write_back and record.schema_version < settings.schema_version:
+            self._upgraded[key] = model
+        return model
+
+    def write_back(self) -> WriteSet | None:
+        """The upgraded models of the last pass, to store at their new version, if any."""
+        if not self._upgraded:
+            return None
+        write_set = WriteSet()
+        collecting = _write_set.set(write_set)
+        try:
+            for model in self._upgraded.values():
+                write_set.add(model)
+        finally:
+            _write_set.reset(collecting)
+        self._upgraded.clear()
+        return write_set
 
 
 _tree_loader: ContextVar[TreeLoader | None] = ContextVar("pydantic_toast_tree_loader", default=None)
@@ -593,6 +627,9 @@ def load_sync(cls: type[M], reference: ExternalReference) -> M:
         runtime.run_sync(loader.fetch_wanted(), loader.timeout)
         models = loader.attempt()
         if models is not None:
+            write_back = loader.write_back()
+            if write_back is not None:
+                runtime.run_sync(write_back.flush(), write_back.timeout)
             return cast(M, models[0])
 
 
@@ -608,6 +645,9 @@ async def load_many(cls: type[M], references: Sequence[ExternalReference]) -> li
         await loader.fetch_wanted()
         models = loader.attempt()
         if models is not None:
+            write_back = loader.write_back()
+            if write_back is not None:
+                await write_back.flush()
             return cast(list[M], models)
 
 
@@ -626,15 +666,8 @@ async def delete(cls: type[ExternalBaseModel], reference: ExternalReference) -> 
 
 def materialize(cls: type[M], record: StoredRecord) -> M:
     """Validate a stored record's data into a model that remembers which record it is."""
-    settings = cls.__toast_settings__
-    if record.schema_version > settings.schema_version:
-        raise StorageValidationError(
-            f"stored {record.class_name} record {record.id} has schema_version {record.schema_version}, "
-            f"newer than this code's {settings.schema_version}; deploy the code that wrote it",
-            expected=settings.schema_version,
-            actual=record.schema_version,
-        )
-    model = cast(M, inner_validator(cls).validate_json(record.data_json, by_alias=False, by_name=True))
+    data_json = upgraded_data(cls, record)
+    model = cast(M, inner_validator(cls).validate_json(data_json, by_alias=False, by_name=True))
     state = state_of(model)
     state.id = record.id
     state.created_at = record.created_at
