@@ -1,71 +1,8 @@
-"""pydantic-toast command line: `python -m pydantic_toast demo` (also `pydantic-toast demo`)."""
+"""`python -m pydantic_toast …`: the same commands as the `pydantic-toast` script."""
 
-from __future__ import annotations
-
-import argparse
-import asyncio
-import json
 import sys
-import tempfile
-from collections.abc import Sequence
-from pathlib import Path
 
-from . import ExternalBaseModel, ExternalConfigDict, aclose
-from .url import mask_secrets
-
-__all__ = ["main"]
-
-
-def demo(storage: str | None = None) -> None:
-    """The quickstart story: define, dump to a reference, restore, then the async API."""
-    with tempfile.TemporaryDirectory(prefix="pydantic-toast-demo-") as directory:
-        url = storage or f"sqlite:///{Path(directory) / 'demo.db'}"
-        print(f"storage    {mask_secrets(url)}")
-
-        class UserProfile(ExternalBaseModel):
-            name: str
-            email: str
-            age: int
-            biography: str
-
-            model_config = ExternalConfigDict(storage=url)
-
-        user = UserProfile(name="Ada Lovelace", email="ada@example.com", age=36, biography="Analyst. " * 500)
-        size = len(user.model_dump_json(context={"pydantic_toast": "inline"}))
-        print(f"model      {size} bytes of JSON data")
-
-        reference = user.model_dump()
-        print(f"dumped     {json.dumps(reference)}  ({len(json.dumps(reference))} bytes)")
-
-        restored = UserProfile.model_validate(reference)
-        print(
-            f"restored   name={restored.name!r} age={restored.age} biography={len(restored.biography)} chars"
-        )
-        print(f"equal      {restored == user}")
-
-        async def async_api() -> None:
-            user.age = 37
-            saved = await user.save()
-            loaded = await UserProfile.load(saved)
-            print(
-                f"async      await user.save() kept the id: {saved.model_dump() == reference}; "
-                f"await UserProfile.load(ref).age == {loaded.age}"
-            )
-            await aclose()
-
-        asyncio.run(async_api())
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pydantic-toast", description="pydantic-toast command line")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo_parser = commands.add_parser("demo", help="define a model, dump it to a reference, restore it")
-    demo_parser.add_argument("--storage", help="storage URL (default: SQLite in a temporary directory)")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        demo(args.storage)
-    return 0
-
+from .cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

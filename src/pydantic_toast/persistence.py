@@ -222,7 +222,10 @@ _serializer_error: ContextVar[BaseException | None] = ContextVar(
 class WriteSet:
     """The records one dump produces, grouped by storage URL, each model once."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shallow: bool = False) -> None:
+        # shallow: nested external models that already have a record are referenced, not rewritten.
+        self._shallow = shallow
+        self._depth = 0
         self._groups: dict[str, tuple[ModelSettings, dict[UUID, StoredRecord]]] = {}
         # id(model) -> (model, reference); keeping the model alive keeps its id() unique.
         self._seen: dict[int, tuple[ExternalBaseModel, ExternalReference]] = {}
@@ -234,12 +237,15 @@ class WriteSet:
         cls = type(model)
         settings = cls.__toast_settings__
         state = state_of(model)
+        if self._shallow and self._depth > 0 and state.id is not None:
+            return ExternalReference.model_construct(class_name=settings.storage_name, id=state.id)
         if state.id is None:
             state.id = uuid4()
         reference = ExternalReference.model_construct(class_name=settings.storage_name, id=state.id)
         # Registered before serializing the data, so a model reachable from itself ends as a reference.
         self._seen[id(model)] = (model, reference)
         token = _inline_model.set(model)
+        self._depth += 1
         try:
             # The instance's own class serializer: a subclass instance in a base-typed field
             # keeps its subclass fields. Field names, not aliases, so loading never depends on
@@ -248,6 +254,7 @@ class WriteSet:
                 model, by_alias=False, round_trip=True, exclude_computed_fields=True
             )
         finally:
+            self._depth -= 1
             _inline_model.reset(token)
         now = datetime.now(UTC)
         if state.created_at is None:
@@ -378,9 +385,14 @@ async def save(model: ExternalBaseModel) -> ExternalReference:
     return reference
 
 
-async def save_many(models: Sequence[ExternalBaseModel]) -> list[ExternalReference]:
+async def save_many_shallow(models: Sequence[ExternalBaseModel]) -> list[ExternalReference]:
+    """Store models without rewriting the already stored external models they hold."""
+    return await save_many(models, shallow=True)
+
+
+async def save_many(models: Sequence[ExternalBaseModel], *, shallow: bool = False) -> list[ExternalReference]:
     """Store models and every external model they hold: one batch per backend."""
-    write_set = WriteSet()
+    write_set = WriteSet(shallow=shallow)
     collecting = _write_set.set(write_set)
     try:
         references = [write_set.add(model) for model in models]

@@ -219,3 +219,37 @@ class StorageBackend(ABC):
             f"{type(self).__name__} does not support delete; implement "
             "'async def delete(self, id: UUID, class_name: str) -> bool' in the backend"
         )
+
+    # Listing, for the operator commands (stats, copy, upgrade, inspect without a class name).
+
+    async def scan_records(
+        self, *, cursor: str | None, limit: int, class_name: str | None = None, include_expired: bool = False
+    ) -> tuple[list[StoredRecord], str | None]:
+        """One page of records and the cursor of the next page (None after the last page).
+
+        The cursor is opaque text that stays valid across processes, so a copy can resume.
+        A record may appear twice across pages when the store changes meanwhile; never zero times
+        if it existed throughout.
+        """
+        raise UnsupportedOperationError(
+            f"{type(self).__name__} cannot list its records; implement 'async def scan_records(self, *, "
+            "cursor, limit, class_name=None, include_expired=False)' to use the stats, copy, upgrade "
+            "and inspect commands"
+        )
+
+    async def find_record(self, id: UUID) -> StoredRecord | None:
+        """The record with this id, whatever its class. Default: scan every record."""
+        cursor: str | None = None
+        while True:
+            page, cursor = await self.scan_records(cursor=cursor, limit=1000, include_expired=True)
+            for record in page:
+                if record.id == id:
+                    return record
+            if cursor is None:
+                return None
+
+    async def purge_expired(self) -> int:
+        """Delete expired records now; return how many. Backends that expire natively return 0."""
+        raise UnsupportedOperationError(
+            f"{type(self).__name__} does not expire records, so there is nothing to purge"
+        )

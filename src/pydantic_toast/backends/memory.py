@@ -85,6 +85,43 @@ class MemoryBackend(StorageBackend):
             del self._records[id]
             return True
 
+    async def scan_records(
+        self, *, cursor: str | None, limit: int, class_name: str | None = None, include_expired: bool = False
+    ) -> tuple[list[StoredRecord], str | None]:
+        now = datetime.now(UTC)
+        with self._lock:
+            candidates = sorted(
+                (record for record in self._records.values() if cursor is None or str(record.id) > cursor),
+                key=lambda record: str(record.id),
+            )
+        page: list[StoredRecord] = []
+        last: str | None = None
+        for record in candidates:
+            last = str(record.id)
+            if class_name is not None and record.class_name != class_name:
+                continue
+            if not include_expired and record.expires_at is not None and record.expires_at <= now:
+                continue
+            page.append(record)
+            if len(page) == limit:
+                break
+        self.stats.add(read=len(page))
+        more = last is not None and last != str(candidates[-1].id)
+        return page, (last if more else None)
+
+    async def purge_expired(self) -> int:
+        now = datetime.now(UTC)
+        with self._lock:
+            expired = [
+                id
+                for id, record in self._records.items()
+                if record.expires_at is not None and record.expires_at <= now
+            ]
+            for id in expired:
+                del self._records[id]
+        self.stats.add()
+        return len(expired)
+
     @classmethod
     def clear(cls, name: str = "") -> None:
         """Forget every record of the store called `name` (tests use this)."""

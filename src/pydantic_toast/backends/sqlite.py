@@ -214,8 +214,80 @@ class SQLiteBackend(StorageBackend):
         self.stats.add()
         return existed
 
+    async def scan_records(
+        self, *, cursor: str | None, limit: int, class_name: str | None = None, include_expired: bool = False
+    ) -> tuple[list[StoredRecord], str | None]:
+        conditions = ["id > ?"]
+        parameters: list[object] = [cursor or ""]
+        if class_name is not None:
+            conditions.append("class_name = ?")
+            parameters.append(class_name)
+        if not include_expired:
+            conditions.append("(expires_at IS NULL OR expires_at > ?)")
+            parameters.append(format_timestamp(datetime.now(UTC)))
+        query = (
+            "SELECT id, class_name, data, schema_version, created_at, updated_at, expires_at "
+            f'FROM "{self._table}" WHERE {" AND ".join(conditions)} ORDER BY id LIMIT ?'
+        )
+
+        def read(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            try:
+                return connection.execute(query, (*parameters, limit)).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error("scan", exc) from exc
+
+        rows = await self._run(read)
+        self.stats.add(read=len(rows))
+        page = [_record_from_row(row) for row in rows]
+        return page, (str(page[-1].id) if len(page) == limit else None)
+
+    async def find_record(self, id: UUID) -> StoredRecord | None:
+        def read(connection: sqlite3.Connection) -> tuple[Any, ...] | None:
+            try:
+                row: tuple[Any, ...] | None = connection.execute(
+                    "SELECT id, class_name, data, schema_version, created_at, updated_at, expires_at "
+                    f'FROM "{self._table}" WHERE id = ?',
+                    (str(id),),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise self._error("load", exc) from exc
+            return row
+
+        row = await self._run(read)
+        self.stats.add(read=row is not None)
+        return None if row is None else _record_from_row(row)
+
+    async def purge_expired(self) -> int:
+        now = format_timestamp(datetime.now(UTC))
+
+        def purge(connection: sqlite3.Connection) -> int:
+            try:
+                cursor = connection.execute(
+                    f'DELETE FROM "{self._table}" WHERE expires_at IS NOT NULL AND expires_at <= ?', (now,)
+                )
+            except sqlite3.Error as exc:
+                raise self._error("purge", exc) from exc
+            return cursor.rowcount
+
+        purged = await self._run(purge)
+        self.stats.add()
+        return purged
+
     def _error(self, action: str, exc: sqlite3.Error) -> StorageConnectionError:
         return StorageConnectionError(f"SQLite {action} failed on {self._path!r}: {exc}", url=self._shown)
+
+
+def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
+    id_text, class_name, data, version, created, updated, expires = row
+    return StoredRecord(
+        id=UUID(id_text),
+        class_name=class_name,
+        data_json=data.encode(),
+        schema_version=version,
+        created_at=parse_timestamp(created),
+        updated_at=parse_timestamp(updated),
+        expires_at=None if expires is None else parse_timestamp(expires),
+    )
 
 
 def _settings(url: StorageURL) -> tuple[str, str, float]:
