@@ -31,8 +31,8 @@ from .backends.base import StorageBackend, StoredRecord, format_timestamp
 from .demo import demo
 from .exceptions import ExternalStorageError, StorageValidationError
 from .reference import parse_id
-from .upgrades import upgraded_data
 from .registry import backend_class
+from .upgrades import upgraded_data
 from .url import StorageURL
 
 __all__ = ["main"]
