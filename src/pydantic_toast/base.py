@@ -241,7 +241,8 @@ ExternalBaseModel._toast_validate.__func__.__toast_hook__ = True
 def _raise_original() -> None:
     original = persistence.take_serializer_error()
     if original is not None:
-        raise original.with_traceback(original.__traceback__) from None
+        # Keep the original's own cause (a driver error, say); drop pydantic's wrapper.
+        raise original from original.__cause__
 
 
 def _raise_unwrapped(exc: ValidationError) -> None:
@@ -250,7 +251,7 @@ def _raise_unwrapped(exc: ValidationError) -> None:
     if len(errors) == 1 and not errors[0]["loc"]:
         original = (errors[0].get("ctx") or {}).get("error")
         if isinstance(original, ExternalStorageError):
-            raise original from None
+            raise original from original.__cause__
 
 
 if TYPE_CHECKING:

@@ -435,7 +435,7 @@ def _dump_collecting(value: Any, kwargs: dict[str, Any]) -> Any:
     except PydanticSerializationError:
         original = take_serializer_error()
         if original is not None:
-            raise original from None
+            raise original from original.__cause__
         raise
 
 

@@ -103,6 +103,13 @@ async def execute(url: StorageURL, seconds: float, operation: Callable[[StorageB
             f"cannot reach storage {url.masked!r}: {mask_secrets(str(exc), url.password)}",
             url=url.masked,
         ) from None
+    except Exception as exc:
+        # A custom backend's own failure: report it in the library's hierarchy so callers can
+        # catch one base class, and so pydantic does not bury it in a serialization error.
+        raise ExternalStorageError(
+            f"the {backend_class(url.scheme).__name__} backend for {url.masked!r} failed: "
+            f"{mask_secrets(repr(exc), url.password)}"
+        ) from exc
 
 
 async def aclose() -> None:
