@@ -12,8 +12,7 @@ from uuid import UUID
 import pytest
 
 import pydantic_toast
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict, RecordNotFoundError
-from pydantic_toast import runtime
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, RecordNotFoundError, runtime
 
 pytestmark = pytest.mark.reliability
 
