@@ -122,8 +122,9 @@ async def test_mixed_workload_from_tasks_and_threads_loses_nothing(storage_url: 
     for record_id in deleted[:50]:
         with pytest.raises(RecordNotFoundError):
             await model.load(record_id)
+    backend = storage_url.split(":")[0]
     print(
-        f"\n{storage_url.split(':')[0]}: {ledger.operations} operations, {len(live)} live records verified, {len(deleted)} deleted"
+        f"\n{backend}: {ledger.operations} operations, {len(live)} live and {len(deleted)} deleted records checked"
     )
     assert ledger.operations > TASKS
 
