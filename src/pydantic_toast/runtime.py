@@ -17,7 +17,7 @@ import concurrent.futures
 import os
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -40,7 +40,7 @@ class _Slot:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Slot]] = weakref.WeakKeyDictionary()
 _stats: dict[str, tuple[StorageURL, BackendStats]] = {}
 
@@ -63,6 +63,8 @@ async def get_backend(url: StorageURL) -> StorageBackend:
     slot = None if slots is None else slots.get(url.raw)
     if slot is None:
         backend_type = backend_class(url.scheme)
+        if slots is None and loop is not _bridge.loop_if_running():
+            await _guard_loop(loop)
         with _lock:
             slots = _slots.setdefault(loop, {})
             slot = slots.get(url.raw)
@@ -79,6 +81,54 @@ async def get_backend(url: StorageURL) -> StorageBackend:
             await slot.backend.connect()
             slot.connected = True
     return slot.backend
+
+
+# Loops whose backends are closed when asyncio shuts the loop down, and the guard doing it.
+_guards: dict[int, tuple[asyncio.AbstractEventLoop, AsyncGenerator[None, None]]] = {}
+
+
+async def _guard_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close this loop's backends when it shuts down, even if nobody calls `aclose()`.
+
+    `asyncio.run`, `asyncio.Runner` and pytest-asyncio call `loop.shutdown_asyncgens()` before
+    closing a loop; a suspended async generator registered with the loop is finalized there, on
+    the still-running loop, which is the last moment its connections can be closed cleanly.
+    """
+    with _lock:
+        if id(loop) in _guards:
+            return
+        _sweep_closed_loops()
+    guard = _close_on_shutdown(loop)
+    await guard.__anext__()
+    with _lock:
+        _guards[id(loop)] = (loop, guard)
+
+
+async def _close_on_shutdown(loop: asyncio.AbstractEventLoop) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        if not loop.is_closed():
+            await _close_loop(loop)
+        with _lock:
+            _guards.pop(id(loop), None)
+
+
+def _sweep_closed_loops() -> None:
+    """Forget loops closed without `shutdown_asyncgens()` (a hand-made loop's `close()`)."""
+    for key, (loop, guard) in list(_guards.items()):
+        if loop.is_closed():
+            del _guards[key]
+            _slots.pop(loop, None)
+            # Finish the guard here: left to the garbage collector, its finalizer would try to
+            # schedule work on the closed loop. Its `finally` sees the closed loop and returns.
+            closing = guard.aclose()
+            try:
+                closing.send(None)
+            except StopIteration:
+                pass
+            except RuntimeError:  # pragma: no cover - the guard was already running
+                closing.close()
 
 
 async def execute(url: StorageURL, seconds: float, operation: Callable[[StorageBackend], Awaitable[T]]) -> T:
@@ -124,6 +174,7 @@ async def aclose() -> None:
     if bridge_loop is not None and bridge_loop is not current:
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_close_loop(bridge_loop), bridge_loop))
     with _lock:
+        _sweep_closed_loops()
         for loop in [loop for loop in _slots if loop.is_closed()]:
             del _slots[loop]
 
@@ -223,8 +274,9 @@ def run_sync(coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
 
 def _forget_after_fork() -> None:
     global _lock
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     _slots.clear()
+    _guards.clear()
     _bridge.forget_after_fork()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -58,6 +59,8 @@ class SQLiteBackend(StorageBackend):
             executor.shutdown(wait=False)
             raise
         self._executor = executor
+        # A backend dropped without disconnect() (its loop closed by hand) still closes its file.
+        self._finalizer = weakref.finalize(self, _close_quietly, self._connection, executor)
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -95,6 +98,7 @@ class SQLiteBackend(StorageBackend):
         self._connection = self._executor = None
         if connection is None or executor is None:
             return
+        self._finalizer.detach()
         try:
             await asyncio.get_running_loop().run_in_executor(executor, connection.close)
         except RuntimeError:
@@ -275,6 +279,11 @@ class SQLiteBackend(StorageBackend):
 
     def _error(self, action: str, exc: sqlite3.Error) -> StorageConnectionError:
         return StorageConnectionError(f"SQLite {action} failed on {self._path!r}: {exc}", url=self._shown)
+
+
+def _close_quietly(connection: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
+    connection.close()
+    executor.shutdown(wait=False)
 
 
 def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:

@@ -1,0 +1,105 @@
+"""Connections follow event loops: created lazily, reused, closed when the loop ends."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import warnings
+from typing import Any
+
+import pytest
+
+import pydantic_toast
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, runtime
+
+
+def note_model(storage: str) -> Any:
+    class Note(ExternalBaseModel):
+        text: str
+        model_config = ExternalConfigDict(storage=storage)
+
+    return Note
+
+
+def test_asyncio_run_without_aclose_closes_the_loops_connections(storage_url: str) -> None:
+    note = note_model(storage_url)
+
+    async def round_trip(text: str) -> str:
+        reference = await note(text=text).save()
+        loaded: str = (await note.load(reference)).text
+        return loaded
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert asyncio.run(round_trip("first")) == "first"
+        assert asyncio.run(round_trip("second")) == "second"
+        gc.collect()
+    assert not [loop for loop in runtime._slots if loop.is_closed()]
+
+
+def test_a_hand_made_loop_closed_without_shutdown_is_forgotten_quietly(sqlite_url: str) -> None:
+    note = note_model(sqlite_url)
+    loop = asyncio.new_event_loop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reference = loop.run_until_complete(note(text="manual").save())
+        loop.close()
+        del loop
+        gc.collect()
+        assert asyncio.run(note.load(reference)).text == "manual"
+        gc.collect()
+
+
+async def test_one_backend_per_url_and_loop_reused_across_calls(storage_url: str) -> None:
+    note = note_model(storage_url)
+    await note(text="a").save()
+    loop_slots = runtime._slots[asyncio.get_running_loop()]
+    backend = next(slot.backend for key, slot in loop_slots.items() if key == storage_url)
+    for i in range(20):
+        await note(text=str(i)).save()
+    assert runtime._slots[asyncio.get_running_loop()][storage_url].backend is backend
+
+
+async def test_aclose_then_reuse_reconnects(storage_url: str) -> None:
+    note = note_model(storage_url)
+    reference = await note(text="before").save()
+    await pydantic_toast.aclose()
+    assert (await note.load(reference)).text == "before"
+    pydantic_toast.close()
+    assert note.model_validate(reference.model_dump()).text == "before"
+
+
+@pytest.mark.parametrize("call", ["dump", "validate"])
+def test_sync_calls_report_timeouts_as_connection_errors(call: str) -> None:
+    from uuid import UUID
+
+    from pydantic_toast import StorageBackend, StorageConnectionError, register_backend
+
+    class Stuck(StorageBackend):
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        async def connect(self) -> None:
+            pass
+
+        async def disconnect(self) -> None:
+            pass
+
+        async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+            await asyncio.sleep(30)
+
+        async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+            await asyncio.sleep(30)
+            return None
+
+    register_backend("stuck", Stuck, replace=True)
+
+    class Slow(ExternalBaseModel):
+        x: int
+        model_config = ExternalConfigDict(storage="stuck://x", timeout=0.2)
+
+    with pytest.raises(StorageConnectionError, match=r"did not answer within 0.2 s"):
+        if call == "dump":
+            Slow(x=1).model_dump()
+        else:
+            Slow.model_validate({"class_name": "Slow", "id": "00000000-0000-4000-8000-000000000000"})
