@@ -98,8 +98,7 @@ def test_sync_calls_report_timeouts_as_connection_errors(call: str) -> None:
         x: int
         model_config = ExternalConfigDict(storage="stuck://x", timeout=0.2)
 
+    reference = {"class_name": "Slow", "id": "00000000-0000-4000-8000-000000000000"}
+    action = (lambda: Slow(x=1).model_dump()) if call == "dump" else (lambda: Slow.model_validate(reference))
     with pytest.raises(StorageConnectionError, match=r"did not answer within 0.2 s"):
-        if call == "dump":
-            Slow(x=1).model_dump()
-        else:
-            Slow.model_validate({"class_name": "Slow", "id": "00000000-0000-4000-8000-000000000000"})
+        action()
