@@ -33,15 +33,40 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'toast.db'}"
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql", "redis"])
-def storage_url(request: pytest.FixtureRequest) -> str:
-    """The same test against every built-in backend; servers are found or started on demand."""
-    url: str = request.getfixturevalue(f"{request.param}_url")
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
+def storage_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The same test against every built-in backend; servers are found or started on demand.
+
+    Server backends get a table or key prefix of the test's own, removed afterwards.
+    """
     if request.param == "postgresql":
-        url += ("&" if "?" in url else "?") + f"table=t_{uuid4().hex[:12]}"
+        yield request.getfixturevalue("postgresql_table_url")
     elif request.param == "redis":
-        url += ("&" if "?" in url else "?") + f"prefix=t_{uuid4().hex[:12]}"
-    return url
+        prefix = f"t_{uuid4().hex[:12]}"
+        url: str = request.getfixturevalue("redis_url")
+        yield url + ("&" if "?" in url else "?") + f"prefix={prefix}"
+        delete_redis_keys(url, prefix)
+    else:
+        yield request.getfixturevalue(f"{request.param}_url")
+
+
+def delete_redis_keys(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+    finally:
+        client.close()
 
 
 @pytest.fixture(autouse=True)

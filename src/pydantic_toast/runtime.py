@@ -257,6 +257,8 @@ class _Bridge:
             closing.cancel()
         loop.call_soon_threadsafe(loop.stop)
         thread.join(_SHUTDOWN_TIMEOUT)
+        if not thread.is_alive():
+            loop.close()
 
     def forget_after_fork(self) -> None:
         # The child has no I/O thread, and the parent's connections must not be shared.

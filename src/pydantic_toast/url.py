@@ -49,7 +49,12 @@ class StorageURL:
             parts = urlsplit(url)
             port = parts.port
         except ValueError as exc:
-            raise StorageValidationError(f"storage URL {shown!r} is malformed: {exc}", actual=shown) from None
+            hint = ""
+            if "+cluster" in url.split("://", 1)[0] and "," in url.split("://", 1)[1]:
+                hint = "; name further seed nodes as '?node=host:port&node=host:port', not with commas"
+            raise StorageValidationError(
+                f"storage URL {shown!r} is malformed: {mask_secrets(str(exc))}{hint}", actual=shown
+            ) from None
         scheme = parts.scheme.lower()
         if not _SCHEME.match(scheme):
             raise StorageValidationError(
