@@ -60,6 +60,15 @@ class RecordState:
 
     id: UUID | None = None
     created_at: datetime | None = None
+    _reference: ExternalReference | None = None
+
+    def reference(self, storage_name: str) -> ExternalReference:
+        """The reference to this record, built once: dumps return it on every call."""
+        assert self.id is not None
+        cached = self._reference
+        if cached is None or cached.id != self.id or cached.class_name != storage_name:
+            cached = self._reference = ExternalReference.model_construct(class_name=storage_name, id=self.id)
+        return cached
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RecordState)
@@ -238,10 +247,10 @@ class WriteSet:
         settings = cls.__toast_settings__
         state = state_of(model)
         if self._shallow and self._depth > 0 and state.id is not None:
-            return ExternalReference.model_construct(class_name=settings.storage_name, id=state.id)
+            return state.reference(settings.storage_name)
         if state.id is None:
             state.id = uuid4()
-        reference = ExternalReference.model_construct(class_name=settings.storage_name, id=state.id)
+        reference = state.reference(settings.storage_name)
         # Registered before serializing the data, so a model reachable from itself ends as a reference.
         self._seen[id(model)] = (model, reference)
         token = _inline_model.set(model)
@@ -513,14 +522,21 @@ class TreeLoader:
     per node.
     """
 
-    def __init__(self, roots: Sequence[tuple[type[ExternalBaseModel], ExternalReference]]) -> None:
+    def __init__(
+        self,
+        roots: Sequence[tuple[type[ExternalBaseModel], ExternalReference]],
+        fetched: StoredRecord | None = None,
+    ) -> None:
+        """`fetched`: the record of a single root, already read by the caller."""
         self._roots = [(cls, self._key(cls, ref)) for cls, ref in roots]
         self._records: dict[_RecordKey, StoredRecord] = {}
         self._missing: set[_RecordKey] = set()
-        self._settings: dict[_RecordKey, ModelSettings] = {}
         self._wanted: dict[_RecordKey, ModelSettings] = {}
         self._loading: set[_RecordKey] = set()
         self._upgraded: dict[_RecordKey, ExternalBaseModel] = {}
+        if fetched is not None:
+            self._records[self._roots[0][1]] = fetched
+            return
         for cls, key in self._roots:
             self._wanted[key] = cls.__toast_settings__
 
@@ -634,15 +650,27 @@ def load_sync(cls: type[M], reference: ExternalReference) -> M:
     loader = _tree_loader.get()
     if loader is not None:
         return loader.resolve(target, reference)
-    loader = TreeLoader([(target, reference)])
+    settings = target.__toast_settings__
+    record = runtime.run_sync(_fetch_one(settings, reference), settings.timeout)
+    loader = TreeLoader([(target, reference)], fetched=record)
     while True:
-        runtime.run_sync(loader.fetch_wanted(), loader.timeout)
         models = loader.attempt()
         if models is not None:
             write_back = loader.write_back()
             if write_back is not None:
                 runtime.run_sync(write_back.flush(), write_back.timeout)
             return cast(M, models[0])
+        runtime.run_sync(loader.fetch_wanted(), loader.timeout)
+
+
+async def _fetch_one(settings: ModelSettings, reference: ExternalReference) -> StoredRecord:
+    pair = [(reference.id, reference.class_name)]
+    [record] = await runtime.execute(
+        settings.url, settings.timeout, lambda backend: backend.load_records(pair)
+    )
+    if record is None:
+        raise RecordNotFoundError(reference.class_name, reference.id)
+    return record
 
 
 async def load_many(cls: type[M], references: Sequence[ExternalReference]) -> list[M]:
@@ -653,19 +681,27 @@ async def load_many(cls: type[M], references: Sequence[ExternalReference]) -> li
     if not roots:
         return []
     loader = TreeLoader(roots)
+    await loader.fetch_wanted()
+    return cast(list[M], await _finish(loader))
+
+
+async def load(cls: type[M], reference: ExternalReference) -> M:
+    target = resolve_class(cls, reference)
+    record = await _fetch_one(target.__toast_settings__, reference)
+    [model] = await _finish(TreeLoader([(target, reference)], fetched=record))
+    return cast(M, model)
+
+
+async def _finish(loader: TreeLoader) -> list[ExternalBaseModel]:
+    """Validate, fetching each further level of references in one batch, then write back."""
     while True:
-        await loader.fetch_wanted()
         models = loader.attempt()
         if models is not None:
             write_back = loader.write_back()
             if write_back is not None:
                 await write_back.flush()
-            return cast(list[M], models)
-
-
-async def load(cls: type[M], reference: ExternalReference) -> M:
-    [model] = await load_many(cls, [reference])
-    return model
+            return models
+        await loader.fetch_wanted()
 
 
 async def delete(cls: type[ExternalBaseModel], reference: ExternalReference) -> bool:

@@ -16,12 +16,12 @@ import atexit
 import concurrent.futures
 import os
 import threading
-import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .backends.base import BackendStats, StorageBackend
+from .deadlines import Deadlines
 from .exceptions import ExternalStorageError, StorageConnectionError
 from .registry import backend_class
 from .url import StorageURL, mask_secrets
@@ -41,7 +41,10 @@ class _Slot:
 
 
 _lock = threading.RLock()
-_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Slot]] = weakref.WeakKeyDictionary()
+# Strong references: a loop's entries go when asyncio shuts it down (see _guard_loop) or, for a
+# loop closed by hand, at the next sweep.
+_slots: dict[asyncio.AbstractEventLoop, dict[str, _Slot]] = {}
+_deadlines: dict[asyncio.AbstractEventLoop, Deadlines] = {}
 _stats: dict[str, tuple[StorageURL, BackendStats]] = {}
 
 
@@ -120,6 +123,7 @@ def _sweep_closed_loops() -> None:
         if loop.is_closed():
             del _guards[key]
             _slots.pop(loop, None)
+            _deadlines.pop(loop, None)
             # Finish the guard here: left to the garbage collector, its finalizer would try to
             # schedule work on the closed loop. Its `finally` sees the closed loop and returns.
             closing = guard.aclose()
@@ -137,29 +141,43 @@ async def execute(url: StorageURL, seconds: float, operation: Callable[[StorageB
     Built-in backends raise the library's exceptions themselves; for custom backends, timeouts
     and OS-level connection failures are translated here so callers see one hierarchy.
     """
+    loop = asyncio.get_running_loop()
+    deadlines = _deadlines.get(loop)
+    if deadlines is None:
+        deadlines = _deadlines.setdefault(loop, Deadlines(loop))
+    task = deadlines.enter(seconds)
     try:
-        async with asyncio.timeout(seconds):
-            return await operation(await get_backend(url))
+        return await operation(await get_backend(url))
+    except asyncio.CancelledError:
+        if deadlines.leave(task):
+            task.uncancel()
+            raise _timed_out(url, seconds) from None
+        raise
     except ExternalStorageError:
         raise
     except TimeoutError as exc:
-        raise StorageConnectionError(
-            f"storage {url.masked!r} did not answer within {seconds:g} s; check that the server is "
-            "up and reachable, or raise 'timeout' in the model's ExternalConfigDict",
-            url=url.masked,
-        ) from exc
+        raise _timed_out(url, seconds) from exc
     except OSError as exc:
         raise StorageConnectionError(
-            f"cannot reach storage {url.masked!r}: {mask_secrets(str(exc), url.password)}",
-            url=url.masked,
+            f"cannot reach storage {url.masked!r}: {mask_secrets(str(exc), url.password)}", url=url.masked
         ) from None
     except Exception as exc:
-        # A custom backend's own failure: report it in the library's hierarchy so callers can
-        # catch one base class, and so pydantic does not bury it in a serialization error.
+        # A custom backend's own failure: catchable with the library's base class, and not
+        # buried by pydantic in a serialization error.
         raise ExternalStorageError(
             f"the {backend_class(url.scheme).__name__} backend for {url.masked!r} failed: "
             f"{mask_secrets(repr(exc), url.password)}"
         ) from exc
+    finally:
+        deadlines.leave(task)
+
+
+def _timed_out(url: StorageURL, seconds: float) -> StorageConnectionError:
+    return StorageConnectionError(
+        f"storage {url.masked!r} did not answer within {seconds:g} s; check that the server is "
+        "up and reachable, or raise 'timeout' in the model's ExternalConfigDict",
+        url=url.masked,
+    )
 
 
 async def aclose() -> None:
@@ -189,6 +207,9 @@ def close() -> None:
 async def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     with _lock:
         slots = _slots.pop(loop, {})
+        deadlines = _deadlines.pop(loop, None)
+    if deadlines is not None:
+        deadlines.close()
     results = await asyncio.gather(
         *(slot.backend.disconnect() for slot in slots.values() if slot.connected), return_exceptions=True
     )
@@ -278,6 +299,7 @@ def _forget_after_fork() -> None:
     global _lock
     _lock = threading.RLock()
     _slots.clear()
+    _deadlines.clear()
     _guards.clear()
     _bridge.forget_after_fork()
 

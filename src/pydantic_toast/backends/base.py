@@ -48,9 +48,13 @@ def parse_timestamp(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredRecord:
-    """One stored model: its data as JSON bytes plus the envelope's metadata."""
+    """One stored model: its data as JSON bytes plus the envelope's metadata.
+
+    Treat it as immutable. (Not `frozen=True`: that makes every construction several times
+    slower, and one is built per save and per load.)
+    """
 
     id: UUID
     class_name: str
