@@ -102,3 +102,35 @@ def test_sync_calls_report_timeouts_as_connection_errors(call: str) -> None:
     action = (lambda: Slow(x=1).model_dump()) if call == "dump" else (lambda: Slow.model_validate(reference))
     with pytest.raises(StorageConnectionError, match=r"did not answer within 0.2 s"):
         action()
+
+
+async def test_deadlines_time_out_only_the_overdue_operation_and_spare_user_cancellation() -> None:
+    from pydantic_toast.deadlines import Deadlines
+    from pydantic_toast.runtime import execute
+    from pydantic_toast.url import StorageURL
+
+    url = StorageURL.parse("memory://deadlines")
+
+    async def sleep_for(seconds: float) -> Any:
+        async def operation(backend: Any) -> float:
+            await asyncio.sleep(seconds)
+            return seconds
+
+        return operation
+
+    slow = asyncio.create_task(execute(url, 0.1, await sleep_for(5)))
+    fast = asyncio.create_task(execute(url, 5, await sleep_for(0.2)))
+    user_cancelled = asyncio.create_task(execute(url, 5, await sleep_for(5)))
+    await asyncio.sleep(0.05)
+    user_cancelled.cancel()
+
+    with pytest.raises(pydantic_toast.StorageConnectionError, match=r"within 0\.1 s"):
+        await slow
+    assert await fast == 0.2
+    with pytest.raises(asyncio.CancelledError):
+        await user_cancelled
+    # Nothing is left scheduled or registered once everything finished.
+    deadlines = runtime._deadlines[asyncio.get_running_loop()]
+    assert isinstance(deadlines, Deadlines)
+    assert deadlines._inflight == {}
+    assert deadlines._expired == set()
