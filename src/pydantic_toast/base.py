@@ -32,6 +32,7 @@ from .exceptions import ExternalStorageError, StorageValidationError
 from .persistence import ModelSettings, RecordState
 from .reference import ExternalReference
 from .upgrades import UpgradeFunction, collect_upgrades
+from .url import MaskedURL
 
 __all__ = ["ExternalBaseModel", "ExternalConfigDict", "ReferenceLike"]
 
@@ -117,6 +118,7 @@ class ExternalBaseModel(BaseModel):
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         cls.__toast_settings__ = persistence.settings_for(cls)
+        cls.model_config["storage"] = MaskedURL(cls.model_config["storage"])
         try:
             cls.__toast_upgrades__ = collect_upgrades(cls, cls.__toast_settings__.schema_version)
         except StorageValidationError as exc:

@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from .exceptions import StorageValidationError
 
-__all__ = ["StorageURL", "mask_secrets"]
+__all__ = ["MaskedURL", "StorageURL", "mask_secrets"]
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
 _MASK = "***"
@@ -90,6 +90,19 @@ class StorageURL:
 
     def __str__(self) -> str:
         return self.masked
+
+
+class MaskedURL(str):
+    """A storage URL string whose repr hides the password.
+
+    The model's configuration keeps the URL in this form, so `print(Model.model_config)`, logs of
+    the config and tracebacks showing it never reveal the password; the text itself is unchanged.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(mask_secrets(str.__str__(self)))
 
 
 def mask_secrets(text: str, *passwords: str | None) -> str:
