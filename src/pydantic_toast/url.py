@@ -14,6 +14,8 @@ _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
 _MASK = "***"
 # user:password@ inside any URL-looking text, for scrubbing driver messages.
 _USERINFO = re.compile(r"(?P<prefix>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?=@)", re.IGNORECASE)
+# password=… in a query string (libpq's password and sslpassword, and similar driver options).
+_QUERY_PASSWORD = re.compile(r"(?P<prefix>[?&][a-z_]*password=)(?P<password>[^&#\s]*)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +82,9 @@ class StorageURL:
 
     @property
     def masked(self) -> str:
-        """The URL as given, with the password replaced by `***`."""
-        return mask_secrets(self.raw, self.password)
+        """The URL as given, with passwords (user info and query options) replaced by `***`."""
+        query_secrets = [value for key, value in self.query if key.lower().endswith("password")]
+        return mask_secrets(self.raw, self.password, *query_secrets)
 
     @property
     def options(self) -> dict[str, str]:
@@ -108,6 +111,7 @@ class MaskedURL(str):
 def mask_secrets(text: str, *passwords: str | None) -> str:
     """Replace URL passwords in `text` (and any of `passwords`, raw or URL-quoted) with `***`."""
     masked = _USERINFO.sub(lambda m: m.group("prefix") + _MASK, text)
+    masked = _QUERY_PASSWORD.sub(lambda m: m.group("prefix") + _MASK, masked)
     for password in passwords:
         if password:
             for form in {password, quote(password, safe="")}:

@@ -1,0 +1,612 @@
+"""PostgreSQL through asyncpg (`pip install 'pydantic-toast[postgresql]'`); see docs/backends/postgresql.md.
+
+    postgresql://[user[:password]@][host][:port][/database][?param=value&...]     (or postgres://)
+
+Query parameters are either libpq connection parameters, handed to asyncpg unchanged (`sslmode`,
+`sslrootcert`, `application_name`, `connect_timeout`, ...), or this library's own options: `table`,
+`schema`, `min_size`, `max_size`, `command_timeout`, `statement_cache_size`. Anything else is
+refused when the model class is defined, so a typo never reaches the server.
+
+Layout: the contract's table (DESIGN.md) plus a nullable `expires_at TIMESTAMPTZ` for `ttl`. The
+model's JSON text goes to the server as text cast to `jsonb` and comes back as text, so the data is
+never parsed or re-serialized in Python.
+
+NUL characters: `jsonb` cannot hold `\\u0000` inside a string. A record whose JSON text contains
+that escape is stored instead as a jsonb *string* holding the JSON text itself. Model data is
+always an object, so a string in `data` is unambiguous, and reading returns the exact original
+text (`data #>> '{}'`). Such rows cannot be searched with jsonb operators; all others can.
+
+asyncpg is imported by `connect()`, never at module import, so the core works without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import unquote, urlencode, urlsplit
+from uuid import UUID
+
+import pydantic_core
+
+from ..exceptions import StorageConnectionError, StorageValidationError
+from ..url import StorageURL, mask_secrets
+from ._options import URLOptions
+from .base import RecordKey, StorageBackend, StoredRecord
+
+__all__ = ["PostgreSQLBackend"]
+
+T = TypeVar("T")
+
+_INSTALL_HINT = "pip install 'pydantic-toast[postgresql]'"
+DEFAULT_TABLE = "external_models"
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_COMMAND_TIMEOUT = 30.0
+DEFAULT_MIN_SIZE = 0
+DEFAULT_MAX_SIZE = 10
+DEFAULT_STATEMENT_CACHE_SIZE = 100
+_CLOSE_TIMEOUT = 5.0
+
+_LIBRARY_OPTIONS = ("table", "schema", "min_size", "max_size", "command_timeout", "statement_cache_size")
+# libpq parameters asyncpg understands itself, plus two startup parameters (application_name,
+# options) that it forwards to the server. Others (keepalives, client_encoding...) would reach the
+# server as unknown settings and fail at connect, so they are refused up front instead.
+_DRIVER_PARAMS = (
+    "host",
+    "port",
+    "dbname",
+    "database",
+    "user",
+    "password",
+    "passfile",
+    "service",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslcrl",
+    "sslpassword",
+    "sslnegotiation",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "target_session_attrs",
+    "krbsrvname",
+    "gsslib",
+    "application_name",
+    "options",
+)
+# Read by this backend (asyncpg would send it to the server as a setting).
+_CONNECT_TIMEOUT = "connect_timeout"
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_SECRET_PARAMS = ("password", "sslpassword")
+_NUL_ESCAPE = b"\\u0000"
+_DATA = "CASE jsonb_typeof(data) WHEN 'string' THEN data #>> '{}' ELSE data::text END"
+_COLUMNS = f"id, class_name, {_DATA}, schema_version, created_at, updated_at, expires_at"
+_LIVE = "(expires_at IS NULL OR expires_at > now())"
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    dsn: str = field(repr=False)
+    secrets: tuple[str, ...] = field(repr=False)
+    shown: str
+    where: str
+    table: str
+    schema: str | None
+    min_size: int
+    max_size: int
+    connect_timeout: float
+    command_timeout: float
+    statement_cache_size: int
+
+    @property
+    def qualified(self) -> str:
+        return f'"{self.schema}"."{self.table}"' if self.schema else f'"{self.table}"'
+
+    def index(self, suffix: str) -> str:
+        """An index name that stays unique when the table name is long (PostgreSQL truncates at 63)."""
+        name = f"idx_{self.table}_{suffix}"
+        if len(name) > 63:
+            digest = hashlib.sha256(self.table.encode()).hexdigest()[:8]
+            name = f"idx_{self.table[: 63 - len(suffix) - 14]}_{digest}_{suffix}"
+        return name
+
+
+class PostgreSQLBackend(StorageBackend):
+    """One asyncpg pool per instance; the runtime keeps one instance per (URL, event loop)."""
+
+    url_options: ClassVar[tuple[str, ...]] = (*_LIBRARY_OPTIONS, *_DRIVER_PARAMS, _CONNECT_TIMEOUT)
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._settings = _settings(StorageURL.parse(url))
+        self._pool: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._driver: ModuleType | None = None
+        self._retryable: tuple[type[BaseException], ...] = ()
+        self._deadlock: tuple[type[BaseException], ...] = ()
+        table = self._settings.qualified
+        upsert = (
+            "ON CONFLICT (id) DO UPDATE SET data = excluded.data, schema_version = excluded.schema_version, "
+            "updated_at = excluded.updated_at, expires_at = excluded.expires_at "
+            "WHERE t.class_name = excluded.class_name"
+        )
+        columns = "id, class_name, data, schema_version, created_at, updated_at, expires_at"
+        insert = f"INSERT INTO {table} AS t ({columns}) "
+        self._save_one = f"{insert}VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7) {upsert}"
+        # One statement for the whole batch. The NOT EXISTS keeps it all-or-nothing when an id
+        # already belongs to another class; the ON CONFLICT filter covers a concurrent writer.
+        self._save_many = (
+            "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], "
+            "$5::timestamptz[], $6::timestamptz[], $7::timestamptz[]) "
+            "AS u(id, class_name, data, schema_version, created_at, updated_at, expires_at)) "
+            f"{insert}SELECT id, class_name, data::jsonb, schema_version, created_at, updated_at, expires_at "
+            f"FROM input WHERE NOT EXISTS (SELECT 1 FROM {table} AS o JOIN input AS i ON o.id = i.id "
+            f"WHERE o.class_name <> i.class_name) {upsert}"
+        )
+        self._load_one = (
+            f"SELECT {_DATA}, schema_version, created_at, updated_at, expires_at FROM {table} "
+            f"WHERE id = $1 AND class_name = $2 AND {_LIVE}"
+        )
+        self._load_many = f"SELECT {_COLUMNS} FROM {table} WHERE id = ANY($1::uuid[]) AND {_LIVE}"
+        self._delete = f"DELETE FROM {table} WHERE id = $1 AND class_name = $2"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._settings.shown!r})"
+
+    @classmethod
+    def check_url(cls, url: StorageURL) -> None:
+        _settings(url)
+
+    # ------------------------------------------------------------------ connection
+
+    async def connect(self) -> None:
+        if self._pool is not None:
+            return
+        driver = _import_driver()
+        self._driver = driver
+        self._deadlock = (driver.DeadlockDetectedError,)
+        self._retryable = (
+            driver.PostgresConnectionError,
+            driver.InterfaceError,
+            driver.AdminShutdownError,
+            driver.CrashShutdownError,
+            driver.CannotConnectNowError,
+            driver.DeadlockDetectedError,
+            ConnectionError,
+        )
+        settings = self._settings
+        error: StorageConnectionError | None = None
+        pool: Any = None
+        try:
+            async with asyncio.timeout(settings.connect_timeout + settings.command_timeout):
+                pool = await driver.create_pool(
+                    settings.dsn,
+                    min_size=settings.min_size,
+                    max_size=settings.max_size,
+                    command_timeout=settings.command_timeout,
+                    statement_cache_size=settings.statement_cache_size,
+                    timeout=settings.connect_timeout,
+                )
+                await self._prepare_table(pool)
+        except Exception as exc:  # noqa: BLE001 - every driver failure becomes one library error below
+            error = self._error("connect", exc)
+        except BaseException:
+            # Cancelled (the caller's timeout): no half-prepared pool may outlive this call.
+            if pool is not None:
+                pool.terminate()
+            raise
+        if error is not None:
+            # Raised outside the handler: no chained driver exception can carry the password.
+            if pool is not None:
+                pool.terminate()
+            raise error
+        self._pool = pool
+        self._loop = asyncio.get_running_loop()
+
+    async def _prepare_table(self, pool: Any) -> None:
+        driver = self._driver
+        assert driver is not None
+        races = (
+            driver.UniqueViolationError,
+            driver.DuplicateTableError,
+            driver.DuplicateObjectError,
+            driver.DuplicateSchemaError,
+        )
+        try:
+            await self._create_table(pool)
+        except races:
+            # Another process created it at the same moment without our advisory lock (an older
+            # version or a migration tool); everything now exists, so one more pass only checks.
+            await self._create_table(pool)
+
+    async def _create_table(self, pool: Any) -> None:
+        settings = self._settings
+        table = settings.qualified
+        schema = f'"{settings.schema}"' if settings.schema else None
+        key = int.from_bytes(
+            hashlib.sha256(f"pydantic_toast:{table}".encode()).digest()[:8], "big", signed=True
+        )
+        async with pool.acquire() as connection, connection.transaction():
+            # Serializes concurrent first starts: CREATE ... IF NOT EXISTS alone can still fail
+            # with a unique violation on pg_type when two sessions create the same table.
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", key)
+            # Checked before creating anything, so that a role without CREATE privilege can use
+            # tables a DBA prepared (IF NOT EXISTS still checks the privilege).
+            row = await connection.fetchrow(
+                "SELECT $1::text IS NULL OR to_regnamespace($1) IS NOT NULL, to_regclass($2) IS NOT NULL, "
+                "EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($2) "
+                "AND attname = 'expires_at' AND NOT attisdropped), "
+                "to_regclass($3) IS NOT NULL, to_regclass($4) IS NOT NULL",
+                schema,
+                table,
+                self._index_name("class_name"),
+                self._index_name("expires_at"),
+            )
+            has_schema, has_table, has_expiry, has_class_index, has_expiry_index = row
+            if not has_schema:
+                await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            if not has_table:
+                await connection.execute(
+                    f"CREATE TABLE IF NOT EXISTS {table} (id UUID PRIMARY KEY, class_name TEXT NOT NULL, "
+                    "data JSONB NOT NULL, schema_version INTEGER NOT NULL DEFAULT 1, "
+                    "created_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+                    "updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), expires_at TIMESTAMPTZ)"
+                )
+            elif not has_expiry:
+                # Tables created by the contract's DDL (or older versions) gain the TTL column.
+                await connection.execute(
+                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ"
+                )
+            if not has_class_index:
+                await connection.execute(
+                    f'CREATE INDEX IF NOT EXISTS "{settings.index("class_name")}" ON {table} (class_name)'
+                )
+            if not has_expiry_index:
+                await connection.execute(
+                    f'CREATE INDEX IF NOT EXISTS "{settings.index("expires_at")}" ON {table} (expires_at) '
+                    "WHERE expires_at IS NOT NULL"
+                )
+
+    def _index_name(self, suffix: str) -> str:
+        name = f'"{self._settings.index(suffix)}"'
+        return f'"{self._settings.schema}".{name}' if self._settings.schema else name
+
+    async def disconnect(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT)
+        except Exception:  # noqa: BLE001 - closing must not fail; connections are cut instead
+            pool.terminate()
+
+    async def _run(self, action: str, call: Callable[..., Awaitable[T]], *args: object) -> T:
+        """Run one pool call, retrying it once when the connection it used turned out dead.
+
+        Only idempotent statements come here (upserts, reads, a delete by key), so a retry after
+        a server restart or a failover cannot write anything twice.
+        """
+        error: StorageConnectionError | None = None
+        try:
+            return await call(*args)
+        except self._retryable as exc:
+            if self._pool is not None and not isinstance(exc, self._deadlock):
+                # Every pooled connection predates the failure: replace them all, not one per call.
+                await self._pool.expire_connections()
+            self.stats.add()
+        except Exception as exc:  # noqa: BLE001 - translated below, outside the handler
+            error = self._error(action, exc)
+        if error is None:
+            try:
+                return await call(*args)
+            except Exception as exc:  # noqa: BLE001 - translated below, outside the handler
+                error = self._error(action, exc)
+        raise error
+
+    def _pool_or_raise(self) -> Any:
+        pool = self._pool
+        if pool is None:
+            shown = self._settings.shown
+            raise StorageConnectionError(f"the PostgreSQL backend for {shown!r} is closed", url=shown)
+        if self._loop is not asyncio.get_running_loop():
+            # asyncpg would fail with a misleading "another operation is in progress".
+            raise StorageConnectionError(
+                f"the PostgreSQL backend for {self._settings.shown!r} was connected on another event "
+                "loop; asyncpg pools are bound to the loop that created them (use one backend per loop, "
+                "as pydantic_toast's own runtime does)",
+                url=self._settings.shown,
+            )
+        return pool
+
+    # ------------------------------------------------------------------ contract
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        await self.save_records([StoredRecord.from_envelope(id, class_name, data)])
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        [record] = await self.load_records([(id, class_name)])
+        return None if record is None else record.envelope()
+
+    # ------------------------------------------------------------------ fast paths
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        if not records:
+            return
+        pool = self._pool_or_raise()
+        if len(records) == 1:
+            r = records[0]
+            status = await self._run(
+                "save",
+                pool.execute,
+                self._save_one,
+                r.id,
+                r.class_name,
+                _stored_text(r.data_json),
+                r.schema_version,
+                r.created_at,
+                r.updated_at,
+                r.expires_at,
+            )
+            unique: Sequence[StoredRecord] = records
+        else:
+            unique = _deduplicated(records)
+            status = await self._run(
+                "save",
+                pool.execute,
+                self._save_many,
+                [r.id for r in unique],
+                [r.class_name for r in unique],
+                [_stored_text(r.data_json) for r in unique],
+                [r.schema_version for r in unique],
+                [r.created_at for r in unique],
+                [r.updated_at for r in unique],
+                [r.expires_at for r in unique],
+            )
+        self.stats.add(written=len(unique))
+        if _row_count(status) != len(unique):
+            raise StorageValidationError(
+                f"refusing to overwrite a record of another class that has the same id in "
+                f"{self._settings.where} table {self._settings.qualified}; "
+                + ("it was not saved" if len(unique) == 1 else "nothing in this batch was saved"),
+                expected=sorted({r.class_name for r in unique}),
+            )
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        if not keys:
+            return []
+        pool = self._pool_or_raise()
+        if len(keys) == 1:
+            id, class_name = keys[0]
+            row = await self._run("load", pool.fetchrow, self._load_one, id, class_name)
+            self.stats.add(read=row is not None)
+            if row is None:
+                return [None]
+            data, version, created, updated, expires = row
+            return [StoredRecord(id, class_name, data.encode(), version, created, updated, expires)]
+        rows = await self._run("load", pool.fetch, self._load_many, list({id: None for id, _ in keys}))
+        self.stats.add(read=len(rows))
+        found = {(row[0], row[1]): row for row in rows}
+        records: list[StoredRecord | None] = []
+        for id, class_name in keys:
+            row = found.get((id, class_name))
+            records.append(
+                None
+                if row is None
+                else StoredRecord(id, class_name, row[2].encode(), row[3], row[4], row[5], row[6])
+            )
+        return records
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        pool = self._pool_or_raise()
+        status = await self._run("delete", pool.execute, self._delete, id, class_name)
+        self.stats.add()
+        return _row_count(status) > 0
+
+    # ------------------------------------------------------------------ operator commands
+
+    async def scan_records(
+        self, *, cursor: str | None, limit: int, class_name: str | None = None, include_expired: bool = False
+    ) -> tuple[list[StoredRecord], str | None]:
+        pool = self._pool_or_raise()
+        after: UUID | None = None
+        if cursor:
+            try:
+                after = UUID(cursor)
+            except ValueError:
+                raise StorageValidationError(
+                    f"scan cursor {cursor!r} is not one this backend produced", actual=cursor
+                ) from None
+        conditions = ["($1::uuid IS NULL OR id > $1)", "($2::text IS NULL OR class_name = $2)"]
+        if not include_expired:
+            conditions.append(_LIVE)
+        query = (
+            f"SELECT {_COLUMNS} FROM {self._settings.qualified} "
+            f"WHERE {' AND '.join(conditions)} ORDER BY id LIMIT $3"
+        )
+        rows = await self._run("scan", pool.fetch, query, after, class_name, limit)
+        self.stats.add(read=len(rows))
+        page = [_record(row) for row in rows]
+        return page, (str(page[-1].id) if len(page) == limit else None)
+
+    async def find_record(self, id: UUID) -> StoredRecord | None:
+        pool = self._pool_or_raise()
+        query = f"SELECT {_COLUMNS} FROM {self._settings.qualified} WHERE id = $1"
+        row = await self._run("load", pool.fetchrow, query, id)
+        self.stats.add(read=row is not None)
+        return None if row is None else _record(row)
+
+    async def purge_expired(self) -> int:
+        pool = self._pool_or_raise()
+        query = f"DELETE FROM {self._settings.qualified} WHERE expires_at IS NOT NULL AND expires_at <= now()"
+        status = await self._run("purge", pool.execute, query)
+        self.stats.add()
+        return _row_count(status)
+
+    # ------------------------------------------------------------------ errors
+
+    def _error(self, action: str, exc: BaseException) -> StorageConnectionError:
+        """One library error per driver failure, naming the server and never the password."""
+        settings = self._settings
+        driver = self._driver
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, TimeoutError):
+            reason = (
+                f"no answer within the time limit (connect_timeout={settings.connect_timeout:g} s, "
+                f"command_timeout={settings.command_timeout:g} s); check that the server is up and "
+                "not blocked by a lock, or raise the limits in the URL"
+            )
+        elif isinstance(exc, socket.gaierror):
+            reason = f"the host name could not be resolved ({exc.strerror}); check the host in the URL"
+        elif isinstance(exc, ConnectionRefusedError) or "Connect call failed" in str(exc):
+            reason = "connection refused; check that PostgreSQL is running and listens on that host and port"
+        elif isinstance(exc, ssl.SSLCertVerificationError):
+            reason = (
+                f"the server's certificate was not accepted ({exc.verify_message}); check sslrootcert "
+                "and that the host name matches the certificate (sslmode=verify-ca / verify-full)"
+            )
+        elif driver is not None and isinstance(exc, driver.PostgresError):
+            sqlstate = getattr(exc, "sqlstate", None)
+            reason = f"{type(exc).__name__} [{sqlstate}]: {exc}"
+            if isinstance(exc, driver.InvalidPasswordError):
+                reason += "; check the user name and password in the URL"
+            elif isinstance(exc, driver.InvalidAuthorizationSpecificationError):
+                reason += "; check the user name, and that pg_hba.conf allows this client"
+            elif isinstance(exc, driver.InvalidCatalogNameError):
+                reason += "; create the database (createdb) or fix its name in the URL"
+            elif isinstance(exc, driver.QueryCanceledError):
+                reason += "; the statement hit the server's statement_timeout or was cancelled"
+            elif isinstance(exc, driver.InsufficientPrivilegeError):
+                reason += f"; grant this user access to {settings.qualified} (or to CREATE it)"
+        secrets = settings.secrets
+        message = mask_secrets(f"PostgreSQL {action} failed on {settings.where}: {reason}", *secrets)
+        return StorageConnectionError(message, url=settings.shown)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _import_driver() -> ModuleType:
+    try:
+        import asyncpg  # type: ignore[import-untyped]
+    except ImportError:
+        raise StorageValidationError(
+            f"the PostgreSQL backend needs asyncpg; install it with: {_INSTALL_HINT}",
+            expected="asyncpg",
+            actual=None,
+        ) from None
+    module: ModuleType = asyncpg
+    return module
+
+
+def _stored_text(data_json: bytes) -> str:
+    """The text sent for `data`: the JSON itself, or a JSON string wrapping it if it holds a NUL."""
+    if _NUL_ESCAPE in data_json:
+        # The escape may also be an escaped backslash followed by 'u0000'; wrapping that too is
+        # harmless, since unwrapping restores the exact text either way.
+        return pydantic_core.to_json(data_json.decode()).decode()
+    return data_json.decode()
+
+
+def _deduplicated(records: Sequence[StoredRecord]) -> list[StoredRecord]:
+    """The last record per id, sorted by id so concurrent batches lock rows in the same order."""
+    latest: dict[UUID, StoredRecord] = {}
+    for record in records:
+        previous = latest.get(record.id)
+        if previous is not None and previous.class_name != record.class_name:
+            raise StorageValidationError(
+                f"one batch holds records of {previous.class_name!r} and {record.class_name!r} with the "
+                f"same id {record.id}; ids must be unique across classes",
+                expected=previous.class_name,
+                actual=record.class_name,
+            )
+        latest[record.id] = record
+    return [latest[id] for id in sorted(latest)]
+
+
+def _row_count(status: str) -> int:
+    # asyncpg returns the command tag: 'INSERT 0 3', 'DELETE 1'.
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _record(row: Any) -> StoredRecord:
+    id, class_name, data, version, created, updated, expires = row
+    return StoredRecord(UUID(int=id.int), class_name, data.encode(), version, created, updated, expires)
+
+
+def _settings(url: StorageURL) -> _Settings:
+    """Validate the URL without connecting; the result feeds asyncpg and every message."""
+    values = url.options
+    secrets = tuple(s for s in (url.password, *(values.get(p) for p in _SECRET_PARAMS)) if s)
+    # StorageURL.masked hides only the userinfo password; option errors must not show the others.
+    options = URLOptions(dataclasses.replace(url, raw=mask_secrets(url.raw, *secrets)), backend="postgresql")
+    shown = options.url.masked
+    options.reject_unknown((*_LIBRARY_OPTIONS, *_DRIVER_PARAMS, _CONNECT_TIMEOUT))
+    table = options.identifier("table", DEFAULT_TABLE)
+    schema = options.identifier("schema", "") if "schema" in values else None
+    min_size = options.integer("min_size", DEFAULT_MIN_SIZE, minimum=0)
+    max_size = options.integer("max_size", DEFAULT_MAX_SIZE, minimum=1)
+    if min_size > max_size:
+        raise StorageValidationError(
+            f"postgresql option min_size={min_size} exceeds max_size={max_size} in {shown!r}",
+            expected=f"min_size <= {max_size}",
+            actual=min_size,
+        )
+    command_timeout = _positive_seconds(options, "command_timeout", DEFAULT_COMMAND_TIMEOUT)
+    connect_timeout = _positive_seconds(options, _CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT)
+    statement_cache_size = options.integer("statement_cache_size", DEFAULT_STATEMENT_CACHE_SIZE, minimum=0)
+    sslmode = values.get("sslmode")
+    if sslmode is not None and sslmode not in _SSLMODES:
+        raise StorageValidationError(
+            f"postgresql sslmode={sslmode!r} in {shown!r} must be one of {', '.join(_SSLMODES)}",
+            expected=list(_SSLMODES),
+            actual=sslmode,
+        )
+    host = url.host or values.get("host") or "localhost"
+    port = url.port or values.get("port") or 5432
+    database = unquote(url.path.lstrip("/")) or values.get("dbname") or values.get("database")
+    if database is None:
+        database = url.username or values.get("user") or "(the user's name)"
+    if "/" in database:
+        raise StorageValidationError(
+            f"postgresql URL {shown!r} names database {database!r}; write one database name after "
+            "the host, e.g. 'postgresql://user@localhost:5432/mydb'",
+            expected="/database",
+            actual=database,
+        )
+    parts = urlsplit(url.raw)
+    driver_query = urlencode([(k, v) for k, v in url.query if k in _DRIVER_PARAMS])
+    # Built by hand: urlunsplit drops the '//' of 'postgresql:///db' (no host: the local socket).
+    dsn = f"{url.scheme}://{parts.netloc}{parts.path}" + (f"?{driver_query}" if driver_query else "")
+    return _Settings(
+        dsn=dsn,
+        secrets=secrets,
+        shown=shown,
+        where=mask_secrets(f"{host}:{port}/{database}", *secrets),
+        table=table,
+        schema=schema,
+        min_size=min_size,
+        max_size=max_size,
+        connect_timeout=connect_timeout,
+        command_timeout=command_timeout,
+        statement_cache_size=statement_cache_size,
+    )
+
+
+def _positive_seconds(options: URLOptions, name: str, default: float) -> float:
+    # Zero means "wait forever" to libpq; this library never waits forever.
+    value = options.number(name, default)
+    if value <= 0:
+        raise StorageValidationError(
+            f"postgresql option {name}={options.values[name]!r} in {options.url.masked!r} must be a "
+            "number of seconds > 0 (waiting forever is not supported)",
+            expected="seconds > 0",
+            actual=options.values[name],
+        )
+    return value

@@ -1,0 +1,562 @@
+"""The PostgreSQL backend against a real server: layout, round trips, options, NUL, concurrency.
+
+Failure behaviour (refused, unknown host, bad password, timeouts, restarts) and SSL live in
+test_postgresql_failures.py. Every test writes to a table of its own (`?table=t_<hex>`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+from uuid import UUID, uuid4
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pydantic_toast
+from fixtures.postgresql import sql, with_options
+from models import every_type_model, every_type_values, wide_model, wide_values
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    RecordNotFoundError,
+    StorageConnectionError,
+    StorageValidationError,
+)
+from pydantic_toast.backends.base import StoredRecord
+from pydantic_toast.backends.postgresql import PostgreSQLBackend
+from pydantic_toast.runtime import stats
+
+pytestmark = pytest.mark.postgresql
+
+
+def sql_sync(url: str, query: str, *args: Any) -> list[Any]:
+    """`sql` from a sync test: on a loop of its own, since no loop runs in this thread."""
+    return asyncio.run(sql(url, query, *args))
+
+
+@pytest.fixture
+def table(postgresql_tables: list[str]) -> str:
+    """A table name of the test's own, dropped when the session ends."""
+    name = f"t_{uuid4().hex[:16]}"
+    postgresql_tables.append(name)
+    return name
+
+
+@pytest.fixture
+def pg_url(postgresql_url: str, table: str) -> str:
+    return with_options(postgresql_url, table=table)
+
+
+@pytest.fixture
+async def backend(pg_url: str) -> AsyncIterator[PostgreSQLBackend]:
+    """A backend instance of the test's own, outside the runtime (for record-level calls)."""
+    instance = PostgreSQLBackend(pg_url)
+    await instance.connect()
+    yield instance
+    await instance.disconnect()
+
+
+def user_model(
+    storage: str, storage_name: str = "User", *, schema_version: int = 1, ttl: timedelta | None = None
+) -> Any:
+    class User(ExternalBaseModel):
+        name: str
+        age: int = 0
+
+        model_config = ExternalConfigDict(
+            storage=storage, storage_name=storage_name, schema_version=schema_version, ttl=ttl
+        )
+
+    return User
+
+
+def record(class_name: str, data: bytes, id: UUID | None = None, **fields: Any) -> StoredRecord:
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {"schema_version": 1, "created_at": now, "updated_at": now} | fields
+    return StoredRecord(id=id or uuid4(), class_name=class_name, data_json=data, **values)
+
+
+# ---------------------------------------------------------------------- round trips
+
+
+def test_every_field_type_round_trips_through_sync_dump_and_validate(pg_url: str) -> None:
+    model = every_type_model(pg_url)
+    original = model(**every_type_values())
+
+    reference = original.model_dump()
+    restored = model.model_validate(reference)
+
+    assert restored == original
+    assert restored.when.utcoffset() == original.when.utcoffset()
+    [row] = sql_sync(pg_url, f'SELECT class_name, jsonb_typeof(data) FROM "{table_of(pg_url)}"')
+    # A NUL anywhere in the data puts the record in its wrapped form.
+    assert tuple(row) == ("EveryType", "string" if "\x00" in original.text else "object")
+
+
+async def test_model_with_120_fields_round_trips_through_the_async_api(pg_url: str) -> None:
+    model = wide_model(pg_url)
+    original = model(**wide_values())
+
+    reference = await original.save()
+
+    assert await model.load(reference) == original
+    [row] = await sql(pg_url, f"SELECT jsonb_typeof(data), data->>'field_001' FROM \"{table_of(pg_url)}\"")
+    assert tuple(row) == ("object", "1")  # plain rows stay queryable with jsonb operators
+
+
+async def test_async_save_load_delete(pg_url: str) -> None:
+    model = user_model(pg_url)
+    user = model(name="Ada", age=36)
+
+    reference = await user.save()
+    assert await model.load(reference) == user
+    assert await user.delete() is True
+    assert await user.delete() is False
+    with pytest.raises(RecordNotFoundError):
+        await model.load(reference)
+
+
+def test_postgres_scheme_alias_works(postgresql_url: str, table: str) -> None:
+    url = with_options(postgresql_url.replace("postgresql://", "postgres://", 1), table=table)
+    model = user_model(url)
+    user = model(name="alias")
+    assert model.model_validate(user.model_dump()) == user
+
+
+async def test_redump_keeps_the_id_and_created_at_and_moves_updated_at(pg_url: str) -> None:
+    model = user_model(pg_url)
+    user = model(name="Ada", age=36)
+    first = await user.save()
+    [before] = await sql(pg_url, f'SELECT created_at, updated_at FROM "{table_of(pg_url)}"')
+    await asyncio.sleep(0.01)
+
+    user.age = 37
+    second = await user.save()
+
+    assert second.id == first.id
+    [after] = await sql(
+        pg_url, f"SELECT id, created_at, updated_at, data->>'age' FROM \"{table_of(pg_url)}\""
+    )
+    assert after["id"] == first.id
+    assert after["created_at"] == before["created_at"]
+    assert after["updated_at"] > before["updated_at"]
+    assert after[3] == "37"
+
+
+async def test_rows_carry_schema_version_and_timestamps(pg_url: str) -> None:
+    model = user_model(pg_url, schema_version=3)
+    started = datetime.now(UTC)
+    reference = await model(name="v3").save()
+
+    [row] = await sql(
+        pg_url,
+        "SELECT id, class_name, schema_version, created_at, updated_at, expires_at "
+        f'FROM "{table_of(pg_url)}"',
+    )
+
+    assert (row["id"], row["class_name"], row["schema_version"]) == (reference.id, "User", 3)
+    assert started - timedelta(seconds=5) < row["created_at"] <= row["updated_at"] < started + timedelta(60)
+    assert row["expires_at"] is None
+
+
+async def test_two_classes_in_one_table_are_kept_apart(pg_url: str, backend: PostgreSQLBackend) -> None:
+    cats, dogs = user_model(pg_url, "Cat"), user_model(pg_url, "Dog")
+    cat = await cats(name="Tom").save()
+    await dogs(name="Rex").save()
+
+    # A record of one class is never returned as another, even by id.
+    missing, found = await backend.load_records([(cat.id, "Dog"), (cat.id, "Cat")])
+    assert missing is None
+    assert found is not None
+    assert found.class_name == "Cat"
+    assert await backend.load(cat.id, "Dog") is None
+    assert await backend.delete(cat.id, "Dog") is False
+    # Writing a Dog over the Cat's id is refused, alone or in a batch, and the batch saves nothing.
+    with pytest.raises(StorageValidationError, match="another class"):
+        await backend.save_records([record("Dog", b'{"name":"Rex"}', cat.id)])
+    newcomer = record("Dog", b'{"name":"Fido"}')
+    with pytest.raises(StorageValidationError, match="nothing in this batch"):
+        await backend.save_records([newcomer, record("Dog", b'{"name":"Rex"}', cat.id)])
+    assert await backend.load_records([newcomer.key]) == [None]
+    assert (await cats.load(cat)).name == "Tom"
+    rows = await sql(pg_url, f'SELECT class_name, count(*) FROM "{table_of(pg_url)}" GROUP BY 1 ORDER BY 1')
+    assert [tuple(r) for r in rows] == [("Cat", 1), ("Dog", 1)]
+
+
+async def test_contract_methods_store_the_envelope(backend: PostgreSQLBackend) -> None:
+    id = uuid4()
+    envelope = {
+        "data": {"name": "Ada", "nested": {"list": [1, 2.5, None, "\x00"]}},
+        "schema_version": 2,
+        "created_at": "2025-12-23T00:00:00.000000Z",
+        "updated_at": "2025-12-23T00:05:00.000000Z",
+    }
+    await backend.save(id, "Env", envelope)
+    assert await backend.load(id, "Env") == envelope
+    assert await backend.load(uuid4(), "Env") is None
+
+
+async def test_connect_and_disconnect_are_idempotent_and_a_closed_backend_says_so(pg_url: str) -> None:
+    backend = PostgreSQLBackend(pg_url)
+    await backend.connect()
+    await backend.connect()
+    await backend.save_records([record("User", b'{"name":"x"}')])
+    await backend.disconnect()
+    await backend.disconnect()
+    with pytest.raises(StorageConnectionError, match="closed"):
+        await backend.load_records([(uuid4(), "User")])
+    await backend.connect()  # and it can be connected again
+    assert await backend.load_records([(uuid4(), "User")]) == [None]
+    await backend.disconnect()
+
+
+def test_a_backend_used_from_another_event_loop_says_so(pg_url: str) -> None:
+    backend = PostgreSQLBackend(pg_url)
+    home = asyncio.new_event_loop()
+    try:
+        home.run_until_complete(backend.connect())
+        with pytest.raises(StorageConnectionError, match="another event loop"):
+            asyncio.run(backend.load_records([(uuid4(), "User")]))
+        home.run_until_complete(backend.disconnect())
+    finally:
+        home.close()
+
+
+# ---------------------------------------------------------------------- batches
+
+
+async def test_batches_take_one_round_trip_each_way(pg_url: str) -> None:
+    model = user_model(pg_url)
+    users = [model(name=f"user {i}", age=i) for i in range(200)]
+    before = stats().get(pg_url, {}).get("round_trips", 0)
+
+    references = await model.save_many(users)
+    middle = stats()[pg_url]["round_trips"]
+    loaded = await model.load_many(references)
+
+    assert loaded == users
+    assert middle - before == 1
+    assert stats()[pg_url]["round_trips"] - middle == 1
+
+
+async def test_batch_with_repeated_ids_keeps_the_last_and_loads_repeat_keys(
+    backend: PostgreSQLBackend,
+) -> None:
+    id = uuid4()
+    other = record("User", b'{"name":"other"}')
+    await backend.save_records(
+        [record("User", b'{"name":"first"}', id), other, record("User", b'{"name":"last"}', id)]
+    )
+
+    found = await backend.load_records([(id, "User"), other.key, (id, "User"), (uuid4(), "User")])
+
+    assert [r.data_json if r else None for r in found] == [
+        b'{"name": "last"}',
+        b'{"name": "other"}',
+        b'{"name": "last"}',
+        None,
+    ]
+    with pytest.raises(StorageValidationError, match="same id"):
+        await backend.save_records([record("A", b"{}", id), record("B", b"{}", id)])
+
+
+async def test_concurrent_saves_of_one_record_last_write_wins(pg_url: str) -> None:
+    model = user_model(pg_url)
+    reference = await model(name="start").save()
+    [before] = await sql(pg_url, f'SELECT created_at FROM "{table_of(pg_url)}"')
+
+    async def writer(i: int) -> None:
+        copy = await model.load(reference)
+        copy.name, copy.age = f"writer {i}", i
+        await copy.save()
+
+    await asyncio.gather(*(writer(i) for i in range(40)))
+
+    final = await model.load(reference)
+    assert final.name == f"writer {final.age}"  # one writer's whole record, never a mix
+    [row] = await sql(pg_url, f'SELECT created_at, count(*) OVER () FROM "{table_of(pg_url)}"')
+    assert tuple(row) == (before["created_at"], 1)
+    final.name = "settled"
+    await final.save()
+    assert (await model.load(reference)).name == "settled"
+
+
+async def test_many_processes_starting_at_once_create_the_table_once(postgresql_url: str, table: str) -> None:
+    url = with_options(postgresql_url, table=table, schema=f"s_{table}")
+    backends = [PostgreSQLBackend(url) for _ in range(8)]
+    try:
+        await asyncio.gather(*(b.connect() for b in backends))
+        await asyncio.gather(*(b.save_records([record("User", b"{}")]) for b in backends))
+    finally:
+        await asyncio.gather(*(b.disconnect() for b in backends))
+        await sql(postgresql_url, f'DROP SCHEMA IF EXISTS "s_{table}" CASCADE')
+
+
+# ---------------------------------------------------------------------- NUL and any text
+
+
+@pytest.fixture(scope="module")
+def text_model(postgresql_url: str, postgresql_tables: list[str]) -> Any:
+    table = f"t_{uuid4().hex[:16]}"
+    postgresql_tables.append(table)
+
+    class Texts(ExternalBaseModel):
+        text: str
+        keyed: dict[str, str]
+        raw: bytes
+        items: list[str]
+
+        # bytes as UTF-8 text (not the default base64) so a zero byte becomes \u0000 in JSON.
+        model_config = ExternalConfigDict(
+            storage=with_options(postgresql_url, table=table), ser_json_bytes="utf8", val_json_bytes="utf8"
+        )
+
+    return Texts
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.text() | st.text().map(lambda s: s + "\x00" + s),
+    key=st.text(max_size=8),
+    raw=st.text(max_size=20).map(str.encode),
+    items=st.lists(st.text(alphabet=st.sampled_from("\x00\\u0\"'{}")), max_size=4),
+)
+def test_strings_holding_any_character_round_trip_exactly(
+    text_model: Any, text: str, key: str, raw: bytes, items: list[str]
+) -> None:
+    original = text_model(text=text, keyed={key: text}, raw=raw, items=items)
+    restored = text_model.model_validate(original.model_dump())
+    assert restored == original
+
+
+@pytest.fixture(scope="module")
+def number_model(postgresql_url: str, postgresql_tables: list[str]) -> Any:
+    table = f"t_{uuid4().hex[:16]}"
+    postgresql_tables.append(table)
+
+    class Numbers(ExternalBaseModel):
+        floats: list[float]
+        ints: list[int]
+
+        model_config = ExternalConfigDict(storage=with_options(postgresql_url, table=table))
+
+    return Numbers
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(floats=st.lists(st.floats(), max_size=5), ints=st.lists(st.integers(), max_size=5))
+def test_numbers_survive_jsonb_normalization(number_model: Any, floats: list[float], ints: list[int]) -> None:
+    # jsonb rewrites 1e300 as 1000...0 and drops -0.0's sign; typed fields still get their values.
+    original = number_model(floats=floats, ints=ints)
+    restored = number_model.model_validate(original.model_dump())
+    assert restored.ints == ints
+    assert [repr(x) for x in restored.floats] == [repr(abs(x) if x == 0 else x) for x in floats]
+
+
+async def test_nul_records_are_wrapped_and_others_stay_objects(
+    backend: PostgreSQLBackend, pg_url: str
+) -> None:
+    nul, escaped, plain = (
+        record("T", b'{"s":"a\\u0000b"}'),
+        record("T", b'{"s":"\\\\u0000"}'),  # a backslash then "u0000": no NUL, still exact
+        record("T", b'{"s":"plain"}'),
+    )
+    await backend.save_records([nul, escaped, plain])
+
+    found = await backend.load_records([nul.key, escaped.key, plain.key])
+
+    assert [r.data_json if r else None for r in found] == [
+        nul.data_json,
+        escaped.data_json,
+        b'{"s": "plain"}',
+    ]
+    rows = await sql(pg_url, f'SELECT id, jsonb_typeof(data) FROM "{table_of(pg_url)}"')
+    assert {row[0]: row[1] for row in rows} == {nul.id: "string", escaped.id: "string", plain.id: "object"}
+
+
+# ---------------------------------------------------------------------- options and layout
+
+
+async def test_schema_and_table_options_create_a_quoted_qualified_table(postgresql_url: str) -> None:
+    schema, table = f"S_{uuid4().hex[:8]}", f"Models_{uuid4().hex[:8]}"  # mixed case: must be quoted
+    url = with_options(postgresql_url, schema=schema, table=table, min_size="0", max_size="2")
+    model = user_model(url)
+    try:
+        user = model(name="in a schema")
+        assert await model.load(await user.save()) == user
+        rows = await sql(
+            postgresql_url,
+            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = $2",
+            schema,
+            table,
+        )
+        assert {r[0] for r in rows} == {f"idx_{table}_class_name", f"idx_{table}_expires_at", f"{table}_pkey"}
+    finally:
+        await pydantic_toast.aclose()
+        await sql(postgresql_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def test_a_contract_table_without_expires_at_is_upgraded_in_place(
+    postgresql_url: str, table: str
+) -> None:
+    await sql(
+        postgresql_url,
+        f'CREATE TABLE "{table}" (id UUID PRIMARY KEY, class_name TEXT NOT NULL, data JSONB NOT NULL, '
+        "schema_version INTEGER NOT NULL DEFAULT 1, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+        "updated_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    old = uuid4()
+    await sql(
+        postgresql_url,
+        f'INSERT INTO "{table}" (id, class_name, data) VALUES ($1, \'User\', \'{{"name": "old"}}\')',
+        old,
+    )
+    model = user_model(with_options(postgresql_url, table=table))
+
+    assert (await model.load(old)).name == "old"
+    [column] = await sql(
+        postgresql_url,
+        "SELECT data_type FROM information_schema.columns "
+        "WHERE table_name = $1 AND column_name = 'expires_at'",
+        table,
+    )
+    assert column[0] == "timestamp with time zone"
+
+
+async def test_expired_rows_are_never_returned_and_can_be_purged(
+    pg_url: str, backend: PostgreSQLBackend
+) -> None:
+    model = user_model(pg_url, ttl=timedelta(hours=1))
+    reference = await model(name="short-lived").save()
+    [row] = await sql(pg_url, f'SELECT expires_at - updated_at FROM "{table_of(pg_url)}"')
+    assert row[0] == timedelta(hours=1)
+    assert (await model.load(reference)).name == "short-lived"
+
+    await sql(pg_url, f"UPDATE \"{table_of(pg_url)}\" SET expires_at = now() - interval '1 second'")
+
+    with pytest.raises(RecordNotFoundError):
+        await model.load(reference)
+    assert await backend.load_records([(reference.id, "User"), (reference.id, "User")]) == [None, None]
+    assert await backend.purge_expired() == 1
+    assert await sql(pg_url, f'SELECT 1 FROM "{table_of(pg_url)}"') == []
+
+
+async def test_scan_and_find_serve_the_operator_commands(backend: PostgreSQLBackend) -> None:
+    records = [record("A" if i % 2 else "B", b'{"i":%d}' % i) for i in range(7)]
+    await backend.save_records(records)
+
+    seen: list[StoredRecord] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = await backend.scan_records(cursor=cursor, limit=3, class_name="A")
+        seen += page
+        if cursor is None:
+            break
+    assert sorted(r.id for r in seen) == sorted(r.id for r in records if r.class_name == "A")
+    found = await backend.find_record(records[0].id)
+    assert found is not None
+    assert found.class_name == "B"
+
+
+async def test_application_name_and_server_options_reach_the_server(pg_url: str) -> None:
+    name = f"toast_{uuid4().hex[:8]}"
+    url = with_options(
+        pg_url, application_name=name, options="-c statement_timeout=12345", connect_timeout="5"
+    )
+    backend = PostgreSQLBackend(url)
+    await backend.connect()
+    try:
+        rows = await sql(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name)
+        assert rows[0][0] >= 1
+        assert await backend._pool.fetchval("SHOW statement_timeout") == "12345ms"
+    finally:
+        await backend.disconnect()
+
+
+async def test_pool_bounds_and_statement_cache_off_for_pgbouncer(pg_url: str) -> None:
+    name = f"toast_{uuid4().hex[:8]}"
+    url = with_options(pg_url, application_name=name, min_size="2", max_size="2", statement_cache_size="0")
+    model = user_model(url)
+    users = [model(name=f"u{i}") for i in range(20)]
+
+    references = await asyncio.gather(*(user.save() for user in users))
+    assert await asyncio.gather(*(model.load(reference) for reference in references)) == users
+
+    [row] = await sql(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name)
+    assert row[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"table": "bad-name"}, "not a plain identifier"),
+        ({"table": 'x"; DROP TABLE users; --'}, "not a plain identifier"),
+        ({"schema": "a.b"}, "not a plain identifier"),
+        ({"tabel": "typo"}, "unknown postgresql option"),
+        ({"keepalives": "1"}, "unknown postgresql option"),
+        ({"sslmode": "required"}, "must be one of"),
+        ({"min_size": "5", "max_size": "2"}, "exceeds max_size"),
+        ({"command_timeout": "0"}, "waiting forever"),
+        ({"connect_timeout": "-1"}, "must be a number"),
+        ({"statement_cache_size": "lots"}, "must be an integer"),
+    ],
+)
+def test_bad_options_are_refused_at_class_definition(options: dict[str, str], message: str) -> None:
+    url = with_options("postgresql://app:s3cret-sentinel@db.example:5432/app", **options)
+    with pytest.raises(StorageValidationError, match=message) as caught:
+        user_model(url, f"Bad{uuid4().hex}")
+    assert "s3cret-sentinel" not in str(caught.value)
+    assert "User" in str(caught.value)  # the class is named
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:secret@db.internal:5432/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem",
+        "postgresql://app@db/app?schema=toast&table=models&max_size=20&command_timeout=5",
+        "postgres://app@db/app?statement_cache_size=0&application_name=worker&connect_timeout=2.5",
+        "postgresql:///app?host=/var/run/postgresql",
+        "postgresql://app@/app?host=h1,h2&port=5432,5433&target_session_attrs=read-write",
+        "postgresql://app@db/app?options=-c%20statement_timeout%3D5000",
+    ],
+)
+def test_documented_urls_are_accepted_at_class_definition(url: str) -> None:
+    user_model(url, f"Doc{uuid4().hex}")
+
+
+@pytest.mark.parametrize("secret", ["password", "sslpassword"])
+def test_secrets_in_the_query_string_are_masked_in_option_errors(secret: str) -> None:
+    url = f"postgresql://app@db.example/app?{secret}=q-sentinel-secret&table=bad-name"
+    with pytest.raises(StorageValidationError, match="not a plain identifier") as caught:
+        user_model(url, f"Bad{uuid4().hex}")
+    assert "q-sentinel-secret" not in str(caught.value)
+    assert "q-sentinel-secret" not in repr(PostgreSQLBackend(url.replace("bad-name", "good")))
+
+
+def test_the_module_imports_without_asyncpg_and_connect_names_the_extra() -> None:
+    code = (
+        "import sys, asyncio\n"
+        "sys.modules['asyncpg'] = None\n"
+        "from pydantic_toast.backends.postgresql import PostgreSQLBackend\n"
+        "from pydantic_toast import StorageValidationError\n"
+        "backend = PostgreSQLBackend('postgresql://u@localhost/db')\n"
+        "try:\n"
+        "    asyncio.run(backend.connect())\n"
+        "except StorageValidationError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'pydantic-toast[postgresql]'" in result.stdout
+
+
+def table_of(url: str) -> str:
+    return dict(parse_qsl(urlsplit(url).query))["table"]
