@@ -123,9 +123,7 @@ async def test_mixed_workload_from_tasks_and_threads_loses_nothing(storage_url: 
         with pytest.raises(RecordNotFoundError):
             await model.load(record_id)
     backend = storage_url.split(":")[0]
-    print(
-        f"\n{backend}: {ledger.operations} operations, {len(live)} live, {len(deleted)} deleted checked"
-    )
+    print(f"\n{backend}: {ledger.operations} operations, {len(live)} live, {len(deleted)} deleted checked")
     assert ledger.operations > TASKS
 
     await pydantic_toast.aclose()
