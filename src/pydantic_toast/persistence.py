@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID, uuid4
 
 import pydantic_core
-from pydantic import BaseModel, TypeAdapter, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler
-from pydantic_core import PydanticSerializationError, SchemaValidator, core_schema
+from pydantic import BaseModel, TypeAdapter, ValidationInfo, ValidatorFunctionWrapHandler
+from pydantic_core import PydanticSerializationError, SchemaSerializer, SchemaValidator, core_schema
 
 from . import runtime
 from .backends.base import StoredRecord
@@ -86,6 +86,7 @@ class ModelSettings:
     timeout: float
     ttl: timedelta | None = None
     upgrade_write_back: bool = False
+    dict_references: bool = True
 
 
 def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
@@ -165,6 +166,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         timeout=float(timeout),
         ttl=ttl,
         upgrade_write_back=write_back,
+        dict_references="class_name" not in cls.__pydantic_fields__,
     )
 
 
@@ -235,6 +237,7 @@ class WriteSet:
         # shallow: nested external models that already have a record are referenced, not rewritten.
         self._shallow = shallow
         self._depth = 0
+        self._serializing: set[int] = set()
         self._groups: dict[str, tuple[ModelSettings, dict[UUID, StoredRecord]]] = {}
         # id(model) -> (model, reference); keeping the model alive keeps its id() unique.
         self._seen: dict[int, tuple[ExternalBaseModel, ExternalReference]] = {}
@@ -242,6 +245,14 @@ class WriteSet:
     def add(self, model: ExternalBaseModel) -> ExternalReference:
         seen = self._seen.get(id(model))
         if seen is not None:
+            if id(model) in self._serializing:
+                raise _remember(
+                    StorageValidationError(
+                        f"this {type(model).__name__} contains itself; a stored model cannot be loaded back "
+                        "into an object cycle, so it is refused when dumped",
+                        actual=type(model).__name__,
+                    )
+                )
             return seen[1]
         cls = type(model)
         settings = cls.__toast_settings__
@@ -253,18 +264,18 @@ class WriteSet:
         reference = state.reference(settings.storage_name)
         # Registered before serializing the data, so a model reachable from itself ends as a reference.
         self._seen[id(model)] = (model, reference)
-        token = _inline_model.set(model)
         self._depth += 1
+        self._serializing.add(id(model))
         try:
-            # The instance's own class serializer: a subclass instance in a base-typed field
-            # keeps its subclass fields. Field names, not aliases, so loading never depends on
-            # the caller's alias settings.
-            data = cls.__pydantic_serializer__.to_json(
+            # The instance's own class (a subclass instance in a base-typed field keeps its
+            # subclass fields), field names rather than aliases (loading never depends on the
+            # caller's alias settings), and no computed fields (they are not input).
+            data = inner_serializer(cls).to_json(
                 model, by_alias=False, round_trip=True, exclude_computed_fields=True
             )
         finally:
             self._depth -= 1
-            _inline_model.reset(token)
+            self._serializing.discard(id(model))
         now = datetime.now(UTC)
         if state.created_at is None:
             state.created_at = now
@@ -470,7 +481,7 @@ def _is_reference(cls: type[ExternalBaseModel], value: object) -> bool:
     if isinstance(value, ExternalReference):
         return True
     # A model with its own 'class_name' field accepts references only as ExternalReference.
-    return looks_like_reference(value) and "class_name" not in cls.model_fields
+    return looks_like_reference(value) and cls.__toast_settings__.dict_references
 
 
 def resolve_class(cls: type[M], reference: ExternalReference) -> type[M]:
@@ -505,12 +516,12 @@ def coerce_reference(cls: type[ExternalBaseModel], value: object) -> ExternalRef
 _RecordKey = tuple[str, UUID, str]  # (storage URL, id, class_name)
 
 
-class _PendingLoadError(ValueError):
-    """Raised inside validation for a reference whose record is not fetched yet.
+_PENDING = object()
+"""Stands in for a nested model whose record is not fetched yet, during a collecting pass.
 
-    A ValueError, so pydantic records it and goes on validating the siblings: one pass finds
-    every reference of a level, and they are fetched together before the next pass.
-    """
+Validation goes on past it, so one pass finds every reference of a level; the pass's result is
+discarded and repeated once they are fetched.
+"""
 
 
 class TreeLoader:
@@ -591,7 +602,8 @@ class TreeLoader:
             for cls, key in self._roots:
                 try:
                     models.append(self._materialize(cls, key))
-                except ValidationError:
+                except Exception:
+                    # A placeholder may upset validators further up; that pass is discarded anyway.
                     if self._wanted:
                         continue
                     raise
@@ -607,7 +619,7 @@ class TreeLoader:
         if key in self._missing:
             raise RecordNotFoundError(reference.class_name, reference.id)
         self._wanted[key] = cls.__toast_settings__
-        raise _PendingLoadError(f"{reference.class_name} {reference.id} is being fetched")
+        return cast(M, _PENDING)
 
     def _materialize(self, cls: type[M], key: _RecordKey) -> M:
         if key in self._loading:
@@ -728,8 +740,24 @@ _build_lock = threading.Lock()
 def inner_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
     """A validator for `cls`'s own data: its core schema minus our wrap validator at the top."""
     cached = cls.__dict__.get("__toast_inner_validator__")
-    if cached is not None:
-        return cast(SchemaValidator, cached)
+    if cached is None:
+        cached = _build_inner(cls)[0]
+    return cast(SchemaValidator, cached)
+
+
+def inner_serializer(cls: type[ExternalBaseModel]) -> SchemaSerializer:
+    """A serializer of `cls`'s own data: its core schema minus our wrap serializer at the top.
+
+    Nested external models keep theirs (they become references); only this class's own
+    instance is serialized in full, without a round trip through a Python-level hook.
+    """
+    cached = cls.__dict__.get("__toast_inner_serializer__")
+    if cached is None:
+        cached = _build_inner(cls)[1]
+    return cast(SchemaSerializer, cached)
+
+
+def _build_inner(cls: type[ExternalBaseModel]) -> tuple[SchemaValidator, SchemaSerializer]:
     if not cls.__pydantic_complete__:
         cls.model_rebuild(raise_errors=True)
     schema = cast(dict[str, Any], cls.__pydantic_core_schema__)
@@ -740,17 +768,33 @@ def inner_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
     if schema["type"] == "definition-ref":
         schema = next(d for d in definitions if d.get("ref") == schema["schema_ref"])
     stripped = _strip_own_validator(schema)
-    top: Any = core_schema.definitions_schema(stripped, definitions) if definitions else stripped
+    stripped_model = _strip_own_serializer(stripped)
+
+    def top(node: dict[str, Any]) -> Any:
+        return core_schema.definitions_schema(node, definitions) if definitions else node
+
+    config = stripped.get("config") or schema.get("config")
     with _build_lock:
-        # pydantic-core reuses a complete class's own validator for its 'model' node, which would
-        # put our wrap validator straight back; hide completeness while building.
+        # pydantic-core reuses a complete class's own validator and serializer for its 'model'
+        # node, which would put our hooks straight back; hide completeness while building.
         type.__setattr__(cls, "__pydantic_complete__", False)
         try:
-            validator = SchemaValidator(top, stripped.get("config") or schema.get("config"))
+            validator = SchemaValidator(top(stripped), config)
+            serializer = SchemaSerializer(top(stripped_model), config)
         finally:
             type.__setattr__(cls, "__pydantic_complete__", True)
     type.__setattr__(cls, "__toast_inner_validator__", validator)
-    return validator
+    type.__setattr__(cls, "__toast_inner_serializer__", serializer)
+    return validator, serializer
+
+
+def _strip_own_serializer(schema: dict[str, Any]) -> dict[str, Any]:
+    """The same schema with the model node's serialization (our wrap serializer) removed."""
+    if schema["type"] == "model":
+        return {key: value for key, value in schema.items() if key != "serialization"}
+    if "schema" in schema and isinstance(schema["schema"], dict):
+        return {**schema, "schema": _strip_own_serializer(schema["schema"])}
+    return schema
 
 
 def _strip_own_validator(schema: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,14 @@ def parse_reference(value: object, *, expected_class: str | None = None) -> Exte
     """Check an untrusted reference before any I/O: exact keys, string class name, UUID id."""
     if isinstance(value, ExternalReference):
         return value
+    if type(value) is dict and len(value) == 2:
+        # The common, well-formed case, checked without building error context.
+        class_name, record_id = value.get("class_name"), value.get("id")
+        if type(class_name) is str and type(record_id) is str and len(record_id) == 36:
+            try:
+                return ExternalReference.model_construct(class_name=class_name, id=UUID(record_id))
+            except ValueError:
+                pass
     if not isinstance(value, Mapping):
         raise StorageValidationError(
             f"a reference must be an object {{'class_name': ..., 'id': ...}}, got {type(value).__name__}",
