@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -513,7 +514,8 @@ def coerce_reference(cls: type[ExternalBaseModel], value: object) -> ExternalRef
     return parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
 
 
-_RecordKey = tuple[str, UUID, str]  # (storage URL, id, class_name)
+# (storage URL, id as an int, class_name): UUID hashing is Python-level, int hashing is not.
+_RecordKey = tuple[str, int, str]
 
 
 _PENDING = object()
@@ -542,28 +544,29 @@ class TreeLoader:
         self._roots = [(cls, self._key(cls, ref)) for cls, ref in roots]
         self._records: dict[_RecordKey, StoredRecord] = {}
         self._missing: set[_RecordKey] = set()
-        self._wanted: dict[_RecordKey, ModelSettings] = {}
+        self._wanted: dict[_RecordKey, tuple[ModelSettings, UUID]] = {}
         self._loading: set[_RecordKey] = set()
         self._upgraded: dict[_RecordKey, ExternalBaseModel] = {}
         if fetched is not None:
             self._records[self._roots[0][1]] = fetched
             return
-        for cls, key in self._roots:
-            self._wanted[key] = cls.__toast_settings__
+        for (cls, key), (_, reference) in zip(self._roots, roots, strict=True):
+            self._wanted[key] = (cls.__toast_settings__, reference.id)
 
     @staticmethod
     def _key(cls: type[ExternalBaseModel], reference: ExternalReference) -> _RecordKey:
-        return (cls.__toast_settings__.url.raw, reference.id, reference.class_name)
+        return (cls.__toast_settings__.url.raw, reference.id.int, reference.class_name)
 
     @property
     def timeout(self) -> float:
-        return max((settings.timeout for settings in self._wanted.values()), default=DEFAULT_TIMEOUT)
+        return max((settings.timeout for settings, _ in self._wanted.values()), default=DEFAULT_TIMEOUT)
 
     def _raise_for_missing_roots(self) -> None:
         missing = [key for _, key in self._roots if key in self._missing]
         if missing:
             class_names = sorted({key[2] for key in missing})
-            raise RecordNotFoundError(", ".join(class_names), list(dict.fromkeys(key[1] for key in missing)))
+            ids = [UUID(int=number) for number in dict.fromkeys(key[1] for key in missing)]
+            raise RecordNotFoundError(", ".join(class_names), ids)
 
     async def fetch_wanted(self) -> None:
         """Fetch every collected reference: one `load_records` call per backend, concurrently."""
@@ -573,9 +576,9 @@ class TreeLoader:
         wanted, self._wanted = self._wanted, {}
 
         async def fetch_group(keys: list[_RecordKey]) -> None:
-            settings = wanted[keys[0]]
-            pairs = [(key[1], key[2]) for key in keys]
-            timeout = max(wanted[key].timeout for key in keys)
+            settings = wanted[keys[0]][0]
+            pairs = [(wanted[key][1], key[2]) for key in keys]
+            timeout = max(wanted[key][0].timeout for key in keys)
             found = await runtime.execute(settings.url, timeout, lambda backend: backend.load_records(pairs))
             for key, record in zip(keys, found, strict=True):
                 if record is None:
@@ -618,15 +621,15 @@ class TreeLoader:
             return self._materialize(cls, key)
         if key in self._missing:
             raise RecordNotFoundError(reference.class_name, reference.id)
-        self._wanted[key] = cls.__toast_settings__
+        self._wanted[key] = (cls.__toast_settings__, reference.id)
         return cast(M, _PENDING)
 
     def _materialize(self, cls: type[M], key: _RecordKey) -> M:
         if key in self._loading:
             raise StorageValidationError(
-                f"stored {key[2]} record {key[1]} refers to itself through its references; "
+                f"stored {key[2]} record {UUID(int=key[1])} refers to itself through its references; "
                 "a cycle of stored references cannot be loaded into models",
-                actual=str(key[1]),
+                actual=str(UUID(int=key[1])),
             )
         self._loading.add(key)
         try:
@@ -728,9 +731,13 @@ def materialize(cls: type[M], record: StoredRecord) -> M:
     """Validate a stored record's data into a model that remembers which record it is."""
     data_json = upgraded_data(cls, record)
     model = cast(M, inner_validator(cls).validate_json(data_json, by_alias=False, by_name=True))
-    state = state_of(model)
-    state.id = record.id
-    state.created_at = record.created_at
+    if model.__pydantic_private__ is None:
+        # Built without post-init (see _build_inner): this is the only private attribute.
+        object.__setattr__(model, "__pydantic_private__", {_STATE: RecordState(record.id, record.created_at)})
+    else:
+        state = state_of(model)
+        state.id = record.id
+        state.created_at = record.created_at
     return model
 
 
@@ -769,6 +776,10 @@ def _build_inner(cls: type[ExternalBaseModel]) -> tuple[SchemaValidator, SchemaS
         schema = next(d for d in definitions if d.get("ref") == schema["schema_ref"])
     stripped = _strip_own_validator(schema)
     stripped_model = _strip_own_serializer(stripped)
+    if _only_our_private_state(cls):
+        # materialize() sets the private state itself, once; pydantic's post-init would build a
+        # default state first (twice, for subclasses of a model with private attributes).
+        stripped = _without_post_init(stripped)
 
     def top(node: dict[str, Any]) -> Any:
         return core_schema.definitions_schema(node, definitions) if definitions else node
@@ -786,6 +797,24 @@ def _build_inner(cls: type[ExternalBaseModel]) -> tuple[SchemaValidator, SchemaS
     type.__setattr__(cls, "__toast_inner_validator__", validator)
     type.__setattr__(cls, "__toast_inner_serializer__", serializer)
     return validator, serializer
+
+
+def _only_our_private_state(cls: type[ExternalBaseModel]) -> bool:
+    """True when the model has no private attributes and no model_post_init of its own."""
+    if set(cls.__private_attributes__) != {_STATE}:
+        return False
+    post_init = inspect.unwrap(cls.model_post_init)
+    return getattr(post_init, "__name__", "") == "init_private_attributes" and getattr(
+        post_init, "__module__", ""
+    ).startswith("pydantic.")
+
+
+def _without_post_init(schema: dict[str, Any]) -> dict[str, Any]:
+    if schema["type"] == "model":
+        return {key: value for key, value in schema.items() if key != "post_init"}
+    if "schema" in schema and isinstance(schema["schema"], dict):
+        return {**schema, "schema": _without_post_init(schema["schema"])}
+    return schema
 
 
 def _strip_own_serializer(schema: dict[str, Any]) -> dict[str, Any]:
