@@ -68,7 +68,7 @@ class RecordState:
         assert self.id is not None
         cached = self._reference
         if cached is None or cached.id != self.id or cached.class_name != storage_name:
-            cached = self._reference = ExternalReference.model_construct(class_name=storage_name, id=self.id)
+            cached = self._reference = ExternalReference.trusted(storage_name, self.id)
         return cached
 
     def __eq__(self, other: object) -> bool:
@@ -508,9 +508,7 @@ def resolve_class(cls: type[M], reference: ExternalReference) -> type[M]:
 def coerce_reference(cls: type[ExternalBaseModel], value: object) -> ExternalReference:
     """Accept an ExternalReference, a reference dict, or a bare id (UUID or its text)."""
     if isinstance(value, UUID | str):
-        return ExternalReference.model_construct(
-            class_name=cls.__toast_settings__.storage_name, id=parse_id(value)
-        )
+        return ExternalReference.trusted(cls.__toast_settings__.storage_name, parse_id(value))
     return parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
 
 

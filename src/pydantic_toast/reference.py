@@ -31,6 +31,17 @@ class ExternalReference(BaseModel):
     def as_dict(self) -> dict[str, str]:
         return {"class_name": self.class_name, "id": str(self.id)}
 
+    @classmethod
+    def trusted(cls, class_name: str, id: UUID) -> ExternalReference:
+        """Build from values already checked, skipping validation (and `model_construct`'s cost,
+        which dominates loading a parent with many children)."""
+        reference = cls.__new__(cls)
+        object.__setattr__(reference, "__dict__", {"class_name": class_name, "id": id})
+        object.__setattr__(reference, "__pydantic_fields_set__", {"class_name", "id"})
+        object.__setattr__(reference, "__pydantic_extra__", None)
+        object.__setattr__(reference, "__pydantic_private__", None)
+        return reference
+
 
 def looks_like_reference(value: object) -> bool:
     return isinstance(value, ExternalReference) or (
@@ -47,7 +58,7 @@ def parse_reference(value: object, *, expected_class: str | None = None) -> Exte
         class_name, record_id = value.get("class_name"), value.get("id")
         if type(class_name) is str and type(record_id) is str and len(record_id) == 36:
             try:
-                return ExternalReference.model_construct(class_name=class_name, id=UUID(record_id))
+                return ExternalReference.trusted(class_name, UUID(record_id))
             except ValueError:
                 pass
     if not isinstance(value, Mapping):
@@ -77,7 +88,7 @@ def parse_reference(value: object, *, expected_class: str | None = None) -> Exte
             expected=expected_class or "str",
             actual=_shown(class_name),
         )
-    return ExternalReference(class_name=class_name, id=parse_id(value["id"]))
+    return ExternalReference.trusted(class_name, parse_id(value["id"]))
 
 
 def parse_id(value: Any) -> UUID:
