@@ -1,5 +1,5 @@
 """Storage backends: the `StorageBackend` interface and the built-in implementations."""
 
-from .base import RecordKey, StorageBackend, StoredRecord
+from .base import RecordKey, RecordStorageBackend, StorageBackend, StoredRecord
 
-__all__ = ["RecordKey", "StorageBackend", "StoredRecord"]
+__all__ = ["RecordKey", "RecordStorageBackend", "StorageBackend", "StoredRecord"]

@@ -25,6 +25,7 @@ from ..url import StorageURL
 __all__ = [
     "BackendStats",
     "RecordKey",
+    "RecordStorageBackend",
     "StorageBackend",
     "StoredRecord",
     "format_timestamp",
@@ -257,3 +258,26 @@ class StorageBackend(ABC):
         raise UnsupportedOperationError(
             f"{type(self).__name__} does not expire records, so there is nothing to purge"
         )
+
+
+class RecordStorageBackend(StorageBackend):
+    """Base of backends whose native operations are the record-level batch methods.
+
+    The contract's `save` / `load` (envelope dicts) are provided on top of `save_records` /
+    `load_records`, which such a backend must implement.
+    """
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        await self.save_records([StoredRecord.from_envelope(id, class_name, data)])
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        [record] = await self.load_records([(id, class_name)])
+        return None if record is None else record.envelope()
+
+    @abstractmethod
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        """Store several records in as few round trips as the store allows."""
+
+    @abstractmethod
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        """Load several records, in order, None where missing."""

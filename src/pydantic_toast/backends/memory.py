@@ -9,17 +9,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 from uuid import UUID
 
 from ..exceptions import StorageValidationError
 from ..url import StorageURL
-from .base import RecordKey, StorageBackend, StoredRecord
+from .base import RecordKey, RecordStorageBackend, StoredRecord
 
 __all__ = ["MemoryBackend"]
 
 
-class MemoryBackend(StorageBackend):
+class MemoryBackend(RecordStorageBackend):
     _stores: ClassVar[dict[str, dict[UUID, StoredRecord]]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
@@ -45,13 +45,6 @@ class MemoryBackend(StorageBackend):
 
     async def disconnect(self) -> None:
         pass
-
-    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
-        await self.save_records([StoredRecord.from_envelope(id, class_name, data)])
-
-    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
-        [record] = await self.load_records([(id, class_name)])
-        return None if record is None else record.envelope()
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         self.stats.add(written=len(records))

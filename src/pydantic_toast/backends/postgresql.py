@@ -38,7 +38,7 @@ import pydantic_core
 from ..exceptions import StorageConnectionError, StorageValidationError
 from ..url import StorageURL, mask_secrets
 from ._options import URLOptions
-from .base import RecordKey, StorageBackend, StoredRecord
+from .base import RecordKey, RecordStorageBackend, StoredRecord
 
 __all__ = ["PostgreSQLBackend"]
 
@@ -118,7 +118,7 @@ class _Settings:
         return name
 
 
-class PostgreSQLBackend(StorageBackend):
+class PostgreSQLBackend(RecordStorageBackend):
     """One asyncpg pool per instance; the runtime keeps one instance per (URL, event loop)."""
 
     url_options: ClassVar[tuple[str, ...]] = (*_LIBRARY_OPTIONS, *_DRIVER_PARAMS, _CONNECT_TIMEOUT)
@@ -326,13 +326,6 @@ class PostgreSQLBackend(StorageBackend):
         return pool
 
     # ------------------------------------------------------------------ contract
-
-    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
-        await self.save_records([StoredRecord.from_envelope(id, class_name, data)])
-
-    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
-        [record] = await self.load_records([(id, class_name)])
-        return None if record is None else record.envelope()
 
     # ------------------------------------------------------------------ fast paths
 

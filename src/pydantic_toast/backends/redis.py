@@ -37,7 +37,13 @@ import pydantic_core
 from ..exceptions import StorageConnectionError, StorageValidationError
 from ..url import StorageURL, mask_secrets
 from ._options import URLOptions
-from .base import RecordKey, StorageBackend, StoredRecord, format_timestamp, parse_timestamp
+from .base import (
+    RecordKey,
+    RecordStorageBackend,
+    StoredRecord,
+    format_timestamp,
+    parse_timestamp,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -428,7 +434,7 @@ def _retry_class() -> type[Retry]:
     return RetryExceptCredentials
 
 
-class _RedisBase(StorageBackend):
+class _RedisBase(RecordStorageBackend):
     """What both clients share: settings, the key layout, error translation, the codec."""
 
     _cluster: ClassVar[bool] = False
@@ -572,13 +578,6 @@ class _RedisBase(StorageBackend):
             f"Redis {action} failed at {settings.where} for {settings.shown!r}: {detail}; {hint}",
             url=settings.shown,
         )
-
-    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
-        await self.save_records([StoredRecord.from_envelope(id, class_name, data)])
-
-    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
-        [record] = await self.load_records([(id, class_name)])
-        return None if record is None else record.envelope()
 
     async def purge_expired(self) -> int:
         return 0  # Redis deletes expired keys itself

@@ -23,7 +23,13 @@ from uuid import UUID
 from ..exceptions import StorageConnectionError, StorageValidationError
 from ..url import StorageURL
 from ._options import URLOptions
-from .base import RecordKey, StorageBackend, StoredRecord, format_timestamp, parse_timestamp
+from .base import (
+    RecordKey,
+    RecordStorageBackend,
+    StoredRecord,
+    format_timestamp,
+    parse_timestamp,
+)
 
 __all__ = ["SQLiteBackend"]
 
@@ -34,7 +40,7 @@ _OPTIONS = ("table", "busy_timeout")
 _MAX_IDS_PER_SELECT = 900
 
 
-class SQLiteBackend(StorageBackend):
+class SQLiteBackend(RecordStorageBackend):
     url_options = _OPTIONS
 
     def __init__(self, url: str) -> None:
@@ -112,13 +118,6 @@ class SQLiteBackend(StorageBackend):
         if connection is None or executor is None:
             raise StorageConnectionError(f"the SQLite backend for {self._shown!r} is closed", url=self._shown)
         return await asyncio.get_running_loop().run_in_executor(executor, work, connection)
-
-    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
-        await self.save_records([StoredRecord.from_envelope(id, class_name, data)])
-
-    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
-        [record] = await self.load_records([(id, class_name)])
-        return None if record is None else record.envelope()
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         if records:
