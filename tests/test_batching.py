@@ -225,3 +225,65 @@ def test_dump_helper_raises_the_library_error_for_plain_parents(tmp_path: Path) 
     holder = Holder(item=child_type(index=1, payload="p"))
     with pytest.raises(pydantic_toast.StorageConnectionError):
         pydantic_toast.dump(holder)
+
+
+@pytest.mark.redis
+async def test_round_trip_counts_agree_with_the_redis_servers_own_view(redis_servers: Any) -> None:
+    """A pipeline is one round trip but many commands: check both against INFO commandstats."""
+    import redis
+
+    server = redis_servers()
+    _, child_type = tree_models(server.url)
+    children = [child_type(index=i, payload="r") for i in range(100)]
+    await child_type(index=-1, payload="warm-up").save()
+    admin = redis.Redis.from_url(server.url)
+
+    def calls(command: str) -> int:
+        stats: dict[str, Any] = admin.info("commandstats")
+        return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    try:
+        sets, mgets = calls("set"), calls("mget")
+        with counting(server.url) as saving:
+            references = await child_type.save_many(children)
+        with counting(server.url) as loading:
+            await child_type.load_many(references)
+        assert saving.by_url[server.url] == 1
+        assert calls("set") - sets == 100
+        assert loading.by_url[server.url] == 1
+        assert calls("mget") - mgets == 1
+    finally:
+        admin.close()
+
+
+@pytest.mark.postgresql
+async def test_round_trip_counts_agree_with_the_postgresql_servers_own_log(
+    postgresql_server_factory: Any,
+) -> None:
+    """Every statement the server executes is logged: one per batch, whatever its size."""
+    import time
+
+    server = postgresql_server_factory()
+    with (server.data / "postgresql.conf").open("a") as conf:
+        conf.write("log_statement = 'all'\n")
+    server.restart()
+    log = server.directory / "server.log"
+    _, child_type = tree_models(server.url)
+    children = [child_type(index=i, payload="p") for i in range(100)]
+    # Warm-up: asyncpg introspects the array types of a batch statement the first time it runs.
+    warm = await child_type.save_many([child_type(index=-i, payload="w") for i in range(1, 3)])
+    await child_type.load_many(warm)
+
+    def executed() -> int:
+        return sum(1 for line in log.read_text(errors="replace").splitlines() if "LOG:  execute" in line)
+
+    before = executed()
+    with counting(server.url) as saving:
+        references = await child_type.save_many(children)
+    with counting(server.url) as loading:
+        await child_type.load_many(references)
+    time.sleep(0.2)  # the server writes its log asynchronously
+    assert saving.by_url[server.url] == 1
+    assert loading.by_url[server.url] == 1
+    statements = executed() - before
+    assert statements == 2, log.read_text(errors="replace")[-3000:]
