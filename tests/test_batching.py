@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -261,8 +262,6 @@ async def test_round_trip_counts_agree_with_the_postgresql_servers_own_log(
     postgresql_server_factory: Any,
 ) -> None:
     """Every statement the server executes is logged: one per batch, whatever its size."""
-    import time
-
     server = postgresql_server_factory()
     with (server.data / "postgresql.conf").open("a") as conf:
         conf.write("log_statement = 'all'\n")
@@ -282,7 +281,7 @@ async def test_round_trip_counts_agree_with_the_postgresql_servers_own_log(
         references = await child_type.save_many(children)
     with counting(server.url) as loading:
         await child_type.load_many(references)
-    time.sleep(0.2)  # the server writes its log asynchronously
+    await asyncio.sleep(0.2)  # the server writes its log asynchronously
     assert saving.by_url[server.url] == 1
     assert loading.by_url[server.url] == 1
     statements = executed() - before
