@@ -26,10 +26,11 @@ import importlib.util
 import json
 import math
 import re
+from abc import abstractmethod
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 from uuid import UUID
 
 import pydantic_core
@@ -579,6 +580,62 @@ class _RedisBase(RecordStorageBackend):
             url=settings.shown,
         )
 
+    _label: ClassVar[str] = "Redis"
+
+    def _client_or_raise(self) -> Any:
+        client = getattr(self, "_client", None)
+        if client is None:
+            raise StorageConnectionError(
+                f"the {self._label} backend for {self._settings.shown!r} is closed", url=self._settings.shown
+            )
+        return client
+
+    @abstractmethod
+    def _require(self) -> Any:
+        """The connected client, or StorageConnectionError once closed."""
+
+    @abstractmethod
+    def _pipeline(self) -> Any:
+        """A non-transactional pipeline of this client."""
+
+    @abstractmethod
+    async def _get_many(self, names: list[bytes]) -> list[bytes | None]:
+        """The values of several keys, in order (one round trip)."""
+
+    async def save_records(self, records: Sequence[StoredRecord]) -> None:
+        if not records:
+            return
+        writes = self._writes(records)
+        if len(writes) == 1:
+            # A pipeline costs more client-side work than it saves for one command.
+            [(key, value, expiry)] = writes
+            await self._guard("save", self._require().set(key, value, px=expiry))
+        else:
+            pipe = self._pipeline()
+            for key, value, expiry in writes:
+                pipe.set(key, value, px=expiry)
+            await self._guard("save", pipe.execute())
+        self.stats.add(written=len(writes))
+
+    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        if not keys:
+            return []
+        names = [self.key(id, class_name) for id, class_name in keys]
+        if len(names) == 1:
+            values: list[bytes | None] = [await self._guard("load", self._require().get(names[0]))]
+        else:
+            values = await self._get_many(names)
+        self.stats.add(read=sum(value is not None for value in values))
+        return [
+            None if value is None else _decode(id, class_name, value, name)
+            for (id, class_name), name, value in zip(keys, names, values, strict=True)
+        ]
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        removed = await self._guard("delete", self._require().delete(self.key(id, class_name)))
+        self.stats.add()
+        return bool(removed)
+
     async def purge_expired(self) -> int:
         return 0  # Redis deletes expired keys itself
 
@@ -595,7 +652,12 @@ class _RedisBase(RecordStorageBackend):
 
     async def _fetch(self, names: Sequence[bytes]) -> list[tuple[bytes | None, int]]:
         """(value, PTTL in ms) per key, in one request (per node)."""
-        raise NotImplementedError
+        pipe = self._pipeline()
+        for name in names:
+            pipe.get(name)
+            pipe.pttl(name)
+        replies = await self._guard("scan", pipe.execute())
+        return list(zip(replies[::2], replies[1::2], strict=True))
 
     def _pattern(self, class_name: str | None, id: UUID | None = None) -> bytes:
         middle = _glob_escape(class_name) if class_name is not None else "*"
@@ -702,62 +764,20 @@ class RedisBackend(_RedisBase):
                 await client.aclose()
 
     def _require(self) -> Redis:
-        if self._client is None:
-            raise StorageConnectionError(
-                f"the Redis backend for {self._settings.shown!r} is closed", url=self._settings.shown
-            )
-        return self._client
+        return cast("Redis", self._client_or_raise())
 
-    async def save_records(self, records: Sequence[StoredRecord]) -> None:
-        if not records:
-            return
-        client = self._require()
-        writes = self._writes(records)
-        if len(writes) == 1:
-            # A pipeline costs more client-side work than it saves for one command.
-            [(key, value, expiry)] = writes
-            await self._guard("save", client.set(key, value, px=expiry))
-        else:
-            pipe = client.pipeline(transaction=False)
-            for key, value, expiry in writes:
-                pipe.set(key, value, px=expiry)
-            await self._guard("save", pipe.execute())
-        self.stats.add(written=len(writes))
+    def _pipeline(self) -> Any:
+        return self._require().pipeline(transaction=False)
 
-    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
-        if not keys:
-            return []
-        client = self._require()
-        names = [self.key(id, class_name) for id, class_name in keys]
-        values: list[bytes | None]
-        if len(names) == 1:
-            values = [await self._guard("load", client.get(names[0]))]
-        else:
-            values = await self._guard("load", client.mget(names))
-        self.stats.add(read=sum(value is not None for value in values))
-        return [
-            None if value is None else _decode(id, class_name, value, name)
-            for (id, class_name), name, value in zip(keys, names, values, strict=True)
-        ]
-
-    async def delete(self, id: UUID, class_name: str) -> bool:
-        removed = await self._guard("delete", self._require().delete(self.key(id, class_name)))
-        self.stats.add()
-        return bool(removed)
+    async def _get_many(self, names: list[bytes]) -> list[bytes | None]:
+        values: list[bytes | None] = await self._guard("load", self._require().mget(names))
+        return values
 
     async def _scan_step(self, node: Any, cursor: int, pattern: bytes, count: int) -> tuple[int, list[bytes]]:
         next_cursor, names = await self._guard(
             "scan", self._require().scan(cursor, match=pattern, count=count)
         )
         return int(next_cursor), names
-
-    async def _fetch(self, names: Sequence[bytes]) -> list[tuple[bytes | None, int]]:
-        pipe = self._require().pipeline(transaction=False)
-        for name in names:
-            pipe.get(name)
-            pipe.pttl(name)
-        replies = await self._guard("scan", pipe.execute())
-        return list(zip(replies[::2], replies[1::2], strict=True))
 
 
 class RedisClusterBackend(_RedisBase):
@@ -769,6 +789,7 @@ class RedisClusterBackend(_RedisBase):
     """
 
     _cluster = True
+    _label = "Redis Cluster"
     # redis-py's cluster client takes no CA directory, only a CA bundle.
     url_options = (*_COMMON_OPTIONS, "node", *(name for name in _TLS_OPTIONS if name != "ssl_ca_path"))
 
@@ -809,63 +830,29 @@ class RedisClusterBackend(_RedisBase):
             await client.aclose()
 
     def _require(self) -> RedisCluster:
-        if self._client is None:
-            raise StorageConnectionError(
-                f"the Redis Cluster backend for {self._settings.shown!r} is closed",
-                url=self._settings.shown,
-            )
-        return self._client
+        return cast("RedisCluster", self._client_or_raise())
 
-    async def save_records(self, records: Sequence[StoredRecord]) -> None:
-        if not records:
-            return
-        client = self._require()
-        writes = self._writes(records)
-        if len(writes) == 1:
-            [(key, value, expiry)] = writes
-            await self._guard("save", client.set(key, value, px=expiry))
-        else:
-            # The cluster pipeline routes each SET by its key's slot and sends one request per
-            # node, concurrently.
-            pipe = client.pipeline()
-            for key, value, expiry in writes:
-                pipe.set(key, value, px=expiry)
-            await self._guard("save", pipe.execute())
-        self.stats.add(written=len(writes))
+    def _pipeline(self) -> Any:
+        # Routes each command by its key's slot: one request per node, the nodes concurrently.
+        return self._require().pipeline()
 
-    async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
-        if not keys:
-            return []
+    async def _get_many(self, names: list[bytes]) -> list[bytes | None]:
         from redis.crc import key_slot
 
-        client = self._require()
-        names = [self.key(id, class_name) for id, class_name in keys]
+        # One MGET per slot (a multi-key command must stay inside one slot), all in one
+        # cluster pipeline.
+        by_slot: dict[int, list[int]] = {}
+        for index, name in enumerate(names):
+            by_slot.setdefault(key_slot(name), []).append(index)
+        pipe = self._pipeline()
+        for indexes in by_slot.values():
+            pipe.execute_command("MGET", *(names[index] for index in indexes))
+        replies: list[list[bytes | None]] = await self._guard("load", pipe.execute())
         values: list[bytes | None] = [None] * len(names)
-        if len(names) == 1:
-            values[0] = await self._guard("load", client.get(names[0]))
-        else:
-            # One MGET per slot (a multi-key command must stay inside one slot), all in one
-            # cluster pipeline: one request per node, the nodes in parallel.
-            by_slot: dict[int, list[int]] = {}
-            for index, name in enumerate(names):
-                by_slot.setdefault(key_slot(name), []).append(index)
-            pipe = client.pipeline()
-            for indexes in by_slot.values():
-                pipe.execute_command("MGET", *(names[index] for index in indexes))
-            replies: list[list[bytes | None]] = await self._guard("load", pipe.execute())
-            for indexes, reply in zip(by_slot.values(), replies, strict=True):
-                for index, value in zip(indexes, reply, strict=True):
-                    values[index] = value
-        self.stats.add(read=sum(value is not None for value in values))
-        return [
-            None if value is None else _decode(id, class_name, value, name)
-            for (id, class_name), name, value in zip(keys, names, values, strict=True)
-        ]
-
-    async def delete(self, id: UUID, class_name: str) -> bool:
-        removed = await self._guard("delete", self._require().delete(self.key(id, class_name)))
-        self.stats.add()
-        return bool(removed)
+        for indexes, reply in zip(by_slot.values(), replies, strict=True):
+            for index, value in zip(indexes, reply, strict=True):
+                values[index] = value
+        return values
 
     async def _scan_nodes(self) -> list[Any]:
         return sorted(self._require().get_primaries(), key=lambda node: node.name)
@@ -875,11 +862,3 @@ class RedisClusterBackend(_RedisBase):
             "scan", self._require().scan(cursor, match=pattern, count=count, target_nodes=node)
         )
         return int(cursors[node.name]), names
-
-    async def _fetch(self, names: Sequence[bytes]) -> list[tuple[bytes | None, int]]:
-        pipe = self._require().pipeline()
-        for name in names:
-            pipe.get(name)
-            pipe.pttl(name)
-        replies = await self._guard("scan", pipe.execute())
-        return list(zip(replies[::2], replies[1::2], strict=True))
