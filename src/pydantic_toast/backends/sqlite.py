@@ -36,6 +36,7 @@ __all__ = ["SQLiteBackend"]
 T = TypeVar("T")
 
 _OPTIONS = ("table", "busy_timeout")
+_COLUMNS = "id, class_name, data, schema_version, created_at, updated_at, expires_at"
 # SQLite builds before 3.32 allow at most 999 bound parameters per statement.
 _MAX_IDS_PER_SELECT = 900
 
@@ -195,21 +196,13 @@ class SQLiteBackend(RecordStorageBackend):
                     chunk = unique[start : start + _MAX_IDS_PER_SELECT]
                     marks = ",".join("?" * len(chunk))
                     rows = connection.execute(
-                        "SELECT id, data, schema_version, created_at, updated_at, expires_at "
+                        f"SELECT {_COLUMNS} "
                         f'FROM "{self._table}" WHERE class_name = ? AND id IN ({marks}) '
                         "AND (expires_at IS NULL OR expires_at > ?)",
                         (class_name, *chunk, now),
                     ).fetchall()
-                    for id_text, data, version, created, updated, expires in rows:
-                        record = StoredRecord(
-                            id=UUID(id_text),
-                            class_name=class_name,
-                            data_json=data.encode(),
-                            schema_version=version,
-                            created_at=parse_timestamp(created),
-                            updated_at=parse_timestamp(updated),
-                            expires_at=None if expires is None else parse_timestamp(expires),
-                        )
+                    for row in rows:
+                        record = _record_from_row(row)
                         found[record.key] = record
         except sqlite3.Error as exc:
             raise self._error("load", exc) from exc
@@ -240,10 +233,7 @@ class SQLiteBackend(RecordStorageBackend):
         if not include_expired:
             conditions.append("(expires_at IS NULL OR expires_at > ?)")
             parameters.append(format_timestamp(datetime.now(UTC)))
-        query = (
-            "SELECT id, class_name, data, schema_version, created_at, updated_at, expires_at "
-            f'FROM "{self._table}" WHERE {" AND ".join(conditions)} ORDER BY id LIMIT ?'
-        )
+        query = f'SELECT {_COLUMNS} FROM "{self._table}" WHERE {" AND ".join(conditions)} ORDER BY id LIMIT ?'
 
         def read(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
             try:
@@ -260,8 +250,7 @@ class SQLiteBackend(RecordStorageBackend):
         def read(connection: sqlite3.Connection) -> tuple[Any, ...] | None:
             try:
                 row: tuple[Any, ...] | None = connection.execute(
-                    "SELECT id, class_name, data, schema_version, created_at, updated_at, expires_at "
-                    f'FROM "{self._table}" WHERE id = ?',
+                    f'SELECT {_COLUMNS} FROM "{self._table}" WHERE id = ?',
                     (str(id),),
                 ).fetchone()
             except sqlite3.Error as exc:
