@@ -773,11 +773,11 @@ def _build_inner(cls: type[ExternalBaseModel]) -> tuple[SchemaValidator, SchemaS
     if schema["type"] == "definition-ref":
         schema = next(d for d in definitions if d.get("ref") == schema["schema_ref"])
     stripped = _strip_own_validator(schema)
-    stripped_model = _strip_own_serializer(stripped)
+    stripped_model = _model_node_without(stripped, "serialization")  # our wrap serializer
     if _only_our_private_state(cls):
         # materialize() sets the private state itself, once; pydantic's post-init would build a
         # default state first (twice, for subclasses of a model with private attributes).
-        stripped = _without_post_init(stripped)
+        stripped = _model_node_without(stripped, "post_init")
 
     def top(node: dict[str, Any]) -> Any:
         return core_schema.definitions_schema(node, definitions) if definitions else node
@@ -807,20 +807,12 @@ def _only_our_private_state(cls: type[ExternalBaseModel]) -> bool:
     ).startswith("pydantic.")
 
 
-def _without_post_init(schema: dict[str, Any]) -> dict[str, Any]:
+def _model_node_without(schema: dict[str, Any], key: str) -> dict[str, Any]:
+    """The same schema with `key` removed from its model node (wrappers above it are copied)."""
     if schema["type"] == "model":
-        return {key: value for key, value in schema.items() if key != "post_init"}
+        return {name: value for name, value in schema.items() if name != key}
     if "schema" in schema and isinstance(schema["schema"], dict):
-        return {**schema, "schema": _without_post_init(schema["schema"])}
-    return schema
-
-
-def _strip_own_serializer(schema: dict[str, Any]) -> dict[str, Any]:
-    """The same schema with the model node's serialization (our wrap serializer) removed."""
-    if schema["type"] == "model":
-        return {key: value for key, value in schema.items() if key != "serialization"}
-    if "schema" in schema and isinstance(schema["schema"], dict):
-        return {**schema, "schema": _strip_own_serializer(schema["schema"])}
+        return {**schema, "schema": _model_node_without(schema["schema"], key)}
     return schema
 
 
