@@ -30,7 +30,7 @@ from . import runtime
 from .backends.base import StoredRecord
 from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError
 from .reference import ExternalReference, looks_like_reference, parse_id, parse_reference
-from .registry import backend_class
+from .registry import backend_class, known_schemes
 from .upgrades import upgraded_data
 from .url import StorageURL
 
@@ -99,7 +99,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         if storage is None:
             raise StorageValidationError(
                 "no storage configured; add model_config = ExternalConfigDict(storage='sqlite:///toast.db') "
-                f"or another URL (known schemes: {', '.join(_known())})",
+                f"or another URL (known schemes: {', '.join(known_schemes())})",
                 expected="storage URL",
                 actual=None,
             )
@@ -203,12 +203,6 @@ def _declared_name(base: type) -> str | None:
     return settings.storage_name if isinstance(settings, ModelSettings) else None
 
 
-def _known() -> list[str]:
-    from .registry import known_schemes
-
-    return known_schemes()
-
-
 def state_of(model: ExternalBaseModel) -> RecordState:
     private = model.__pydantic_private__
     assert private is not None  # ExternalBaseModel declares a private attribute
@@ -239,6 +233,8 @@ class WriteSet:
         self._shallow = shallow
         self._depth = 0
         self._serializing: set[int] = set()
+        # One instant for the whole dump: every record it writes shares its updated_at.
+        self._now = datetime.now(UTC)
         self._groups: dict[str, tuple[ModelSettings, dict[UUID, StoredRecord]]] = {}
         # id(model) -> (model, reference); keeping the model alive keeps its id() unique.
         self._seen: dict[int, tuple[ExternalBaseModel, ExternalReference]] = {}
@@ -277,7 +273,7 @@ class WriteSet:
         finally:
             self._depth -= 1
             self._serializing.discard(id(model))
-        now = datetime.now(UTC)
+        now = self._now
         if state.created_at is None:
             state.created_at = now
         record = StoredRecord(
