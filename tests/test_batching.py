@@ -286,3 +286,9 @@ async def test_round_trip_counts_agree_with_the_postgresql_servers_own_log(
     assert loading.by_url[server.url] == 1
     statements = executed() - before
     assert statements == 2, log.read_text(errors="replace")[-3000:]
+
+
+async def test_save_many_refuses_what_is_not_an_external_model(memory_url: str) -> None:
+    _, child_type = tree_models(memory_url)
+    with pytest.raises(pydantic_toast.StorageValidationError, match="save_many\\(\\) takes external models"):
+        await child_type.save_many([child_type(index=1, payload="ok"), {"index": 2}])

@@ -191,3 +191,8 @@ def test_console_script_entry_point_runs() -> None:
     )
     for command in ("demo", "inspect", "stats", "copy", "purge-expired", "upgrade"):
         assert command in result.stdout
+
+
+def test_batch_size_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["copy", "memory://a", "memory://b", "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err

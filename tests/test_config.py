@@ -38,9 +38,10 @@ def test_missing_storage_names_the_class_and_known_schemes() -> None:
         ("sqlite:///x.db?busy_timeout=-1", "must be a number"),
         ("memory://x?a=1", "takes no options"),
         ("http://user:pw@host:notaport/x", "malformed"),
+        (42, "must be a string"),
     ],
 )
-def test_malformed_urls_are_refused_at_class_definition(url: str, fragment: str) -> None:
+def test_malformed_urls_are_refused_at_class_definition(url: object, fragment: str) -> None:
     with pytest.raises(StorageValidationError, match="UserProfile") as caught:
         define(storage=url)
     assert fragment in str(caught.value)
@@ -86,6 +87,7 @@ def test_storage_url_repr_and_str_are_masked() -> None:
         ({"ttl": timedelta(0)}, "ttl must be a positive datetime.timedelta"),
         ({"storage_name": ""}, "storage_name"),
         ({"storage_name": "a:b"}, "without ':'"),
+        ({"upgrade_write_back": "yes"}, "upgrade_write_back must be True or False"),
     ],
 )
 def test_bad_library_options_are_refused(config: dict[str, Any], fragment: str) -> None:

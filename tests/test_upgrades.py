@@ -137,5 +137,19 @@ def test_upgrades_are_checked_at_class_definition() -> None:
             def _step(data: dict[str, Any]) -> dict[str, Any]:
                 return data
 
+    with pytest.raises(StorageValidationError, match=r"two upgrades from version 1"):
+
+        class Twice(ExternalBaseModel):
+            value: int
+            model_config = ExternalConfigDict(storage="memory://upgrades", schema_version=2)
+
+            @upgrade(from_version=1)
+            def _one(data: dict[str, Any]) -> dict[str, Any]:
+                return data
+
+            @upgrade(from_version=1)
+            def _other(data: dict[str, Any]) -> dict[str, Any]:
+                return data
+
     with pytest.raises(StorageValidationError, match=r"integer >= 1"):
         upgrade(from_version=0)
