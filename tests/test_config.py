@@ -256,7 +256,12 @@ def test_query_string_passwords_are_masked_in_every_repr_str_and_error() -> None
     for broken in (postgresql + "&colour=blue", postgresql.replace("/app?", ":notaport/app?")):
         with pytest.raises(StorageValidationError) as caught:
             define(storage=broken)
-        shown += [str(caught.value), repr(caught.value), repr(caught.value.actual), repr(caught.value.expected)]
+        shown += [
+            str(caught.value),
+            repr(caught.value),
+            repr(caught.value.actual),
+            repr(caught.value.expected),
+        ]
 
     assert "postgresql://app:***@db.example/app?password=***&sslpassword=***" in shown
     leaked = [text for text in shown if SENTINEL in text]
