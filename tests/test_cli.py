@@ -379,3 +379,27 @@ def test_demo_leaves_no_record_in_the_store_it_is_given(
     assert "deleted    await user.delete() == True" in capsys.readouterr().out
     assert main(["stats", sqlite_url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {}
+
+
+FAKE_TOOL = """#!/bin/sh
+echo "$(basename "$0") $*" >> "$(dirname "$0")/../calls.log"
+"""
+
+
+@pytest.mark.parametrize(
+    ("script", "installed"),
+    [("demo.sh", "-e ."), ("test.sh", "-e .[dev]"), ("check.sh", "-e .[dev]")],
+)
+def test_scripts_install_only_what_they_need(script: str, installed: str, tmp_path: Path) -> None:
+    # A stand-in virtualenv whose tools only log their arguments: what each script would install
+    # and run, checked without touching the network or a real environment.
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for tool in ("python", "ruff", "mypy"):
+        (venv / "bin" / tool).write_text(FAKE_TOOL)
+        (venv / "bin" / tool).chmod(0o755)
+    root = Path(__file__).resolve().parents[1]
+    environment = {"PATH": "/usr/bin:/bin", "VENV": str(venv), "PYTHON": sys.executable}
+    subprocess.run(["bash", str(root / "scripts" / script)], env=environment, check=True, timeout=60)
+    installs = [line for line in (venv / "calls.log").read_text().splitlines() if " install " in line]
+    assert installs[-1].endswith(f" {installed}"), installs
