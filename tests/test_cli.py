@@ -403,3 +403,13 @@ def test_scripts_install_only_what_they_need(script: str, installed: str, tmp_pa
     subprocess.run(["bash", str(root / "scripts" / script)], env=environment, check=True, timeout=60)
     installs = [line for line in (venv / "calls.log").read_text().splitlines() if " install " in line]
     assert installs[-1].endswith(f" {installed}"), installs
+
+
+def test_a_bad_state_file_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("not json")
+    assert main(["copy", "memory://a", "memory://b", "--state-file", str(garbage)]) == 2
+    assert "delete it, or pass --state-file" in capsys.readouterr().err
+    missing = tmp_path / "no" / "such" / "dir" / "state.json"
+    assert main(["copy", "memory://a", "memory://b", "--state-file", str(missing)]) == 2
+    assert "does not exist; create it" in capsys.readouterr().err

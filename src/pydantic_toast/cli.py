@@ -261,8 +261,25 @@ class CopyState:
     def open(cls, path: Path | None, source: str, destination: str, class_name: str | None) -> CopyState:
         key = hashlib.sha256(f"{source}\n{destination}\n{class_name}".encode()).hexdigest()[:16]
         state = cls(path=path or Path(f".pydantic-toast-copy-{key}.json"), key=key)
+        if not state.path.parent.is_dir():
+            raise StorageValidationError(
+                f"the directory of state file {str(state.path)!r} does not exist; create it or pass "
+                "--state-file with another path",
+                expected="an existing directory",
+                actual=str(state.path.parent),
+            )
         if state.path.exists():
-            saved = json.loads(state.path.read_text())
+            try:
+                saved = json.loads(state.path.read_text())
+                if not isinstance(saved, dict):
+                    raise TypeError("not a JSON object")
+            except (OSError, ValueError, TypeError) as exc:
+                raise StorageValidationError(
+                    f"cannot read state file {str(state.path)!r} ({exc}); it is not one this command "
+                    "wrote: delete it, or pass --state-file with another path",
+                    expected="a copy state file",
+                    actual=str(state.path),
+                ) from None
             if saved.get("key") != key:
                 raise StorageValidationError(
                     f"state file {state.path} belongs to another copy; pass --state-file with a new path "
@@ -275,8 +292,14 @@ class CopyState:
 
     def save(self) -> None:
         temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"key": self.key, "cursor": self.cursor, "copied": self.copied}))
-        temporary.replace(self.path)
+        try:
+            temporary.write_text(json.dumps({"key": self.key, "cursor": self.cursor, "copied": self.copied}))
+            temporary.replace(self.path)
+        except OSError as exc:
+            raise ExternalStorageError(
+                f"cannot write the copy's state file {str(self.path)!r} ({exc}); the records copied so "
+                "far are in the destination, and running the command again copies them again"
+            ) from None
 
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)
