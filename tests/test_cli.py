@@ -365,7 +365,7 @@ def test_help_and_version_print_and_exit_zero(tmp_path: Path) -> None:
     top = run_cli("--help", cwd=tmp_path)
     assert top.returncode == 0
     assert "--import MODULE" in top.stdout
-    assert "2  usage error" in top.stdout
+    assert "2    usage error" in top.stdout
     copy_help = run_cli("copy", "--help", cwd=tmp_path)
     assert ".pydantic-toast-copy-<hash>.json" in copy_help.stdout
     version = run_cli("--version", cwd=tmp_path)
@@ -413,3 +413,10 @@ def test_a_bad_state_file_is_a_usage_error(tmp_path: Path, capsys: pytest.Captur
     missing = tmp_path / "no" / "such" / "dir" / "state.json"
     assert main(["copy", "memory://a", "memory://b", "--state-file", str(missing)]) == 2
     assert "does not exist; create it" in capsys.readouterr().err
+
+
+def test_an_interruption_is_one_line_and_status_130(tmp_path: Path) -> None:
+    (tmp_path / "ctrl_c.py").write_text("raise KeyboardInterrupt\n")
+    result = run_cli("--import", "ctrl_c", "copy", "memory://a", "memory://b", cwd=tmp_path)
+    assert result.returncode == 130
+    assert one_error_line(result) == "pydantic-toast copy: interrupted; run the same command again to resume"
