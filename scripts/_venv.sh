@@ -1,5 +1,6 @@
 # Sourced by the other scripts: make (or reuse) a virtualenv with the project installed.
-# PYTHON picks the interpreter (default python3), VENV the directory (default .venv).
+# PYTHON picks the interpreter (default python3), VENV the directory (default .venv), EXTRAS the
+# extras to install (default [dev]; set but empty, as demo.sh does, installs the package alone).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
@@ -12,4 +13,4 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".${EXTRAS:-[dev]}"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".${EXTRAS-[dev]}"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import timedelta
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError
-from pydantic_toast.url import StorageURL, mask_secrets
+from pydantic_toast.url import MaskedURL, StorageURL, mask_secrets
 
 
 def define(**config: Any) -> Any:
@@ -144,3 +147,122 @@ def test_redefining_the_same_class_is_allowed() -> None:
             model_config = ExternalConfigDict(storage="memory://reload")
 
         assert Reloaded(x=1).model_dump()["class_name"] == "Reloaded"
+
+
+BLOCKED_DRIVER = """
+import sys
+sys.modules[{driver!r}] = None  # as if the driver were not installed
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, ExternalStorageError, MissingDependencyError
+try:
+    class Model(ExternalBaseModel):
+        x: int
+        model_config = ExternalConfigDict(storage={url!r})
+except MissingDependencyError as exc:
+    assert isinstance(exc, ImportError) and isinstance(exc, ExternalStorageError), type(exc).__mro__
+    assert not isinstance(exc, ValueError), "a missing driver must never become an HTTP 422"
+    print(exc)
+    print(exc.package, exc.extra)
+else:
+    raise SystemExit("the class was defined without its driver")
+"""
+
+
+@pytest.mark.parametrize(
+    ("url", "driver", "extra"),
+    [
+        ("postgresql://app@127.0.0.1:1/db", "asyncpg", "postgresql"),
+        ("postgres://app@127.0.0.1:1/db", "asyncpg", "postgresql"),
+        ("redis://127.0.0.1:1/0", "redis", "redis"),
+        ("redis+cluster://127.0.0.1:1", "redis", "redis"),
+    ],
+)
+def test_a_missing_driver_is_an_import_error_at_class_definition(url: str, driver: str, extra: str) -> None:
+    code = BLOCKED_DRIVER.format(driver=driver, url=url)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    message, attributes = result.stdout.splitlines()
+    assert f"needs the {driver!r} package" in message
+    assert f"pip install 'pydantic-toast[{extra}]'" in message
+    assert attributes == f"{driver} {extra}"
+
+
+def test_a_driver_lost_after_class_definition_is_not_a_validation_error() -> None:
+    # Nested in a plain model, a ValueError would become a pydantic ValidationError (a 422 in
+    # FastAPI); a missing driver is the server's fault and must come out as itself.
+    code = """
+import sys
+import pydantic
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, MissingDependencyError
+
+class Model(ExternalBaseModel):
+    x: int
+    model_config = ExternalConfigDict(storage="postgresql://app@127.0.0.1:1/db")
+
+class Body(pydantic.BaseModel):
+    item: Model
+
+sys.modules["asyncpg"] = None
+try:
+    Body.model_validate({"item": {"class_name": "Model", "id": "00000000-0000-4000-8000-000000000000"}})
+except MissingDependencyError as exc:
+    print(exc)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'pydantic-toast[postgresql]'" in result.stdout
+
+
+def test_a_backend_replacing_a_builtin_scheme_needs_no_builtin_driver() -> None:
+    code = """
+import sys
+sys.modules["redis"] = None
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, register_backend
+from pydantic_toast.backends.memory import MemoryBackend
+
+register_backend("redis", MemoryBackend, replace=True)
+
+class Model(ExternalBaseModel):
+    x: int
+    model_config = ExternalConfigDict(storage="redis://whatever")
+
+print(Model.model_validate(Model(x=1).model_dump()).x)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+
+
+SENTINEL = "q-sentinel-secret"
+
+
+def test_query_string_passwords_are_masked_in_every_repr_str_and_error() -> None:
+    from pydantic_toast.backends.postgresql import PostgreSQLBackend
+    from pydantic_toast.backends.postgresql import _settings as postgresql_settings
+    from pydantic_toast.backends.redis import RedisBackend
+    from pydantic_toast.backends.redis import _settings as redis_settings
+
+    postgresql = f"postgresql://app:{SENTINEL}@db.example/app?password={SENTINEL}&sslpassword={SENTINEL}"
+    redis = f"redis://app:{SENTINEL}@cache.example:6379/0"
+    shown: list[str] = []
+    for raw in (postgresql, redis):
+        url = StorageURL.parse(raw)
+        shown += [repr(url), str(url), url.masked, repr(MaskedURL(raw)), str(StorageURL.parse(raw))]
+    shown.append(repr(postgresql_settings(StorageURL.parse(postgresql))))
+    shown.append(repr(redis_settings(StorageURL.parse(redis), cluster=False)))
+    shown += [repr(PostgreSQLBackend(postgresql)), repr(RedisBackend(redis))]
+
+    model = define(storage=postgresql, storage_name=f"Masked{uuid4().hex}")
+    shown += [repr(model.model_config), str(model.model_config), repr(model.__toast_settings__)]
+    for broken in (postgresql + "&colour=blue", postgresql.replace("/app?", ":notaport/app?")):
+        with pytest.raises(StorageValidationError) as caught:
+            define(storage=broken)
+        shown += [
+            str(caught.value),
+            repr(caught.value),
+            repr(caught.value.actual),
+            repr(caught.value.expected),
+        ]
+
+    assert "postgresql://app:***@db.example/app?password=***&sslpassword=***" in shown
+    leaked = [text for text in shown if SENTINEL in text]
+    assert leaked == []

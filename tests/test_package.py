@@ -20,6 +20,7 @@ DOCUMENTED_NAMES = {
     "ExternalConfigDict",
     "ExternalReference",
     "ExternalStorageError",
+    "MissingDependencyError",
     "RecordNotFoundError",
     "ReferenceLike",
     "StorageBackend",

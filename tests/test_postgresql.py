@@ -545,11 +545,11 @@ def test_the_module_imports_without_asyncpg_and_connect_names_the_extra() -> Non
         "import sys, asyncio\n"
         "sys.modules['asyncpg'] = None\n"
         "from pydantic_toast.backends.postgresql import PostgreSQLBackend\n"
-        "from pydantic_toast import StorageValidationError\n"
+        "from pydantic_toast import MissingDependencyError\n"
         "backend = PostgreSQLBackend('postgresql://u@localhost/db')\n"
         "try:\n"
         "    asyncio.run(backend.connect())\n"
-        "except StorageValidationError as exc:\n"
+        "except MissingDependencyError as exc:\n"
         "    print(exc)\n"
     )
     result = subprocess.run(

@@ -30,6 +30,7 @@ from models import every_type_model, every_type_values
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
+    MissingDependencyError,
     RecordNotFoundError,
     StorageConnectionError,
     StorageValidationError,
@@ -520,11 +521,11 @@ def test_missing_driver_names_the_extra_to_install(monkeypatch: pytest.MonkeyPat
     for name in [name for name in sys.modules if name == "redis" or name.startswith("redis.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "redis", None)
-    with pytest.raises(StorageValidationError, match=r"pip install 'pydantic-toast\[redis\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'pydantic-toast\[redis\]'"):
         note_model("redis://localhost/0")
 
     backend = RedisBackend("redis://localhost/0")
-    with pytest.raises(StorageValidationError, match=r"pip install 'pydantic-toast\[redis\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'pydantic-toast\[redis\]'"):
         asyncio.run(backend.connect())
 
 

@@ -8,6 +8,7 @@ from .backends.base import StorageBackend
 from .base import ExternalBaseModel, ExternalConfigDict, ReferenceLike
 from .exceptions import (
     ExternalStorageError,
+    MissingDependencyError,
     RecordNotFoundError,
     StorageConnectionError,
     StorageValidationError,
@@ -25,6 +26,7 @@ __all__ = [
     "ExternalConfigDict",
     "ExternalReference",
     "ExternalStorageError",
+    "MissingDependencyError",
     "RecordNotFoundError",
     "ReferenceLike",
     "StorageBackend",

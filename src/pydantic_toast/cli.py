@@ -7,7 +7,10 @@
     purge-expired URL                  delete expired records now
     upgrade URL --model module:Class   rewrite stored records at the model's current schema_version
 
-No command ever prints a password: URLs are shown masked.
+`--import MODULE` imports a module first, so backends it registers in code serve their schemes.
+Every error is one line on stderr; exit status 1 means the store failed, 2 a usage error (see
+EXIT_CODES). No command ever prints a password: URLs are shown masked. Commands that only read
+never create a SQLite database: a mistyped path is an error, not an empty store.
 """
 
 from __future__ import annotations
@@ -17,41 +20,91 @@ import asyncio
 import hashlib
 import importlib
 import json
+import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+import textwrap
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TextIO
 
 import pydantic_core
 
 from .backends.base import StorageBackend, StoredRecord, format_timestamp
 from .demo import demo
-from .exceptions import ExternalStorageError, StorageValidationError
+from .exceptions import ExternalStorageError, StorageConnectionError, StorageValidationError
 from .reference import parse_id
 from .registry import backend_class
 from .upgrades import upgraded_data
-from .url import StorageURL
+from .url import StorageURL, mask_secrets
 
 __all__ = ["main"]
 
 DEFAULT_BATCH = 500
 
+EXIT_CODES = """\
+exit status:
+  0    success
+  1    the store failed: unreachable, refused, missing database, record not found, copy incomplete
+  2    usage error: bad arguments, malformed URL or option, unknown scheme, --model or --import
+       that cannot be imported, data the model cannot upgrade
+  130  interrupted (Ctrl-C); an interrupted copy resumes when run again
+"""
+
 
 @asynccontextmanager
-async def open_backend(url: str) -> AsyncIterator[StorageBackend]:
-    """A connected backend for a one-off command, closed afterwards (not the runtime's pool)."""
+async def open_backend(url: str, *, create: bool = False) -> AsyncIterator[StorageBackend]:
+    """A connected backend for a one-off command, closed afterwards (not the runtime's pool).
+
+    Without `create`, a SQLite database must already exist: connecting would create the file and
+    its table, turning a mistyped path into an empty store and a write on a read path.
+    """
     parsed = StorageURL.parse(url)
     backend_type = backend_class(parsed.scheme)
     backend_type.check_url(parsed)
+    if not create:
+        _require_sqlite_table(parsed, backend_type)
     backend = backend_type(url)
     await backend.connect()
     try:
         yield backend
     finally:
         await backend.disconnect()
+
+
+def _require_sqlite_table(url: StorageURL, backend_type: type[StorageBackend]) -> None:
+    from .backends.sqlite import SQLiteBackend, _settings
+
+    if not issubclass(backend_type, SQLiteBackend):
+        return
+    path, table, _ = _settings(url)
+    file = Path(path)
+    if not file.is_file():
+        raise StorageConnectionError(
+            f"no SQLite database at {str(file.resolve())!r} (from {url.masked!r}); check the path: "
+            "'sqlite:///name.db' is relative to the current directory, 'sqlite:////abs/name.db' "
+            "absolute. This command only reads, so it does not create one",
+            url=url.masked,
+        )
+    try:
+        with closing(sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            found = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+            ).fetchone()
+    except sqlite3.Error as exc:
+        raise StorageConnectionError(
+            f"cannot read SQLite database {path!r} ({exc}); is it a SQLite file, and readable?",
+            url=url.masked,
+        ) from None
+    if found is None:
+        raise StorageConnectionError(
+            f"SQLite database {path!r} has no table {table!r}, so no pydantic-toast records; check "
+            "the path, or the '?table=' option if the models use one",
+            url=url.masked,
+        )
 
 
 async def scan_all(
@@ -122,7 +175,8 @@ async def inspect_record(url: str, record_id: str, class_name: str | None, out: 
             record = await backend.find_record(identifier)
     if record is None:
         suffix = f" of class {class_name!r}" if class_name else ""
-        print(f"no record {identifier}{suffix} in {StorageURL.parse(url).masked}", file=sys.stderr)
+        where = StorageURL.parse(url).masked
+        print(f"pydantic-toast inspect: error: no record {identifier}{suffix} in {where}", file=sys.stderr)
         return 1
     envelope = {
         "class_name": record.class_name,
@@ -208,8 +262,25 @@ class CopyState:
     def open(cls, path: Path | None, source: str, destination: str, class_name: str | None) -> CopyState:
         key = hashlib.sha256(f"{source}\n{destination}\n{class_name}".encode()).hexdigest()[:16]
         state = cls(path=path or Path(f".pydantic-toast-copy-{key}.json"), key=key)
+        if not state.path.parent.is_dir():
+            raise StorageValidationError(
+                f"the directory of state file {str(state.path)!r} does not exist; create it or pass "
+                "--state-file with another path",
+                expected="an existing directory",
+                actual=str(state.path.parent),
+            )
         if state.path.exists():
-            saved = json.loads(state.path.read_text())
+            try:
+                saved = json.loads(state.path.read_text())
+                if not isinstance(saved, dict):
+                    raise TypeError("not a JSON object")
+            except (OSError, ValueError, TypeError) as exc:
+                raise StorageValidationError(
+                    f"cannot read state file {str(state.path)!r} ({exc}); it is not one this command "
+                    "wrote: delete it, or pass --state-file with another path",
+                    expected="a copy state file",
+                    actual=str(state.path),
+                ) from None
             if saved.get("key") != key:
                 raise StorageValidationError(
                     f"state file {state.path} belongs to another copy; pass --state-file with a new path "
@@ -222,8 +293,14 @@ class CopyState:
 
     def save(self) -> None:
         temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"key": self.key, "cursor": self.cursor, "copied": self.copied}))
-        temporary.replace(self.path)
+        try:
+            temporary.write_text(json.dumps({"key": self.key, "cursor": self.cursor, "copied": self.copied}))
+            temporary.replace(self.path)
+        except OSError as exc:
+            raise ExternalStorageError(
+                f"cannot write the copy's state file {str(self.path)!r} ({exc}); the records copied so "
+                "far are in the destination, and running the command again copies them again"
+            ) from None
 
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -246,7 +323,7 @@ async def copy_records(
         state.cursor, state.copied = None, 0
     elif state.loaded:
         err.write(f"resuming after {state.copied} records (state in {state.path})\n")
-    async with open_backend(source) as src, open_backend(destination) as dst:
+    async with open_backend(source) as src, open_backend(destination, create=True) as dst:
         batches = 0
         with Progress("copying", None, err) as progress:
             progress.advance(state.copied)
@@ -295,6 +372,25 @@ async def purge_expired(url: str, out: TextIO) -> int:
     return 0
 
 
+def import_module(name: str, *, option: str) -> ModuleType:
+    """Import a user's module named on the command line, as `python -m` would find it."""
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        hint = (
+            "; run from the directory that holds it, or install it in this environment"
+            if isinstance(exc, ModuleNotFoundError) and exc.name == name.split(".")[0]
+            else ""
+        )
+        raise StorageValidationError(
+            f"{option} {name!r} failed to import: {type(exc).__name__}: {mask_secrets(str(exc))}{hint}",
+            expected="an importable module",
+            actual=name,
+        ) from exc
+
+
 def import_model(path: str) -> Any:
     from .base import ExternalBaseModel
 
@@ -305,9 +401,7 @@ def import_model(path: str) -> Any:
             expected="module:Class",
             actual=path,
         )
-    if "" not in sys.path:
-        sys.path.insert(0, "")
-    model = getattr(importlib.import_module(module_name), attribute, None)
+    model = getattr(import_module(module_name, option="--model"), attribute, None)
     if not (isinstance(model, type) and issubclass(model, ExternalBaseModel)):
         raise StorageValidationError(
             f"{path} is not an ExternalBaseModel subclass", expected="ExternalBaseModel", actual=path
@@ -365,66 +459,201 @@ async def _close_runtime() -> None:
     await aclose()
 
 
-def _run(coroutine_factory: Callable[[], Any]) -> int:
+def _batch_size(text: str) -> int:
     try:
-        result: int = asyncio.run(coroutine_factory())
-    except ExternalStorageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return result
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _url_argument(parser: argparse.ArgumentParser, name: str, what: str) -> None:
+    parser.add_argument(
+        name,
+        metavar=name.upper(),
+        help=f"{what}, as in the model's storage=, e.g. 'sqlite:///toast.db' (quote it in the shell)",
+    )
+
+
+def _import_option(parser: argparse.ArgumentParser, dest: str) -> None:
+    parser.add_argument(
+        "--import",
+        dest=dest,
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first, e.g. one that calls register_backend() for its own URL scheme "
+        "(repeatable)",
+    )
+
+
+def _command(
+    commands: Any, name: str, summary: str, description: str, *, epilog: str = EXIT_CODES
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, 79, break_on_hyphens=False),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _import_option(parser, "command_imports")
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pydantic-toast", description="pydantic-toast operator commands")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = argparse.ArgumentParser(
+        prog="pydantic-toast",
+        description=textwrap.fill(
+            "Look after the records pydantic-toast models keep in a store: inspect, count, copy, "
+            "expire and upgrade them. A store is named by the same URL as in the models' "
+            "ExternalConfigDict(storage=...).",
+            79,
+            break_on_hyphens=False,
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _import_option(parser, "imports")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of these; 'COMMAND --help' tells more"
+    )
 
-    demo_parser = commands.add_parser("demo", help="define a model, dump it to a reference, restore it")
-    demo_parser.add_argument("--storage", help="storage URL (default: SQLite in a temporary directory)")
+    demo_parser = _command(
+        commands,
+        "demo",
+        "define a model, dump it to a reference, restore it",
+        "Run the quickstart story: define a model, dump it to a small reference, validate the reference "
+        "back into the model, then the async API. It deletes its record at the end.",
+    )
+    demo_parser.add_argument(
+        "--storage", metavar="URL", help="storage URL to run it on (default: SQLite in a temporary directory)"
+    )
 
-    inspect_parser = commands.add_parser("inspect", help="print the stored envelope of one record")
-    inspect_parser.add_argument("url")
-    inspect_parser.add_argument("id")
-    inspect_parser.add_argument("--class", dest="class_name", help="class name (faster on some backends)")
+    inspect_parser = _command(
+        commands,
+        "inspect",
+        "print the stored envelope of one record",
+        "Print one record as JSON: class name, id, schema version, timestamps and the stored data.",
+    )
+    _url_argument(inspect_parser, "url", "storage URL")
+    inspect_parser.add_argument(
+        "id", metavar="ID", help="the record's id: the 'id' of its reference (a UUID)"
+    )
+    inspect_parser.add_argument(
+        "--class",
+        dest="class_name",
+        metavar="NAME",
+        help="the record's class name (its reference's 'class_name'); without it every class is searched",
+    )
 
-    stats_parser = commands.add_parser("stats", help="records per class, bytes, oldest/newest, expired")
-    stats_parser.add_argument("url")
+    stats_parser = _command(
+        commands,
+        "stats",
+        "records per class, bytes, oldest/newest, expired",
+        "Count the records per class: how many, the bytes of their JSON data, how many have expired "
+        "but are not purged yet, the oldest creation and the newest update.",
+    )
+    _url_argument(stats_parser, "url", "storage URL")
     stats_parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    copy_parser = commands.add_parser("copy", help="copy records between two backends (resumable)")
-    copy_parser.add_argument("source")
-    copy_parser.add_argument("destination")
-    copy_parser.add_argument("--class", dest="class_name", help="copy only this class")
-    copy_parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
-    copy_parser.add_argument("--state-file", type=Path, help="where progress is kept for resuming")
+    copy_parser = _command(
+        commands,
+        "copy",
+        "copy records between two backends (resumable)",
+        "Copy records from SOURCE to DESTINATION (any two backends) in batches, then check that every "
+        "source record is in the destination. Records keep their ids; one already in the destination "
+        "with the same id is overwritten. The destination is created if needed. Progress is kept in a "
+        "state file (default: .pydantic-toast-copy-<hash>.json in the current directory, removed when "
+        "the copy completes), so running the same command again after an interruption resumes it.",
+    )
+    _url_argument(copy_parser, "source", "storage URL to read from")
+    _url_argument(copy_parser, "destination", "storage URL to write to")
+    copy_parser.add_argument("--class", dest="class_name", metavar="NAME", help="copy only this class")
+    copy_parser.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=DEFAULT_BATCH,
+        metavar="N",
+        help=f"records read and written per round trip (default {DEFAULT_BATCH})",
+    )
+    copy_parser.add_argument(
+        "--state-file", type=Path, metavar="PATH", help="where progress is kept for resuming"
+    )
     copy_parser.add_argument("--restart", action="store_true", help="ignore a saved state and start over")
 
-    purge_parser = commands.add_parser("purge-expired", help="delete expired records now")
-    purge_parser.add_argument("url")
+    purge_parser = _command(
+        commands,
+        "purge-expired",
+        "delete expired records now",
+        "Delete the records whose ttl has passed. Expired records are never returned anyway; the SQL "
+        "and memory backends keep their rows until this runs, Redis expires keys by itself.",
+    )
+    _url_argument(purge_parser, "url", "storage URL")
 
-    upgrade_parser = commands.add_parser("upgrade", help="rewrite records at the model's schema_version")
-    upgrade_parser.add_argument("url")
-    upgrade_parser.add_argument("--model", required=True, help="the model, as module:Class")
-    upgrade_parser.add_argument("--dry-run", action="store_true", help="count what would change")
-    upgrade_parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    upgrade_parser = _command(
+        commands,
+        "upgrade",
+        "rewrite records at the model's schema_version",
+        "Load every record of the model stored at an older schema_version, run its @upgrade steps and "
+        "store it again at the current version.",
+    )
+    _url_argument(upgrade_parser, "url", "the model's storage URL")
+    upgrade_parser.add_argument(
+        "--model",
+        required=True,
+        metavar="MODULE:CLASS",
+        help="the model, e.g. 'myapp.models:UserProfile' (importable from the current directory)",
+    )
+    upgrade_parser.add_argument("--dry-run", action="store_true", help="only count what would change")
+    upgrade_parser.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=DEFAULT_BATCH,
+        metavar="N",
+        help=f"records read and rewritten per round trip (default {DEFAULT_BATCH})",
+    )
     return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out, err = sys.stdout, sys.stderr
-    if getattr(args, "batch_size", 1) < 1:
-        print("error: --batch-size must be at least 1", file=err)
+    try:
+        for module in [*args.imports, *args.command_imports]:
+            import_module(module, option="--import")
+        return _dispatch(args, sys.stdout, sys.stderr)
+    except StorageValidationError as exc:
+        print(f"pydantic-toast {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except ExternalStorageError as exc:
+        print(f"pydantic-toast {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        again = "; run the same command again to resume" if args.command == "copy" else ""
+        print(f"pydantic-toast {args.command}: interrupted{again}", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command == "demo":
         demo(args.storage)
         return 0
     if args.command == "inspect":
-        return _run(lambda: inspect_record(args.url, args.id, args.class_name, out))
+        return asyncio.run(inspect_record(args.url, args.id, args.class_name, out))
     if args.command == "stats":
-        return _run(lambda: print_stats(args.url, args.json, out))
+        return asyncio.run(print_stats(args.url, args.json, out))
     if args.command == "copy":
-        return _run(
-            lambda: copy_records(
+        return asyncio.run(
+            copy_records(
                 args.source,
                 args.destination,
                 class_name=args.class_name,
@@ -436,9 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     if args.command == "purge-expired":
-        return _run(lambda: purge_expired(args.url, out))
-    return _run(
-        lambda: upgrade_records(
-            args.url, args.model, dry_run=args.dry_run, batch=args.batch_size, out=out, err=err
-        )
+        return asyncio.run(purge_expired(args.url, out))
+    return asyncio.run(
+        upgrade_records(args.url, args.model, dry_run=args.dry_run, batch=args.batch_size, out=out, err=err)
     )

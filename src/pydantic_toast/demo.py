@@ -49,6 +49,8 @@ def demo(storage: str | None = None) -> None:
                 f"async      await user.save() kept the id: {saved.model_dump() == reference}; "
                 f"await UserProfile.load(ref).age == {loaded.age}"
             )
+            # A store given with --storage may be a real one: leave nothing behind in it.
+            print(f"deleted    await user.delete() == {await user.delete()}")
             await aclose()
 
         asyncio.run(async_api())

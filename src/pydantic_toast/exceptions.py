@@ -4,12 +4,14 @@
     ├── StorageConnectionError           the store is unreachable, timed out or refused the credentials
     ├── RecordNotFoundError              no record for (class_name, id)               also a ValueError
     ├── StorageValidationError           bad configuration or bad reference            also a ValueError
-    └── UnsupportedOperationError        the backend lacks an optional capability
+    ├── UnsupportedOperationError        the backend lacks an optional capability
+    └── MissingDependencyError           the backend's driver is not installed          also an ImportError
 
 `RecordNotFoundError` and `StorageValidationError` are also `ValueError`s so that pydantic reports
 them as validation errors (HTTP 422 in FastAPI) when a bad reference arrives nested inside a larger
 payload. Called on an external model itself, `model_validate` / `model_validate_json` /
-`Model.load` raise them unwrapped.
+`Model.load` raise them unwrapped. A missing driver is a broken installation, not bad input, so
+`MissingDependencyError` is deliberately no `ValueError`: it is never turned into a 422.
 
 No message, repr or attribute of these exceptions carries a password: URLs are always masked.
 """
@@ -21,6 +23,7 @@ from uuid import UUID
 
 __all__ = [
     "ExternalStorageError",
+    "MissingDependencyError",
     "RecordNotFoundError",
     "StorageConnectionError",
     "StorageValidationError",
@@ -82,3 +85,23 @@ def _rebuild_validation_error(message: str, expected: object, actual: object) ->
 
 class UnsupportedOperationError(ExternalStorageError):
     """The backend does not implement an optional operation (delete, TTL, listing...)."""
+
+
+class MissingDependencyError(ExternalStorageError, ImportError):
+    """A built-in backend's driver is not installed; the message gives the `pip install` line.
+
+    `package` is the driver's import name (`asyncpg`, `redis`), `extra` the pydantic-toast extra
+    that installs it. Raised when a model class using the backend is defined.
+    """
+
+    def __init__(self, message: str, *, package: str, extra: str) -> None:
+        super().__init__(message, name=package)
+        self.package = package
+        self.extra = extra
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild_missing_dependency, (str(self), self.package, self.extra)
+
+
+def _rebuild_missing_dependency(message: str, package: str, extra: str) -> MissingDependencyError:
+    return MissingDependencyError(message, package=package, extra=extra)

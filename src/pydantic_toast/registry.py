@@ -9,6 +9,7 @@ different class for a known scheme needs `replace=True`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import re
 import threading
@@ -17,7 +18,7 @@ from importlib.metadata import entry_points
 from types import MappingProxyType
 
 from .backends.base import StorageBackend
-from .exceptions import StorageValidationError
+from .exceptions import MissingDependencyError, StorageValidationError
 
 __all__ = ["backend_class", "known_schemes", "register_backend", "registered_backends"]
 
@@ -36,6 +37,9 @@ _BUILTIN: dict[str, tuple[str, str | None]] = {
     "redis+cluster": ("pydantic_toast.backends.redis:RedisClusterBackend", "redis"),
     "rediss+cluster": ("pydantic_toast.backends.redis:RedisClusterBackend", "redis"),
 }
+
+# extra -> the driver module it installs (checked, never imported, when a model class is defined)
+_DRIVERS = {"postgresql": "asyncpg", "redis": "redis"}
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
 _lock = threading.RLock()
@@ -102,10 +106,11 @@ def backend_class(scheme: str) -> type[StorageBackend]:
     """The class serving `scheme`, importing a built-in or entry point on first use."""
     with _lock:
         found = _registered.get(scheme)
+        if found is None and scheme in _BUILTIN:
+            found = _import_builtin(scheme)
         if found is not None:
+            _check_driver(scheme, found)
             return found
-        if scheme in _BUILTIN:
-            return _import_builtin(scheme)
         _load_entry_points()
         found = _registered.get(scheme)
         if found is not None:
@@ -135,6 +140,29 @@ def _import_builtin(scheme: str) -> type[StorageBackend]:
     backend: type[StorageBackend] = getattr(module, class_name)
     _registered[scheme] = backend
     return backend
+
+
+def _check_driver(scheme: str, backend: type[StorageBackend]) -> None:
+    """Refuse a built-in backend whose driver is missing, by looking for it without importing it.
+
+    Runs when a model class is defined, so every built-in backend reports a missing driver at the
+    same moment, and as an ImportError (a broken installation), never as bad input.
+    """
+    if scheme not in _BUILTIN:
+        return
+    path, extra = _BUILTIN[scheme]
+    driver = _DRIVERS.get(extra or "")
+    if driver is None:
+        return
+    if f"{backend.__module__}:{backend.__qualname__}" != path:
+        return  # replaced with register_backend(..., replace=True): no longer our driver
+    if importlib.util.find_spec(driver) is None:
+        raise MissingDependencyError(
+            f"the {scheme}:// backend needs the {driver!r} package, which is not installed; "
+            f"install it with: pip install 'pydantic-toast[{extra}]'",
+            package=driver,
+            extra=extra or "",
+        )
 
 
 def _load_entry_points() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from .exceptions import StorageValidationError
@@ -18,14 +18,14 @@ _USERINFO = re.compile(r"(?P<prefix>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<password>
 _QUERY_PASSWORD = re.compile(r"(?P<prefix>[?&][a-z_]*password=)(?P<password>[^&#\s]*)", re.IGNORECASE)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class StorageURL:
     """A storage URL split into parts. `str()` and `repr()` never show the password."""
 
-    raw: str = field(repr=False)
+    raw: str
     scheme: str
     username: str | None
-    password: str | None = field(repr=False)
+    password: str | None
     host: str | None
     port: int | None
     path: str
@@ -93,6 +93,10 @@ class StorageURL:
 
     def __str__(self) -> str:
         return self.masked
+
+    def __repr__(self) -> str:
+        # The masked text rather than the fields: `query` may hold `password=…` options.
+        return f"StorageURL({self.masked!r})"
 
 
 class MaskedURL(str):

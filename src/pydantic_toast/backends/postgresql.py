@@ -35,7 +35,7 @@ from uuid import UUID
 
 import pydantic_core
 
-from ..exceptions import StorageConnectionError, StorageValidationError
+from ..exceptions import MissingDependencyError, StorageConnectionError, StorageValidationError
 from ..url import StorageURL, mask_secrets
 from ._options import URLOptions
 from .base import RecordKey, RecordStorageBackend, StoredRecord
@@ -489,10 +489,10 @@ def _import_driver() -> ModuleType:
     try:
         import asyncpg  # type: ignore[import-untyped]
     except ImportError:
-        raise StorageValidationError(
+        raise MissingDependencyError(
             f"the PostgreSQL backend needs asyncpg; install it with: {_INSTALL_HINT}",
-            expected="asyncpg",
-            actual=None,
+            package="asyncpg",
+            extra="postgresql",
         ) from None
     module: ModuleType = asyncpg
     return module

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import importlib.util
 import json
 import math
 import re
@@ -35,7 +34,7 @@ from uuid import UUID
 
 import pydantic_core
 
-from ..exceptions import StorageConnectionError, StorageValidationError
+from ..exceptions import MissingDependencyError, StorageConnectionError, StorageValidationError
 from ..url import StorageURL, mask_secrets
 from ._options import URLOptions
 from .base import (
@@ -131,7 +130,7 @@ class _Settings:
     socket_path: str | None
     db: int
     username: str | None
-    password: str | None
+    password: str | None = dataclasses.field(repr=False)
     tls: _TLSSettings | None
     prefix: str
     socket_timeout: float
@@ -387,11 +386,11 @@ def _parse_cursor(cursor: str | None) -> tuple[int, int, list[str]]:
         ) from None
 
 
-def _import_error(scheme: str) -> StorageValidationError:
-    return StorageValidationError(
+def _import_error(scheme: str) -> MissingDependencyError:
+    return MissingDependencyError(
         f"the {scheme}:// backend needs redis-py, which is not installed; install it with: {_INSTALL_HINT}",
-        expected="redis",
-        actual=None,
+        package="redis",
+        extra="redis",
     )
 
 
@@ -452,9 +451,6 @@ class _RedisBase(RecordStorageBackend):
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
         _settings(url, cluster=cls._cluster)
-        # At class definition, so a missing driver is found at import time, not at the first save.
-        if importlib.util.find_spec("redis") is None:
-            raise _import_error(url.scheme)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._settings.shown!r})"
