@@ -52,6 +52,19 @@ def test_json_schemas_describe_the_reference_and_the_full_data(memory_url: str) 
     }
 
 
+def test_a_model_with_its_own_class_name_field_takes_only_data_in_its_schema(memory_url: str) -> None:
+    class Labelled(ExternalBaseModel):
+        class_name: str
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    assert Labelled.model_json_schema()["properties"] == {
+        "class_name": {"type": "string", "title": "Class Name"}
+    }
+    assert Labelled.model_json_schema(mode="serialization") == reference_schema(
+        {"const": "Labelled"}, "Labelled"
+    )
+
+
 def test_openapi_shows_references_out_and_references_or_data_in(memory_url: str) -> None:
     class Profile(ExternalBaseModel):
         name: str
