@@ -330,6 +330,13 @@ def _sync_calls(env: Env, operation: str) -> tuple[Callable[[], object], Callabl
     bridge, baseline = env.bridge, env.bridge_baseline
     bridge.run(baseline.save(plain_id, plain))
     if operation == "dump":
+        # A changed model, so every dump writes (an unchanged one writes nothing: "unchanged").
+        def dump_changed() -> object:
+            model.visits += 1  # type: ignore[attr-defined]
+            return model.model_dump()
+
+        return dump_changed, lambda: bridge.run(baseline.save(plain_id, plain))
+    if operation == "unchanged":
         return model.model_dump, lambda: bridge.run(baseline.save(plain_id, plain))
     flat10, plain_cls = env.models.flat10, env.models.plain_flat10
     _check(model, flat10.model_validate(reference), "pydantic-toast sync")
@@ -428,6 +435,14 @@ def scenarios(counts: Counts, *, peers: bool) -> list[Scenario]:
         Scenario("sync validate (plain code)", "sync", 1, single, _no_build, mode="sync", note=sync_note),
         Scenario("sync dump (in loop)", "sync", 1, single, _sync_in_loop("dump"), note=sync_note),
         Scenario("sync validate (in loop)", "sync", 1, single, _sync_in_loop("validate"), note=sync_note),
+        Scenario(
+            "sync dump unchanged (in loop)",
+            "sync",
+            1,
+            single,
+            _sync_in_loop("unchanged"),
+            note="an unchanged model's dump writes nothing; hand-written = writing it again",
+        ),
     ]
     return result
 

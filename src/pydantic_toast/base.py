@@ -16,6 +16,7 @@ from uuid import UUID
 from pydantic import (
     BaseModel,
     ConfigDict,
+    GetJsonSchemaHandler,
     PrivateAttr,
     SerializationInfo,
     SerializerFunctionWrapHandler,
@@ -25,7 +26,8 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
-from pydantic_core import PydanticSerializationError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticSerializationError
 
 from . import persistence
 from .exceptions import ExternalStorageError, StorageValidationError
@@ -84,9 +86,12 @@ class _DeleteMethod(Generic[_M]):
             return delete_by_reference
 
         async def delete_instance() -> bool:
-            record_id = persistence.state_of(instance).id
+            state = persistence.state_of(instance)
+            record_id = state.id
             if record_id is None:
                 return False
+            # Gone from the store: the next dump must write it again, changed or not.
+            state.stored_digest = state.loaded_json = None
             reference = ExternalReference(class_name=owner.__toast_settings__.storage_name, id=record_id)
             return await persistence.delete(type(instance), reference)
 
@@ -117,6 +122,11 @@ class ExternalBaseModel(BaseModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
+        _refuse_own_model_serializer(cls)
+        if cls.model_config.get("storage") is None:
+            # An abstract base (shared fields of several external models): no settings, so
+            # storing or loading it raises, naming the fix.
+            return
         cls.__toast_settings__ = persistence.settings_for(cls)
         cls.model_config["storage"] = MaskedURL(cls.model_config["storage"])
         try:
@@ -129,6 +139,31 @@ class ExternalBaseModel(BaseModel):
     @model_serializer(mode="wrap")
     def _toast_serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
         return persistence.serialize(self, handler, info)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # Describe the wire: a dump is a reference; validation takes a reference or full data.
+        names = persistence.storage_names(cls)
+        class_name: dict[str, Any] = {"type": "string"}
+        if len(names) == 1:
+            class_name["const"] = names[0]
+        elif names:
+            class_name["enum"] = names
+        title = cls.model_config.get("title") or cls.__name__
+        reference: dict[str, Any] = {
+            "type": "object",
+            "properties": {"class_name": class_name, "id": {"type": "string", "format": "uuid"}},
+            "required": ["class_name", "id"],
+            "additionalProperties": False,
+        }
+        if handler.mode == "serialization":
+            return {**reference, "title": title}
+        full = handler.resolve_ref_schema(handler(core_schema))
+        if "class_name" in cls.__pydantic_fields__:
+            return full  # a model with its own class_name field takes references only as objects
+        return {"anyOf": [{**reference, "title": f"{title}Reference"}, dict(full)], "title": title}
 
     @model_validator(mode="wrap")
     @classmethod
@@ -238,6 +273,21 @@ class ExternalBaseModel(BaseModel):
 
 # Lets persistence recognise our validator among the user's own in the core schema.
 ExternalBaseModel._toast_validate.__func__.__toast_hook__ = True
+
+
+def _refuse_own_model_serializer(cls: type[ExternalBaseModel]) -> None:
+    """Pydantic keeps one model serializer per class: a user's would silently replace ours."""
+    ours = ExternalBaseModel.__pydantic_decorators__.model_serializers["_toast_serialize"].func
+    for name, decorator in cls.__pydantic_decorators__.model_serializers.items():
+        if decorator.func is not ours:
+            raise StorageValidationError(
+                f"{cls.__qualname__}: @model_serializer {name!r} would replace pydantic-toast's own "
+                "serializer (which stores the data and returns the reference), so nothing would be "
+                "stored; shape single fields with @field_serializer, or put the model_serializer on a "
+                "plain model that holds this one",
+                expected="no @model_serializer on an external model",
+                actual=name,
+            )
 
 
 def _raise_original() -> None:

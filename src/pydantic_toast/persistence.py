@@ -12,12 +12,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
+import re
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID, uuid4
@@ -62,6 +64,11 @@ class RecordState:
     id: UUID | None = None
     created_at: datetime | None = None
     _reference: ExternalReference | None = None
+    # What the record holds, as far as this instance knows: a digest of the data it last wrote,
+    # or the data it was loaded from (compared once, then replaced by a digest). A dump whose
+    # data matches writes nothing, so a reader's dump never reverts another writer's update.
+    stored_digest: bytes | None = None
+    loaded_json: bytes | None = None
 
     def reference(self, storage_name: str) -> ExternalReference:
         """The reference to this record, built once: dumps return it on every call."""
@@ -94,15 +101,8 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
     """Validate the class's `ExternalConfigDict` at class definition, naming the class on error."""
     config = cast(Mapping[str, Any], cls.model_config)
     name = cls.__qualname__
-    storage = config.get("storage")
+    storage = config["storage"]
     try:
-        if storage is None:
-            raise StorageValidationError(
-                "no storage configured; add model_config = ExternalConfigDict(storage='sqlite:///toast.db') "
-                f"or another URL (known schemes: {', '.join(known_schemes())})",
-                expected="storage URL",
-                actual=None,
-            )
         url = StorageURL.parse(storage)
         backend = backend_class(url.scheme)
         # Duck-typed backends registered without subclassing StorageBackend may lack the hook.
@@ -225,24 +225,44 @@ _serializer_error: ContextVar[BaseException | None] = ContextVar(
 )
 
 
+@dataclass(slots=True, eq=False)
+class _Pending:
+    """One record of a write set."""
+
+    model: ExternalBaseModel  # kept alive, so its id() stays unique while the set exists
+    reference: ExternalReference
+    settings: ModelSettings
+    state: RecordState
+    # id() of the models this record's data refers to: they are written before it.
+    points_at: list[int]
+    data: bytes | None = None  # None while the model's data is being serialized
+    digest: bytes = b""
+    write: bool = False
+
+
 class WriteSet:
-    """The records one dump produces, grouped by storage URL, each model once."""
+    """The records one dump produces, each model once, written leaves first.
+
+    A record whose data matches what its instance last stored or loaded is not written again.
+    """
 
     def __init__(self, *, shallow: bool = False) -> None:
         # shallow: nested external models that already have a record are referenced, not rewritten.
         self._shallow = shallow
-        self._depth = 0
-        self._serializing: set[int] = set()
         # One instant for the whole dump: every record it writes shares its updated_at.
         self._now = datetime.now(UTC)
-        self._groups: dict[str, tuple[ModelSettings, dict[UUID, StoredRecord]]] = {}
-        # id(model) -> (model, reference); keeping the model alive keeps its id() unique.
-        self._seen: dict[int, tuple[ExternalBaseModel, ExternalReference]] = {}
+        # id(model) -> entry; `_done` lists them as their serialization ends, so a record always
+        # comes after the records it points at.
+        self._entries: dict[int, _Pending] = {}
+        self._done: list[_Pending] = []
+        self._open: list[_Pending] = []  # being serialized, innermost last
 
-    def add(self, model: ExternalBaseModel) -> ExternalReference:
-        seen = self._seen.get(id(model))
-        if seen is not None:
-            if id(model) in self._serializing:
+    def add(self, model: ExternalBaseModel, *, force: bool = False) -> ExternalReference:
+        """Collect `model`'s record; `force` writes it even if its data did not change."""
+        parent = self._open[-1] if self._open else None
+        entry = self._entries.get(id(model))
+        if entry is not None:
+            if entry.data is None:
                 raise _remember(
                     StorageValidationError(
                         f"this {type(model).__name__} contains itself; a stored model cannot be loaded back "
@@ -250,66 +270,250 @@ class WriteSet:
                         actual=type(model).__name__,
                     )
                 )
-            return seen[1]
+            if parent is not None:
+                parent.points_at.append(id(model))
+            entry.write = entry.write or force
+            return entry.reference
         cls = type(model)
-        settings = cls.__toast_settings__
+        settings = settings_of(cls)
         state = state_of(model)
-        if self._shallow and self._depth > 0 and state.id is not None:
+        if self._shallow and parent is not None and state.id is not None:
             return state.reference(settings.storage_name)
         if state.id is None:
             state.id = uuid4()
-        reference = state.reference(settings.storage_name)
-        # Registered before serializing the data, so a model reachable from itself ends as a reference.
-        self._seen[id(model)] = (model, reference)
-        self._depth += 1
-        self._serializing.add(id(model))
+        entry = _Pending(model, state.reference(settings.storage_name), settings, state, [])
+        # Registered before serializing the data, so a model reachable from itself is caught.
+        self._entries[id(model)] = entry
+        if parent is not None:
+            parent.points_at.append(id(model))
+        self._open.append(entry)
         try:
-            # The instance's own class (a subclass instance in a base-typed field keeps its
-            # subclass fields), field names rather than aliases (loading never depends on the
-            # caller's alias settings), and no computed fields (they are not input).
-            data = inner_serializer(cls).to_json(
-                model, by_alias=False, round_trip=True, exclude_computed_fields=True
-            )
+            data = _stored_data(cls, model)
         finally:
-            self._depth -= 1
-            self._serializing.discard(id(model))
-        now = self._now
+            self._open.pop()
+        entry.data = data
+        entry.digest = digest = hashlib.blake2b(data, digest_size=16).digest()
+        if state.stored_digest == digest:
+            entry.write = force
+        elif state.loaded_json is not None and _same_json(state.loaded_json, data):
+            state.stored_digest = digest
+            state.loaded_json = None
+            entry.write = force
+        else:
+            entry.write = True
         if state.created_at is None:
-            state.created_at = now
-        record = StoredRecord(
-            id=state.id,
-            class_name=settings.storage_name,
-            data_json=data,
-            schema_version=settings.schema_version,
-            created_at=state.created_at,
-            updated_at=now,
-            expires_at=None if settings.ttl is None else now + settings.ttl,
-        )
-        group = self._groups.get(settings.url.raw)
-        if group is None:
-            group = self._groups[settings.url.raw] = (settings, {})
-        group[1][record.id] = record
-        return reference
+            state.created_at = self._now
+        self._done.append(entry)
+        return entry.reference
+
+    @property
+    def has_writes(self) -> bool:
+        return any(entry.write for entry in self._done)
 
     async def flush(self) -> None:
-        """Write every collected record: one batch per backend, backends concurrently."""
-        groups = list(self._groups.values())
-        if len(groups) == 1:
-            await _save_group(*groups[0])
-        elif groups:
-            results = await asyncio.gather(*(_save_group(*group) for group in groups), return_exceptions=True)
+        """Write the collected records that changed, never a record before those it points at.
+
+        All in one store, or stores that point at each other in one direction only: one batch per
+        backend, dependent backends after the ones they point into. Stores pointing at each other
+        both ways: one batch per backend and level of nesting.
+        """
+        for stage in self._stages():
+            if len(stage) == 1:
+                await self._write(stage[0])
+                continue
+            results = await asyncio.gather(*(self._write(batch) for batch in stage), return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
 
+    def _planned(self) -> list[_Pending]:
+        # A record with a ttl must live as long as the records pointing at it: when they are
+        # written, so is it. Reversed, `_done` visits parents first, so this is transitive.
+        for entry in reversed(self._done):
+            if entry.write:
+                for key in entry.points_at:
+                    child = self._entries[key]
+                    if not child.write and child.settings.ttl is not None:
+                        child.write = True
+        return [entry for entry in self._done if entry.write]
+
+    def _stages(self) -> list[list[list[_Pending]]]:
+        """Batches (one backend each) by stage; a stage runs only after the previous succeeded."""
+        writes = self._planned()
+        groups: dict[str, list[_Pending]] = {}
+        for entry in writes:
+            groups.setdefault(entry.settings.url.raw, []).append(entry)
+        if len(groups) <= 1:
+            return [list(groups.values())] if groups else []
+        needs: dict[str, set[str]] = {url: set() for url in groups}
+        for entry in writes:
+            url = entry.settings.url.raw
+            for key in entry.points_at:
+                child = self._entries[key]
+                if child.write and child.settings.url.raw != url:
+                    needs[url].add(child.settings.url.raw)
+        stages: list[list[list[_Pending]]] = []
+        done: set[str] = set()
+        while needs:
+            ready = [url for url, wanted in needs.items() if wanted <= done]
+            if not ready:
+                return self._stages_by_level(writes)
+            stages.append([groups[url] for url in ready])
+            done.update(ready)
+            for url in ready:
+                del needs[url]
+        return stages
+
+    def _stages_by_level(self, writes: list[_Pending]) -> list[list[list[_Pending]]]:
+        # Stores point at each other both ways: a record's stage is one past the latest stage
+        # of the records it points at in other stores (same-store ones share its batch, which
+        # is ordered leaves first).
+        stage_of: dict[int, int] = {}
+        stages: list[dict[str, list[_Pending]]] = []
+        for entry in writes:
+            url = entry.settings.url.raw
+            stage = 0
+            for key in entry.points_at:
+                child = self._entries[key]
+                if child.write:
+                    stage = max(stage, stage_of[key] + (child.settings.url.raw != url))
+            stage_of[id(entry.model)] = stage
+            while len(stages) <= stage:
+                stages.append({})
+            stages[stage].setdefault(url, []).append(entry)
+        return [list(batches.values()) for batches in stages]
+
+    async def _write(self, entries: list[_Pending]) -> None:
+        now = self._now
+        # Two instances of one record (a revalidated copy, say) in one dump: the last one wins.
+        records: dict[UUID, StoredRecord] = {}
+        for entry in entries:
+            state, settings = entry.state, entry.settings
+            assert state.id is not None
+            assert state.created_at is not None
+            assert entry.data is not None
+            records[state.id] = StoredRecord(
+                id=state.id,
+                class_name=settings.storage_name,
+                data_json=entry.data,
+                schema_version=settings.schema_version,
+                created_at=state.created_at,
+                updated_at=now,
+                expires_at=None if settings.ttl is None else now + settings.ttl,
+            )
+        batch = list(records.values())
+        url = entries[0].settings.url
+        timeout = max(entry.settings.timeout for entry in entries)
+        await runtime.execute(url, timeout, lambda backend: backend.save_records(batch))
+        for entry in entries:
+            entry.state.stored_digest = entry.digest
+            entry.state.loaded_json = None
+
     @property
     def timeout(self) -> float:
-        return max((settings.timeout for settings, _ in self._groups.values()), default=DEFAULT_TIMEOUT)
+        return max((entry.settings.timeout for entry in self._done), default=DEFAULT_TIMEOUT)
 
 
-async def _save_group(settings: ModelSettings, records: dict[UUID, StoredRecord]) -> None:
-    batch = list(records.values())
-    await runtime.execute(settings.url, settings.timeout, lambda backend: backend.save_records(batch))
+_FIELD_NAME = re.compile(r"field_name='([^']*)'")
+
+
+def _required_fields(cls: type[ExternalBaseModel]) -> frozenset[str]:
+    cached = cls.__dict__.get("__toast_required__")
+    if cached is None:
+        cached = frozenset(name for name, field in cls.__pydantic_fields__.items() if field.is_required())
+        type.__setattr__(cls, "__toast_required__", cached)
+    return cast(frozenset[str], cached)
+
+
+def _stored_data(cls: type[ExternalBaseModel], model: ExternalBaseModel) -> bytes:
+    """The model's own data as stored, refusing what would not load back."""
+    missing = sorted(_required_fields(cls) - model.__dict__.keys())
+    if missing:
+        raise _remember(
+            StorageValidationError(
+                f"{cls.__qualname__} cannot be stored: required field(s) {', '.join(map(repr, missing))} "
+                "have no value (built by model_construct() without them?), so the record would not load "
+                "back; set them, or build the model with validation",
+                expected="a value for every required field",
+                actual=missing,
+            )
+        )
+    clear_serializer_error()
+    try:
+        # The instance's own class (a subclass instance in a base-typed field keeps its
+        # subclass fields), field names rather than aliases (loading never depends on the
+        # caller's alias settings), and no computed fields (they are not input). Pydantic's
+        # serializer warnings (a value that does not match its field's type) are errors here.
+        return inner_serializer(cls).to_json(
+            model, by_alias=False, round_trip=True, exclude_computed_fields=True, warnings="error"
+        )
+    except PydanticSerializationError as exc:
+        if _serializer_error.get() is not None:
+            raise  # a nested model's own error, unwrapped by the caller
+        # The message quotes the values themselves: keep only the field names.
+        fields = sorted(set(_FIELD_NAME.findall(str(exc))))
+        names = ", ".join(map(repr, fields)) or "(unknown)"
+        raise _remember(
+            StorageValidationError(
+                f"{cls.__qualname__} cannot be stored: field(s) {names} hold values that do not match "
+                "their declared type, so the record would not load back; assign valid values "
+                "(validate_assignment=True checks them on assignment) or fix the field_serializer's "
+                "return type",
+                expected="values of the declared field types",
+                actual=fields,
+            )
+        ) from None
+
+
+def _same_json(loaded: bytes, data: bytes) -> bool:
+    # Stores that re-encode JSON (PostgreSQL's JSONB) return the same data as other bytes.
+    return loaded == data or bool(pydantic_core.from_json(loaded) == pydantic_core.from_json(data))
+
+
+def loaded_from(model: ExternalBaseModel, record: StoredRecord) -> None:
+    """Remember what a just-loaded model's record holds, so dumping it unchanged writes nothing."""
+    if record.schema_version == type(model).__toast_settings__.schema_version:
+        state_of(model).loaded_json = record.data_json
+
+
+def storage_names(cls: type[ExternalBaseModel]) -> list[str]:
+    """The class names a reference to `cls` (or one of its subclasses) may carry, for schemas."""
+    names: list[str] = []
+    pending: list[type[ExternalBaseModel]] = [cls]
+    while pending:
+        current = pending.pop()
+        settings = current.__dict__.get("__toast_settings__")
+        if isinstance(settings, ModelSettings) and settings.storage_name not in names:
+            names.append(settings.storage_name)
+        pending.extend(reversed(current.__subclasses__()))
+    return names
+
+
+def keep_record(value: object, result: Any) -> Any:
+    """A revalidated instance (revalidate_instances) is still the record it was validated from."""
+    if isinstance(value, BaseModel) and result is not value and type(result) is type(value):
+        source, target = value.__pydantic_private__, result.__pydantic_private__
+        if source and target is not None and _STATE in source:
+            # A copy of the state: each instance compares its own data with what was stored.
+            target[_STATE] = replace(source[_STATE])
+    return result
+
+
+def settings_of(cls: type[ExternalBaseModel]) -> ModelSettings:
+    """The class's settings; an abstract class (no storage configured) cannot store or load."""
+    settings: ModelSettings | None = getattr(cls, "__toast_settings__", None)
+    if settings is None:
+        raise _remember(
+            StorageValidationError(
+                f"{cls.__qualname__} has no storage configured, so it is an abstract base: it can be "
+                "subclassed and validated from full data, but not dumped, saved or loaded; use a subclass "
+                "with model_config = ExternalConfigDict(storage='sqlite:///toast.db') or another URL "
+                f"(known schemes: {', '.join(known_schemes())})",
+                expected="storage URL",
+                actual=None,
+            )
+        )
+    return settings
 
 
 def serialize(
@@ -328,12 +532,20 @@ def serialize(
     if mode == "inline":
         token = _inline_model.set(model)
         try:
+            # The caller's filters apply to the full data exactly as to a plain model's.
             return type(model).__pydantic_serializer__.to_python(
                 model,
                 mode=info.mode,
                 by_alias=info.by_alias,
                 round_trip=info.round_trip,
                 context=info.context,
+                include=cast(Any, info.include),
+                exclude=cast(Any, info.exclude),
+                exclude_unset=info.exclude_unset,
+                exclude_defaults=info.exclude_defaults,
+                exclude_none=info.exclude_none,
+                exclude_computed_fields=info.exclude_computed_fields,
+                serialize_as_any=info.serialize_as_any,
             )
         finally:
             _inline_model.reset(token)
@@ -346,7 +558,7 @@ def serialize(
                     "without the 'reference' context first"
                 )
             )
-        return {"class_name": type(model).__toast_settings__.storage_name, "id": str(record_id)}
+        return {"class_name": settings_of(type(model)).storage_name, "id": str(record_id)}
     write_set = _write_set.get()
     if write_set is not None:
         return write_set.add(model).as_dict()
@@ -356,11 +568,12 @@ def serialize(
         reference = write_set.add(model)
     finally:
         _write_set.reset(collecting)
-    try:
-        runtime.run_sync(write_set.flush(), write_set.timeout)
-    except ExternalStorageError as exc:
-        _remember(exc)
-        raise
+    if write_set.has_writes:
+        try:
+            runtime.run_sync(write_set.flush(), write_set.timeout)
+        except ExternalStorageError as exc:
+            _remember(exc)
+            raise
     return reference.as_dict()
 
 
@@ -408,11 +621,15 @@ async def save_many_shallow(models: Sequence[ExternalBaseModel]) -> list[Externa
 
 
 async def save_many(models: Sequence[ExternalBaseModel], *, shallow: bool = False) -> list[ExternalReference]:
-    """Store models and every external model they hold: one batch per backend."""
+    """Store models and every external model they hold: one batch per backend.
+
+    The models passed are always written (that refreshes their ttl); the models they hold only
+    when their data changed, as in a dump.
+    """
     write_set = WriteSet(shallow=shallow)
     collecting = _write_set.set(write_set)
     try:
-        references = [write_set.add(model) for model in models]
+        references = [write_set.add(model, force=True) for model in models]
     finally:
         _write_set.reset(collecting)
     await write_set.flush()
@@ -427,7 +644,8 @@ def dump(value: Any, **kwargs: Any) -> Any:
         result = _dump_collecting(value, kwargs)
     finally:
         _write_set.reset(collecting)
-    runtime.run_sync(write_set.flush(), write_set.timeout)
+    if write_set.has_writes:
+        runtime.run_sync(write_set.flush(), write_set.timeout)
     return result
 
 
@@ -471,19 +689,19 @@ def validate(
         # Python mode breaks JSON-only semantics (strict datetimes, base64 bytes): re-validate
         # as JSON with the model's own schema instead.
         return inner_validator(cls).validate_json(pydantic_core.to_json(value), context=info.context)
-    return handler(value)
+    return keep_record(value, handler(value))
 
 
 def _is_reference(cls: type[ExternalBaseModel], value: object) -> bool:
     if isinstance(value, ExternalReference):
         return True
     # A model with its own 'class_name' field accepts references only as ExternalReference.
-    return looks_like_reference(value) and cls.__toast_settings__.dict_references
+    return looks_like_reference(value) and settings_of(cls).dict_references
 
 
 def resolve_class(cls: type[M], reference: ExternalReference) -> type[M]:
     """The class a reference loads as: `cls` itself or one of its subclasses, by storage name."""
-    if cls.__toast_settings__.storage_name == reference.class_name:
+    if settings_of(cls).storage_name == reference.class_name:
         return cls
     pending = list(cls.__subclasses__())
     while pending:
@@ -503,9 +721,10 @@ def resolve_class(cls: type[M], reference: ExternalReference) -> type[M]:
 
 def coerce_reference(cls: type[ExternalBaseModel], value: object) -> ExternalReference:
     """Accept an ExternalReference, a reference dict, or a bare id (UUID or its text)."""
+    storage_name = settings_of(cls).storage_name
     if isinstance(value, UUID | str):
-        return ExternalReference.trusted(cls.__toast_settings__.storage_name, parse_id(value))
-    return parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
+        return ExternalReference.trusted(storage_name, parse_id(value))
+    return parse_reference(value, expected_class=storage_name)
 
 
 # (storage URL, id as an int, class_name): UUID hashing is Python-level, int hashing is not.
@@ -732,6 +951,7 @@ def materialize(cls: type[M], record: StoredRecord) -> M:
         state = state_of(model)
         state.id = record.id
         state.created_at = record.created_at
+    loaded_from(model, record)
     return model
 
 
