@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -18,6 +20,7 @@ import pytest
 
 import pydantic_toast
 from fixtures.postgresql import PostgresServer, with_options
+from fixtures.redis import RedisCluster, RedisServer
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageConnectionError
 
 pytestmark = [pytest.mark.reliability]
@@ -193,3 +196,171 @@ async def test_postgresql_first_connection_to_a_full_server_waits_then_explains(
     finally:
         for hog in hogs:
             await hog.close()
+
+
+# ---------------------------------------------------------------------- Redis
+
+
+def _admin(server: RedisServer) -> Any:
+    redis = pytest.importorskip("redis.asyncio")
+    # RESP2, like the backend: redis-py 8's RESP3 default would leave this client, too, holding
+    # connections the server closed.
+    return redis.Redis(host="127.0.0.1", port=server.port, protocol=2)
+
+
+async def _wait_for_clients(admin: Any, count: int) -> None:
+    """Until the server has `count` client connections besides `admin`'s."""
+    for _ in range(400):
+        if len(await admin.client_list()) - 1 == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the server did not get to {count} other client connections")
+
+
+IDLE_ROUNDS = 5
+
+
+@pytest.mark.redis
+async def test_redis_idle_connections_the_server_closed_are_replaced_even_without_retries(
+    redis_servers: Callable[..., RedisServer],
+) -> None:
+    server = redis_servers()
+    model = entry_model(f"{server.url}?retries=0&prefix=idle", timeout=5)
+    admin = _admin(server)
+    failures = 0
+    try:
+        entries = [model(value=n) for n in range(3)]
+        references = await asyncio.gather(*(entry.save() for entry in entries))  # three pooled
+        synced = model(value=-1).model_dump()  # and one on the sync bridge's own pool
+        for _ in range(IDLE_ROUNDS):
+            await admin.client_kill_filter(_type="normal", skipme=True)
+            await _wait_for_clients(admin, 0)
+            try:
+                assert await model.load_many(references) == entries
+                await asyncio.gather(*(entry.save() for entry in entries))
+                assert model.model_validate(synced).value == -1
+            except StorageConnectionError:
+                failures += 1
+
+        # The server's own idle timeout closes them the same way.
+        await admin.config_set("timeout", 1)
+        await _wait_for_clients(admin, 0)
+        await admin.config_set("timeout", 0)
+        assert await model.load_many(references) == entries
+        assert model.model_validate(synced).value == -1
+    finally:
+        await admin.aclose()
+    print(
+        f"\nredis idle connections closed by the server, retries=0: {failures} of {IDLE_ROUNDS} rounds failed"
+    )
+    assert failures == 0
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_redis_cluster_rides_out_idle_connections_the_nodes_closed_with_retries(
+    redis_clusters: Callable[..., RedisCluster],
+) -> None:
+    """redis-py's cluster client hands out pooled connections unchecked, so there the retry budget
+    is what replaces them: `retries` must stay >= 1 (the default is 3). See docs/backends/redis.md."""
+    cluster = redis_clusters()
+    model = entry_model(f"{cluster.url}&retries=1&prefix=idle", timeout=5)
+    admins = [_admin(node) for node in cluster.nodes]
+    try:
+        entries = [model(value=n) for n in range(20)]
+        references = await model.save_many(entries)
+        for _ in range(3):
+            for admin in admins:
+                await admin.client_kill_filter(_type="normal", skipme=True)
+            await asyncio.sleep(0.1)
+            assert await model.load_many(references) == entries
+            await asyncio.gather(*(model.load(reference) for reference in references[:6]))
+    finally:
+        for admin in admins:
+            await admin.aclose()
+
+
+@pytest.fixture
+def redis_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="pydantic_toast")
+    return caplog
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("pydantic_toast") and r.levelno >= logging.WARNING]
+
+
+@pytest.mark.redis
+async def test_redis_warns_at_connect_when_the_server_evicts_records(
+    redis_servers: Callable[..., RedisServer], redis_logs: pytest.LogCaptureFixture
+) -> None:
+    server = redis_servers(extra_args=("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"))
+    model = entry_model(f"{server.url}?prefix=lru", timeout=5)
+    await model(value=1).save()
+    await model(value=2).save()
+    [warning] = _warnings(redis_logs)
+    message = warning.getMessage()
+    assert warning.levelno == logging.WARNING
+    assert warning.name == "pydantic_toast.redis"
+    assert f"127.0.0.1:{server.port}" in message
+    assert "maxmemory-policy allkeys-lru" in message
+    assert "noeviction" in message
+    # Reporting is the application's business: the library installs no handler.
+    assert logging.getLogger("pydantic_toast").handlers == []
+    assert logging.getLogger("pydantic_toast.redis").handlers == []
+
+    admin = _admin(server)
+    try:
+        # No memory limit: nothing is ever evicted, whatever the policy.
+        await admin.config_set("maxmemory", 0)
+        redis_logs.clear()
+        await entry_model(f"{server.url}?prefix=unlimited", timeout=5)(value=1).save()
+        assert _warnings(redis_logs) == []
+
+        # volatile-*: only keys with a time to live are at risk, so only a model with ttl hears it,
+        # once per backend.
+        await admin.config_set("maxmemory", "64mb")
+        await admin.config_set("maxmemory-policy", "volatile-lru")
+        url = f"{server.url}?prefix=volatile"
+        await entry_model(url, timeout=5)(value=1).save()
+        assert _warnings(redis_logs) == []
+
+        class Expiring(ExternalBaseModel):
+            value: int
+            model_config = ExternalConfigDict(storage=url, ttl=timedelta(minutes=5))
+
+        await Expiring(value=1).save()
+        await Expiring(value=2).save()
+        [warning] = _warnings(redis_logs)
+        assert "maxmemory-policy volatile-lru" in warning.getMessage()
+        assert "ttl" in warning.getMessage()
+
+        await admin.config_set("maxmemory-policy", "noeviction")
+        redis_logs.clear()
+        await Expiring(value=3).save()
+        await entry_model(f"{server.url}?prefix=safe", timeout=5)(value=1).save()
+        assert _warnings(redis_logs) == []
+    finally:
+        await admin.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_eviction_check_is_skipped_quietly_when_config_is_denied(
+    redis_servers: Callable[..., RedisServer], redis_logs: pytest.LogCaptureFixture
+) -> None:
+    server = redis_servers(extra_args=("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"))
+    admin = _admin(server)
+    try:
+        # Like a managed Redis: the application's user may not run CONFIG.
+        await admin.acl_setuser(
+            "app", enabled=True, passwords=["+app-pw"], keys=["*"], commands=["+@all", "-config"]
+        )
+    finally:
+        await admin.aclose()
+    model = entry_model(f"redis://app:app-pw@127.0.0.1:{server.port}/0?prefix=acl", timeout=5)
+    entry = model(value=1)
+    assert (await model.load(await entry.save())) == entry
+    assert _warnings(redis_logs) == []
+    [skipped] = [r for r in redis_logs.records if "eviction check skipped" in r.getMessage()]
+    assert skipped.levelno == logging.DEBUG
+    assert "app-pw" not in skipped.getMessage()
