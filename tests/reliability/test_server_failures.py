@@ -259,10 +259,13 @@ async def test_redis_idle_connections_the_server_closed_are_replaced_even_withou
 @pytest.mark.redis
 @pytest.mark.slow
 async def test_redis_cluster_rides_out_idle_connections_the_nodes_closed_with_retries(
-    redis_clusters: Callable[..., RedisCluster],
+    redis_clusters: Callable[..., RedisCluster], redis_logs: pytest.LogCaptureFixture
 ) -> None:
     """redis-py's cluster client hands out pooled connections unchecked, so there the retry budget
-    is what replaces them: `retries` must stay >= 1 (the default is 3). See docs/backends/redis.md."""
+    is what replaces them: `retries` must stay >= 1 (the default is 3). See docs/backends/redis.md.
+
+    The same cluster then checks the eviction warning: one master with an evicting policy is enough.
+    """
     cluster = redis_clusters()
     model = entry_model(f"{cluster.url}&retries=1&prefix=idle", timeout=5)
     admins = [_admin(node) for node in cluster.nodes]
@@ -275,6 +278,14 @@ async def test_redis_cluster_rides_out_idle_connections_the_nodes_closed_with_re
             await asyncio.sleep(0.1)
             assert await model.load_many(references) == entries
             await asyncio.gather(*(model.load(reference) for reference in references[:6]))
+        assert _warnings(redis_logs) == []
+
+        await admins[1].config_set("maxmemory", "64mb")
+        await admins[1].config_set("maxmemory-policy", "allkeys-lfu")
+        await entry_model(f"{cluster.url}&prefix=evicting", timeout=5)(value=1).save()
+        [warning] = _warnings(redis_logs)
+        assert f"cluster node 127.0.0.1:{cluster.nodes[1].port}" in warning.getMessage()
+        assert "maxmemory-policy allkeys-lfu" in warning.getMessage()
     finally:
         for admin in admins:
             await admin.aclose()
