@@ -84,14 +84,20 @@ async def test_postgresql_backends_terminated_under_load(
     killed = 0
     started = time.monotonic()
     workers = [asyncio.create_task(worker(number)) for number in range(PG_WORKERS)]
+    # Each round spares the connections opened since the previous one: a retry runs on a new
+    # connection, and one retry cannot survive that connection being killed too (two failures
+    # in a row are reported, as they should be).
+    cutoff = await admin.fetchval("SELECT clock_timestamp()")
     try:
         for _ in range(KILL_ROUNDS):
             await asyncio.sleep(KILL_EVERY)
             killed += await admin.fetchval(
                 "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = $1",
+                "WHERE application_name = $1 AND backend_start < $2",
                 application,
+                cutoff,
             )
+            cutoff = await admin.fetchval("SELECT clock_timestamp()")
     finally:
         stop = True
         await asyncio.gather(*workers)
@@ -139,7 +145,7 @@ async def test_postgresql_pool_waits_for_a_connection_when_the_server_is_full(
         # Now the pool's own connections stay busy (blocked on a lock) and the server has no slot
         # left: a call gives up just before its timeout, saying why and what to change.
         slow = entry_model(url, timeout=15, name="Slow")
-        probe = entry_model(url, timeout=1.5, name="Probe")
+        probe = entry_model(url, timeout=2.5, name="Probe")
         await slow(value=0).save()
         locker = hogs[0]
         transaction = locker.transaction()
@@ -158,7 +164,7 @@ async def test_postgresql_pool_waits_for_a_connection_when_the_server_is_full(
         elapsed = time.monotonic() - started
         message = str(caught.value)
         print(f"postgresql full server, nothing free: failed after {elapsed:.2f} s: {message}")
-        assert 1.0 < elapsed < 1.5
+        assert 1.9 < elapsed < 2.5
         assert f"127.0.0.1:{server.port}/postgres" in message
         assert "TooManyConnectionsError" in message
         assert "max_connections" in message
@@ -178,12 +184,12 @@ async def test_postgresql_first_connection_to_a_full_server_waits_then_explains(
     asyncpg = pytest.importorskip("asyncpg")
     server = _full_server(postgresql_server_factory)
     hogs = [await asyncpg.connect(server.url) for _ in range(6)]
-    model = entry_model(server.url, timeout=1.0)
+    model = entry_model(server.url, timeout=2.0)
     try:
         started = time.monotonic()
         with pytest.raises(StorageConnectionError) as caught:
             await model(value=1).save()
-        assert 0.5 < time.monotonic() - started < 1.0
+        assert 1.4 < time.monotonic() - started < 2.0
         assert "max_connections" in str(caught.value)
 
         # A slot that comes free while the call waits is taken.

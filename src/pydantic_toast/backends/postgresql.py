@@ -59,8 +59,9 @@ _CLOSE_TIMEOUT = 5.0
 # saturated server gets a few connection attempts per second per waiting call, not a storm.
 _FULL_PAUSE_BASE = 0.01
 _FULL_PAUSE_CAP = 0.25
-# Given up this long before the call's deadline, so the caller gets the precise error.
-_FULL_MARGIN = 0.1
+# The last attempt starts at least this long before the call's deadline, so that the caller
+# gets the precise error rather than a bare timeout even when a connection attempt is slow.
+_FULL_MARGIN = 0.25
 
 _LIBRARY_OPTIONS = ("table", "schema", "min_size", "max_size", "command_timeout", "statement_cache_size")
 # libpq parameters asyncpg understands itself, plus two startup parameters (application_name,
@@ -560,12 +561,10 @@ class _SlotWait:
 
     def next_pause(self) -> float | None:
         """Seconds to pause before the next attempt, or None when the time is used up."""
-        remaining = self._until - self._loop.time()
-        if remaining <= 0:
-            return None
         ceiling = min(_FULL_PAUSE_CAP, _FULL_PAUSE_BASE * 2.0**self._attempt)
         self._attempt += 1
-        return min(remaining, ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311 - jitter
+        pause = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not secrecy
+        return pause if self._loop.time() + pause < self._until else None
 
 
 def _import_driver() -> ModuleType:
