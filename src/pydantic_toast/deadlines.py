@@ -43,6 +43,11 @@ class Deadlines:
             return True
         return False
 
+    def time_left(self, task: asyncio.Task[object] | None) -> float | None:
+        """Seconds until `task`'s deadline; None if it has none here."""
+        deadline = self._inflight.get(task) if task is not None else None
+        return None if deadline is None else deadline - self._loop.time()
+
     def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()

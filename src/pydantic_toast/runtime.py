@@ -26,7 +26,7 @@ from .exceptions import ExternalStorageError, StorageConnectionError
 from .registry import backend_class
 from .url import StorageURL, mask_secrets
 
-__all__ = ["aclose", "close", "execute", "get_backend", "run_sync", "stats"]
+__all__ = ["aclose", "close", "execute", "get_backend", "run_sync", "stats", "time_left"]
 
 T = TypeVar("T")
 
@@ -170,6 +170,17 @@ async def execute(url: StorageURL, seconds: float, operation: Callable[[StorageB
         ) from exc
     finally:
         deadlines.leave(task)
+
+
+def time_left() -> float | None:
+    """Seconds before the running task's operation reaches its model's `timeout`; None outside one.
+
+    For a backend that waits on purpose (a full server) and wants to give up with its own,
+    more precise error just before the generic timeout would cancel it.
+    """
+    loop = asyncio.get_running_loop()
+    deadlines = _deadlines.get(loop)
+    return None if deadlines is None else deadlines.time_left(asyncio.current_task(loop))
 
 
 def _timed_out(url: StorageURL, seconds: float) -> StorageConnectionError:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import random
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,6 +36,7 @@ from uuid import UUID
 
 import pydantic_core
 
+from .. import runtime
 from ..exceptions import MissingDependencyError, StorageConnectionError, StorageValidationError
 from ..url import StorageURL, mask_secrets
 from ._options import URLOptions
@@ -52,6 +54,14 @@ DEFAULT_MIN_SIZE = 0
 DEFAULT_MAX_SIZE = 10
 DEFAULT_STATEMENT_CACHE_SIZE = 100
 _CLOSE_TIMEOUT = 5.0
+# While the server has no free connection slot, a call tries again after a pause growing from
+# 10 ms to 250 ms (with jitter): a pooled connection released meanwhile is reused at once, and a
+# saturated server gets a few connection attempts per second per waiting call, not a storm.
+_FULL_PAUSE_BASE = 0.01
+_FULL_PAUSE_CAP = 0.25
+# The last attempt starts at least this long before the call's deadline, so that the caller
+# gets the precise error rather than a bare timeout even when a connection attempt is slow.
+_FULL_MARGIN = 0.25
 
 _LIBRARY_OPTIONS = ("table", "schema", "min_size", "max_size", "command_timeout", "statement_cache_size")
 # libpq parameters asyncpg understands itself, plus two startup parameters (application_name,
@@ -131,6 +141,7 @@ class PostgreSQLBackend(RecordStorageBackend):
         self._driver: ModuleType | None = None
         self._retryable: tuple[type[BaseException], ...] = ()
         self._deadlock: tuple[type[BaseException], ...] = ()
+        self._full: tuple[type[BaseException], ...] = ()
         table = self._settings.qualified
         upsert = (
             "ON CONFLICT (id) DO UPDATE SET data = excluded.data, schema_version = excluded.schema_version, "
@@ -172,6 +183,7 @@ class PostgreSQLBackend(RecordStorageBackend):
         driver = _import_driver()
         self._driver = driver
         self._deadlock = (driver.DeadlockDetectedError,)
+        self._full = (driver.TooManyConnectionsError,)
         self._retryable = (
             driver.PostgresConnectionError,
             driver.InterfaceError,
@@ -179,11 +191,15 @@ class PostgreSQLBackend(RecordStorageBackend):
             driver.CrashShutdownError,
             driver.CannotConnectNowError,
             driver.DeadlockDetectedError,
+            # asyncpg's protocol state machine out of step: a connection the server terminated
+            # (pg_terminate_backend, an idle timeout) whose end asyncpg has not processed yet.
+            driver.InternalClientError,
             ConnectionError,
         )
         settings = self._settings
         error: StorageConnectionError | None = None
         pool: Any = None
+        wait = _SlotWait(settings.connect_timeout)
         try:
             async with asyncio.timeout(settings.connect_timeout + settings.command_timeout):
                 pool = await driver.create_pool(
@@ -194,9 +210,17 @@ class PostgreSQLBackend(RecordStorageBackend):
                     statement_cache_size=settings.statement_cache_size,
                     timeout=settings.connect_timeout,
                 )
-                await self._prepare_table(pool)
+                while True:
+                    try:
+                        await self._prepare_table(pool)
+                        break
+                    except self._full:
+                        pause = wait.next_pause()
+                        if pause is None:
+                            raise
+                    await asyncio.sleep(pause)
         except Exception as exc:  # noqa: BLE001 - every driver failure becomes one library error below
-            error = self._error("connect", exc)
+            error = self._error("connect", exc, waited=wait.waited)
         except BaseException:
             # Cancelled (the caller's timeout): no half-prepared pool may outlive this call.
             if pool is not None:
@@ -288,27 +312,43 @@ class PostgreSQLBackend(RecordStorageBackend):
             pool.terminate()
 
     async def _run(self, action: str, call: Callable[..., Awaitable[T]], *args: object) -> T:
-        """Run one pool call, retrying it once when the connection it used turned out dead.
+        """Run one pool call, retrying it once when the connection it used turned out dead, and
+        as often as the call's time allows while the server has no free connection slot.
 
         Only idempotent statements come here (upserts, reads, a delete by key), so a retry after
-        a server restart or a failover cannot write anything twice.
+        a server restart or a failover cannot write anything twice. A refused connection attempt
+        wrote nothing either.
         """
-        error: StorageConnectionError | None = None
-        try:
-            return await call(*args)
-        except self._retryable as exc:
-            if self._pool is not None and not isinstance(exc, self._deadlock):
-                # Every pooled connection predates the failure: replace them all, not one per call.
-                await self._pool.expire_connections()
-            self.stats.add()
-        except Exception as exc:  # noqa: BLE001 - translated below, outside the handler
-            error = self._error(action, exc)
-        if error is None:
+        retried = False
+        wait: _SlotWait | None = None
+        while True:
+            error: StorageConnectionError | None = None
+            pause: float | None = None
             try:
                 return await call(*args)
+            except self._full as exc:
+                # The pool wanted one more connection and the server is at max_connections:
+                # wait for one of the pool's own connections to come free, or a server slot.
+                wait = wait or _SlotWait(self._settings.connect_timeout)
+                pause = wait.next_pause()
+                if pause is None:
+                    error = self._error(action, exc, waited=wait.waited)
+            except self._retryable as exc:
+                if retried:
+                    error = self._error(action, exc)
+                else:
+                    retried = True
+                    if self._pool is not None and not isinstance(exc, self._deadlock):
+                        # Every pooled connection predates the failure: replace them all, not one
+                        # per call.
+                        await self._pool.expire_connections()
             except Exception as exc:  # noqa: BLE001 - translated below, outside the handler
                 error = self._error(action, exc)
-        raise error
+            if error is not None:
+                raise error
+            self.stats.add()
+            if pause:
+                await asyncio.sleep(pause)
 
     def _pool_or_raise(self) -> Any:
         pool = self._pool
@@ -444,7 +484,9 @@ class PostgreSQLBackend(RecordStorageBackend):
 
     # ------------------------------------------------------------------ errors
 
-    def _error(self, action: str, exc: BaseException) -> StorageConnectionError:
+    def _error(
+        self, action: str, exc: BaseException, *, waited: float | None = None
+    ) -> StorageConnectionError:
         """One library error per driver failure, naming the server and never the password."""
         settings = self._settings
         driver = self._driver
@@ -477,12 +519,52 @@ class PostgreSQLBackend(RecordStorageBackend):
                 reason += "; the statement hit the server's statement_timeout or was cancelled"
             elif isinstance(exc, driver.InsufficientPrivilegeError):
                 reason += f"; grant this user access to {settings.qualified} (or to CREATE it)"
+            elif isinstance(exc, driver.TooManyConnectionsError):
+                reason += (
+                    "; every connection slot of the server is taken"
+                    + (f" and none came free within {waited:.1f} s" if waited is not None else "")
+                    + ". Raise max_connections on the server (or lower its superuser_reserved_connections "
+                    f"/ reserved_connections), lower max_size in the URL (now {settings.max_size}, per "
+                    "event loop and process), or share connections through PgBouncer"
+                )
+        elif driver is not None and isinstance(exc, driver.InternalClientError):
+            reason += (
+                "; the connection broke in the middle of a statement (terminated by the server, or "
+                "a network failure) and the retry on a new connection failed too"
+            )
         secrets = settings.secrets
         message = mask_secrets(f"PostgreSQL {action} failed on {settings.where}: {reason}", *secrets)
         return StorageConnectionError(message, url=settings.shown)
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+class _SlotWait:
+    """How long a call may keep trying while the server has no free connection slot.
+
+    Until just before the call's own deadline (the model's `timeout`) when it runs under the
+    runtime, else for `fallback` seconds.
+    """
+
+    def __init__(self, fallback: float) -> None:
+        loop = asyncio.get_running_loop()
+        left = runtime.time_left()
+        self._loop = loop
+        self._started = loop.time()
+        self._until = self._started + (fallback if left is None else left - _FULL_MARGIN)
+        self._attempt = 0
+
+    @property
+    def waited(self) -> float:
+        return self._loop.time() - self._started
+
+    def next_pause(self) -> float | None:
+        """Seconds to pause before the next attempt, or None when the time is used up."""
+        ceiling = min(_FULL_PAUSE_CAP, _FULL_PAUSE_BASE * 2.0**self._attempt)
+        self._attempt += 1
+        pause = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not secrecy
+        return pause if self._loop.time() + pause < self._until else None
 
 
 def _import_driver() -> ModuleType:

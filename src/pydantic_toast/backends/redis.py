@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import math
 import re
 from abc import abstractmethod
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisBackend", "RedisClusterBackend"]
 
+_log = logging.getLogger("pydantic_toast.redis")
+
 DEFAULT_PREFIX = "pydantic_toast"
 DEFAULT_SOCKET_TIMEOUT = 5.0
 DEFAULT_CONNECT_TIMEOUT = 2.0
@@ -63,6 +66,8 @@ DEFAULT_MAX_VALUE_SIZE = 512 * 1024 * 1024
 # out within about a second with the default 3 retries, and a dead server is reported quickly.
 _BACKOFF_BASE = 0.05
 _BACKOFF_CAP = 1.0
+# The eviction check at connect is best effort: it may delay the first call by at most this.
+_POLICY_CHECK_TIMEOUT = 1.0
 
 _INSTALL_HINT = "pip install 'pydantic-toast[redis]'"
 _COMMON_OPTIONS = (
@@ -447,6 +452,9 @@ class _RedisBase(RecordStorageBackend):
         self._key_head = f"{self._settings.prefix}:".encode()
         self._driver_errors: tuple[type[BaseException], ...] = ()
         self._in_flight = asyncio.Semaphore(self._settings.max_connections)
+        # Set at connect when the server evicts keys that have a time to live; the first save
+        # of such a key logs the warning (records without ttl are not at risk then).
+        self._volatile_eviction: str | None = None
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -482,6 +490,13 @@ class _RedisBase(RecordStorageBackend):
             "retry": _retry(settings.retries),
             "client_name": settings.client_name,
             "decode_responses": False,
+            # RESP2, on purpose. redis-py 8 defaults to RESP3, which turns on "maintenance
+            # notifications", and with them on its pool stops checking a pooled connection
+            # before handing it out: a connection the server closed while idle (its `timeout`,
+            # CLIENT KILL, a proxy) then fails the next command instead of being replaced, which
+            # only the retry budget hides (retries=0 does not). Every command here gets the
+            # same reply in either protocol.
+            "protocol": 2,
         }
         if settings.tls is not None:
             kwargs.update(settings.tls.kwargs())
@@ -505,6 +520,9 @@ class _RedisBase(RecordStorageBackend):
                 )
             expiry: int | None = None
             if record.expires_at is not None:
+                if self._volatile_eviction is not None:
+                    _log.warning("%s", self._volatile_eviction)
+                    self._volatile_eviction = None
                 now = now or datetime.now(UTC)
                 # A relative expiry (PX) is immune to clock differences between client and server.
                 expiry = max(1, math.ceil((record.expires_at - now).total_seconds() * 1000))
@@ -577,6 +595,64 @@ class _RedisBase(RecordStorageBackend):
         )
 
     _label: ClassVar[str] = "Redis"
+
+    async def _check_eviction(self) -> None:
+        """Warn when the server may evict records: Redis acknowledges a SET, then drops the key
+        under memory pressure if its `maxmemory-policy` allows, and nothing reports it.
+
+        Best effort: a server that does not let us read its configuration (managed services
+        disable CONFIG, ACLs may deny it) or does not answer quickly is skipped, at DEBUG.
+        """
+        skipped: tuple[type[BaseException], ...] = (*self._driver_errors, TimeoutError)
+        try:
+            async with asyncio.timeout(min(_POLICY_CHECK_TIMEOUT, self._settings.socket_timeout)):
+                configs = await self._memory_configs()
+        except skipped as exc:
+            _log.debug(
+                "could not read the maxmemory-policy of %s (%s); eviction check skipped",
+                self._settings.where,
+                type(exc).__name__,
+            )
+            return
+        for where, config in configs:
+            values = {
+                (k.decode() if isinstance(k, bytes) else str(k)): (
+                    v.decode() if isinstance(v, bytes) else str(v)
+                )
+                for k, v in config.items()
+            }
+            policy = values.get("maxmemory-policy", "noeviction")
+            maxmemory = values.get("maxmemory", "0")
+            # Without a memory limit (64-bit servers) nothing is ever evicted, whatever the policy.
+            if policy == "noeviction" or maxmemory == "0":
+                continue
+            fix = (
+                "set maxmemory-policy noeviction (a full server then refuses writes with an OOM error "
+                "instead of dropping data), or keep pydantic-toast's records on a Redis that is not a cache"
+            )
+            if policy.startswith("volatile-"):
+                # Keep looking: another node may evict every key, which is worth saying now.
+                self._volatile_eviction = (
+                    f"Redis at {where} has maxmemory-policy {policy} (maxmemory {maxmemory}): keys with a "
+                    f"time to live, such as the records of models with `ttl` saved through "
+                    f"{self._settings.shown!r}, can be evicted before their ttl ends, without an error; {fix}"
+                )
+            else:
+                _log.warning(
+                    "Redis at %s has maxmemory-policy %s (maxmemory %s): records saved through %r can be "
+                    "evicted when the server is full, without an error; %s",
+                    where,
+                    policy,
+                    maxmemory,
+                    self._settings.shown,
+                    fix,
+                )
+                self._volatile_eviction = None
+                return
+
+    @abstractmethod
+    async def _memory_configs(self) -> list[tuple[str, dict[Any, Any]]]:
+        """`CONFIG GET maxmemory*` of every server holding records, with the server's name."""
 
     def _client_or_raise(self) -> Any:
         client = getattr(self, "_client", None)
@@ -749,8 +825,12 @@ class RedisBackend(_RedisBase):
         # condition variable costs more per command than a whole uncontended semaphore.
         pool = ConnectionPool(connection_class=connection_class, **kwargs)
         # Connections open on first use: the first command reports an unreachable server with
-        # the same retries and messages as any later one.
+        # the same retries and messages as any later one (the eviction check skips it quietly).
         self._client = Redis.from_pool(pool)
+        await self._check_eviction()
+
+    async def _memory_configs(self) -> list[tuple[str, dict[Any, Any]]]:
+        return [(self._settings.where, await self._require().config_get("maxmemory*"))]
 
     async def disconnect(self) -> None:
         client, self._client = self._client, None
@@ -814,6 +894,17 @@ class RedisClusterBackend(_RedisBase):
             await self._close(client)
             raise
         self._client = client
+        await self._check_eviction()
+
+    async def _memory_configs(self) -> list[tuple[str, dict[Any, Any]]]:
+        client = self._require()
+        primaries = sorted(client.get_primaries(), key=lambda node: node.name)
+        configs = await asyncio.gather(
+            *(client.config_get("maxmemory*", target_nodes=node) for node in primaries)
+        )
+        return [
+            (f"cluster node {node.name}", config) for node, config in zip(primaries, configs, strict=True)
+        ]
 
     async def disconnect(self) -> None:
         client, self._client = self._client, None
