@@ -27,9 +27,9 @@ from typing import Any, TextIO
 
 import pydantic_core
 
-from .backends.base import StorageBackend, StoredRecord, format_timestamp
+from .backends.base import Capability, StorageBackend, StoredRecord, format_timestamp
 from .demo import demo
-from .exceptions import ExternalStorageError, StorageValidationError
+from .exceptions import ExternalStorageError, StorageValidationError, UnsupportedOperationError
 from .reference import parse_id
 from .registry import backend_class
 from .upgrades import upgraded_data
@@ -40,12 +40,32 @@ __all__ = ["main"]
 DEFAULT_BATCH = 500
 
 
+# What a command needs each optional capability for, and the method that provides it.
+_NEEDED_FOR = {
+    Capability.SCAN: (
+        "list its records",
+        "async def scan_records(self, *, cursor, limit, class_name=None, include_expired=False)",
+    ),
+    Capability.PURGE: ("purge expired records", "async def purge_expired(self) -> int"),
+}
+
+
 @asynccontextmanager
-async def open_backend(url: str) -> AsyncIterator[StorageBackend]:
-    """A connected backend for a one-off command, closed afterwards (not the runtime's pool)."""
+async def open_backend(url: str, *needs: Capability) -> AsyncIterator[StorageBackend]:
+    """A connected backend for a one-off command, closed afterwards (not the runtime's pool).
+
+    A backend lacking a capability in `needs` is refused before anything connects.
+    """
     parsed = StorageURL.parse(url)
     backend_type = backend_class(parsed.scheme)
     backend_type.check_url(parsed)
+    for capability in needs:
+        if not backend_type.supports(capability):
+            purpose, method = _NEEDED_FOR[capability]
+            raise UnsupportedOperationError(
+                f"the {backend_type.__name__} backend for {parsed.masked!r} cannot {purpose}, which this "
+                f"command needs; implement '{method}' in the backend"
+            )
     backend = backend_type(url)
     await backend.connect()
     try:
@@ -115,7 +135,11 @@ class Progress:
 
 async def inspect_record(url: str, record_id: str, class_name: str | None, out: TextIO) -> int:
     identifier = parse_id(record_id)
-    async with open_backend(url) as backend:
+    # Without a class name the record is found by id: a backend's own find_record, or a scan.
+    by_id = class_name is None and backend_class(StorageURL.parse(url).scheme).find_record is (
+        StorageBackend.find_record
+    )
+    async with open_backend(url, *((Capability.SCAN,) if by_id else ())) as backend:
         if class_name is not None:
             [record] = await backend.load_records([(identifier, class_name)])
         else:
@@ -159,7 +183,7 @@ class ClassStats:
 async def collect_stats(url: str) -> dict[str, ClassStats]:
     now = datetime.now().astimezone()
     per_class: dict[str, ClassStats] = {}
-    async with open_backend(url) as backend:
+    async with open_backend(url, Capability.SCAN) as backend:
         async for page in scan_all(backend, include_expired=True):
             for record in page:
                 per_class.setdefault(record.class_name, ClassStats()).add(record, now)
@@ -246,7 +270,7 @@ async def copy_records(
         state.cursor, state.copied = None, 0
     elif state.loaded:
         err.write(f"resuming after {state.copied} records (state in {state.path})\n")
-    async with open_backend(source) as src, open_backend(destination) as dst:
+    async with open_backend(source, Capability.SCAN) as src, open_backend(destination) as dst:
         batches = 0
         with Progress("copying", None, err) as progress:
             progress.advance(state.copied)
@@ -289,7 +313,7 @@ async def _verify(src: StorageBackend, dst: StorageBackend, class_name: str | No
 
 
 async def purge_expired(url: str, out: TextIO) -> int:
-    async with open_backend(url) as backend:
+    async with open_backend(url, Capability.PURGE) as backend:
         purged = await backend.purge_expired()
     out.write(f"purged {purged} expired records from {StorageURL.parse(url).masked}\n")
     return 0
@@ -332,7 +356,7 @@ async def upgrade_records(
     current = settings.schema_version
     outdated: dict[int, int] = {}
     rewritten = 0
-    async with open_backend(url) as backend:
+    async with open_backend(url, Capability.SCAN) as backend:
         with Progress("upgrading" if not dry_run else "checking", None, err) as progress:
             async for page in scan_all(backend, class_name=settings.storage_name, batch=batch):
                 stale = [record for record in page if record.schema_version < current]
