@@ -196,6 +196,10 @@ class StorageBackend(ABC):
 
     One instance serves one storage URL on one event loop: the runtime creates it, calls
     `connect()` once before first use and `disconnect()` on `pydantic_toast.aclose()` or at exit.
+    The promises (docs/backends/contract.md): a record is addressed by (class_name, id) and never
+    read, changed or deleted through another class name; with UNIQUE_IDS an id belongs to one
+    class; a save stores the envelope exactly as given; expired records count as missing; only
+    the library's exceptions leave a built-in backend.
     """
 
     #: Names this backend's `check_url` accepts as query options; used in error messages only.
@@ -222,11 +226,11 @@ class StorageBackend(ABC):
 
     @abstractmethod
     async def connect(self) -> None:
-        """Open connections / create tables. Must be idempotent."""
+        """Open connections / create tables. Idempotent; connects again after `disconnect()`."""
 
     @abstractmethod
     async def disconnect(self) -> None:
-        """Release everything `connect` acquired. Must be idempotent."""
+        """Release everything `connect` acquired. Idempotent, and a no-op before `connect()`."""
 
     @abstractmethod
     async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
