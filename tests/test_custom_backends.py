@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import pytest
 
@@ -17,10 +17,11 @@ from pydantic_toast import (
     ExternalConfigDict,
     StorageBackend,
     StorageValidationError,
-    UnsupportedOperationError,
     register_backend,
     registry,
 )
+from pydantic_toast.backends.base import Capability
+from pydantic_toast.cli import main
 
 
 class FileBackend(StorageBackend):
@@ -70,20 +71,59 @@ def test_contract_backend_round_trips_sync_and_async(tmp_path: Path) -> None:
     assert Note.model_validate(reference).text == "again"
 
 
-async def test_contract_backend_gets_default_batches_and_refuses_what_it_cannot_do(tmp_path: Path) -> None:
-    backend = FileBackend(f"file://{tmp_path}")
-    await backend.connect()
-    missing = await backend.load_records([(uuid4(), "Note")])
-    assert missing == [None]
-    with pytest.raises(UnsupportedOperationError, match="does not support delete"):
-        await backend.delete(uuid4(), "Note")
+class DuckBackend:
+    """No base class: four contract methods, plus a delete and a declared capability."""
 
-    class Expiring(ExternalBaseModel):
+    declared_capabilities = frozenset({"unique_ids"})
+    records: ClassVar[dict[tuple[UUID, str], dict[str, Any]]] = {}
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def connect(self) -> None:
+        pass
+
+    async def disconnect(self) -> None:
+        pass
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        self.records[(id, class_name)] = data
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        return self.records.get((id, class_name))
+
+    async def delete(self, id: UUID, class_name: str) -> bool:
+        return self.records.pop((id, class_name), None) is not None
+
+
+def test_a_class_without_base_is_wrapped_and_its_extras_are_forwarded(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    register_backend("duck", DuckBackend)  # type: ignore[arg-type]
+    register_backend("duck", DuckBackend)  # type: ignore[arg-type]  # the same class again: a no-op
+    wrapper = registry.registered_backends["duck"]
+    assert issubclass(wrapper, StorageBackend)
+    assert wrapper.__name__ == "DuckBackend"
+    assert wrapper.capabilities() == {Capability.DELETE, Capability.UNIQUE_IDS}
+    assert not wrapper.supports("scan")
+
+    class Duck(ExternalBaseModel):
         text: str
-        model_config = ExternalConfigDict(storage=f"file://{tmp_path}", ttl=timedelta(minutes=1))
+        model_config = ExternalConfigDict(storage="duck://pond")
 
-    with pytest.raises(UnsupportedOperationError, match="cannot expire records"):
-        await Expiring(text="x").save()
+    # Before the wrapper, the first dump failed with AttributeError: no attribute 'save_records'.
+    duck = Duck(text="quack")
+    reference = duck.model_dump()
+    assert Duck.model_validate(reference) == duck
+
+    async def remove() -> bool:
+        return await Duck.delete(reference["id"])
+
+    assert asyncio.run(remove()) is True
+
+    # The command line refuses before connecting, naming the method to write.
+    assert main(["stats", "duck://pond"]) == 1
+    assert "implement 'async def scan_records" in capsys.readouterr().err
 
 
 def test_registering_a_class_missing_methods_lists_them() -> None:

@@ -13,8 +13,7 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.crc import key_slot
 
 from fixtures.redis import RedisCluster, TLSFiles
-from models import every_type_model, every_type_values
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict, RecordNotFoundError, StorageConnectionError
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageConnectionError
 from pydantic_toast.backends.base import StoredRecord
 from pydantic_toast.backends.redis import RedisClusterBackend
 from pydantic_toast.url import StorageURL
@@ -56,20 +55,6 @@ def records(count: int, class_name: str = "Note") -> list[StoredRecord]:
     return [
         StoredRecord(uuid4(), class_name, b'{"text":"%d"}' % index, 1, now, now) for index in range(count)
     ]
-
-
-async def test_round_trip_sync_and_async(cluster_url: str) -> None:
-    model = every_type_model(cluster_url)
-    original = model(**every_type_values())
-    reference = original.model_dump()
-    assert model.model_validate(reference) == original
-
-    saved = await original.save()
-    assert saved.as_dict() == reference
-    assert await model.load(saved) == original
-    assert await original.delete() is True
-    with pytest.raises(RecordNotFoundError):
-        await model.load(saved)
 
 
 def test_key_layout_uses_no_hash_tag(cluster_url: str, prefix: str, raw_cluster: SyncRedisCluster) -> None:

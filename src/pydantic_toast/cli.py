@@ -33,9 +33,14 @@ from typing import Any, TextIO
 
 import pydantic_core
 
-from .backends.base import StorageBackend, StoredRecord, format_timestamp
+from .backends.base import Capability, StorageBackend, StoredRecord, format_timestamp
 from .demo import demo
-from .exceptions import ExternalStorageError, StorageConnectionError, StorageValidationError
+from .exceptions import (
+    ExternalStorageError,
+    StorageConnectionError,
+    StorageValidationError,
+    UnsupportedOperationError,
+)
 from .reference import parse_id
 from .registry import backend_class
 from .upgrades import upgraded_data
@@ -55,16 +60,34 @@ exit status:
 """
 
 
+# What a command needs each optional capability for, and the method that provides it.
+_NEEDED_FOR = {
+    Capability.SCAN: (
+        "list its records",
+        "async def scan_records(self, *, cursor, limit, class_name=None, include_expired=False)",
+    ),
+    Capability.PURGE: ("purge expired records", "async def purge_expired(self) -> int"),
+}
+
+
 @asynccontextmanager
-async def open_backend(url: str, *, create: bool = False) -> AsyncIterator[StorageBackend]:
+async def open_backend(url: str, *needs: Capability, create: bool = False) -> AsyncIterator[StorageBackend]:
     """A connected backend for a one-off command, closed afterwards (not the runtime's pool).
 
-    Without `create`, a SQLite database must already exist: connecting would create the file and
-    its table, turning a mistyped path into an empty store and a write on a read path.
+    A backend lacking a capability in `needs` is refused before anything connects. Without
+    `create`, a SQLite database must already exist: connecting would create the file and its
+    table, turning a mistyped path into an empty store and a write on a read path.
     """
     parsed = StorageURL.parse(url)
     backend_type = backend_class(parsed.scheme)
     backend_type.check_url(parsed)
+    for capability in needs:
+        if not backend_type.supports(capability):
+            purpose, method = _NEEDED_FOR[capability]
+            raise UnsupportedOperationError(
+                f"the {backend_type.__name__} backend for {parsed.masked!r} cannot {purpose}, which this "
+                f"command needs; implement '{method}' in the backend"
+            )
     if not create:
         _require_sqlite_table(parsed, backend_type)
     backend = backend_type(url)
@@ -168,7 +191,11 @@ class Progress:
 
 async def inspect_record(url: str, record_id: str, class_name: str | None, out: TextIO) -> int:
     identifier = parse_id(record_id)
-    async with open_backend(url) as backend:
+    # Without a class name the record is found by id: a backend's own find_record, or a scan.
+    by_id = class_name is None and backend_class(StorageURL.parse(url).scheme).find_record is (
+        StorageBackend.find_record
+    )
+    async with open_backend(url, *((Capability.SCAN,) if by_id else ())) as backend:
         if class_name is not None:
             [record] = await backend.load_records([(identifier, class_name)])
         else:
@@ -213,7 +240,7 @@ class ClassStats:
 async def collect_stats(url: str) -> dict[str, ClassStats]:
     now = datetime.now().astimezone()
     per_class: dict[str, ClassStats] = {}
-    async with open_backend(url) as backend:
+    async with open_backend(url, Capability.SCAN) as backend:
         async for page in scan_all(backend, include_expired=True):
             for record in page:
                 per_class.setdefault(record.class_name, ClassStats()).add(record, now)
@@ -323,7 +350,7 @@ async def copy_records(
         state.cursor, state.copied = None, 0
     elif state.loaded:
         err.write(f"resuming after {state.copied} records (state in {state.path})\n")
-    async with open_backend(source) as src, open_backend(destination, create=True) as dst:
+    async with open_backend(source, Capability.SCAN) as src, open_backend(destination, create=True) as dst:
         batches = 0
         with Progress("copying", None, err) as progress:
             progress.advance(state.copied)
@@ -366,7 +393,7 @@ async def _verify(src: StorageBackend, dst: StorageBackend, class_name: str | No
 
 
 async def purge_expired(url: str, out: TextIO) -> int:
-    async with open_backend(url) as backend:
+    async with open_backend(url, Capability.PURGE) as backend:
         purged = await backend.purge_expired()
     out.write(f"purged {purged} expired records from {StorageURL.parse(url).masked}\n")
     return 0
@@ -426,7 +453,7 @@ async def upgrade_records(
     current = settings.schema_version
     outdated: dict[int, int] = {}
     rewritten = 0
-    async with open_backend(url) as backend:
+    async with open_backend(url, Capability.SCAN) as backend:
         with Progress("upgrading" if not dry_run else "checking", None, err) as progress:
             async for page in scan_all(backend, class_name=settings.storage_name, batch=batch):
                 stale = [record for record in page if record.schema_version < current]

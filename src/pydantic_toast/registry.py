@@ -3,7 +3,9 @@
 Built-in backends are listed by import path and imported on first use, so the core never imports
 a driver. Third-party packages register through the `pydantic_toast.backends` entry-point group;
 applications call `register_backend`. A scheme is never silently taken over: registering a
-different class for a known scheme needs `replace=True`.
+different class for a known scheme needs `replace=True`. A class that has the contract's four
+async methods without subclassing `StorageBackend` is registered wrapped (`adapt_backend`), so
+every caller finds the whole `StorageBackend` interface.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from types import MappingProxyType
 
-from .backends.base import StorageBackend
+from .backends.base import StorageBackend, adapt_backend
 from .exceptions import MissingDependencyError, StorageValidationError
 
 __all__ = ["backend_class", "known_schemes", "register_backend", "registered_backends"]
@@ -54,8 +56,9 @@ def register_backend(scheme: str, backend: type[StorageBackend], *, replace: boo
     """Serve URLs of `scheme` with `backend`.
 
     `backend` must provide the four async methods of the contract: `connect`, `disconnect`,
-    `save`, `load`. Registering another class for a scheme already taken raises unless
-    `replace=True`; registering the same class again is a no-op.
+    `save`, `load`; it need not subclass `StorageBackend` (it is then wrapped, and
+    `registered_backends[scheme]` is the wrapper). Registering another class for a scheme
+    already taken raises unless `replace=True`; registering the same class again is a no-op.
     """
     if not isinstance(scheme, str) or not _SCHEME.match(scheme):
         raise StorageValidationError(
@@ -69,14 +72,15 @@ def register_backend(scheme: str, backend: type[StorageBackend], *, replace: boo
         current = _registered.get(scheme)
         if current is None and scheme in _BUILTIN:
             current = _import_builtin(scheme)
-        if current is not None and current is not backend and not replace:
+        if current is not None and getattr(current, "adapted", current) is not backend and not replace:
             raise StorageValidationError(
                 f"scheme {scheme!r} is already served by {_qualname(current)}; pass replace=True "
                 f"to register_backend() to serve it with {_qualname(backend)} instead",
                 expected=_qualname(current),
                 actual=_qualname(backend),
             )
-        _registered[scheme] = backend
+        if current is None or getattr(current, "adapted", current) is not backend:
+            _registered[scheme] = adapt_backend(backend)
 
 
 def _check_backend_class(scheme: str, backend: object) -> None:

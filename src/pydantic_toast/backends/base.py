@@ -1,9 +1,14 @@
-"""The backend interface: four required async methods, optional fast paths with defaults.
+"""The backend interface: four required async methods, optional capabilities with defaults.
 
-A backend moves envelopes; it knows nothing about pydantic. The contract (DESIGN.md §1) is the
-four abstract methods below, and a backend that implements only those must keep working forever.
-Built-in backends also override the record-level methods (`save_records`, `load_records`,
-`delete`) which take pre-encoded JSON and whole batches, so the hot path never re-encodes data.
+A backend moves envelopes; it knows nothing about pydantic. docs/backends/contract.md states
+what every backend promises, and `pydantic_toast.testing` checks it. The four abstract methods
+below are the whole of what a backend must write, and one that implements only those must keep
+working forever. Built-in backends also override the record-level methods (`save_records`,
+`load_records`, `delete`, ...) which take pre-encoded JSON and whole batches, so the hot path
+never re-encodes data. Which optional capabilities a backend has is asked with `supports()`.
+A class that provides the four methods without subclassing `StorageBackend` is wrapped by
+`adapt_backend` when it is registered, so the runtime and the command line only ever see
+`StorageBackend`s.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar, TypeAlias, cast
 from uuid import UUID
 
@@ -24,16 +30,45 @@ from ..url import StorageURL
 
 __all__ = [
     "BackendStats",
+    "Capability",
     "RecordKey",
     "RecordStorageBackend",
     "StorageBackend",
     "StoredRecord",
+    "adapt_backend",
     "format_timestamp",
     "parse_timestamp",
+    "refuse_other_class",
 ]
 
 RecordKey: TypeAlias = tuple[UUID, str]
-"""(id, class_name): what identifies a record. A load never returns a record of another class."""
+"""(id, class_name): what a read or a delete names. A load never returns a record of another class."""
+
+
+class Capability(StrEnum):
+    """An optional promise of a backend; see docs/backends/contract.md for each one."""
+
+    BATCHES = "batches"
+    """`save_records` / `load_records` are the backend's own (else: concurrent single calls)."""
+    DELETE = "delete"
+    """`delete(id, class_name)` removes a record."""
+    TTL = "ttl"
+    """Records with `expires_at` are stored and stop being returned once it passes."""
+    SCAN = "scan"
+    """`scan_records` lists records in pages: needed by stats, copy, upgrade and inspect."""
+    PURGE = "purge"
+    """`purge_expired` deletes expired records now."""
+    UNIQUE_IDS = "unique_ids"
+    """A save of an id stored under another class is refused (StorageValidationError)."""
+
+
+# Capabilities a backend has when it overrides the method that provides them.
+_BY_METHOD: dict[Capability, tuple[str, ...]] = {
+    Capability.BATCHES: ("save_records", "load_records"),
+    Capability.DELETE: ("delete",),
+    Capability.SCAN: ("scan_records",),
+    Capability.PURGE: ("purge_expired",),
+}
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -114,6 +149,17 @@ def _as_datetime(value: object) -> datetime:
     raise TypeError(f"timestamps must be ISO 8601 strings, not {type(value).__name__}")
 
 
+def refuse_other_class(id: UUID, owner: str, class_name: str, *, batch: bool) -> StorageValidationError:
+    """The error of the identity rule: `id` is stored under `owner`, a save tried `class_name`."""
+    return StorageValidationError(
+        f"record id {id} already belongs to class {owner!r}; refusing to save it as {class_name!r} "
+        f"(an id belongs to one class per store); {'nothing in this batch was' if batch else 'it was not'} "
+        "saved. Give the new record an id of its own",
+        expected=owner,
+        actual=class_name,
+    )
+
+
 class BackendStats:
     """Counters a backend keeps about its own traffic, shared by every instance of one URL.
 
@@ -150,10 +196,17 @@ class StorageBackend(ABC):
 
     One instance serves one storage URL on one event loop: the runtime creates it, calls
     `connect()` once before first use and `disconnect()` on `pydantic_toast.aclose()` or at exit.
+    The promises (docs/backends/contract.md): a record is addressed by (class_name, id) and never
+    read, changed or deleted through another class name; with UNIQUE_IDS an id belongs to one
+    class; a save stores the envelope exactly as given; expired records count as missing; only
+    the library's exceptions leave a built-in backend.
     """
 
     #: Names this backend's `check_url` accepts as query options; used in error messages only.
     url_options: ClassVar[tuple[str, ...]] = ()
+
+    #: Capabilities that no method override can reveal (TTL, UNIQUE_IDS): declare them here.
+    declared_capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -173,21 +226,49 @@ class StorageBackend(ABC):
 
     @abstractmethod
     async def connect(self) -> None:
-        """Open connections / create tables. Must be idempotent."""
+        """Open connections / create tables. Idempotent; connects again after `disconnect()`."""
 
     @abstractmethod
     async def disconnect(self) -> None:
-        """Release everything `connect` acquired. Must be idempotent."""
+        """Release everything `connect` acquired. Idempotent, and a no-op before `connect()`."""
 
     @abstractmethod
     async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
-        """Store (insert or replace) the envelope `data` for (id, class_name)."""
+        """Store (insert or replace) the envelope `data` for (id, class_name), exactly as given.
+
+        `data` is `{"data": {...}, "schema_version": int, "created_at": str, "updated_at": str}`.
+        The timestamps are stored as given: the library sends the first save's `created_at`
+        with every later save, so a backend neither keeps an older one nor invents one.
+        A backend with UNIQUE_IDS refuses an id stored under another class with
+        `StorageValidationError` naming both classes, and writes nothing.
+        """
 
     @abstractmethod
     async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
-        """Return the envelope saved for (id, class_name), or None."""
+        """Return the envelope last saved for (id, class_name), or None if missing or expired.
+
+        Never a record saved under another class name.
+        """
 
     # Optional capabilities. Defaults are built on the four methods above.
+
+    @classmethod
+    def capabilities(cls) -> frozenset[Capability]:
+        """What this backend can do beyond the four methods, known before connecting.
+
+        DELETE, SCAN, PURGE and BATCHES follow from the methods the class overrides; TTL and
+        UNIQUE_IDS are promises only the backend's author can make, in `declared_capabilities`.
+        """
+        found = set(cls.declared_capabilities)
+        for capability, names in _BY_METHOD.items():
+            if all(getattr(cls, name) is not getattr(StorageBackend, name) for name in names):
+                found.add(capability)
+        return frozenset(found)
+
+    @classmethod
+    def supports(cls, capability: Capability | str) -> bool:
+        """Whether this backend has `capability` (a `Capability` or its name, e.g. "scan")."""
+        return Capability(capability) in cls.capabilities()
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -199,7 +280,12 @@ class StorageBackend(ABC):
         return
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
-        """Store several records. Default: one `save` per record, concurrently."""
+        """Store several records; where an id repeats, the last record wins.
+
+        All or nothing where the store allows it (see the contract); a batch refused by a check
+        (identity, size, expiry) writes nothing. Default: one `save` per record, concurrently,
+        refusing records with `expires_at` (the envelope has no room for it).
+        """
         for record in records:
             if record.expires_at is not None:
                 raise UnsupportedOperationError(
@@ -210,7 +296,8 @@ class StorageBackend(ABC):
         self.stats.add(round_trips=len(records), written=len(records))
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
-        """Load several records, in order, None where missing. Default: concurrent `load`s."""
+        """Load several records: one result per key, in the keys' order (a repeated key gets the
+        same record twice), None where missing or expired. Default: concurrent `load`s."""
         envelopes = await asyncio.gather(*(self.load(id, class_name) for id, class_name in keys))
         self.stats.add(round_trips=len(keys), read=sum(envelope is not None for envelope in envelopes))
         return [
@@ -219,7 +306,10 @@ class StorageBackend(ABC):
         ]
 
     async def delete(self, id: UUID, class_name: str) -> bool:
-        """Delete one record; return whether it existed."""
+        """Delete the record of (id, class_name); return whether a live one existed.
+
+        An expired record counts as missing (False), as for `load`, and is removed all the same.
+        """
         raise UnsupportedOperationError(
             f"{type(self).__name__} does not support delete; implement "
             "'async def delete(self, id: UUID, class_name: str) -> bool' in the backend"
@@ -281,3 +371,74 @@ class RecordStorageBackend(StorageBackend):
     @abstractmethod
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Load several records, in order, None where missing."""
+
+
+# The optional methods a duck-typed backend may bring; the adapter forwards those it has.
+_OPTIONAL_METHODS = ("save_records", "load_records", "delete", "scan_records", "find_record", "purge_expired")
+
+
+class _Adapter(StorageBackend):
+    """A `StorageBackend` around an instance of a class that only has the contract's methods."""
+
+    adapted: ClassVar[type]
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.backend = self.adapted(url)
+
+    @classmethod
+    def check_url(cls, url: StorageURL) -> None:
+        check = getattr(cls.adapted, "check_url", None)
+        if callable(check):
+            check(url)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.backend!r})"
+
+    async def connect(self) -> None:
+        await self.backend.connect()
+
+    async def disconnect(self) -> None:
+        await self.backend.disconnect()
+
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        await self.backend.save(id, class_name, data)
+
+    async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
+        loaded: dict[str, Any] | None = await self.backend.load(id, class_name)
+        return loaded
+
+
+def _forward(name: str) -> Callable[..., Any]:
+    async def forward(self: _Adapter, *args: Any, **kwargs: Any) -> Any:
+        return await getattr(self.backend, name)(*args, **kwargs)
+
+    forward.__name__ = forward.__qualname__ = name
+    return forward
+
+
+def adapt_backend(backend: type) -> type[StorageBackend]:
+    """`backend` itself if it is a `StorageBackend`, else a subclass wrapping its instances.
+
+    The contract promises that four async methods make a backend; the runtime and the command
+    line also call `save_records`, `load_records`, `check_url`, `scan_records`... The wrapper
+    supplies the defaults for what the class lacks and forwards what it has, so a class that
+    subclasses nothing behaves exactly like one that subclasses `StorageBackend`.
+    `declared_capabilities` on the class is honoured too.
+    """
+    if issubclass(backend, StorageBackend):
+        return backend
+    namespace: dict[str, Any] = {
+        "adapted": backend,
+        "__module__": backend.__module__,
+        "__qualname__": backend.__qualname__,
+        "__doc__": backend.__doc__,
+        "url_options": tuple(getattr(backend, "url_options", ())),
+        "declared_capabilities": frozenset(
+            Capability(c) for c in getattr(backend, "declared_capabilities", ())
+        ),
+    }
+    for name in _OPTIONAL_METHODS:
+        if callable(getattr(backend, name, None)):
+            namespace[name] = _forward(name)
+    return type(backend.__name__, (_Adapter,), namespace)

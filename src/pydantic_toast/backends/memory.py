@@ -14,12 +14,13 @@ from uuid import UUID
 
 from ..exceptions import StorageValidationError
 from ..url import StorageURL
-from .base import RecordKey, RecordStorageBackend, StoredRecord
+from .base import Capability, RecordKey, RecordStorageBackend, StoredRecord, refuse_other_class
 
 __all__ = ["MemoryBackend"]
 
 
 class MemoryBackend(RecordStorageBackend):
+    declared_capabilities = frozenset({Capability.TTL, Capability.UNIQUE_IDS})
     _stores: ClassVar[dict[str, dict[UUID, StoredRecord]]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
@@ -49,10 +50,16 @@ class MemoryBackend(RecordStorageBackend):
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         self.stats.add(written=len(records))
         with self._lock:
+            # Checked before anything is written: a refused batch leaves the store as it was.
+            owners: dict[UUID, str] = {}
             for record in records:
                 existing = self._records.get(record.id)
-                if existing is not None and existing.class_name == record.class_name:
-                    record = _keep_created_at(record, existing)
+                owner = owners.setdefault(
+                    record.id, record.class_name if existing is None else existing.class_name
+                )
+                if owner != record.class_name:
+                    raise refuse_other_class(record.id, owner, record.class_name, batch=len(records) > 1)
+            for record in records:
                 self._records[record.id] = record
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
@@ -76,7 +83,7 @@ class MemoryBackend(RecordStorageBackend):
             if record is None or record.class_name != class_name:
                 return False
             del self._records[id]
-            return True
+        return record.expires_at is None or record.expires_at > datetime.now(UTC)
 
     async def scan_records(
         self, *, cursor: str | None, limit: int, class_name: str | None = None, include_expired: bool = False
@@ -120,15 +127,3 @@ class MemoryBackend(RecordStorageBackend):
         """Forget every record of the store called `name` (tests use this)."""
         with cls._lock:
             cls._stores.get(name, {}).clear()
-
-
-def _keep_created_at(record: StoredRecord, existing: StoredRecord) -> StoredRecord:
-    return StoredRecord(
-        id=record.id,
-        class_name=record.class_name,
-        data_json=record.data_json,
-        schema_version=record.schema_version,
-        created_at=existing.created_at,
-        updated_at=record.updated_at,
-        expires_at=record.expires_at,
-    )

@@ -40,7 +40,7 @@ from .. import runtime
 from ..exceptions import MissingDependencyError, StorageConnectionError, StorageValidationError
 from ..url import StorageURL, mask_secrets
 from ._options import URLOptions
-from .base import RecordKey, RecordStorageBackend, StoredRecord
+from .base import Capability, RecordKey, RecordStorageBackend, StoredRecord, refuse_other_class
 
 __all__ = ["PostgreSQLBackend"]
 
@@ -132,6 +132,7 @@ class PostgreSQLBackend(RecordStorageBackend):
     """One asyncpg pool per instance; the runtime keeps one instance per (URL, event loop)."""
 
     url_options: ClassVar[tuple[str, ...]] = (*_LIBRARY_OPTIONS, *_DRIVER_PARAMS, _CONNECT_TIMEOUT)
+    declared_capabilities = frozenset({Capability.TTL, Capability.UNIQUE_IDS})
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -145,7 +146,8 @@ class PostgreSQLBackend(RecordStorageBackend):
         table = self._settings.qualified
         upsert = (
             "ON CONFLICT (id) DO UPDATE SET data = excluded.data, schema_version = excluded.schema_version, "
-            "updated_at = excluded.updated_at, expires_at = excluded.expires_at "
+            "created_at = excluded.created_at, updated_at = excluded.updated_at, "
+            "expires_at = excluded.expires_at "
             "WHERE t.class_name = excluded.class_name"
         )
         columns = "id, class_name, data, schema_version, created_at, updated_at, expires_at"
@@ -166,7 +168,12 @@ class PostgreSQLBackend(RecordStorageBackend):
             f"WHERE id = $1 AND class_name = $2 AND {_LIVE}"
         )
         self._load_many = f"SELECT {_COLUMNS} FROM {table} WHERE id = ANY($1::uuid[]) AND {_LIVE}"
-        self._delete = f"DELETE FROM {table} WHERE id = $1 AND class_name = $2"
+        # Removes an expired leftover too, but answers like a load would: was a live record there?
+        self._delete = (
+            f"WITH gone AS (DELETE FROM {table} WHERE id = $1 AND class_name = $2 RETURNING expires_at) "
+            "SELECT count(*) FROM gone WHERE expires_at IS NULL OR expires_at > now()"
+        )
+        self._owners = f"SELECT id, class_name FROM {table} WHERE id = ANY($1::uuid[])"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._settings.shown!r})"
@@ -404,8 +411,15 @@ class PostgreSQLBackend(RecordStorageBackend):
             )
         self.stats.add(written=len(unique))
         if _row_count(status) != len(unique):
+            # The refused path only: one more query to name the class that owns the id.
+            rows = await self._run("save", pool.fetch, self._owners, [r.id for r in unique])
+            owners = {row[0]: row[1] for row in rows}
+            for r in unique:
+                owner = owners.get(r.id, r.class_name)
+                if owner != r.class_name:
+                    raise refuse_other_class(r.id, owner, r.class_name, batch=len(records) > 1)
             raise StorageValidationError(
-                f"refusing to overwrite a record of another class that has the same id in "
+                f"a concurrent writer saved some of these ids under another class in "
                 f"{self._settings.where} table {self._settings.qualified}; "
                 + ("it was not saved" if len(unique) == 1 else "nothing in this batch was saved"),
                 expected=sorted({r.class_name for r in unique}),
@@ -438,9 +452,9 @@ class PostgreSQLBackend(RecordStorageBackend):
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         pool = self._pool_or_raise()
-        status = await self._run("delete", pool.execute, self._delete, id, class_name)
+        live: int = await self._run("delete", pool.fetchval, self._delete, id, class_name)
         self.stats.add()
-        return _row_count(status) > 0
+        return live > 0
 
     # ------------------------------------------------------------------ operator commands
 
@@ -595,12 +609,7 @@ def _deduplicated(records: Sequence[StoredRecord]) -> list[StoredRecord]:
     for record in records:
         previous = latest.get(record.id)
         if previous is not None and previous.class_name != record.class_name:
-            raise StorageValidationError(
-                f"one batch holds records of {previous.class_name!r} and {record.class_name!r} with the "
-                f"same id {record.id}; ids must be unique across classes",
-                expected=previous.class_name,
-                actual=record.class_name,
-            )
+            raise refuse_other_class(record.id, previous.class_name, record.class_name, batch=True)
         latest[record.id] = record
     return [latest[id] for id in sorted(latest)]
 

@@ -39,6 +39,7 @@ from ..exceptions import MissingDependencyError, StorageConnectionError, Storage
 from ..url import StorageURL, mask_secrets
 from ._options import URLOptions
 from .base import (
+    Capability,
     RecordKey,
     RecordStorageBackend,
     StoredRecord,
@@ -440,9 +441,14 @@ def _retry_class() -> type[Retry]:
 
 
 class _RedisBase(RecordStorageBackend):
-    """What both clients share: settings, the key layout, error translation, the codec."""
+    """What both clients share: settings, the key layout, error translation, the codec.
+
+    No UNIQUE_IDS: the key holds the class name, so seeing whether an id is stored under
+    another class would take a SCAN of the whole keyspace per save (docs/backends/contract.md).
+    """
 
     _cluster: ClassVar[bool] = False
+    declared_capabilities = frozenset({Capability.TTL})
 
     def __init__(self, url: str) -> None:
         super().__init__(url)

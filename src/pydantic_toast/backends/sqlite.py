@@ -24,11 +24,13 @@ from ..exceptions import StorageConnectionError, StorageValidationError
 from ..url import StorageURL
 from ._options import URLOptions
 from .base import (
+    Capability,
     RecordKey,
     RecordStorageBackend,
     StoredRecord,
     format_timestamp,
     parse_timestamp,
+    refuse_other_class,
 )
 
 __all__ = ["SQLiteBackend"]
@@ -43,6 +45,7 @@ _MAX_IDS_PER_SELECT = 900
 
 class SQLiteBackend(RecordStorageBackend):
     url_options = _OPTIONS
+    declared_capabilities = frozenset({Capability.TTL, Capability.UNIQUE_IDS})
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -142,7 +145,8 @@ class SQLiteBackend(RecordStorageBackend):
             f'INSERT INTO "{self._table}" '
             "(id, class_name, data, schema_version, created_at, updated_at, expires_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
-            "schema_version = excluded.schema_version, updated_at = excluded.updated_at, "
+            "schema_version = excluded.schema_version, created_at = excluded.created_at, "
+            "updated_at = excluded.updated_at, "
             "expires_at = excluded.expires_at WHERE class_name = excluded.class_name"
         )
         if len(rows) == 1:
@@ -152,27 +156,36 @@ class SQLiteBackend(RecordStorageBackend):
             except sqlite3.Error as exc:
                 raise self._error("save", exc) from exc
             if changed != 1:
-                raise StorageValidationError(
-                    "refusing to overwrite a record of another class that has the same id; it was not saved",
-                    expected=records[0].class_name,
-                )
+                raise self._other_class(connection, records)
             return
         try:
             connection.execute("BEGIN IMMEDIATE")
             before = connection.total_changes
             connection.executemany(upsert, rows)
             if connection.total_changes - before != len(rows):
+                refusal = self._other_class(connection, records)
                 connection.execute("ROLLBACK")
-                raise StorageValidationError(
-                    "refusing to overwrite a record of another class that has the same id; "
-                    "nothing in this batch was saved",
-                    expected=sorted({r.class_name for r in records}),
-                )
+                raise refusal
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise self._error("save", exc) from exc
+
+    def _other_class(
+        self, connection: sqlite3.Connection, records: Sequence[StoredRecord]
+    ) -> StorageValidationError:
+        """The identity-rule error for a refused write, naming the class that owns the id."""
+        owners: dict[UUID, str] = {}
+        for record in records:
+            # Earlier records of the batch are written (not committed) by now: they own their ids too.
+            row = connection.execute(
+                f'SELECT class_name FROM "{self._table}" WHERE id = ?', (str(record.id),)
+            ).fetchone()
+            owner = owners.setdefault(record.id, record.class_name if row is None else row[0])
+            if owner != record.class_name:
+                return refuse_other_class(record.id, owner, record.class_name, batch=len(records) > 1)
+        return refuse_other_class(records[0].id, "?", records[0].class_name, batch=len(records) > 1)
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         if not keys:
@@ -210,13 +223,18 @@ class SQLiteBackend(RecordStorageBackend):
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         def remove(connection: sqlite3.Connection) -> bool:
+            where = f'DELETE FROM "{self._table}" WHERE id = ? AND class_name = ?'
             try:
-                cursor = connection.execute(
-                    f'DELETE FROM "{self._table}" WHERE id = ? AND class_name = ?', (str(id), class_name)
-                )
+                # Live first, to answer like load would; then an expired leftover goes too.
+                live = connection.execute(
+                    f"{where} AND (expires_at IS NULL OR expires_at > ?)",
+                    (str(id), class_name, format_timestamp(datetime.now(UTC))),
+                ).rowcount
+                if not live:
+                    connection.execute(where, (str(id), class_name))
             except sqlite3.Error as exc:
                 raise self._error("delete", exc) from exc
-            return cursor.rowcount > 0
+            return live > 0
 
         existed = await self._run(remove)
         self.stats.add()

@@ -1,0 +1,517 @@
+"""The backend conformance suite: every promise of docs/backends/contract.md, as pytest tests.
+
+Subclass `BackendConformance` in a test module (its name must start with `Test`) and provide a
+`backend_url` fixture returning a URL of a store the tests may write to. Register the backend
+before the fixture returns, if it is not a built-in:
+
+    import pytest
+    from pydantic_toast import register_backend
+    from pydantic_toast.testing import BackendConformance
+
+    register_backend("file", FileBackend)
+
+
+    class TestFileBackend(BackendConformance):
+        @pytest.fixture
+        def backend_url(self, tmp_path):
+            return f"file://{tmp_path}"
+
+Every test writes only records of class names of its own (random), so a store shared with other
+data is fine; a fresh store per test (as above) is simplest. Optional capabilities are
+discovered with `StorageBackend.supports()`: a test of one the backend does not declare checks
+that the operation is refused with `UnsupportedOperationError`, then skips with the reason.
+
+Needs pytest and pytest-asyncio (the `testing` extra). The async tests carry the asyncio mark,
+so they run under pytest-asyncio's strict mode as well as its auto mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+try:
+    import pytest
+    import pytest_asyncio
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "pydantic_toast.testing needs pytest and pytest-asyncio; install them with: "
+        "pip install 'pydantic-toast[testing]'"
+    ) from exc
+
+import pydantic_core
+
+import pydantic_toast
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    RecordNotFoundError,
+    StorageValidationError,
+    UnsupportedOperationError,
+    cli,
+)
+from pydantic_toast.backends.base import Capability, StorageBackend, StoredRecord, format_timestamp
+from pydantic_toast.registry import backend_class
+from pydantic_toast.url import StorageURL
+
+__all__ = ["BackendConformance"]
+
+_asyncio = pytest.mark.asyncio
+# Long enough for a store that expires on its own clock (Redis: PX=1 for an instant in the past).
+_EXPIRY_GRACE = 0.05
+
+
+def _class_name() -> str:
+    """A class name no other test (or earlier run against the same store) has used."""
+    return f"Conformance{uuid4().hex[:12]}"
+
+
+def _record(
+    class_name: str,
+    payload: dict[str, Any],
+    *,
+    id: UUID | None = None,
+    created: datetime | None = None,
+    updated: datetime | None = None,
+    version: int = 1,
+    expires: datetime | None = None,
+) -> StoredRecord:
+    now = datetime.now(UTC)
+    return StoredRecord(
+        id=id or uuid4(),
+        class_name=class_name,
+        data_json=pydantic_core.to_json(payload),
+        schema_version=version,
+        created_at=created or now,
+        updated_at=updated or created or now,
+        expires_at=expires,
+    )
+
+
+def _assert_same(found: StoredRecord | None, expected: StoredRecord) -> None:
+    assert found is not None, f"record {expected.key} was not returned"
+    assert found.key == expected.key
+    # Compared as values: a store may normalise JSON (key order, spacing), never its meaning.
+    assert pydantic_core.from_json(found.data_json) == pydantic_core.from_json(expected.data_json)
+    assert found.schema_version == expected.schema_version
+    assert found.created_at == expected.created_at
+    assert found.updated_at == expected.updated_at
+
+
+def _assert_same_envelope(found: dict[str, Any] | None, expected: dict[str, Any]) -> None:
+    assert found is not None
+    assert found["data"] == expected["data"]
+    assert found["schema_version"] == expected["schema_version"]
+    for stamp in ("created_at", "updated_at"):
+        assert datetime.fromisoformat(found[stamp]) == datetime.fromisoformat(expected[stamp])
+
+
+def _skip_without(backend: StorageBackend, capability: Capability) -> None:
+    if not backend.supports(capability):
+        pytest.skip(f"{type(backend).__name__} does not declare the {capability.value!r} capability")
+
+
+async def _scan_all(
+    backend: StorageBackend, class_name: str, *, limit: int = 100, include_expired: bool = False
+) -> list[StoredRecord]:
+    records: list[StoredRecord] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = await backend.scan_records(
+            cursor=cursor, limit=limit, class_name=class_name, include_expired=include_expired
+        )
+        assert len(page) <= limit
+        records.extend(page)
+        if cursor is None:
+            return records
+
+
+class BackendConformance:
+    """What every backend promises (docs/backends/contract.md). Needs a `backend_url` fixture."""
+
+    @pytest.fixture
+    def backend_type(self, backend_url: str) -> type[StorageBackend]:
+        """The registered class (a wrapper, for a backend that subclasses nothing)."""
+        return backend_class(StorageURL.parse(backend_url).scheme)
+
+    @pytest_asyncio.fixture
+    async def backend(
+        self, backend_url: str, backend_type: type[StorageBackend]
+    ) -> AsyncIterator[StorageBackend]:
+        """A connected instance of its own, as a command-line tool would use it."""
+        backend = backend_type(backend_url)
+        await backend.connect()
+        try:
+            yield backend
+        finally:
+            await backend.disconnect()
+
+    @pytest_asyncio.fixture(autouse=True)
+    async def _close_library_connections(self) -> AsyncIterator[None]:
+        yield
+        await pydantic_toast.aclose()
+
+    def model(self, backend_url: str, *, ttl: timedelta | None = None) -> Any:
+        """An external model class storing in the store under test, with a class name of its own."""
+
+        class Item(ExternalBaseModel):
+            text: str
+            number: int = 0
+            model_config = ExternalConfigDict(storage=backend_url, storage_name=_class_name(), ttl=ttl)
+
+        return Item
+
+    # ------------------------------------------------------------------ capabilities, lifetime
+
+    def test_capabilities_are_known_before_connecting(self, backend_type: type[StorageBackend]) -> None:
+        capabilities = backend_type.capabilities()
+        assert isinstance(capabilities, frozenset)
+        assert all(isinstance(capability, Capability) for capability in capabilities)
+        for capability in Capability:
+            assert backend_type.supports(capability) is (capability in capabilities)
+            assert backend_type.supports(capability.value) is (capability in capabilities)
+
+    @_asyncio
+    async def test_connect_and_disconnect_are_idempotent(
+        self, backend_url: str, backend_type: type[StorageBackend]
+    ) -> None:
+        backend = backend_type(backend_url)
+        await backend.disconnect()  # never connected: nothing to release
+        await backend.connect()
+        await backend.connect()
+        record = _record(_class_name(), {"n": 1})
+        await backend.save_records([record])
+        await backend.disconnect()
+        await backend.disconnect()
+        await backend.connect()  # a disconnected backend connects again
+        try:
+            [found] = await backend.load_records([record.key])
+            _assert_same(found, record)
+        finally:
+            await backend.disconnect()
+
+    # ------------------------------------------------------------------ the four contract methods
+
+    @_asyncio
+    async def test_contract_save_and_load_return_the_envelope(self, backend: StorageBackend) -> None:
+        id, name = uuid4(), _class_name()
+        now = format_timestamp(datetime.now(UTC))
+        envelope = {
+            "data": {"text": "é ☃ \U0001f600", "n": [1, 2.5, None]},
+            "schema_version": 3,
+            "created_at": now,
+            "updated_at": now,
+        }
+        await backend.save(id, name, envelope)
+        _assert_same_envelope(await backend.load(id, name), envelope)
+        assert await backend.load(uuid4(), name) is None
+        assert await backend.load(id, _class_name()) is None
+
+    @_asyncio
+    async def test_records_round_trip_through_both_interfaces(self, backend: StorageBackend) -> None:
+        record = _record(_class_name(), {"text": "x" * 10_000, "nested": {"a": [1, {"b": True}]}}, version=2)
+        await backend.save_records([record])
+        [found] = await backend.load_records([record.key])
+        _assert_same(found, record)
+        _assert_same_envelope(await backend.load(record.id, record.class_name), record.envelope())
+
+    # ------------------------------------------------------------------ upsert and created_at
+
+    @_asyncio
+    async def test_a_save_replaces_the_record_with_exactly_what_it_is_given(
+        self, backend: StorageBackend
+    ) -> None:
+        name = _class_name()
+        first = _record(name, {"v": 1})
+        await backend.save_records([first])
+        later = first.updated_at + timedelta(seconds=5)
+        second = _record(name, {"v": 2}, id=first.id, created=first.created_at, updated=later, version=2)
+        await backend.save_records([second])
+        [found] = await backend.load_records([first.key])
+        _assert_same(found, second)
+        # The backend stores created_at as given: keeping it stable is the library's job.
+        rewritten = _record(name, {"v": 3}, id=first.id, created=first.created_at - timedelta(days=1))
+        await backend.save(rewritten.id, name, rewritten.envelope())
+        [found] = await backend.load_records([first.key])
+        _assert_same(found, rewritten)
+
+    # ------------------------------------------------------------------ batches
+
+    @_asyncio
+    async def test_batch_loads_keep_order_repeats_and_missing(self, backend: StorageBackend) -> None:
+        name = _class_name()
+        records = [_record(name, {"i": i}) for i in range(5)]
+        await backend.save_records(records)
+        missing = (uuid4(), name)
+        keys = [records[3].key, missing, records[0].key, records[3].key, (records[1].id, _class_name())]
+        found = await backend.load_records(keys)
+        assert len(found) == len(keys)
+        _assert_same(found[0], records[3])
+        assert found[1] is None
+        _assert_same(found[2], records[0])
+        _assert_same(found[3], records[3])
+        assert found[4] is None
+
+    @_asyncio
+    async def test_a_repeated_id_in_one_batch_keeps_the_last(self, backend: StorageBackend) -> None:
+        name = _class_name()
+        first = _record(name, {"v": 1})
+        last = _record(name, {"v": 2}, id=first.id, created=first.created_at)
+        await backend.save_records([first, last])
+        [found] = await backend.load_records([first.key])
+        _assert_same(found, last)
+
+    @_asyncio
+    async def test_empty_batches_do_nothing(self, backend: StorageBackend) -> None:
+        await backend.save_records([])
+        assert await backend.load_records([]) == []
+
+    # ------------------------------------------------------------------ identity
+
+    @_asyncio
+    async def test_a_record_is_never_seen_through_another_class(self, backend: StorageBackend) -> None:
+        record = _record(_class_name(), {"owner": True})
+        await backend.save_records([record])
+        other = (record.id, _class_name())
+        assert await backend.load(*other) is None
+        assert await backend.load_records([other]) == [None]
+        if backend.supports(Capability.DELETE):
+            assert await backend.delete(*other) is False
+        [found] = await backend.load_records([record.key])
+        _assert_same(found, record)
+
+    @_asyncio
+    async def test_an_id_of_another_class_is_refused_and_nothing_is_written(
+        self, backend: StorageBackend
+    ) -> None:
+        owner = _record(_class_name(), {"owner": True})
+        await backend.save_records([owner])
+        intruder = _record(_class_name(), {"owner": False}, id=owner.id)
+        if not backend.supports(Capability.UNIQUE_IDS):
+            # Without the capability the two records live side by side, neither touching the other.
+            await backend.save_records([intruder])
+            found = await backend.load_records([owner.key, intruder.key])
+            _assert_same(found[0], owner)
+            _assert_same(found[1], intruder)
+            pytest.skip(
+                f"{type(backend).__name__} does not declare 'unique_ids': two classes may share an id"
+            )
+        with pytest.raises(StorageValidationError) as refused:
+            await backend.save_records([intruder])
+        assert owner.class_name in str(refused.value)
+        assert intruder.class_name in str(refused.value)
+        with pytest.raises(StorageValidationError):
+            await backend.save(intruder.id, intruder.class_name, intruder.envelope())
+        fresh = _record(intruder.class_name, {"fresh": True})
+        with pytest.raises(StorageValidationError):
+            await backend.save_records([fresh, intruder])
+        twins = _record(_class_name(), {"twin": 1})
+        with pytest.raises(StorageValidationError):
+            await backend.save_records([twins, _record(_class_name(), {"twin": 2}, id=twins.id)])
+        found = await backend.load_records([owner.key, intruder.key, fresh.key, twins.key])
+        _assert_same(found[0], owner)
+        assert found[1:] == [None, None, None], "a refused batch must write nothing"
+
+    # ------------------------------------------------------------------ delete
+
+    @_asyncio
+    async def test_delete_says_whether_a_record_existed(self, backend: StorageBackend) -> None:
+        record = _record(_class_name(), {"doomed": True})
+        if not backend.supports(Capability.DELETE):
+            with pytest.raises(UnsupportedOperationError):
+                await backend.delete(record.id, record.class_name)
+            pytest.skip(f"{type(backend).__name__} does not declare 'delete' (and refuses it)")
+        await backend.save_records([record])
+        assert await backend.delete(*record.key) is True
+        assert await backend.load_records([record.key]) == [None]
+        assert await backend.delete(*record.key) is False
+        assert await backend.delete(uuid4(), record.class_name) is False
+
+    # ------------------------------------------------------------------ expiry
+
+    @_asyncio
+    async def test_expired_records_are_missing_everywhere(self, backend: StorageBackend) -> None:
+        name = _class_name()
+        now = datetime.now(UTC)
+        live = _record(name, {"live": True}, expires=now + timedelta(hours=1))
+        gone = _record(name, {"live": False}, expires=now - timedelta(seconds=1))
+        if not backend.supports(Capability.TTL):
+            with pytest.raises(UnsupportedOperationError):
+                await backend.save_records([live])
+            assert await backend.load_records([live.key]) == [None]
+            pytest.skip(f"{type(backend).__name__} does not declare 'ttl' (and refuses expiring records)")
+        await backend.save_records([live, gone])
+        await asyncio.sleep(_EXPIRY_GRACE)
+        found = await backend.load_records([live.key, gone.key])
+        _assert_same(found[0], live)
+        assert found[1] is None
+        assert await backend.load(*gone.key) is None
+        if backend.supports(Capability.SCAN):
+            assert [r.id for r in await _scan_all(backend, name)] == [live.id]
+            listed = await _scan_all(backend, name, include_expired=True)
+            assert live.id in {r.id for r in listed}
+            assert all(r.expires_at is not None for r in listed)
+        if backend.supports(Capability.DELETE):
+            assert await backend.delete(*gone.key) is False
+            assert await backend.delete(*live.key) is True
+
+    @_asyncio
+    async def test_purge_removes_expired_records(self, backend: StorageBackend) -> None:
+        if not backend.supports(Capability.PURGE):
+            with pytest.raises(UnsupportedOperationError):
+                await backend.purge_expired()
+            pytest.skip(f"{type(backend).__name__} does not declare 'purge' (and refuses it)")
+        _skip_without(backend, Capability.TTL)
+        name = _class_name()
+        gone = _record(name, {"old": True}, expires=datetime.now(UTC) - timedelta(seconds=1))
+        kept = _record(name, {"old": False})
+        await backend.save_records([gone, kept])
+        await asyncio.sleep(_EXPIRY_GRACE)
+        assert await backend.purge_expired() >= 0
+        [found] = await backend.load_records([kept.key])
+        _assert_same(found, kept)
+        if backend.supports(Capability.SCAN):
+            assert [r.id for r in await _scan_all(backend, name, include_expired=True)] == [kept.id]
+
+    # ------------------------------------------------------------------ listing
+
+    @_asyncio
+    async def test_scan_pages_through_every_record_and_resumes_from_a_cursor(
+        self, backend: StorageBackend, backend_url: str, backend_type: type[StorageBackend]
+    ) -> None:
+        if not backend.supports(Capability.SCAN):
+            with pytest.raises(UnsupportedOperationError):
+                await backend.scan_records(cursor=None, limit=10)
+            pytest.skip(f"{type(backend).__name__} does not declare 'scan' (and refuses it)")
+        name = _class_name()
+        records = [_record(name, {"i": i}) for i in range(23)]
+        await backend.save_records(records)
+        await backend.save_records([_record(_class_name(), {"other": i}) for i in range(3)])
+
+        listed = await _scan_all(backend, name, limit=5)
+        assert {r.id for r in listed} == {r.id for r in records}
+        assert all(r.class_name == name for r in listed)
+        for record in listed:
+            _assert_same(record, next(r for r in records if r.id == record.id))
+
+        first, cursor = await backend.scan_records(cursor=None, limit=5, class_name=name)
+        assert isinstance(cursor, str)
+        # The cursor is plain text that another instance (another process) can resume from.
+        other = backend_type(backend_url)
+        await other.connect()
+        try:
+            rest: list[StoredRecord] = []
+            while cursor is not None:
+                page, cursor = await other.scan_records(cursor=cursor, limit=5, class_name=name)
+                rest.extend(page)
+        finally:
+            await other.disconnect()
+        assert {r.id for r in first} | {r.id for r in rest} == {r.id for r in records}
+
+    @_asyncio
+    async def test_find_record_finds_an_id_whatever_its_class(self, backend: StorageBackend) -> None:
+        finds = type(backend).find_record is not StorageBackend.find_record
+        if not (finds or backend.supports(Capability.SCAN)):
+            pytest.skip(f"{type(backend).__name__} has neither find_record nor 'scan'")
+        record = _record(_class_name(), {"find": "me"})
+        await backend.save_records([record])
+        _assert_same(await backend.find_record(record.id), record)
+        assert await backend.find_record(uuid4()) is None
+
+    # ------------------------------------------------------------------ through the models
+
+    @_asyncio
+    async def test_models_dump_validate_save_load_and_delete(
+        self, backend_url: str, backend: StorageBackend
+    ) -> None:
+        item_type = self.model(backend_url)
+        name = item_type.__toast_settings__.storage_name
+        item = item_type(text="hello", number=1)
+        reference = item.model_dump()  # the sync path, through the library's I/O thread
+        assert reference == {"class_name": name, "id": reference["id"]}
+        assert item_type.model_validate(reference) == item
+        assert item_type.model_validate_json(item.model_dump_json()) == item
+        [first] = await backend.load_records([(UUID(reference["id"]), name)])
+        assert first is not None
+
+        item.number = 2
+        saved = await item.save()
+        assert str(saved.id) == reference["id"]
+        loaded = await item_type.load(saved)
+        assert loaded.number == 2
+        [second] = await backend.load_records([(saved.id, name)])
+        assert second is not None
+        assert second.created_at == first.created_at
+        assert second.updated_at >= first.updated_at
+
+        if not backend.supports(Capability.DELETE):
+            with pytest.raises(UnsupportedOperationError):
+                await loaded.delete()
+            return
+        assert await loaded.delete() is True
+        assert await item_type.delete(saved) is False
+        with pytest.raises(RecordNotFoundError):
+            await item_type.load(saved)
+
+    @_asyncio
+    async def test_models_in_batches_keep_order_and_report_every_missing_id(self, backend_url: str) -> None:
+        item_type = self.model(backend_url)
+        items = [item_type(text=f"item {i}", number=i) for i in range(6)]
+        references = await item_type.save_many(items)
+        assert [r.id for r in references] == [item.external_reference.id for item in items]
+        wanted = [references[4], references[0], references[4], references[2]]
+        assert [m.number for m in await item_type.load_many(wanted)] == [4, 0, 4, 2]
+        missing = [uuid4(), uuid4()]
+        with pytest.raises(RecordNotFoundError) as caught:
+            await item_type.load_many([references[1], *missing])
+        assert set(caught.value.ids) == set(missing)
+
+    @_asyncio
+    async def test_a_tree_of_models_is_stored_and_loaded(self, backend_url: str) -> None:
+        leaf_type = self.model(backend_url)
+
+        class Branch(ExternalBaseModel):
+            leaves: list[leaf_type]  # type: ignore[valid-type]
+            model_config = ExternalConfigDict(storage=backend_url, storage_name=_class_name())
+
+        branch = Branch(leaves=[leaf_type(text=str(i)) for i in range(4)])
+        loaded = await Branch.load(await branch.save())
+        assert loaded == branch
+        assert Branch.model_validate(branch.model_dump()) == branch
+
+    @_asyncio
+    async def test_models_with_ttl_need_the_capability(
+        self, backend_url: str, backend_type: type[StorageBackend]
+    ) -> None:
+        item_type = self.model(backend_url, ttl=timedelta(hours=1))
+        if not backend_type.supports(Capability.TTL):
+            with pytest.raises(UnsupportedOperationError):
+                await item_type(text="expiring").save()
+            pytest.skip(f"{backend_type.__name__} does not declare 'ttl' (and refuses models with ttl)")
+        reference = await item_type(text="expiring").save()
+        assert (await item_type.load(reference)).text == "expiring"
+
+    # ------------------------------------------------------------------ the command line
+
+    def test_cli_stats_counts_records_or_refuses_clearly(
+        self, backend_url: str, backend_type: type[StorageBackend]
+    ) -> None:
+        item_type = self.model(backend_url)
+        for i in range(3):
+            item_type(text="x" * i).model_dump()
+        name = item_type.__toast_settings__.storage_name
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = cli.main(["stats", backend_url, "--json"])
+        if not backend_type.supports(Capability.SCAN):
+            assert status == 1
+            assert "scan_records" in err.getvalue()
+            pytest.skip(f"{backend_type.__name__} does not declare 'scan': the stats command refuses it")
+        assert status == 0, err.getvalue()
+        assert json.loads(out.getvalue())[name]["records"] == 3
