@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -52,7 +54,7 @@ def test_core_imports_no_driver() -> None:
         "class R(ExternalBaseModel):\n"
         "    x: int\n"
         "    model_config = ExternalConfigDict(storage='redis://h:6379/0')\n"
-        "loaded = [m for m in ('asyncpg', 'redis', 'hiredis') if m in sys.modules]\n"
+        "loaded = [m for m in ('asyncpg', 'redis', 'hiredis', 'rich') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -92,3 +94,27 @@ def test_readme_python_blocks_run_as_written(index: int, tmp_path: Path) -> None
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_version_is_the_installed_distribution_version() -> None:
+    assert pydantic_toast.__version__ == importlib.metadata.version("pydantic-toast")
+
+
+def test_version_is_written_only_in_pyproject() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert importlib.metadata.version("pydantic-toast") == declared, (
+        "the installed metadata is stale: reinstall the project (scripts/test.sh does)"
+    )
+    assert declared not in (ROOT / "src" / "pydantic_toast" / "__init__.py").read_text()
+
+
+def test_version_without_distribution_metadata_is_marked_unknown() -> None:
+    code = (
+        "import importlib.metadata as metadata\n"
+        "def missing(name):\n"
+        "    raise metadata.PackageNotFoundError(name)\n"
+        "metadata.version = missing\n"
+        "import pydantic_toast\n"
+        "assert pydantic_toast.__version__ == '0+unknown', pydantic_toast.__version__\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
