@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import subprocess
 import sys
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,7 +56,7 @@ def test_core_imports_no_driver() -> None:
         "class R(ExternalBaseModel):\n"
         "    x: int\n"
         "    model_config = ExternalConfigDict(storage='redis://h:6379/0')\n"
-        "loaded = [m for m in ('asyncpg', 'redis', 'hiredis') if m in sys.modules]\n"
+        "loaded = [m for m in ('asyncpg', 'redis', 'hiredis', 'rich') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -78,18 +81,117 @@ def test_demo_command_runs_on_the_embedded_default(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def readme_python_blocks() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+# A fenced block in README.md or docs/**/*.md: ```python blocks run; an HTML comment
+# `<!-- not-run: reason -->` on the line before the fence makes one compile-only (docs/about.md).
+FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+NOT_RUN = re.compile(r"<!-- not-run: (?P<reason>\S.*?) -->")
 
 
-@pytest.mark.parametrize("index", range(len(readme_python_blocks())))
-def test_readme_python_blocks_run_as_written(index: int, tmp_path: Path) -> None:
-    block = readme_python_blocks()[index]
+@dataclass(frozen=True)
+class Fence:
+    path: str
+    line: int
+    end: int
+    info: str
+    code: str
+    not_run: str | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def documentation_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def top_level_fences(path: Path) -> list[Fence]:
+    """The fenced blocks of a Markdown file; a fence inside a longer fence is text, not a block."""
+    lines = path.read_text().splitlines(keepends=True)
+    fences: list[Fence] = []
+    opening: re.Match[str] | None = None
+    start = 0
+    for number, line in enumerate(lines):
+        match = FENCE.match(line.rstrip("\n"))
+        if opening is None:
+            if match:
+                opening, start = match, number
+        elif (
+            match
+            and not match["info"].strip()
+            and match["fence"][0] == opening["fence"][0]
+            and len(match["fence"]) >= len(opening["fence"])
+        ):
+            marker = NOT_RUN.fullmatch(lines[start - 1].strip()) if start else None
+            fences.append(
+                Fence(
+                    path=path.relative_to(ROOT).as_posix(),
+                    line=start + 1,
+                    end=number + 1,
+                    info=opening["info"].strip(),
+                    code="".join(lines[start + 1 : number]),
+                    not_run=marker["reason"] if marker else None,
+                )
+            )
+            opening = None
+    assert opening is None, f"{path}:{start + 1}: a fence that is never closed"
+    return fences
+
+
+def python_blocks() -> list[Fence]:
+    return [f for path in documentation_files() for f in top_level_fences(path) if f.info == "python"]
+
+
+def test_every_not_run_marker_names_its_reason_and_stands_before_a_python_block() -> None:
+    marked = {(f.path, f.line - 1) for f in python_blocks() if f.not_run is not None}
+    for path in documentation_files():
+        fenced = {n for fence in top_level_fences(path) for n in range(fence.line, fence.end + 1)}
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip().startswith("<!-- not-run") and number not in fenced:
+                where = (path.relative_to(ROOT).as_posix(), number)
+                assert where in marked, f"{where}: `<!-- not-run: reason -->` must precede a ```python fence"
+
+
+def test_python_blocks_use_the_python_info_string() -> None:
+    # Any other spelling would highlight as Python but escape the runner below.
+    for path in documentation_files():
+        for fence in top_level_fences(path):
+            assert fence.info.split(" ")[0] not in {"py", "python3", "Python"}, fence.name
+
+
+@pytest.mark.parametrize("block", python_blocks(), ids=lambda block: block.name)
+def test_documented_python_blocks_run_as_written(block: Fence, tmp_path: Path) -> None:
+    if block.not_run is not None:
+        compile(block.code, block.name, "exec")
+        return
     script = tmp_path / "block.py"
-    script.write_text(block)
+    script.write_text(block.code)
     env = {**os.environ, "PYTHONWARNINGS": "error"}
     result = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_version_is_the_installed_distribution_version() -> None:
+    assert pydantic_toast.__version__ == importlib.metadata.version("pydantic-toast")
+
+
+def test_version_is_written_only_in_pyproject() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert importlib.metadata.version("pydantic-toast") == declared, (
+        "the installed metadata is stale: reinstall the project (scripts/test.sh does)"
+    )
+    assert declared not in (ROOT / "src" / "pydantic_toast" / "__init__.py").read_text()
+
+
+def test_version_without_distribution_metadata_is_marked_unknown() -> None:
+    code = (
+        "import importlib.metadata as metadata\n"
+        "def missing(name):\n"
+        "    raise metadata.PackageNotFoundError(name)\n"
+        "metadata.version = missing\n"
+        "import pydantic_toast\n"
+        "assert pydantic_toast.__version__ == '0+unknown', pydantic_toast.__version__\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -4,6 +4,9 @@ A model that subclasses `ExternalBaseModel` keeps its data in an external store 
 `model_dump()` returns a small reference and `model_validate(reference)` brings the model back.
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
 from .backends.base import StorageBackend
 from .base import ExternalBaseModel, ExternalConfigDict, ReferenceLike
 from .exceptions import (
@@ -42,4 +45,9 @@ __all__ = [
     "upgrade",
 ]
 
-__version__ = "0.1.0"
+# pyproject.toml is the one place the version is written; an installed (or editable) package has
+# it in its metadata. Only a source tree put on sys.path by hand has none: say so, don't guess.
+try:
+    __version__ = _distribution_version("pydantic-toast")
+except PackageNotFoundError:
+    __version__ = "0+unknown"
