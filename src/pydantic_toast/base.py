@@ -142,9 +142,12 @@ class ExternalBaseModel(BaseModel):
         return await persistence.save(self)
 
     @classmethod
-    async def load(cls, reference: ReferenceLike) -> Self:
-        """Load the model a reference (object, dict, UUID or id text) points at."""
-        return await persistence.load(cls, persistence.coerce_reference(cls, reference))
+    async def load(cls, reference: ReferenceLike, *, context: Any = None) -> Self:
+        """Load the model a reference (object, dict, UUID or id text) points at.
+
+        `context` reaches the validators of every model loaded, as with `model_validate`.
+        """
+        return await persistence.load(cls, persistence.coerce_reference(cls, reference), context)
 
     @classmethod
     async def save_many(cls, models: Iterable[ExternalBaseModel]) -> list[ExternalReference]:
@@ -160,13 +163,13 @@ class ExternalBaseModel(BaseModel):
         return await persistence.save_many(batch)
 
     @classmethod
-    async def load_many(cls, references: Iterable[ReferenceLike]) -> list[Self]:
+    async def load_many(cls, references: Iterable[ReferenceLike], *, context: Any = None) -> list[Self]:
         """Load several models in order, batched per backend and per level of nesting.
 
         Every missing id is reported together in one `RecordNotFoundError`.
         """
         return await persistence.load_many(
-            cls, [persistence.coerce_reference(cls, ref) for ref in references]
+            cls, [persistence.coerce_reference(cls, ref) for ref in references], context
         )
 
     delete: ClassVar[_DeleteMethod[Any]] = _DeleteMethod()
@@ -208,11 +211,16 @@ class ExternalBaseModel(BaseModel):
 
     @classmethod
     def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
+        # Full data is validated again as JSON below our hook, out of pydantic's sight of these.
+        flags = {name: kwargs[name] for name in _JSON_FLAGS if kwargs.get(name) is not None}
+        token = persistence.json_options.set(flags or None)
         try:
             return super().model_validate_json(json_data, **kwargs)
         except ValidationError as exc:
             _raise_unwrapped(exc)
             raise
+        finally:
+            persistence.json_options.reset(token)
 
     @classmethod
     def model_validate_strings(cls, obj: Any, **kwargs: Any) -> Self:
@@ -238,6 +246,9 @@ class ExternalBaseModel(BaseModel):
 
 # Lets persistence recognise our validator among the user's own in the core schema.
 ExternalBaseModel._toast_validate.__func__.__toast_hook__ = True
+
+
+_JSON_FLAGS = ("strict", "extra", "by_alias", "by_name")
 
 
 def _raise_original() -> None:

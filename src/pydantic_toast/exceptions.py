@@ -4,11 +4,13 @@
     ├── StorageConnectionError           the store is unreachable, timed out or refused the credentials
     ├── RecordNotFoundError              no record for (class_name, id)               also a ValueError
     ├── StorageValidationError           bad configuration or bad reference            also a ValueError
+    ├── StoredDataError                  a stored record no longer validates as its model
     └── UnsupportedOperationError        the backend lacks an optional capability
 
 `RecordNotFoundError` and `StorageValidationError` are also `ValueError`s so that pydantic reports
 them as validation errors (HTTP 422 in FastAPI) when a bad reference arrives nested inside a larger
-payload. Called on an external model itself, `model_validate` / `model_validate_json` /
+payload. `StoredDataError` deliberately is not: a broken stored record is the server's problem, not
+the caller's, so pydantic lets it propagate (HTTP 500), and it never carries a stored value. Called on an external model itself, `model_validate` / `model_validate_json` /
 `Model.load` raise them unwrapped.
 
 No message, repr or attribute of these exceptions carries a password: URLs are always masked.
@@ -16,7 +18,7 @@ No message, repr or attribute of these exceptions carries a password: URLs are a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from uuid import UUID
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "RecordNotFoundError",
     "StorageConnectionError",
     "StorageValidationError",
+    "StoredDataError",
     "UnsupportedOperationError",
 ]
 
@@ -78,6 +81,30 @@ class StorageValidationError(ExternalStorageError, ValueError):
 
 def _rebuild_validation_error(message: str, expected: object, actual: object) -> StorageValidationError:
     return StorageValidationError(message, expected=expected, actual=actual)
+
+
+class StoredDataError(ExternalStorageError):
+    """A stored record does not validate as its model (changed code, edited row, wrong types).
+
+    `class_name` and `id` name the record; `errors` lists `{"loc": ..., "type": ...}` per failure,
+    with pydantic's error types. Neither the message nor the attributes hold any stored value, and
+    the pydantic `ValidationError` that revealed the problem is not chained: its inputs are stored data.
+    """
+
+    def __init__(self, message: str, *, class_name: str, id: UUID, errors: Iterable[Mapping[str, object]] = ()) -> None:
+        super().__init__(message)
+        self.class_name = class_name
+        self.id = id
+        self.errors: list[dict[str, object]] = [dict(error) for error in errors]
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild_stored_data_error, (str(self), self.class_name, self.id, self.errors)
+
+
+def _rebuild_stored_data_error(
+    message: str, class_name: str, id: UUID, errors: list[dict[str, object]]
+) -> StoredDataError:
+    return StoredDataError(message, class_name=class_name, id=id, errors=errors)
 
 
 class UnsupportedOperationError(ExternalStorageError):
