@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError
 
-from . import persistence
+from . import _pydantic_internals, persistence
 from .exceptions import ExternalStorageError, StorageValidationError
 from .persistence import ModelSettings, RecordState
 from .reference import ExternalReference
@@ -246,6 +246,7 @@ class ExternalBaseModel(BaseModel):
 
 # Lets persistence recognise our validator among the user's own in the core schema.
 ExternalBaseModel._toast_validate.__func__.__toast_hook__ = True
+_pydantic_internals.install(ExternalBaseModel)
 
 
 _JSON_FLAGS = ("strict", "extra", "by_alias", "by_name")
