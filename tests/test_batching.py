@@ -161,7 +161,9 @@ async def test_missing_child_record_is_reported(storage_url: str) -> None:
     reference = await parent_type(name="p", children=[child]).save()
     await child.delete()
     # A dangling reference inside stored data is the server's problem, not the caller's.
-    with pytest.raises(pydantic_toast.StoredDataError, match="children.0: no stored Child record") as caught:
+    with pytest.raises(
+        pydantic_toast.StoredDataError, match=r"children\.0: no stored Child record"
+    ) as caught:
         await parent_type.load(reference)
     assert caught.value.class_name == "Parent"
     assert caught.value.errors[0]["loc"] == ("children", 0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
@@ -27,8 +27,9 @@ from pydantic_toast.url import StorageURL
 
 
 @pytest.fixture(params=["memory", "sqlite"])
-def local_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    yield request.getfixturevalue(f"{request.param}_url")
+def local_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
 
 
 async def store_raw(storage: str, records: list[tuple[UUID, str, Any]]) -> None:
@@ -68,7 +69,7 @@ def chain_length(message: Any) -> int:
 async def test_a_500_deep_chain_loads_sync_and_async(local_url: str) -> None:
     message = message_model(local_url)
     ids = [uuid4() for _ in range(500)]
-    records = [(ids[0], "Message", {"n": 0, "previous": None})]
+    records: list[tuple[UUID, str, Any]] = [(ids[0], "Message", {"n": 0, "previous": None})]
     records += [
         (ids[n], "Message", {"n": n, "previous": {"class_name": "Message", "id": str(ids[n - 1])}})
         for n in range(1, 500)
@@ -77,7 +78,8 @@ async def test_a_500_deep_chain_loads_sync_and_async(local_url: str) -> None:
     reference = {"class_name": "Message", "id": str(ids[-1])}
 
     loaded = await message.load(reference)
-    assert chain_length(loaded) == 500 and loaded.n == 499 and loaded.previous.n == 498
+    assert chain_length(loaded) == 500
+    assert (loaded.n, loaded.previous.n) == (499, 498)
     assert chain_length(message.model_validate(reference)) == 500
     assert chain_length(message.model_validate_json(json.dumps(reference))) == 500
 
@@ -124,7 +126,9 @@ async def test_a_record_shared_by_two_parents_loads_as_one_instance(local_url: s
         right: message  # type: ignore[valid-type]
         model_config = ExternalConfigDict(storage=local_url)
 
-    pair = await Pair.load(await Pair(left=message(n=1, previous=root), right=message(n=2, previous=root)).save())
+    pair: Any = await Pair.load(
+        await Pair(left=message(n=1, previous=root), right=message(n=2, previous=root)).save()
+    )
     assert pair.left.previous == pair.right.previous == root
     assert pair.left.previous is pair.right.previous
 
@@ -182,7 +186,7 @@ def test_data_of_a_model_with_a_class_name_field_is_not_taken_for_a_reference(lo
 # --------------------------------------------------------------------------- discriminated unions
 
 
-def pet_models(storage: str) -> tuple[Any, Any, Any]:
+def pet_models(storage: str) -> Any:
     class Cat(ExternalBaseModel):
         kind: Literal["cat"] = "cat"
         lives: int = 9
@@ -201,12 +205,12 @@ def pet_models(storage: str) -> tuple[Any, Any, Any]:
 
 def test_a_discriminated_union_of_external_models_round_trips(local_url: str) -> None:
     cat, dog, puppy = pet_models(local_url)
-    pet = Annotated[cat | dog, Field(discriminator="kind")]
+    pet: Any = Annotated[cat | dog, Field(discriminator="kind")]
 
     class Home(BaseModel):
-        pet: pet  # type: ignore[valid-type]
-        pets: list[pet] = Field(default_factory=list)  # type: ignore[valid-type]
-        maybe: pet | None = None  # type: ignore[valid-type]
+        pet: pet
+        pets: list[pet] = Field(default_factory=list)
+        maybe: pet | None = None
 
     home = Home(pet=dog(), pets=[cat(lives=3), dog(name="Ace"), puppy(age_weeks=3)], maybe=cat())
     dumped = home.model_dump()
@@ -349,10 +353,11 @@ async def test_context_reaches_validators_of_every_loaded_model(local_url: str) 
     tree_reference = tree(name="t", leaves=[leaf(value=2), leaf(value=3)]).model_dump()
     context = {"tenant": "acme"}
 
-    for load in (
+    loads: list[Callable[[], Any]] = [
         lambda: leaf.model_validate(leaf_reference, context=context),
         lambda: leaf.model_validate_json(json.dumps(leaf_reference), context=context),
-    ):
+    ]
+    for load in loads:
         calls.clear()
         load()
         assert calls == [("Leaf.field", context), ("Leaf.after", context)]
@@ -371,7 +376,7 @@ async def test_context_reaches_validators_of_every_loaded_model(local_url: str) 
     )
     calls.clear()
     await tree.load(tree_reference, context=context)
-    assert all(seen == context for _, seen in calls) and len(calls) == 5
+    assert [seen for _, seen in calls] == [context] * 5
 
 
 def test_validators_run_once_per_load(local_url: str) -> None:
@@ -442,7 +447,8 @@ def test_a_subclass_through_a_base_field_runs_its_own_validators(memory_url: str
     reference = Square(side=2).model_dump()
     calls.clear()
     loaded = Drawing.model_validate({"shape": reference})
-    assert isinstance(loaded.shape, Square) and calls == ["Square.after"]
+    assert isinstance(loaded.shape, Square)
+    assert calls == ["Square.after"]
 
 
 def test_nested_json_data_follows_each_models_own_config_like_plain_pydantic(memory_url: str) -> None:

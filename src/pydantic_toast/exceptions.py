@@ -9,9 +9,10 @@
 
 `RecordNotFoundError` and `StorageValidationError` are also `ValueError`s so that pydantic reports
 them as validation errors (HTTP 422 in FastAPI) when a bad reference arrives nested inside a larger
-payload. `StoredDataError` deliberately is not: a broken stored record is the server's problem, not
-the caller's, so pydantic lets it propagate (HTTP 500), and it never carries a stored value. Called on an external model itself, `model_validate` / `model_validate_json` /
-`Model.load` raise them unwrapped.
+payload. Called on an external model itself, `model_validate` / `model_validate_json` /
+`Model.load` raise them unwrapped. `StoredDataError` deliberately is not a `ValueError`: a broken
+stored record is the server's problem, not the caller's, so pydantic lets it propagate (HTTP 500
+in FastAPI) instead of reporting it, stored input included, as the caller's error.
 
 No message, repr or attribute of these exceptions carries a password: URLs are always masked.
 """
@@ -91,7 +92,9 @@ class StoredDataError(ExternalStorageError):
     the pydantic `ValidationError` that revealed the problem is not chained: its inputs are stored data.
     """
 
-    def __init__(self, message: str, *, class_name: str, id: UUID, errors: Iterable[Mapping[str, object]] = ()) -> None:
+    def __init__(
+        self, message: str, *, class_name: str, id: UUID, errors: Iterable[Mapping[str, object]] = ()
+    ) -> None:
         super().__init__(message)
         self.class_name = class_name
         self.id = id

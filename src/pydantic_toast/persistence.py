@@ -532,7 +532,7 @@ def coerce_reference(cls: type[ExternalBaseModel], value: object) -> ExternalRef
 _RecordKey = tuple[str, int, str]
 
 
-class _Pending(ValueError):
+class _NotBuiltYetError(ValueError):
     """Raised for a nested reference whose model is not built yet.
 
     Pydantic records it and goes on, so one validation of a record finds every reference it holds,
@@ -566,7 +566,7 @@ class TreeLoader:
 
     Records are fetched one level per round trip (one batch per backend); models are built bottom
     up as soon as everything they refer to is built. Validating a record that refers to a model
-    not built yet only collects those references (see `_Pending`); it is repeated once they are
+    not built yet only collects those references (see `_NotBuiltYetError`); it is repeated once they are
     built, and then each nested reference resolves to its built instance at once. So a tree of
     depth d costs d + 1 round trips per backend, every record is validated at most twice, and
     validation never recurses deeper than one level, whatever the depth of the tree.
@@ -742,7 +742,7 @@ class TreeLoader:
             raise RecordNotFoundError(reference.class_name, reference.id)
         assert self._blocked is not None
         self._blocked.add(node)
-        raise _Pending("not loaded yet")
+        raise _NotBuiltYetError("not loaded yet")
 
     def write_back(self) -> WriteSet | None:
         """The upgraded models of this load, to store at their new version, if any."""
@@ -826,9 +826,7 @@ async def delete(cls: type[ExternalBaseModel], reference: ExternalReference) -> 
     )
 
 
-def materialize(
-    cls: type[M], record: StoredRecord, *, full: bool = True, context: Any = None
-) -> M:
+def materialize(cls: type[M], record: StoredRecord, *, full: bool = True, context: Any = None) -> M:
     """Validate a stored record's data into a model that remembers which record it is.
 
     `full`: with the class's validators above our hook too (else pydantic runs them on the
@@ -859,7 +857,7 @@ def stored_data_error(
     (a validator's message may quote its input) and dict keys, which may be data too.
     """
     names = _schema_names(cls)
-    errors: list[dict[str, object]] = []
+    errors: list[tuple[tuple[object, ...], str]] = []
     dangling = 0
     for line in exc.errors(include_url=False, include_input=False, include_context=True):
         loc = tuple(
@@ -874,10 +872,10 @@ def stored_data_error(
             kind = type(cause).__name__
         else:
             kind = line["type"]
-        errors.append({"loc": loc, "type": kind})
+        errors.append((loc, kind))
     listed = "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or '(the data)'}: {error['type']}"
-        for error in errors[:_MAX_LISTED_ERRORS]
+        f"{'.'.join(str(part) for part in loc) or '(the data)'}: {kind}"
+        for loc, kind in errors[:_MAX_LISTED_ERRORS]
     )
     if len(errors) > _MAX_LISTED_ERRORS:
         listed += f"; and {len(errors) - _MAX_LISTED_ERRORS} more"
@@ -893,7 +891,7 @@ def stored_data_error(
         f"validate as {cls.__qualname__}: {len(errors)} error(s): {listed}; {fix}",
         class_name=record.class_name,
         id=record.id,
-        errors=errors,
+        errors=[{"loc": loc, "type": kind} for loc, kind in errors],
     )
 
 

@@ -124,7 +124,7 @@ def upgraded_data(cls: type[ExternalBaseModel], record: StoredRecord) -> bytes:
         failure: str | None = None
         try:
             data = steps[version](data)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of user code is reported the same way
             # Named by type and place only, and not chained: its message may quote stored data.
             failure = f"{type(exc).__name__} at {_where(exc)}"
         if failure is not None:
