@@ -343,6 +343,13 @@ def audited_models(storage: str, calls: list[tuple[str, Any]]) -> tuple[Any, Any
             calls.append(("Tree.after", info.context))
             return self
 
+        @field_validator("leaves")
+        @classmethod
+        def _only_built_leaves(cls, leaves: list[Leaf]) -> list[Leaf]:
+            # A model still being loaded is never handed to a validator as a placeholder.
+            assert all(isinstance(leaf, Leaf) for leaf in leaves)
+            return leaves
+
     return Tree, Leaf
 
 

@@ -540,36 +540,43 @@ class _NotBuiltYetError(ValueError):
     """
 
 
+_PENDING = object()
+"""Returned instead of raising `_NotBuiltYetError` while validating data whose schema runs no
+user code, where nobody can see it: raising costs more than the rest of resolving a reference."""
+
+
+# A model to build: the record's key, and whether it is built with the validators above our hook.
+# A reference validated through a field of its own class is built with the schema below our hook
+# (pydantic runs the rest on the returned instance); a root of `load`/`load_many`, or a subclass
+# loaded through a base-class field, is built with everything but our hook.
+_ModelKey = tuple[str, int, str, bool]
+
+
 class _Node:
-    """One model to build: a record, and whether it is built with the validators above our hook.
+    """A model whose class can hold references: it may have to wait for the models it refers to."""
 
-    A reference validated through a field of its own class is built with the schema below our
-    hook (pydantic runs the rest on the returned instance); a root of `load`/`load_many`, or a
-    subclass loaded through a base-class field, is built with everything but our hook.
-    """
+    __slots__ = ("children", "cls", "key", "missing", "model", "model_key", "waiting")
 
-    __slots__ = ("children", "cls", "full", "key", "missing", "model", "parents", "waiting")
-
-    def __init__(self, cls: type[ExternalBaseModel], key: _RecordKey, full: bool) -> None:
+    def __init__(self, cls: type[ExternalBaseModel], model_key: _ModelKey) -> None:
         self.cls = cls
-        self.key = key
-        self.full = full
+        self.model_key = model_key
+        self.key: _RecordKey = model_key[:3]
         self.model: ExternalBaseModel | None = None
         self.missing = False
-        self.waiting = 0  # children not built yet
-        self.children: list[_Node] = []  # those children, for naming a cycle
-        self.parents: list[_Node] = []  # nodes waiting for this one
+        self.waiting = 0  # what it waits for: unbuilt nodes, unfetched records
+        self.children: list[_Node] = []  # the nodes among those, for naming a cycle
 
 
 class TreeLoader:
     """Loads models and, level by level, the external models their data refers to.
 
-    Records are fetched one level per round trip (one batch per backend); models are built bottom
-    up as soon as everything they refer to is built. Validating a record that refers to a model
-    not built yet only collects those references (see `_NotBuiltYetError`); it is repeated once they are
-    built, and then each nested reference resolves to its built instance at once. So a tree of
-    depth d costs d + 1 round trips per backend, every record is validated at most twice, and
-    validation never recurses deeper than one level, whatever the depth of the tree.
+    Records are fetched one level per round trip (one batch per backend), and models are built
+    bottom up as soon as everything they refer to is built. Validating a record that refers to a
+    model not built yet only collects those references (see `_NotBuiltYetError`); it is repeated
+    once they are built, and then each nested reference resolves to its built instance at once.
+    A tree of depth d costs d + 1 round trips per backend, every record is validated at most
+    twice (models of classes that hold no references: once), and validation never recurses more
+    than one level deep, whatever the depth of the tree.
     """
 
     def __init__(
@@ -584,45 +591,48 @@ class TreeLoader:
         self._records: dict[_RecordKey, StoredRecord] = {}
         self._missing: set[_RecordKey] = set()
         self._wanted: dict[_RecordKey, tuple[ModelSettings, UUID]] = {}
-        self._unfetched: dict[_RecordKey, list[_Node]] = {}
-        self._nodes: dict[tuple[_RecordKey, bool], _Node] = {}
+        self._built: dict[_ModelKey, ExternalBaseModel] = {}
+        self._nodes: dict[_ModelKey, _Node] = {}
         self._ready: list[_Node] = []
+        self._unfetched: dict[_RecordKey, list[_Node]] = {}
+        self._waiters: dict[_Node, list[_Node]] = {}
+        self._after_fetch: list[_Node] = []  # nodes waiting (also) for records of the next fetch
         self._blocked: set[_Node] | None = None
+        self._blocked_on_fetch = False
+        self._placeholders = False  # may resolve() return _PENDING rather than raise
         self._upgraded: dict[_RecordKey, ExternalBaseModel] = {}
-        if fetched is not None:
-            cls, reference, _ = roots[0]
-            self._records[self._key(cls, reference)] = fetched
-        self._roots = [self._node(cls, reference, full) for cls, reference, full in roots]
+        self._roots: list[tuple[type[ExternalBaseModel], _RecordKey, _ModelKey, _Node | None]] = []
+        append, wanted = self._roots.append, self._wanted
+        last: type[ExternalBaseModel] | None = None
+        for cls, reference, full in roots:
+            if cls is not last:  # roots are mostly of one class: look its settings up once
+                last, settings, holds = cls, cls.__toast_settings__, holds_references(cls)
+                url = settings.url.raw
+            number, name = reference.id.int, reference.class_name
+            key = (url, number, name)
+            if fetched is not None:
+                self._records[key] = fetched
+            else:
+                wanted[key] = (settings, reference.id)
+            model_key = (url, number, name, full)
+            append((cls, key, model_key, self._node(cls, model_key) if holds else None))
 
-    @staticmethod
-    def _key(cls: type[ExternalBaseModel], reference: ExternalReference) -> _RecordKey:
-        return (cls.__toast_settings__.url.raw, reference.id.int, reference.class_name)
-
-    def _node(self, cls: type[ExternalBaseModel], reference: ExternalReference, full: bool) -> _Node:
-        key = self._key(cls, reference)
-        node = self._nodes.get((key, full))
-        if node is not None:
-            return node
-        node = self._nodes[(key, full)] = _Node(cls, key, full)
-        if key in self._records:
-            self._ready.append(node)
-        elif key in self._missing:
-            node.missing = True
-        else:
-            self._wanted[key] = (cls.__toast_settings__, reference.id)
-            self._unfetched.setdefault(key, []).append(node)
+    def _node(self, cls: type[ExternalBaseModel], model_key: _ModelKey) -> _Node:
+        node = self._nodes.get(model_key)
+        if node is None:
+            node = self._nodes[model_key] = _Node(cls, model_key)
+            key = node.key
+            if key in self._records:
+                self._ready.append(node)
+            elif key in self._missing:
+                node.missing = True
+            else:
+                self._unfetched.setdefault(key, []).append(node)
         return node
 
     @property
     def timeout(self) -> float:
         return max((settings.timeout for settings, _ in self._wanted.values()), default=DEFAULT_TIMEOUT)
-
-    def _raise_for_missing_roots(self) -> None:
-        missing = [root.key for root in self._roots if root.missing]
-        if missing:
-            class_names = sorted({key[2] for key in missing})
-            ids = [UUID(int=number) for number in dict.fromkeys(key[1] for key in missing)]
-            raise RecordNotFoundError(", ".join(class_names), ids)
 
     async def fetch_wanted(self) -> None:
         """Fetch every collected reference: one `load_records` call per backend, concurrently."""
@@ -636,16 +646,19 @@ class TreeLoader:
             pairs = [(wanted[key][1], key[2]) for key in keys]
             timeout = max(wanted[key][0].timeout for key in keys)
             found = await runtime.execute(settings.url, timeout, lambda backend: backend.load_records(pairs))
+            records, unfetched = self._records, self._unfetched
             for key, record in zip(keys, found, strict=True):
-                nodes = self._unfetched.pop(key, [])
                 if record is None:
                     self._missing.add(key)
-                    for node in nodes:
-                        node.missing = True
-                        self._settled(node)
                 else:
-                    self._records[key] = record
-                    self._ready.extend(nodes)
+                    records[key] = record
+                if unfetched:
+                    for node in unfetched.pop(key, ()):
+                        if record is None:
+                            node.missing = True
+                            self._settled(node)
+                        else:
+                            self._ready.append(node)
 
         if len(groups) == 1:
             await fetch_group(next(iter(groups.values())))
@@ -656,71 +669,108 @@ class TreeLoader:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
+        # Every record wanted so far is now fetched or known missing.
+        for node in self._after_fetch:
+            node.waiting -= 1
+            if node.waiting == 0:
+                self._ready.append(node)
+        self._after_fetch = []
 
-    def build(self) -> bool:
-        """Build every model whose references are all built; True once the roots are."""
-        self._raise_for_missing_roots()
+    def build(self) -> list[ExternalBaseModel] | None:
+        """Build every model whose references are all built; the roots' models once they are."""
+        missing = self._missing and [key for _, key, _, _ in self._roots if key in self._missing]
+        if missing:
+            class_names = sorted({key[2] for key in missing})
+            raise RecordNotFoundError(
+                ", ".join(class_names), [UUID(int=n) for n in dict.fromkeys(k[1] for k in missing)]
+            )
         loader_token = _tree_loader.set(self)
         options_token = json_options.set(None)  # stored data is validated by the model's config only
         try:
             while self._ready:
                 self._build(self._ready.pop())
+            models: list[ExternalBaseModel] = []
+            for cls, key, model_key, node in self._roots:
+                if node is not None:
+                    if node.model is None:
+                        break
+                    models.append(node.model)
+                else:
+                    model = self._built.get(model_key)
+                    if model is None:
+                        record = self._records.get(key)
+                        if record is None:
+                            break
+                        model = self._build_simple(cls, model_key, record)
+                    models.append(model)
+            else:
+                return models
         finally:
             json_options.reset(options_token)
             _tree_loader.reset(loader_token)
-        if all(root.model is not None for root in self._roots):
-            return True
         if not self._wanted:
             raise self._cycle_error()
-        return False
+        return None
 
-    def results(self) -> list[ExternalBaseModel]:
-        return [cast("ExternalBaseModel", root.model) for root in self._roots]
+    def _build_simple(
+        self, cls: type[ExternalBaseModel], model_key: _ModelKey, record: StoredRecord
+    ) -> ExternalBaseModel:
+        """Build a model of a class that holds no references: it never waits for anything."""
+        model = materialize_checked(cls, record, model_key[3], self._context)
+        self._built[model_key] = model
+        if record.schema_version < cls.__toast_settings__.schema_version:
+            self._note_upgraded(cls, model_key[:3], model)
+        return model
 
     def _build(self, node: _Node) -> None:
         record = self._records[node.key]
         blocked: set[_Node] = set()
         self._blocked = blocked
+        self._blocked_on_fetch = False
+        self._placeholders = runs_no_user_code(node.cls, node.model_key[3])
         failure: StoredDataError | None = None
         model: ExternalBaseModel | None = None
         try:
-            model = materialize(node.cls, record, full=node.full, context=self._context)
+            model = materialize(node.cls, record, node.model_key[3], self._context)
         except pydantic_core.ValidationError as exc:
-            if not blocked:
+            if not blocked and not self._blocked_on_fetch:
                 failure = stored_data_error(node.cls, record, exc)
         finally:
             self._blocked = None
         if failure is not None:
-            # Raised here, outside the except block: the ValidationError holds stored values and
-            # must not travel along as __context__.
-            raise failure
-        if blocked:
+            raise failure  # outside the except block, as in materialize_checked
+        if blocked or self._blocked_on_fetch:
             # Collected only, or validated around a reference pydantic skipped: build it again
-            # once every model it refers to is built.
+            # once everything it refers to is there.
             node.waiting = len(blocked)
             node.children = list(blocked)
             for child in blocked:
-                child.parents.append(node)
+                self._waiters.setdefault(child, []).append(node)
+            if self._blocked_on_fetch:
+                node.waiting += 1
+                self._after_fetch.append(node)
             return
         assert model is not None
         node.model = model
-        settings = node.cls.__toast_settings__
-        if settings.upgrade_write_back and record.schema_version < settings.schema_version:
-            self._upgraded[node.key] = model
+        if record.schema_version < node.cls.__toast_settings__.schema_version:
+            self._note_upgraded(node.cls, node.key, model)
         self._settled(node)
 
+    def _note_upgraded(self, cls: type[ExternalBaseModel], key: _RecordKey, model: ExternalBaseModel) -> None:
+        if cls.__toast_settings__.upgrade_write_back:
+            self._upgraded[key] = model
+
     def _settled(self, node: _Node) -> None:
-        """`node` is built (or its record is missing): its parents may go again."""
-        for parent in node.parents:
+        """`node` is built, or its record missing: the nodes waiting for it may go again."""
+        for parent in self._waiters.pop(node, ()):
             parent.waiting -= 1
             if parent.waiting == 0:
                 self._ready.append(parent)
-        node.parents = []
 
     def _cycle_error(self) -> StoredDataError:
         """Nothing left to fetch and still unbuilt models: they wait for each other."""
         seen: set[int] = set()
-        node = next(root for root in self._roots if root.model is None)
+        node = next(node for _, _, _, node in self._roots if node is not None and node.model is None)
         while id(node) not in seen:
             seen.add(id(node))
             node = next(child for child in node.children if child.model is None)
@@ -734,29 +784,49 @@ class TreeLoader:
         )
 
     def resolve(self, cls: type[M], target: type[M], reference: ExternalReference) -> M:
-        """Called by a nested reference's validator while a record of this tree is validated."""
-        node = self._node(target, reference, target is not cls)
-        if node.model is not None:
-            return cast(M, node.model)
-        if node.missing:
-            raise RecordNotFoundError(reference.class_name, reference.id)
-        assert self._blocked is not None
-        self._blocked.add(node)
-        raise _NotBuiltYetError("not loaded yet")
+        """Called by a nested reference's validator while a record of this tree is validated.
+
+        The hot path of loading a tree: once per reference and pass, hence the inlined lookups.
+        """
+        settings = target.__toast_settings__
+        url, number, name = settings.url.raw, reference.id.int, reference.class_name
+        model_key = (url, number, name, target is not cls)
+        model = self._built.get(model_key)
+        if model is not None:
+            return cast(M, model)
+        key = (url, number, name)
+        traits = target.__dict__.get("__toast_read_traits__") or _read_traits(target)
+        if traits[0]:  # holds references: a node, built when everything it refers to is
+            node = self._node(target, model_key)
+            if node.model is not None:
+                return cast(M, node.model)
+            if not node.missing:
+                if key not in self._records:
+                    self._wanted[key] = (settings, reference.id)
+                assert self._blocked is not None
+                self._blocked.add(node)
+                if self._placeholders:
+                    return cast(M, _PENDING)
+                raise _NotBuiltYetError
+        else:
+            record = self._records.get(key)
+            if record is not None:
+                return cast(M, self._build_simple(target, model_key, record))
+            if key not in self._missing:
+                self._wanted[key] = (settings, reference.id)
+                self._blocked_on_fetch = True
+                if self._placeholders:
+                    return cast(M, _PENDING)
+                raise _NotBuiltYetError
+        raise RecordNotFoundError(reference.class_name, reference.id)
 
     def write_back(self) -> WriteSet | None:
         """The upgraded models of this load, to store at their new version, if any."""
         if not self._upgraded:
             return None
-        write_set = WriteSet()
-        collecting = _write_set.set(write_set)
-        try:
-            for model in self._upgraded.values():
-                write_set.add(model)
-        finally:
-            _write_set.reset(collecting)
+        models = list(self._upgraded.values())
         self._upgraded.clear()
-        return write_set
+        return _write_set_of(models)
 
 
 _tree_loader: ContextVar[TreeLoader | None] = ContextVar("pydantic_toast_tree_loader", default=None)
@@ -770,13 +840,20 @@ def load_sync(cls: type[M], reference: ExternalReference, context: Any = None) -
     settings = target.__toast_settings__
     record = runtime.run_sync(_fetch_one(settings, reference), settings.timeout)
     # Reached through pydantic: it runs this class's validators above our hook on the result.
-    loader = TreeLoader([(target, reference, target is not cls)], context, fetched=record)
-    while not loader.build():
+    full = target is not cls
+    if not holds_references(target):
+        model = materialize_checked(target, record, full, context)
+        write_back = _single_write_back(target, record, model)
+        if write_back is not None:
+            runtime.run_sync(write_back.flush(), write_back.timeout)
+        return model
+    loader = TreeLoader([(target, reference, full)], context, fetched=record)
+    while (models := loader.build()) is None:
         runtime.run_sync(loader.fetch_wanted(), loader.timeout)
     write_back = loader.write_back()
     if write_back is not None:
         runtime.run_sync(write_back.flush(), write_back.timeout)
-    return cast(M, loader.results()[0])
+    return cast(M, models[0])
 
 
 async def _fetch_one(settings: ModelSettings, reference: ExternalReference) -> StoredRecord:
@@ -804,18 +881,45 @@ async def load_many(cls: type[M], references: Sequence[ExternalReference], conte
 async def load(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
     target = resolve_class(cls, reference)
     record = await _fetch_one(target.__toast_settings__, reference)
-    [model] = await _finish(TreeLoader([(target, reference, True)], context, fetched=record))
-    return cast(M, model)
+    if not holds_references(target):
+        model = materialize_checked(target, record, True, context)
+        write_back = _single_write_back(target, record, model)
+        if write_back is not None:
+            await write_back.flush()
+        return model
+    [loaded] = await _finish(TreeLoader([(target, reference, True)], context, fetched=record))
+    return cast(M, loaded)
+
+
+def _single_write_back(
+    cls: type[ExternalBaseModel], record: StoredRecord, model: ExternalBaseModel
+) -> WriteSet | None:
+    settings = cls.__toast_settings__
+    if not settings.upgrade_write_back or record.schema_version >= settings.schema_version:
+        return None
+    return _write_set_of([model])
+
+
+def _write_set_of(models: list[ExternalBaseModel]) -> WriteSet:
+    """Upgraded models to store again at their current schema_version."""
+    write_set = WriteSet()
+    collecting = _write_set.set(write_set)
+    try:
+        for model in models:
+            write_set.add(model)
+    finally:
+        _write_set.reset(collecting)
+    return write_set
 
 
 async def _finish(loader: TreeLoader) -> list[ExternalBaseModel]:
     """Build, fetching each further level of references in one batch, then write back."""
-    while not loader.build():
+    while (models := loader.build()) is None:
         await loader.fetch_wanted()
     write_back = loader.write_back()
     if write_back is not None:
         await write_back.flush()
-    return loader.results()
+    return models
 
 
 async def delete(cls: type[ExternalBaseModel], reference: ExternalReference) -> bool:
@@ -826,7 +930,7 @@ async def delete(cls: type[ExternalBaseModel], reference: ExternalReference) -> 
     )
 
 
-def materialize(cls: type[M], record: StoredRecord, *, full: bool = True, context: Any = None) -> M:
+def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: Any = None) -> M:
     """Validate a stored record's data into a model that remembers which record it is.
 
     `full`: with the class's validators above our hook too (else pydantic runs them on the
@@ -843,6 +947,18 @@ def materialize(cls: type[M], record: StoredRecord, *, full: bool = True, contex
         state.id = record.id
         state.created_at = record.created_at
     return model
+
+
+def materialize_checked(cls: type[M], record: StoredRecord, full: bool = True, context: Any = None) -> M:
+    """`materialize`, with a record that does not validate reported as `StoredDataError`."""
+    failure: StoredDataError | None = None
+    try:
+        return materialize(cls, record, full, context)
+    except pydantic_core.ValidationError as exc:
+        failure = stored_data_error(cls, record, exc)
+    # Raised here, outside the except block: the ValidationError holds stored values and must not
+    # travel along as __context__.
+    raise failure
 
 
 _MAX_LISTED_ERRORS = 10
@@ -944,6 +1060,25 @@ def inner_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
     return cast(SchemaValidator, cached)
 
 
+def holds_references(cls: type[ExternalBaseModel]) -> bool:
+    """Whether `cls`'s own data can refer to external models (its schema holds our hook)."""
+    return _read_traits(cls)[0]
+
+
+def runs_no_user_code(cls: type[ExternalBaseModel], full: bool) -> bool:
+    """Whether validating `cls`'s data (with the validators above our hook: `full`) calls no code
+    but pydantic-core's and our hook's: no validator, no custom __init__, no post-init."""
+    return _read_traits(cls)[2 if full else 1]
+
+
+def _read_traits(cls: type[ExternalBaseModel]) -> tuple[bool, bool, bool]:
+    cached = cls.__dict__.get("__toast_read_traits__")
+    if cached is None:
+        _build_inner(cls)
+        cached = cls.__dict__["__toast_read_traits__"]
+    return cast(tuple[bool, bool, bool], cached)
+
+
 def core_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
     """A validator for `cls`'s own data with only the schema below our wrap validator.
 
@@ -1004,6 +1139,9 @@ def _build_inner(cls: type[ExternalBaseModel]) -> tuple[SchemaValidator, SchemaS
             type.__setattr__(cls, "__pydantic_complete__", True)
     type.__setattr__(cls, "__toast_inner_validator__", validator)
     type.__setattr__(cls, "__toast_core_validator__", core)
+    holds, user_code_below = _scan([below, definitions])
+    user_code_above = _scan([stripped, definitions])[1]
+    type.__setattr__(cls, "__toast_read_traits__", (holds, not user_code_below, not user_code_above))
     type.__setattr__(cls, "__toast_inner_serializer__", serializer)
     return validator, serializer
 
@@ -1025,6 +1163,37 @@ def _model_node_without(schema: dict[str, Any], key: str) -> dict[str, Any]:
     if "schema" in schema and isinstance(schema["schema"], dict):
         return {**schema, "schema": _model_node_without(schema["schema"], key)}
     return schema
+
+
+_USER_CODE_KEYS = ("post_init", "custom_init", "default_factory_takes_data")
+
+
+def _scan(schema: object) -> tuple[bool, bool]:
+    """(our hook occurs in `schema`, code other than pydantic-core's runs on validating it).
+
+    A nested external model's hook returns a built model, so the scan does not look below it.
+    """
+    holds_hook = runs_code = False
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            function = node.get("function")
+            if isinstance(function, dict) and getattr(function.get("function"), "__toast_hook__", False):
+                holds_hook = True
+                continue
+            if (
+                callable(function)
+                or isinstance(function, dict)
+                or any(node.get(key) for key in _USER_CODE_KEYS)
+            ):
+                runs_code = True
+            pending.extend(
+                value for key, value in node.items() if key not in ("metadata", "serialization", "function")
+            )
+        elif isinstance(node, list | tuple):
+            pending.extend(node)
+    return holds_hook, runs_code
 
 
 def _below_own_validator(schema: dict[str, Any]) -> dict[str, Any]:
