@@ -29,6 +29,7 @@ DOCUMENTED_NAMES = {
     "StorageBackend",
     "StorageConnectionError",
     "StorageValidationError",
+    "StoredDataError",
     "UnsupportedOperationError",
     "aclose",
     "adump",

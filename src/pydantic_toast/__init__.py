@@ -15,6 +15,7 @@ from .exceptions import (
     RecordNotFoundError,
     StorageConnectionError,
     StorageValidationError,
+    StoredDataError,
     UnsupportedOperationError,
 )
 from .persistence import CONTEXT_KEY, adump, dump
@@ -35,6 +36,7 @@ __all__ = [
     "StorageBackend",
     "StorageConnectionError",
     "StorageValidationError",
+    "StoredDataError",
     "UnsupportedOperationError",
     "aclose",
     "adump",

@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticSerializationError
 
-from . import persistence
+from . import _pydantic_internals, persistence
 from .exceptions import ExternalStorageError, StorageValidationError
 from .persistence import ModelSettings, RecordState
 from .reference import ExternalReference
@@ -177,9 +177,12 @@ class ExternalBaseModel(BaseModel):
         return await persistence.save(self)
 
     @classmethod
-    async def load(cls, reference: ReferenceLike) -> Self:
-        """Load the model a reference (object, dict, UUID or id text) points at."""
-        return await persistence.load(cls, persistence.coerce_reference(cls, reference))
+    async def load(cls, reference: ReferenceLike, *, context: Any = None) -> Self:
+        """Load the model a reference (object, dict, UUID or id text) points at.
+
+        `context` reaches the validators of every model loaded, as with `model_validate`.
+        """
+        return await persistence.load(cls, persistence.coerce_reference(cls, reference), context)
 
     @classmethod
     async def save_many(cls, models: Iterable[ExternalBaseModel]) -> list[ExternalReference]:
@@ -195,13 +198,13 @@ class ExternalBaseModel(BaseModel):
         return await persistence.save_many(batch)
 
     @classmethod
-    async def load_many(cls, references: Iterable[ReferenceLike]) -> list[Self]:
+    async def load_many(cls, references: Iterable[ReferenceLike], *, context: Any = None) -> list[Self]:
         """Load several models in order, batched per backend and per level of nesting.
 
         Every missing id is reported together in one `RecordNotFoundError`.
         """
         return await persistence.load_many(
-            cls, [persistence.coerce_reference(cls, ref) for ref in references]
+            cls, [persistence.coerce_reference(cls, ref) for ref in references], context
         )
 
     delete: ClassVar[_DeleteMethod[Any]] = _DeleteMethod()
@@ -243,11 +246,16 @@ class ExternalBaseModel(BaseModel):
 
     @classmethod
     def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
+        # Full data is validated again as JSON below our hook, out of pydantic's sight of these.
+        flags = {name: kwargs[name] for name in _JSON_FLAGS if kwargs.get(name) is not None}
+        token = persistence.json_options.set(flags or None)
         try:
             return super().model_validate_json(json_data, **kwargs)
         except ValidationError as exc:
             _raise_unwrapped(exc)
             raise
+        finally:
+            persistence.json_options.reset(token)
 
     @classmethod
     def model_validate_strings(cls, obj: Any, **kwargs: Any) -> Self:
@@ -273,6 +281,10 @@ class ExternalBaseModel(BaseModel):
 
 # Lets persistence recognise our validator among the user's own in the core schema.
 ExternalBaseModel._toast_validate.__func__.__toast_hook__ = True
+_pydantic_internals.install(ExternalBaseModel)
+
+
+_JSON_FLAGS = ("strict", "extra", "by_alias", "by_name")
 
 
 def _refuse_own_model_serializer(cls: type[ExternalBaseModel]) -> None:

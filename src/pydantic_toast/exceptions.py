@@ -4,21 +4,24 @@
     ├── StorageConnectionError           the store is unreachable, timed out or refused the credentials
     ├── RecordNotFoundError              no record for (class_name, id)               also a ValueError
     ├── StorageValidationError           bad configuration or bad reference            also a ValueError
+    ├── StoredDataError                  a stored record no longer validates as its model
     ├── UnsupportedOperationError        the backend lacks an optional capability
     └── MissingDependencyError           the backend's driver is not installed          also an ImportError
 
 `RecordNotFoundError` and `StorageValidationError` are also `ValueError`s so that pydantic reports
 them as validation errors (HTTP 422 in FastAPI) when a bad reference arrives nested inside a larger
 payload. Called on an external model itself, `model_validate` / `model_validate_json` /
-`Model.load` raise them unwrapped. A missing driver is a broken installation, not bad input, so
-`MissingDependencyError` is deliberately no `ValueError`: it is never turned into a 422.
+`Model.load` raise them unwrapped. `StoredDataError` deliberately is not a `ValueError`: a broken
+stored record is the server's problem, not the caller's, so pydantic lets it propagate (HTTP 500
+in FastAPI) instead of reporting it, stored input included, as the caller's error. A missing
+driver is a broken installation, not bad input, so `MissingDependencyError` is no `ValueError` either.
 
 No message, repr or attribute of these exceptions carries a password: URLs are always masked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from uuid import UUID
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "RecordNotFoundError",
     "StorageConnectionError",
     "StorageValidationError",
+    "StoredDataError",
     "UnsupportedOperationError",
 ]
 
@@ -81,6 +85,32 @@ class StorageValidationError(ExternalStorageError, ValueError):
 
 def _rebuild_validation_error(message: str, expected: object, actual: object) -> StorageValidationError:
     return StorageValidationError(message, expected=expected, actual=actual)
+
+
+class StoredDataError(ExternalStorageError):
+    """A stored record does not validate as its model (changed code, edited row, wrong types).
+
+    `class_name` and `id` name the record; `errors` lists `{"loc": ..., "type": ...}` per failure,
+    with pydantic's error types. Neither the message nor the attributes hold any stored value, and
+    the pydantic `ValidationError` that revealed the problem is not chained: its inputs are stored data.
+    """
+
+    def __init__(
+        self, message: str, *, class_name: str, id: UUID, errors: Iterable[Mapping[str, object]] = ()
+    ) -> None:
+        super().__init__(message)
+        self.class_name = class_name
+        self.id = id
+        self.errors: list[dict[str, object]] = [dict(error) for error in errors]
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild_stored_data_error, (str(self), self.class_name, self.id, self.errors)
+
+
+def _rebuild_stored_data_error(
+    message: str, class_name: str, id: UUID, errors: list[dict[str, object]]
+) -> StoredDataError:
+    return StoredDataError(message, class_name=class_name, id=id, errors=errors)
 
 
 class UnsupportedOperationError(ExternalStorageError):

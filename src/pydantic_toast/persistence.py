@@ -30,7 +30,7 @@ from pydantic_core import PydanticSerializationError, SchemaSerializer, SchemaVa
 
 from . import runtime
 from .backends.base import StoredRecord
-from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError
+from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError, StoredDataError
 from .reference import ExternalReference, looks_like_reference, parse_id, parse_reference
 from .registry import backend_class, known_schemes
 from .upgrades import upgraded_data
@@ -676,6 +676,11 @@ def _dump_collecting(value: Any, kwargs: dict[str, Any]) -> Any:
 
 # --------------------------------------------------------------------------- reading
 
+json_options: ContextVar[dict[str, Any] | None] = ContextVar("pydantic_toastjson_options", default=None)
+"""The call-time flags (strict, extra, by_alias, by_name) of an external model's own
+`model_validate_json`: pydantic does not show them to a wrap validator, and JSON data is validated
+again as JSON (see `validate`), so the entry point hands them over here."""
+
 
 def validate(
     cls: type[ExternalBaseModel], value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
@@ -683,20 +688,35 @@ def validate(
     """The wrap validator of every external model."""
     if _is_reference(cls, value):
         reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
-        return load_sync(cls, reference)
+        return load_sync(cls, reference, info.context)
     if info.mode == "json":
         # A wrap validator hands JSON input over as Python objects, and validating those in
         # Python mode breaks JSON-only semantics (strict datetimes, base64 bytes): re-validate
-        # as JSON with the model's own schema instead.
-        return inner_validator(cls).validate_json(pydantic_core.to_json(value), context=info.context)
+        # as JSON with the schema below this hook (pydantic runs the validators above it).
+        options = json_options.get() or {}
+        return core_validator(cls).validate_json(
+            pydantic_core.to_json(value), context=info.context, **options
+        )
     return keep_record(value, handler(value))
 
 
 def _is_reference(cls: type[ExternalBaseModel], value: object) -> bool:
     if isinstance(value, ExternalReference):
         return True
-    # A model with its own 'class_name' field accepts references only as ExternalReference.
-    return looks_like_reference(value) and settings_of(cls).dict_references
+    if not looks_like_reference(value):
+        return False
+    if settings_of(cls).dict_references:
+        return True
+    # A model with its own 'class_name' field: a dict is its reference only when it is exactly one
+    # (the two keys, a UUID id, the storage name of this class or a subclass); else it is data.
+    assert isinstance(value, Mapping)
+    if len(value) != 2:
+        return False
+    try:
+        resolve_class(cls, parse_reference(value))
+    except StorageValidationError:
+        return False
+    return True
 
 
 def resolve_class(cls: type[M], reference: ExternalReference) -> type[M]:
@@ -731,55 +751,107 @@ def coerce_reference(cls: type[ExternalBaseModel], value: object) -> ExternalRef
 _RecordKey = tuple[str, int, str]
 
 
-_PENDING = object()
-"""Stands in for a nested model whose record is not fetched yet, during a collecting pass.
+class _NotBuiltYetError(ValueError):
+    """Raised for a nested reference whose model is not built yet.
 
-Validation goes on past it, so one pass finds every reference of a level; the pass's result is
-discarded and repeated once they are fetched.
-"""
+    Pydantic records it and goes on, so one validation of a record finds every reference it holds,
+    and no validator of the user's ever sees a placeholder; that validation is then discarded.
+    """
+
+
+_PENDING = object()
+"""Returned instead of raising `_NotBuiltYetError` while validating data whose schema runs no
+user code, where nobody can see it: raising costs more than the rest of resolving a reference."""
+
+
+# A model to build: the record's key, and whether it is built with the validators above our hook.
+# A reference validated through a field of its own class is built with the schema below our hook
+# (pydantic runs the rest on the returned instance); a root of `load`/`load_many`, or a subclass
+# loaded through a base-class field, is built with everything but our hook.
+_ModelKey = tuple[str, int, str, bool]
+
+
+class _Node:
+    """A model whose class can hold references: it may have to wait for the models it refers to."""
+
+    __slots__ = ("children", "cls", "key", "missing", "model", "model_key", "waiting")
+
+    def __init__(self, cls: type[ExternalBaseModel], model_key: _ModelKey) -> None:
+        self.cls = cls
+        self.model_key = model_key
+        self.key: _RecordKey = model_key[:3]
+        self.model: ExternalBaseModel | None = None
+        self.missing = False
+        self.waiting = 0  # what it waits for: unbuilt nodes, unfetched records
+        self.children: list[_Node] = []  # the nodes among those, for naming a cycle
 
 
 class TreeLoader:
     """Loads models and, level by level, the external models their data refers to.
 
-    Each pass validates the roots with the records fetched so far; references not yet fetched
-    are collected instead of loaded one by one, then fetched in one batch per backend, and the
-    pass is repeated. Loading a tree of depth d costs d + 1 round trips per backend, not one
-    per node.
+    Records are fetched one level per round trip (one batch per backend), and models are built
+    bottom up as soon as everything they refer to is built. Validating a record that refers to a
+    model not built yet only collects those references (see `_NotBuiltYetError`); it is repeated
+    once they are built, and then each nested reference resolves to its built instance at once.
+    A tree of depth d costs d + 1 round trips per backend, every record is validated at most
+    twice (models of classes that hold no references: once), and validation never recurses more
+    than one level deep, whatever the depth of the tree.
     """
 
     def __init__(
         self,
-        roots: Sequence[tuple[type[ExternalBaseModel], ExternalReference]],
+        roots: Sequence[tuple[type[ExternalBaseModel], ExternalReference, bool]],
+        context: Any = None,
         fetched: StoredRecord | None = None,
     ) -> None:
-        """`fetched`: the record of a single root, already read by the caller."""
-        self._roots = [(cls, self._key(cls, ref)) for cls, ref in roots]
+        """roots: (class, reference, built with its full validator); `fetched`: the record of a
+        single root, already read by the caller."""
+        self._context = context
         self._records: dict[_RecordKey, StoredRecord] = {}
         self._missing: set[_RecordKey] = set()
         self._wanted: dict[_RecordKey, tuple[ModelSettings, UUID]] = {}
-        self._loading: set[_RecordKey] = set()
+        self._built: dict[_ModelKey, ExternalBaseModel] = {}
+        self._nodes: dict[_ModelKey, _Node] = {}
+        self._ready: list[_Node] = []
+        self._unfetched: dict[_RecordKey, list[_Node]] = {}
+        self._waiters: dict[_Node, list[_Node]] = {}
+        self._after_fetch: list[_Node] = []  # nodes waiting (also) for records of the next fetch
+        self._blocked: set[_Node] | None = None
+        self._blocked_on_fetch = False
+        self._placeholders = False  # may resolve() return _PENDING rather than raise
         self._upgraded: dict[_RecordKey, ExternalBaseModel] = {}
-        if fetched is not None:
-            self._records[self._roots[0][1]] = fetched
-            return
-        for (cls, key), (_, reference) in zip(self._roots, roots, strict=True):
-            self._wanted[key] = (cls.__toast_settings__, reference.id)
+        self._roots: list[tuple[type[ExternalBaseModel], _RecordKey, _ModelKey, _Node | None]] = []
+        append, wanted = self._roots.append, self._wanted
+        last: type[ExternalBaseModel] | None = None
+        for cls, reference, full in roots:
+            if cls is not last:  # roots are mostly of one class: look its settings up once
+                last, settings, holds = cls, cls.__toast_settings__, holds_references(cls)
+                url = settings.url.raw
+            number, name = reference.id.int, reference.class_name
+            key = (url, number, name)
+            if fetched is not None:
+                self._records[key] = fetched
+            else:
+                wanted[key] = (settings, reference.id)
+            model_key = (url, number, name, full)
+            append((cls, key, model_key, self._node(cls, model_key) if holds else None))
 
-    @staticmethod
-    def _key(cls: type[ExternalBaseModel], reference: ExternalReference) -> _RecordKey:
-        return (cls.__toast_settings__.url.raw, reference.id.int, reference.class_name)
+    def _node(self, cls: type[ExternalBaseModel], model_key: _ModelKey) -> _Node:
+        node = self._nodes.get(model_key)
+        if node is None:
+            node = self._nodes[model_key] = _Node(cls, model_key)
+            key = node.key
+            if key in self._records:
+                self._ready.append(node)
+            elif key in self._missing:
+                node.missing = True
+            else:
+                self._unfetched.setdefault(key, []).append(node)
+        return node
 
     @property
     def timeout(self) -> float:
         return max((settings.timeout for settings, _ in self._wanted.values()), default=DEFAULT_TIMEOUT)
-
-    def _raise_for_missing_roots(self) -> None:
-        missing = [key for _, key in self._roots if key in self._missing]
-        if missing:
-            class_names = sorted({key[2] for key in missing})
-            ids = [UUID(int=number) for number in dict.fromkeys(key[1] for key in missing)]
-            raise RecordNotFoundError(", ".join(class_names), ids)
 
     async def fetch_wanted(self) -> None:
         """Fetch every collected reference: one `load_records` call per backend, concurrently."""
@@ -793,11 +865,19 @@ class TreeLoader:
             pairs = [(wanted[key][1], key[2]) for key in keys]
             timeout = max(wanted[key][0].timeout for key in keys)
             found = await runtime.execute(settings.url, timeout, lambda backend: backend.load_records(pairs))
+            records, unfetched = self._records, self._unfetched
             for key, record in zip(keys, found, strict=True):
                 if record is None:
                     self._missing.add(key)
                 else:
-                    self._records[key] = record
+                    records[key] = record
+                if unfetched:
+                    for node in unfetched.pop(key, ()):
+                        if record is None:
+                            node.missing = True
+                            self._settled(node)
+                        else:
+                            self._ready.append(node)
 
         if len(groups) == 1:
             await fetch_group(next(iter(groups.values())))
@@ -808,87 +888,191 @@ class TreeLoader:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
+        # Every record wanted so far is now fetched or known missing.
+        for node in self._after_fetch:
+            node.waiting -= 1
+            if node.waiting == 0:
+                self._ready.append(node)
+        self._after_fetch = []
 
-    def attempt(self) -> list[ExternalBaseModel] | None:
-        """Materialize the roots; None when more records must be fetched first."""
-        self._raise_for_missing_roots()
-        token = _tree_loader.set(self)
-        try:
-            models: list[ExternalBaseModel] = []
-            for cls, key in self._roots:
-                try:
-                    models.append(self._materialize(cls, key))
-                except Exception:
-                    # A placeholder may upset validators further up; that pass is discarded anyway.
-                    if self._wanted:
-                        continue
-                    raise
-            return None if self._wanted else models
-        finally:
-            _tree_loader.reset(token)
-
-    def resolve(self, cls: type[M], reference: ExternalReference) -> M:
-        """Called by a nested reference's validator during a pass."""
-        key = self._key(cls, reference)
-        if key in self._records:
-            return self._materialize(cls, key)
-        if key in self._missing:
-            raise RecordNotFoundError(reference.class_name, reference.id)
-        self._wanted[key] = (cls.__toast_settings__, reference.id)
-        return cast(M, _PENDING)
-
-    def _materialize(self, cls: type[M], key: _RecordKey) -> M:
-        if key in self._loading:
-            raise StorageValidationError(
-                f"stored {key[2]} record {UUID(int=key[1])} refers to itself through its references; "
-                "a cycle of stored references cannot be loaded into models",
-                actual=str(UUID(int=key[1])),
+    def build(self) -> list[ExternalBaseModel] | None:
+        """Build every model whose references are all built; the roots' models once they are."""
+        missing = self._missing and [key for _, key, _, _ in self._roots if key in self._missing]
+        if missing:
+            class_names = sorted({key[2] for key in missing})
+            raise RecordNotFoundError(
+                ", ".join(class_names), [UUID(int=n) for n in dict.fromkeys(k[1] for k in missing)]
             )
-        self._loading.add(key)
+        loader_token = _tree_loader.set(self)
+        options_token = json_options.set(None)  # stored data is validated by the model's config only
         try:
-            record = self._records[key]
-            model = materialize(cls, record)
+            while self._ready:
+                self._build(self._ready.pop())
+            models: list[ExternalBaseModel] = []
+            for cls, key, model_key, node in self._roots:
+                if node is not None:
+                    if node.model is None:
+                        break
+                    models.append(node.model)
+                else:
+                    model = self._built.get(model_key)
+                    if model is None:
+                        record = self._records.get(key)
+                        if record is None:
+                            break
+                        model = self._build_simple(cls, model_key, record)
+                    models.append(model)
+            else:
+                return models
         finally:
-            self._loading.discard(key)
-        settings = cls.__toast_settings__
-        if settings.upgrade_write_back and record.schema_version < settings.schema_version:
-            self._upgraded[key] = model
+            json_options.reset(options_token)
+            _tree_loader.reset(loader_token)
+        if not self._wanted:
+            raise self._cycle_error()
+        return None
+
+    def _build_simple(
+        self, cls: type[ExternalBaseModel], model_key: _ModelKey, record: StoredRecord
+    ) -> ExternalBaseModel:
+        """Build a model of a class that holds no references: it never waits for anything."""
+        model = materialize_checked(cls, record, model_key[3], self._context)
+        self._built[model_key] = model
+        if record.schema_version < cls.__toast_settings__.schema_version:
+            self._note_upgraded(cls, model_key[:3], model)
         return model
 
+    def _build(self, node: _Node) -> None:
+        record = self._records[node.key]
+        blocked: set[_Node] = set()
+        self._blocked = blocked
+        self._blocked_on_fetch = False
+        self._placeholders = runs_no_user_code(node.cls, node.model_key[3])
+        failure: StoredDataError | None = None
+        model: ExternalBaseModel | None = None
+        try:
+            model = materialize(node.cls, record, node.model_key[3], self._context)
+        except pydantic_core.ValidationError as exc:
+            if not blocked and not self._blocked_on_fetch:
+                failure = stored_data_error(node.cls, record, exc)
+        finally:
+            self._blocked = None
+        if failure is not None:
+            raise failure  # outside the except block, as in materialize_checked
+        if blocked or self._blocked_on_fetch:
+            # Collected only, or validated around a reference pydantic skipped: build it again
+            # once everything it refers to is there.
+            node.waiting = len(blocked)
+            node.children = list(blocked)
+            for child in blocked:
+                self._waiters.setdefault(child, []).append(node)
+            if self._blocked_on_fetch:
+                node.waiting += 1
+                self._after_fetch.append(node)
+            return
+        assert model is not None
+        node.model = model
+        if record.schema_version < node.cls.__toast_settings__.schema_version:
+            self._note_upgraded(node.cls, node.key, model)
+        self._settled(node)
+
+    def _note_upgraded(self, cls: type[ExternalBaseModel], key: _RecordKey, model: ExternalBaseModel) -> None:
+        if cls.__toast_settings__.upgrade_write_back:
+            self._upgraded[key] = model
+
+    def _settled(self, node: _Node) -> None:
+        """`node` is built, or its record missing: the nodes waiting for it may go again."""
+        for parent in self._waiters.pop(node, ()):
+            parent.waiting -= 1
+            if parent.waiting == 0:
+                self._ready.append(parent)
+
+    def _cycle_error(self) -> StoredDataError:
+        """Nothing left to fetch and still unbuilt models: they wait for each other."""
+        seen: set[int] = set()
+        node = next(node for _, _, _, node in self._roots if node is not None and node.model is None)
+        while id(node) not in seen:
+            seen.add(id(node))
+            node = next(child for child in node.children if child.model is None)
+        record_id = UUID(int=node.key[1])
+        return StoredDataError(
+            f"stored {node.key[2]} record {record_id} refers to itself through its references; "
+            "a cycle of stored references cannot be loaded into models (a dump never writes one)",
+            class_name=node.key[2],
+            id=record_id,
+            errors=[{"loc": (), "type": "reference_cycle"}],
+        )
+
+    def resolve(self, cls: type[M], target: type[M], reference: ExternalReference) -> M:
+        """Called by a nested reference's validator while a record of this tree is validated.
+
+        The hot path of loading a tree: once per reference and pass, hence the inlined lookups.
+        """
+        settings = target.__toast_settings__
+        url, number, name = settings.url.raw, reference.id.int, reference.class_name
+        model_key = (url, number, name, target is not cls)
+        model = self._built.get(model_key)
+        if model is not None:
+            return cast(M, model)
+        key = (url, number, name)
+        traits = target.__dict__.get("__toast_read_traits__") or _read_traits(target)
+        if traits[0]:  # holds references: a node, built when everything it refers to is
+            node = self._node(target, model_key)
+            if node.model is not None:
+                return cast(M, node.model)
+            if not node.missing:
+                if key not in self._records:
+                    self._wanted[key] = (settings, reference.id)
+                assert self._blocked is not None
+                self._blocked.add(node)
+                if self._placeholders:
+                    return cast(M, _PENDING)
+                raise _NotBuiltYetError
+        else:
+            record = self._records.get(key)
+            if record is not None:
+                return cast(M, self._build_simple(target, model_key, record))
+            if key not in self._missing:
+                self._wanted[key] = (settings, reference.id)
+                self._blocked_on_fetch = True
+                if self._placeholders:
+                    return cast(M, _PENDING)
+                raise _NotBuiltYetError
+        raise RecordNotFoundError(reference.class_name, reference.id)
+
     def write_back(self) -> WriteSet | None:
-        """The upgraded models of the last pass, to store at their new version, if any."""
+        """The upgraded models of this load, to store at their new version, if any."""
         if not self._upgraded:
             return None
-        write_set = WriteSet()
-        collecting = _write_set.set(write_set)
-        try:
-            for model in self._upgraded.values():
-                write_set.add(model)
-        finally:
-            _write_set.reset(collecting)
+        models = list(self._upgraded.values())
         self._upgraded.clear()
-        return write_set
+        return _write_set_of(models)
 
 
 _tree_loader: ContextVar[TreeLoader | None] = ContextVar("pydantic_toast_tree_loader", default=None)
 
 
-def load_sync(cls: type[M], reference: ExternalReference) -> M:
+def load_sync(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
     target = resolve_class(cls, reference)
     loader = _tree_loader.get()
     if loader is not None:
-        return loader.resolve(target, reference)
+        return loader.resolve(cls, target, reference)
     settings = target.__toast_settings__
     record = runtime.run_sync(_fetch_one(settings, reference), settings.timeout)
-    loader = TreeLoader([(target, reference)], fetched=record)
-    while True:
-        models = loader.attempt()
-        if models is not None:
-            write_back = loader.write_back()
-            if write_back is not None:
-                runtime.run_sync(write_back.flush(), write_back.timeout)
-            return cast(M, models[0])
+    # Reached through pydantic: it runs this class's validators above our hook on the result.
+    full = target is not cls
+    if not holds_references(target):
+        model = materialize_checked(target, record, full, context)
+        write_back = _single_write_back(target, record, model)
+        if write_back is not None:
+            runtime.run_sync(write_back.flush(), write_back.timeout)
+        return model
+    loader = TreeLoader([(target, reference, full)], context, fetched=record)
+    while (models := loader.build()) is None:
         runtime.run_sync(loader.fetch_wanted(), loader.timeout)
+    write_back = loader.write_back()
+    if write_back is not None:
+        runtime.run_sync(write_back.flush(), write_back.timeout)
+    return cast(M, models[0])
 
 
 async def _fetch_one(settings: ModelSettings, reference: ExternalReference) -> StoredRecord:
@@ -901,35 +1085,60 @@ async def _fetch_one(settings: ModelSettings, reference: ExternalReference) -> S
     return record
 
 
-async def load_many(cls: type[M], references: Sequence[ExternalReference]) -> list[M]:
+async def load_many(cls: type[M], references: Sequence[ExternalReference], context: Any = None) -> list[M]:
     """Load models in order; every missing id is reported in one RecordNotFoundError."""
-    roots: list[tuple[type[ExternalBaseModel], ExternalReference]] = [
-        (resolve_class(cls, reference), reference) for reference in references
+    roots: list[tuple[type[ExternalBaseModel], ExternalReference, bool]] = [
+        (resolve_class(cls, reference), reference, True) for reference in references
     ]
     if not roots:
         return []
-    loader = TreeLoader(roots)
+    loader = TreeLoader(roots, context)
     await loader.fetch_wanted()
     return cast(list[M], await _finish(loader))
 
 
-async def load(cls: type[M], reference: ExternalReference) -> M:
+async def load(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
     target = resolve_class(cls, reference)
     record = await _fetch_one(target.__toast_settings__, reference)
-    [model] = await _finish(TreeLoader([(target, reference)], fetched=record))
-    return cast(M, model)
+    if not holds_references(target):
+        model = materialize_checked(target, record, True, context)
+        write_back = _single_write_back(target, record, model)
+        if write_back is not None:
+            await write_back.flush()
+        return model
+    [loaded] = await _finish(TreeLoader([(target, reference, True)], context, fetched=record))
+    return cast(M, loaded)
+
+
+def _single_write_back(
+    cls: type[ExternalBaseModel], record: StoredRecord, model: ExternalBaseModel
+) -> WriteSet | None:
+    settings = cls.__toast_settings__
+    if not settings.upgrade_write_back or record.schema_version >= settings.schema_version:
+        return None
+    return _write_set_of([model])
+
+
+def _write_set_of(models: list[ExternalBaseModel]) -> WriteSet:
+    """Upgraded models to store again at their current schema_version."""
+    write_set = WriteSet()
+    collecting = _write_set.set(write_set)
+    try:
+        for model in models:
+            write_set.add(model)
+    finally:
+        _write_set.reset(collecting)
+    return write_set
 
 
 async def _finish(loader: TreeLoader) -> list[ExternalBaseModel]:
-    """Validate, fetching each further level of references in one batch, then write back."""
-    while True:
-        models = loader.attempt()
-        if models is not None:
-            write_back = loader.write_back()
-            if write_back is not None:
-                await write_back.flush()
-            return models
+    """Build, fetching each further level of references in one batch, then write back."""
+    while (models := loader.build()) is None:
         await loader.fetch_wanted()
+    write_back = loader.write_back()
+    if write_back is not None:
+        await write_back.flush()
+    return models
 
 
 async def delete(cls: type[ExternalBaseModel], reference: ExternalReference) -> bool:
@@ -940,10 +1149,15 @@ async def delete(cls: type[ExternalBaseModel], reference: ExternalReference) -> 
     )
 
 
-def materialize(cls: type[M], record: StoredRecord) -> M:
-    """Validate a stored record's data into a model that remembers which record it is."""
+def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: Any = None) -> M:
+    """Validate a stored record's data into a model that remembers which record it is.
+
+    `full`: with the class's validators above our hook too (else pydantic runs them on the
+    result). Raises pydantic's ValidationError; `stored_data_error` makes it safe to show.
+    """
     data_json = upgraded_data(cls, record)
-    model = cast(M, inner_validator(cls).validate_json(data_json, by_alias=False, by_name=True))
+    validator = inner_validator(cls) if full else core_validator(cls)
+    model = cast(M, validator.validate_json(data_json, by_alias=False, by_name=True, context=context))
     if model.__pydantic_private__ is None:
         # Built without post-init (see _build_inner): this is the only private attribute.
         object.__setattr__(model, "__pydantic_private__", {_STATE: RecordState(record.id, record.created_at)})
@@ -955,6 +1169,106 @@ def materialize(cls: type[M], record: StoredRecord) -> M:
     return model
 
 
+def materialize_checked(cls: type[M], record: StoredRecord, full: bool = True, context: Any = None) -> M:
+    """`materialize`, with a record that does not validate reported as `StoredDataError`."""
+    failure: StoredDataError | None = None
+    try:
+        return materialize(cls, record, full, context)
+    except pydantic_core.ValidationError as exc:
+        failure = stored_data_error(cls, record, exc)
+    # Raised here, outside the except block: the ValidationError holds stored values and must not
+    # travel along as __context__.
+    raise failure
+
+
+_MAX_LISTED_ERRORS = 10
+
+
+def stored_data_error(
+    cls: type[ExternalBaseModel], record: StoredRecord, exc: pydantic_core.ValidationError
+) -> StoredDataError:
+    """The failure of a stored record's validation, without a single stored value.
+
+    Kept: where (field names, list indexes) and pydantic's error types. Dropped: inputs, messages
+    (a validator's message may quote its input) and dict keys, which may be data too.
+    """
+    names = _schema_names(cls)
+    errors: list[tuple[tuple[object, ...], str]] = []
+    dangling = 0
+    for line in exc.errors(include_url=False, include_input=False, include_context=True):
+        loc = tuple(
+            part if isinstance(part, int) or index == 0 or part in names else "<key>"
+            for index, part in enumerate(line["loc"])
+        )
+        cause = (line.get("ctx") or {}).get("error")
+        if isinstance(cause, RecordNotFoundError):
+            kind = str(cause)
+            dangling += 1
+        elif isinstance(cause, ExternalStorageError):
+            kind = type(cause).__name__
+        else:
+            kind = line["type"]
+        errors.append((loc, kind))
+    listed = "; ".join(
+        f"{'.'.join(str(part) for part in loc) or '(the data)'}: {kind}"
+        for loc, kind in errors[:_MAX_LISTED_ERRORS]
+    )
+    if len(errors) > _MAX_LISTED_ERRORS:
+        listed += f"; and {len(errors) - _MAX_LISTED_ERRORS} more"
+    if dangling == len(errors):
+        fix = "a record it refers to was deleted: restore it, or save the parent again without it"
+    else:
+        fix = (
+            "the model changed without an upgrade step, or the record was edited: register "
+            "@upgrade(from_version=...) and raise schema_version, or repair the record"
+        )
+    return StoredDataError(
+        f"stored {record.class_name} record {record.id} (schema_version {record.schema_version}) does not "
+        f"validate as {cls.__qualname__}: {len(errors)} error(s): {listed}; {fix}",
+        class_name=record.class_name,
+        id=record.id,
+        errors=[{"loc": loc, "type": kind} for loc, kind in errors],
+    )
+
+
+def _flatten(parts: list[Any]) -> list[object]:
+    flat: list[object] = []
+    for part in parts:
+        flat.extend(_flatten(part) if isinstance(part, list) else [part])
+    return flat
+
+
+def _schema_names(cls: type[ExternalBaseModel]) -> frozenset[object]:
+    """Field names, aliases and union tags of `cls`'s schema: the parts of an error location that
+    are not data."""
+    cached = cls.__dict__.get("__toast_schema_names__")
+    if cached is not None:
+        return cast(frozenset[object], cached)
+    names: set[object] = set()
+    pending: list[object] = [cls.__pydantic_core_schema__]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list | tuple):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            kind = node.get("type")
+            if kind in ("model-fields", "typed-dict") and isinstance(node.get("fields"), dict):
+                names.update(node["fields"])
+            elif kind == "dataclass-args":
+                names.update(field.get("name") for field in node.get("fields", ()))
+            elif kind == "tagged-union" and isinstance(node.get("choices"), dict):
+                names.update(node["choices"])
+            alias = node.get("validation_alias")
+            if isinstance(alias, str):
+                names.add(alias)
+            elif isinstance(alias, list):  # alias paths: their parts are names too
+                names.update(_flatten(alias))
+            pending.extend(value for key, value in node.items() if key != "metadata")
+    frozen = frozenset(names)
+    type.__setattr__(cls, "__toast_schema_names__", frozen)
+    return frozen
+
+
 _build_lock = threading.Lock()
 
 
@@ -963,6 +1277,38 @@ def inner_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
     cached = cls.__dict__.get("__toast_inner_validator__")
     if cached is None:
         cached = _build_inner(cls)[0]
+    return cast(SchemaValidator, cached)
+
+
+def holds_references(cls: type[ExternalBaseModel]) -> bool:
+    """Whether `cls`'s own data can refer to external models (its schema holds our hook)."""
+    return _read_traits(cls)[0]
+
+
+def runs_no_user_code(cls: type[ExternalBaseModel], full: bool) -> bool:
+    """Whether validating `cls`'s data (with the validators above our hook: `full`) calls no code
+    but pydantic-core's and our hook's: no validator, no custom __init__, no post-init."""
+    return _read_traits(cls)[2 if full else 1]
+
+
+def _read_traits(cls: type[ExternalBaseModel]) -> tuple[bool, bool, bool]:
+    cached = cls.__dict__.get("__toast_read_traits__")
+    if cached is None:
+        _build_inner(cls)
+        cached = cls.__dict__["__toast_read_traits__"]
+    return cast(tuple[bool, bool, bool], cached)
+
+
+def core_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
+    """A validator for `cls`'s own data with only the schema below our wrap validator.
+
+    Used where pydantic itself goes on to run the validators above our hook on what it returns
+    (the user's `mode="after"` and `mode="wrap"` model validators), so they run once, not twice.
+    """
+    cached = cls.__dict__.get("__toast_core_validator__")
+    if cached is None:
+        _build_inner(cls)
+        cached = cls.__dict__["__toast_core_validator__"]
     return cast(SchemaValidator, cached)
 
 
@@ -989,11 +1335,13 @@ def _build_inner(cls: type[ExternalBaseModel]) -> tuple[SchemaValidator, SchemaS
     if schema["type"] == "definition-ref":
         schema = next(d for d in definitions if d.get("ref") == schema["schema_ref"])
     stripped = _strip_own_validator(schema)
+    below = _below_own_validator(schema)
     stripped_model = _model_node_without(stripped, "serialization")  # our wrap serializer
     if _only_our_private_state(cls):
         # materialize() sets the private state itself, once; pydantic's post-init would build a
         # default state first (twice, for subclasses of a model with private attributes).
         stripped = _model_node_without(stripped, "post_init")
+        below = _model_node_without(below, "post_init")
 
     def top(node: dict[str, Any]) -> Any:
         return core_schema.definitions_schema(node, definitions) if definitions else node
@@ -1005,10 +1353,15 @@ def _build_inner(cls: type[ExternalBaseModel]) -> tuple[SchemaValidator, SchemaS
         type.__setattr__(cls, "__pydantic_complete__", False)
         try:
             validator = SchemaValidator(top(stripped), config)
+            core = SchemaValidator(top(below), config)
             serializer = SchemaSerializer(top(stripped_model), config)
         finally:
             type.__setattr__(cls, "__pydantic_complete__", True)
     type.__setattr__(cls, "__toast_inner_validator__", validator)
+    type.__setattr__(cls, "__toast_core_validator__", core)
+    holds, user_code_below = _scan([below, definitions])
+    user_code_above = _scan([stripped, definitions])[1]
+    type.__setattr__(cls, "__toast_read_traits__", (holds, not user_code_below, not user_code_above))
     type.__setattr__(cls, "__toast_inner_serializer__", serializer)
     return validator, serializer
 
@@ -1030,6 +1383,47 @@ def _model_node_without(schema: dict[str, Any], key: str) -> dict[str, Any]:
     if "schema" in schema and isinstance(schema["schema"], dict):
         return {**schema, "schema": _model_node_without(schema["schema"], key)}
     return schema
+
+
+_USER_CODE_KEYS = ("post_init", "custom_init", "default_factory_takes_data")
+
+
+def _scan(schema: object) -> tuple[bool, bool]:
+    """(our hook occurs in `schema`, code other than pydantic-core's runs on validating it).
+
+    A nested external model's hook returns a built model, so the scan does not look below it.
+    """
+    holds_hook = runs_code = False
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            function = node.get("function")
+            if isinstance(function, dict) and getattr(function.get("function"), "__toast_hook__", False):
+                holds_hook = True
+                continue
+            if (
+                callable(function)
+                or isinstance(function, dict)
+                or any(node.get(key) for key in _USER_CODE_KEYS)
+            ):
+                runs_code = True
+            pending.extend(
+                value for key, value in node.items() if key not in ("metadata", "serialization", "function")
+            )
+        elif isinstance(node, list | tuple):
+            pending.extend(node)
+    return holds_hook, runs_code
+
+
+def _below_own_validator(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema our wrap validator hands on to (the whole schema, should it be missing)."""
+    node = schema
+    while node["type"] in ("function-before", "function-after", "function-wrap") and "schema" in node:
+        if node["type"] == "function-wrap" and getattr(node["function"]["function"], "__toast_hook__", False):
+            return {key: value for key, value in node["schema"].items() if key != "ref"}
+        node = node["schema"]
+    return {key: value for key, value in schema.items() if key != "ref"}
 
 
 def _strip_own_validator(schema: dict[str, Any]) -> dict[str, Any]:

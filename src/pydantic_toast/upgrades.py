@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pydantic_core
 
-from .exceptions import StorageValidationError
+from .exceptions import StorageValidationError, StoredDataError
 
 if TYPE_CHECKING:
     from .backends.base import StoredRecord
@@ -108,17 +108,32 @@ def upgraded_data(cls: type[ExternalBaseModel], record: StoredRecord) -> bytes:
             expected=current,
             actual=stored,
         )
-    data: Any = pydantic_core.from_json(record.data_json)
+    try:
+        data: Any = pydantic_core.from_json(record.data_json)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise StoredDataError(
+            f"stored {record.class_name} record {record.id} holds no JSON object as its data, so it cannot "
+            f"be upgraded to {cls.__qualname__}'s schema_version {current}; repair or delete the record",
+            class_name=record.class_name,
+            id=record.id,
+            errors=[{"loc": (), "type": "model_type"}],
+        )
     for version in range(stored, current):
+        failure: str | None = None
         try:
             data = steps[version](data)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of user code is reported the same way
+            # Named by type and place only, and not chained: its message may quote stored data.
+            failure = f"{type(exc).__name__} at {_where(exc)}"
+        if failure is not None:
             raise StorageValidationError(
                 f"upgrade of {record.class_name} record {record.id} from version {version} to "
-                f"{version + 1} failed: {exc!r}",
+                f"{version + 1} failed: {failure}",
                 expected=version + 1,
                 actual=version,
-            ) from exc
+            )
         if not isinstance(data, dict):
             raise StorageValidationError(
                 f"upgrade of {record.class_name} from version {version} returned "
@@ -127,3 +142,14 @@ def upgraded_data(cls: type[ExternalBaseModel], record: StoredRecord) -> bytes:
                 actual=type(data).__name__,
             )
     return pydantic_core.to_json(data)
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frame of a traceback, as `function (file:line)`."""
+    traceback = exc.__traceback__
+    if traceback is None:
+        return "an unknown place"
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    code = traceback.tb_frame.f_code
+    return f"{code.co_qualname} ({code.co_filename}:{traceback.tb_lineno})"
