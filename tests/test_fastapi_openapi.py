@@ -52,17 +52,28 @@ def test_json_schemas_describe_the_reference_and_the_full_data(memory_url: str) 
     }
 
 
-def test_a_model_with_its_own_class_name_field_takes_only_data_in_its_schema(memory_url: str) -> None:
+def test_a_model_with_its_own_class_name_field_takes_a_reference_or_data(memory_url: str) -> None:
     class Labelled(ExternalBaseModel):
         class_name: str
         model_config = ExternalConfigDict(storage=memory_url)
 
-    assert Labelled.model_json_schema()["properties"] == {
-        "class_name": {"type": "string", "title": "Class Name"}
-    }
+    reference, full = Labelled.model_json_schema()["anyOf"]
+    assert reference == reference_schema({"const": "Labelled"}, "LabelledReference")
+    assert full["properties"] == {"class_name": {"type": "string", "title": "Class Name"}}
     assert Labelled.model_json_schema(mode="serialization") == reference_schema(
         {"const": "Labelled"}, "Labelled"
     )
+
+
+def test_an_abstract_base_takes_only_data_in_its_schema(memory_url: str) -> None:
+    class Shared(ExternalBaseModel):
+        title: str
+
+    class Concrete(Shared):
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    assert Shared.model_json_schema()["properties"] == {"title": {"type": "string", "title": "Title"}}
+    assert "anyOf" in Concrete.model_json_schema()
 
 
 def test_openapi_shows_references_out_and_references_or_data_in(memory_url: str) -> None:

@@ -161,8 +161,8 @@ class ExternalBaseModel(BaseModel):
         if handler.mode == "serialization":
             return {**reference, "title": title}
         full = handler.resolve_ref_schema(handler(core_schema))
-        if "class_name" in cls.__pydantic_fields__:
-            return full  # a model with its own class_name field takes references only as objects
+        if "__toast_settings__" not in cls.__dict__:
+            return full  # an abstract base (no storage) validates from full data only
         return {"anyOf": [{**reference, "title": f"{title}Reference"}, dict(full)], "title": title}
 
     @model_validator(mode="wrap")
