@@ -11,11 +11,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-import threading
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from types import MappingProxyType
 
+from . import forksafe
 from .backends.base import StorageBackend
 from .exceptions import StorageValidationError
 
@@ -38,7 +38,7 @@ _BUILTIN: dict[str, tuple[str, str | None]] = {
 }
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
-_lock = threading.RLock()
+_lock = forksafe.RLock()
 _registered: dict[str, type[StorageBackend]] = {}
 _entry_points_loaded = False
 

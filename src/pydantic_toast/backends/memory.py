@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import ClassVar
 from uuid import UUID
 
+from .. import forksafe
 from ..exceptions import StorageValidationError
 from ..url import StorageURL
 from .base import RecordKey, RecordStorageBackend, StoredRecord
@@ -21,7 +22,7 @@ __all__ = ["MemoryBackend"]
 
 class MemoryBackend(RecordStorageBackend):
     _stores: ClassVar[dict[str, dict[UUID, StoredRecord]]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _lock: ClassVar[threading.Lock] = forksafe.Lock()
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
