@@ -25,6 +25,7 @@ DOCUMENTED_NAMES = {
     "StorageBackend",
     "StorageConnectionError",
     "StorageValidationError",
+    "UnsupportedEventLoopError",
     "UnsupportedOperationError",
     "aclose",
     "adump",

@@ -11,6 +11,7 @@ from .exceptions import (
     RecordNotFoundError,
     StorageConnectionError,
     StorageValidationError,
+    UnsupportedEventLoopError,
     UnsupportedOperationError,
 )
 from .persistence import CONTEXT_KEY, adump, dump
@@ -30,6 +31,7 @@ __all__ = [
     "StorageBackend",
     "StorageConnectionError",
     "StorageValidationError",
+    "UnsupportedEventLoopError",
     "UnsupportedOperationError",
     "aclose",
     "adump",

@@ -4,7 +4,8 @@
     ├── StorageConnectionError           the store is unreachable, timed out or refused the credentials
     ├── RecordNotFoundError              no record for (class_name, id)               also a ValueError
     ├── StorageValidationError           bad configuration or bad reference            also a ValueError
-    └── UnsupportedOperationError        the backend lacks an optional capability
+    ├── UnsupportedOperationError        the backend lacks an optional capability
+    └── UnsupportedEventLoopError        async API called with no asyncio loop running  also a RuntimeError
 
 `RecordNotFoundError` and `StorageValidationError` are also `ValueError`s so that pydantic reports
 them as validation errors (HTTP 422 in FastAPI) when a bad reference arrives nested inside a larger
@@ -24,6 +25,7 @@ __all__ = [
     "RecordNotFoundError",
     "StorageConnectionError",
     "StorageValidationError",
+    "UnsupportedEventLoopError",
     "UnsupportedOperationError",
 ]
 
@@ -82,3 +84,10 @@ def _rebuild_validation_error(message: str, expected: object, actual: object) ->
 
 class UnsupportedOperationError(ExternalStorageError):
     """The backend does not implement an optional operation (delete, TTL, listing...)."""
+
+
+class UnsupportedEventLoopError(ExternalStorageError, RuntimeError):
+    """The async API was called where no asyncio event loop runs (under trio, for instance).
+
+    Also a `RuntimeError`, which is what asyncio itself raises there. The sync API works anywhere.
+    """

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -26,7 +25,7 @@ import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationInfo, ValidatorFunctionWrapHandler
 from pydantic_core import PydanticSerializationError, SchemaSerializer, SchemaValidator, core_schema
 
-from . import runtime
+from . import forksafe, runtime
 from .backends.base import StoredRecord
 from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError
 from .reference import ExternalReference, looks_like_reference, parse_id, parse_reference
@@ -171,7 +170,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
     )
 
 
-_claims_lock = threading.Lock()
+_claims_lock = forksafe.Lock()
 _claims: weakref.WeakValueDictionary[tuple[str, str], type[ExternalBaseModel]] = weakref.WeakValueDictionary()
 
 
@@ -297,6 +296,7 @@ class WriteSet:
         if len(groups) == 1:
             await _save_group(*groups[0])
         elif groups:
+            runtime.running_loop()  # gather() would otherwise start a stray asyncio loop under trio
             results = await asyncio.gather(*(_save_group(*group) for group in groups), return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
@@ -385,6 +385,10 @@ def _remember(exc: BaseException) -> BaseException:
     `ExternalBaseModel.model_dump` to re-raise, so `except StorageConnectionError` works."""
     _serializer_error.set(exc)
     return exc
+
+
+def remember_serializer_error(exc: BaseException) -> None:
+    _remember(exc)
 
 
 def clear_serializer_error() -> None:
@@ -583,6 +587,7 @@ class TreeLoader:
         if len(groups) == 1:
             await fetch_group(next(iter(groups.values())))
         else:
+            runtime.running_loop()  # gather() would otherwise start a stray asyncio loop under trio
             results = await asyncio.gather(
                 *(fetch_group(keys) for keys in groups.values()), return_exceptions=True
             )
@@ -735,7 +740,7 @@ def materialize(cls: type[M], record: StoredRecord) -> M:
     return model
 
 
-_build_lock = threading.Lock()
+_build_lock = forksafe.Lock()
 
 
 def inner_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
