@@ -230,7 +230,7 @@ def test_a_sync_timeout_arrives_on_time_even_when_the_io_loop_is_blocked() -> No
         Blocked(x=1).model_dump()
     elapsed = time.monotonic() - started
     print(f"\nsync timeout=0.2 against a blocking backend: error after {elapsed:.3f} s")
-    assert elapsed < 0.45
+    assert elapsed < 0.6
     assert "blocks the library's event loop" in str(caught.value)
     # Let the blocked loop finish before the next test uses it.
     time.sleep(1.0)
@@ -262,22 +262,25 @@ def test_a_sync_timeout_leaves_nothing_on_stderr_at_exit() -> None:
         """,
     )
     assert result.returncode == 0, result.stderr
-    assert float(result.stdout) < 0.45
+    assert float(result.stdout) < 0.6
     assert result.stderr == ""
 
 
+class SleepyBackend(InterruptingBackend):
+    async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
+        await asyncio.sleep(10)
+
+
+register_backend("sleepy", SleepyBackend)
+
+
+class Sleeping(ExternalBaseModel):
+    x: int
+    model_config = ExternalConfigDict(storage="sleepy://x", timeout=0.2)
+
+
 def test_the_library_error_names_the_deadline_when_the_loop_is_responsive() -> None:
-    class Sleepy(InterruptingBackend):
-        async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
-            await asyncio.sleep(10)
-
-    register_backend("sleepy", Sleepy)
-
-    class Sleeping(ExternalBaseModel):
-        x: int
-        model_config = ExternalConfigDict(storage="sleepy://x", timeout=0.2)
-
     started = time.monotonic()
     with pytest.raises(StorageConnectionError, match=r"'sleepy://x' did not answer within 0\.2 s"):
         Sleeping(x=1).model_dump()
-    assert time.monotonic() - started < 0.45
+    assert time.monotonic() - started < 0.6
