@@ -30,6 +30,7 @@ DOCUMENTED_NAMES = {
     "StorageConnectionError",
     "StorageValidationError",
     "StoredDataError",
+    "UnsupportedEventLoopError",
     "UnsupportedOperationError",
     "aclose",
     "adump",

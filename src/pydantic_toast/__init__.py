@@ -16,6 +16,7 @@ from .exceptions import (
     StorageConnectionError,
     StorageValidationError,
     StoredDataError,
+    UnsupportedEventLoopError,
     UnsupportedOperationError,
 )
 from .persistence import CONTEXT_KEY, adump, dump
@@ -37,6 +38,7 @@ __all__ = [
     "StorageConnectionError",
     "StorageValidationError",
     "StoredDataError",
+    "UnsupportedEventLoopError",
     "UnsupportedOperationError",
     "aclose",
     "adump",

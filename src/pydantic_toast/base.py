@@ -138,7 +138,14 @@ class ExternalBaseModel(BaseModel):
 
     @model_serializer(mode="wrap")
     def _toast_serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        return persistence.serialize(self, handler, info)
+        try:
+            return persistence.serialize(self, handler, info)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                # Ctrl-C, SystemExit: pydantic would turn them into a PydanticSerializationError;
+                # the entry points re-raise them as themselves.
+                persistence.remember_serializer_error(exc)
+            raise
 
     @classmethod
     def __get_pydantic_json_schema__(

@@ -6,7 +6,8 @@
     ├── StorageValidationError           bad configuration or bad reference            also a ValueError
     ├── StoredDataError                  a stored record no longer validates as its model
     ├── UnsupportedOperationError        the backend lacks an optional capability
-    └── MissingDependencyError           the backend's driver is not installed          also an ImportError
+    ├── MissingDependencyError           the backend's driver is not installed          also an ImportError
+    └── UnsupportedEventLoopError        async API called with no asyncio loop running  also a RuntimeError
 
 `RecordNotFoundError` and `StorageValidationError` are also `ValueError`s so that pydantic reports
 them as validation errors (HTTP 422 in FastAPI) when a bad reference arrives nested inside a larger
@@ -31,6 +32,7 @@ __all__ = [
     "StorageConnectionError",
     "StorageValidationError",
     "StoredDataError",
+    "UnsupportedEventLoopError",
     "UnsupportedOperationError",
 ]
 
@@ -135,3 +137,10 @@ class MissingDependencyError(ExternalStorageError, ImportError):
 
 def _rebuild_missing_dependency(message: str, package: str, extra: str) -> MissingDependencyError:
     return MissingDependencyError(message, package=package, extra=extra)
+
+
+class UnsupportedEventLoopError(ExternalStorageError, RuntimeError):
+    """The async API was called where no asyncio event loop runs (under trio, for instance).
+
+    Also a `RuntimeError`, which is what asyncio itself raises there. The sync API works anywhere.
+    """

@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import inspect
 import re
-import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -28,7 +27,7 @@ import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationInfo, ValidatorFunctionWrapHandler
 from pydantic_core import PydanticSerializationError, SchemaSerializer, SchemaValidator, core_schema
 
-from . import runtime
+from . import forksafe, runtime
 from .backends.base import StoredRecord
 from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError, StoredDataError
 from .reference import ExternalReference, looks_like_reference, parse_id, parse_reference
@@ -171,7 +170,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
     )
 
 
-_claims_lock = threading.Lock()
+_claims_lock = forksafe.Lock()
 _claims: weakref.WeakValueDictionary[tuple[str, str], type[ExternalBaseModel]] = weakref.WeakValueDictionary()
 
 
@@ -321,6 +320,7 @@ class WriteSet:
             if len(stage) == 1:
                 await self._write(stage[0])
                 continue
+            runtime.running_loop()  # gather() would otherwise start a stray asyncio loop under trio
             results = await asyncio.gather(*(self._write(batch) for batch in stage), return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
@@ -598,6 +598,10 @@ def _remember(exc: BaseException) -> BaseException:
     `ExternalBaseModel.model_dump` to re-raise, so `except StorageConnectionError` works."""
     _serializer_error.set(exc)
     return exc
+
+
+def remember_serializer_error(exc: BaseException) -> None:
+    _remember(exc)
 
 
 def clear_serializer_error() -> None:
@@ -882,6 +886,7 @@ class TreeLoader:
         if len(groups) == 1:
             await fetch_group(next(iter(groups.values())))
         else:
+            runtime.running_loop()  # gather() would otherwise start a stray asyncio loop under trio
             results = await asyncio.gather(
                 *(fetch_group(keys) for keys in groups.values()), return_exceptions=True
             )
@@ -1269,7 +1274,7 @@ def _schema_names(cls: type[ExternalBaseModel]) -> frozenset[object]:
     return frozen
 
 
-_build_lock = threading.Lock()
+_build_lock = forksafe.Lock()
 
 
 def inner_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:

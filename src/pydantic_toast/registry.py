@@ -14,11 +14,11 @@ import importlib
 import importlib.util
 import inspect
 import re
-import threading
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from types import MappingProxyType
 
+from . import forksafe
 from .backends.base import StorageBackend, adapt_backend
 from .exceptions import MissingDependencyError, StorageValidationError
 
@@ -44,7 +44,7 @@ _BUILTIN: dict[str, tuple[str, str | None]] = {
 _DRIVERS = {"postgresql": "asyncpg", "redis": "redis"}
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
-_lock = threading.RLock()
+_lock = forksafe.RLock()
 _registered: dict[str, type[StorageBackend]] = {}
 _entry_points_loaded = False
 

@@ -14,7 +14,6 @@ A class that provides the four methods without subclassing `StorageBackend` is w
 from __future__ import annotations
 
 import asyncio
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from uuid import UUID
 
 import pydantic_core
 
+from .. import forksafe
 from ..exceptions import StorageValidationError, UnsupportedOperationError
 from ..url import StorageURL
 
@@ -170,7 +170,7 @@ class BackendStats:
     __slots__ = ("_lock", "records_read", "records_written", "round_trips")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = forksafe.Lock()
         self.round_trips = 0
         self.records_written = 0
         self.records_read = 0

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import ClassVar
 from uuid import UUID
 
+from .. import forksafe
 from ..exceptions import StorageValidationError
 from ..url import StorageURL
 from .base import Capability, RecordKey, RecordStorageBackend, StoredRecord, refuse_other_class
@@ -22,7 +23,7 @@ __all__ = ["MemoryBackend"]
 class MemoryBackend(RecordStorageBackend):
     declared_capabilities = frozenset({Capability.TTL, Capability.UNIQUE_IDS})
     _stores: ClassVar[dict[str, dict[UUID, StoredRecord]]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _lock: ClassVar[threading.Lock] = forksafe.Lock()
 
     def __init__(self, url: str) -> None:
         super().__init__(url)

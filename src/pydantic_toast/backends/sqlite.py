@@ -11,6 +11,7 @@ Options (query string): `table` (default `external_models`), `busy_timeout` in s
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
+from .. import forksafe
 from ..exceptions import StorageConnectionError, StorageValidationError
 from ..url import StorageURL
 from ._options import URLOptions
@@ -41,6 +43,14 @@ _OPTIONS = ("table", "busy_timeout")
 _COLUMNS = "id, class_name, data, schema_version, created_at, updated_at, expires_at"
 # SQLite builds before 3.32 allow at most 999 bound parameters per statement.
 _MAX_IDS_PER_SELECT = 900
+# A process that forks while a SQLite call is in flight leaves the child SQLite's in-process lock
+# bookkeeping (and perhaps its mutexes) as they were mid-call: that child could never write the
+# file. So every call on a connection passes this gate, and fork() waits at it for calls in
+# flight (new ones wait for the fork). A call lasts at most about busy_timeout; the gate waits
+# a little longer than the default before letting the fork go ahead regardless.
+_FORK_GATE = forksafe.ForkGate(timeout=10.0)
+# Open connections' backends, so that a forked child can disown them (see _disown_after_fork).
+_connected: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
 
 
 class SQLiteBackend(RecordStorageBackend):
@@ -64,13 +74,16 @@ class SQLiteBackend(RecordStorageBackend):
             return
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pydantic-toast-sqlite")
         try:
-            self._connection = await asyncio.get_running_loop().run_in_executor(executor, self._open)
+            self._connection = await asyncio.get_running_loop().run_in_executor(
+                executor, _FORK_GATE.run, self._open
+            )
         except BaseException:
             executor.shutdown(wait=False)
             raise
         self._executor = executor
         # A backend dropped without disconnect() (its loop closed by hand) still closes its file.
         self._finalizer = weakref.finalize(self, _close_quietly, self._connection, executor)
+        _connected.add(self)
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -109,19 +122,20 @@ class SQLiteBackend(RecordStorageBackend):
         if connection is None or executor is None:
             return
         self._finalizer.detach()
+        _connected.discard(self)
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, connection.close)
+            await asyncio.get_running_loop().run_in_executor(executor, _FORK_GATE.run, connection.close)
         except RuntimeError:
             # The executor refuses work once the interpreter is shutting down; the worker is idle
             # by then, so closing from this thread is safe (check_same_thread=False).
-            connection.close()
+            _FORK_GATE.run(connection.close)
         executor.shutdown(wait=False)
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         connection, executor = self._connection, self._executor
         if connection is None or executor is None:
             raise StorageConnectionError(f"the SQLite backend for {self._shown!r} is closed", url=self._shown)
-        return await asyncio.get_running_loop().run_in_executor(executor, work, connection)
+        return await asyncio.get_running_loop().run_in_executor(executor, _FORK_GATE.run, work, connection)
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         if records:
@@ -299,8 +313,24 @@ class SQLiteBackend(RecordStorageBackend):
         return StorageConnectionError(f"SQLite {action} failed on {self._path!r}: {exc}", url=self._shown)
 
 
+def _disown_after_fork() -> None:
+    """A forked child never closes its parent's connections, not even at exit.
+
+    SQLite forbids using a connection across fork(): closing it here would act on lock
+    bookkeeping the child shares with its own connections to the same file. The runtime keeps
+    the parent's backends alive for good; this stops their exit-time close.
+    """
+    for backend in list(_connected):
+        backend._finalizer.atexit = False
+    _connected.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disown_after_fork)
+
+
 def _close_quietly(connection: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
-    connection.close()
+    _FORK_GATE.run(connection.close)
     executor.shutdown(wait=False)
 
 
