@@ -33,6 +33,9 @@ from typing import Any, TextIO
 
 import pydantic_core
 
+from ._loading import load_many
+from ._settings import coerce_reference
+from ._writing import save_many_shallow
 from .backends.base import Capability, StorageBackend, StoredRecord, format_timestamp
 from .demo import demo
 from .exceptions import (
@@ -439,8 +442,6 @@ def import_model(path: str) -> Any:
 async def upgrade_records(
     url: str, model_path: str, *, dry_run: bool, batch: int, out: TextIO, err: TextIO
 ) -> int:
-    from . import persistence
-
     model = import_model(model_path)
     settings = model.__toast_settings__
     if StorageURL.parse(url).raw != settings.url.raw:
@@ -461,10 +462,8 @@ async def upgrade_records(
                     outdated[record.schema_version] = outdated.get(record.schema_version, 0) + 1
                     upgraded_data(model, record)  # fails early on a gap in the chain
                 if stale and not dry_run:
-                    models = await persistence.load_many(
-                        model, [persistence.coerce_reference(model, record.id) for record in stale]
-                    )
-                    await persistence.save_many_shallow(models)
+                    models = await load_many(model, [coerce_reference(model, record.id) for record in stale])
+                    await save_many_shallow(models)
                     rewritten += len(models)
                 progress.advance(len(page))
     summary = (
