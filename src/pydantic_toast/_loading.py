@@ -8,10 +8,9 @@ model; a record that does not validate is reported by `stored_data_error` withou
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Generator, Mapping, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 from uuid import UUID
 
 import pydantic_core
@@ -27,7 +26,7 @@ from ._pydantic_internals import (
 )
 from ._record_state import STATE, RecordState, keep_record, state_of
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
-from ._writing import WriteSet, write_set_of
+from ._writing import WriteSet, collecting_writes
 from .backends.base import StoredRecord
 from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError, StoredDataError
 from .reference import ExternalReference, looks_like_reference, parse_reference
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["TreeLoader", "json_options", "load", "load_many", "load_sync", "materialize", "validate"]
 
 M = TypeVar("M", bound="ExternalBaseModel")
+T = TypeVar("T")
 
 json_options: ContextVar[dict[str, Any] | None] = ContextVar("pydantic_toastjson_options", default=None)
 """The call-time flags (strict, extra, by_alias, by_name) of an external model's own
@@ -215,16 +215,7 @@ class TreeLoader:
                         else:
                             self._ready.append(node)
 
-        if len(groups) == 1:
-            await fetch_group(next(iter(groups.values())))
-        else:
-            runtime.running_loop()  # gather() would otherwise start a stray asyncio loop under trio
-            results = await asyncio.gather(
-                *(fetch_group(keys) for keys in groups.values()), return_exceptions=True
-            )
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+        await runtime.gather_all(fetch_group(keys) for keys in groups.values())
         # Every record wanted so far is now fetched or known missing.
         for node in self._after_fetch:
             node.waiting -= 1
@@ -383,7 +374,16 @@ class TreeLoader:
             return None
         models = list(self._upgraded.values())
         self._upgraded.clear()
-        return write_set_of(models)
+        return _rewrite(models)
+
+    def run(self) -> _Steps[list[ExternalBaseModel]]:
+        """Build, fetching each further level of references in one batch, then write back."""
+        while (models := self.build()) is None:
+            yield self.fetch_wanted(), self
+        write_back = self.write_back()
+        if write_back is not None:
+            yield write_back.flush(), write_back
+        return models
 
 
 _tree_loader: ContextVar[TreeLoader | None] = ContextVar("pydantic_toast_tree_loader", default=None)
@@ -394,23 +394,37 @@ def load_sync(cls: type[M], reference: ExternalReference, context: Any = None) -
     loader = _tree_loader.get()
     if loader is not None:
         return loader.resolve(cls, target, reference)
-    settings = target.__toast_settings__
-    record = runtime.run_sync(_fetch_one(settings, reference), settings.timeout)
     # Reached through pydantic: it runs this class's validators above our hook on the result.
-    full = target is not cls
-    if not holds_references(target):
-        model = materialize_checked(target, record, full, context)
-        write_back = _single_write_back(target, record, model)
-        if write_back is not None:
-            runtime.run_sync(write_back.flush(), write_back.timeout)
-        return model
-    loader = TreeLoader([(target, reference, full)], context, fetched=record)
-    while (models := loader.build()) is None:
-        runtime.run_sync(loader.fetch_wanted(), loader.timeout)
-    write_back = loader.write_back()
-    if write_back is not None:
-        runtime.run_sync(write_back.flush(), write_back.timeout)
-    return cast(M, models[0])
+    return _drive_sync(_load_one(target, reference, target is not cls, context))
+
+
+async def load(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
+    return await _drive(_load_one(resolve_class(cls, reference), reference, True, context))
+
+
+async def load_many(cls: type[M], references: Sequence[ExternalReference], context: Any = None) -> list[M]:
+    """Load models in order; every missing id is reported in one RecordNotFoundError."""
+    roots: list[tuple[type[ExternalBaseModel], ExternalReference, bool]] = [
+        (resolve_class(cls, reference), reference, True) for reference in references
+    ]
+    if not roots:
+        return []
+    return cast(list[M], await _drive(TreeLoader(roots, context).run()))
+
+
+def _load_one(cls: type[M], reference: ExternalReference, full: bool, context: Any) -> _Steps[M]:
+    """Load one model of class `cls` (`full`: with the validators above our hook)."""
+    settings = cls.__toast_settings__
+    record = yield _fetch_one(settings, reference), settings
+    if holds_references(cls):
+        [model] = yield from TreeLoader([(cls, reference, full)], context, fetched=record).run()
+        return cast(M, model)
+    # No references, so nothing to wait for: no loader needed.
+    model = materialize_checked(cls, record, full, context)
+    if settings.upgrade_write_back and record.schema_version < settings.schema_version:
+        write_back = _rewrite([model])
+        yield write_back.flush(), write_back
+    return model
 
 
 async def _fetch_one(settings: ModelSettings, reference: ExternalReference) -> StoredRecord:
@@ -423,48 +437,41 @@ async def _fetch_one(settings: ModelSettings, reference: ExternalReference) -> S
     return record
 
 
-async def load_many(cls: type[M], references: Sequence[ExternalReference], context: Any = None) -> list[M]:
-    """Load models in order; every missing id is reported in one RecordNotFoundError."""
-    roots: list[tuple[type[ExternalBaseModel], ExternalReference, bool]] = [
-        (resolve_class(cls, reference), reference, True) for reference in references
-    ]
-    if not roots:
-        return []
-    loader = TreeLoader(roots, context)
-    await loader.fetch_wanted()
-    return cast(list[M], await _finish(loader))
+def _rewrite(models: list[ExternalBaseModel]) -> WriteSet:
+    """Upgraded models, to store again at their current schema_version."""
+    with collecting_writes() as write_set:
+        for model in models:
+            write_set.add(model)
+    return write_set
 
 
-async def load(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
-    target = resolve_class(cls, reference)
-    record = await _fetch_one(target.__toast_settings__, reference)
-    if not holds_references(target):
-        model = materialize_checked(target, record, True, context)
-        write_back = _single_write_back(target, record, model)
-        if write_back is not None:
-            await write_back.flush()
-        return model
-    [loaded] = await _finish(TreeLoader([(target, reference, True)], context, fetched=record))
-    return cast(M, loaded)
+class _Timed(Protocol):
+    @property
+    def timeout(self) -> float: ...
 
 
-def _single_write_back(
-    cls: type[ExternalBaseModel], record: StoredRecord, model: ExternalBaseModel
-) -> WriteSet | None:
-    settings = cls.__toast_settings__
-    if not settings.upgrade_write_back or record.schema_version >= settings.schema_version:
-        return None
-    return write_set_of([model])
+_Steps: TypeAlias = Generator[tuple[Coroutine[Any, Any, Any], _Timed], Any, T]
+"""A load as the I/O it needs, one step at a time: each step yields a coroutine to run (and what
+bounds the sync caller's wait, read only when the step runs) and receives its result. One loop
+serves both APIs: `_drive_sync` runs the steps on the I/O thread, `_drive` awaits them."""
 
 
-async def _finish(loader: TreeLoader) -> list[ExternalBaseModel]:
-    """Build, fetching each further level of references in one batch, then write back."""
-    while (models := loader.build()) is None:
-        await loader.fetch_wanted()
-    write_back = loader.write_back()
-    if write_back is not None:
-        await write_back.flush()
-    return models
+def _drive_sync(steps: _Steps[T]) -> T:
+    try:
+        coroutine, bound = next(steps)
+        while True:
+            coroutine, bound = steps.send(runtime.run_sync(coroutine, bound.timeout))
+    except StopIteration as done:
+        return cast(T, done.value)
+
+
+async def _drive(steps: _Steps[T]) -> T:
+    try:
+        coroutine, _ = next(steps)
+        while True:
+            coroutine, _ = steps.send(await coroutine)
+    except StopIteration as done:
+        return cast(T, done.value)
 
 
 def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: Any = None) -> M:

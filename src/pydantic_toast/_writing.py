@@ -8,8 +8,8 @@ whose data did not change is not written again (see `RecordState.holds`).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +32,18 @@ if TYPE_CHECKING:
 
     from .base import ExternalBaseModel
 
-__all__ = ["CONTEXT_KEY", "WriteSet", "adump", "delete", "dump", "save", "save_many", "serialize"]
+__all__ = [
+    "CONTEXT_KEY",
+    "WriteSet",
+    "adump",
+    "collecting_writes",
+    "delete",
+    "dump",
+    "save",
+    "save_many",
+    "save_many_shallow",
+    "serialize",
+]
 
 CONTEXT_KEY = "pydantic_toast"
 """Serialization context key: {"pydantic_toast": "inline"} dumps full data without storing;
@@ -132,14 +143,7 @@ class WriteSet:
         both ways: one batch per backend and level of nesting.
         """
         for stage in self._stages():
-            if len(stage) == 1:
-                await self._write(stage[0])
-                continue
-            runtime.running_loop()  # gather() would otherwise start a stray asyncio loop under trio
-            results = await asyncio.gather(*(self._write(batch) for batch in stage), return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            await runtime.gather_all(self._write(batch) for batch in stage)
 
     def _planned(self) -> list[_Pending]:
         # A record with a ttl must live as long as the records pointing at it: when they are
@@ -199,23 +203,11 @@ class WriteSet:
         return [list(batches.values()) for batches in stages]
 
     async def _write(self, entries: list[_Pending]) -> None:
-        now = self._now
         # Two instances of one record (a revalidated copy, say) in one dump: the last one wins.
         records: dict[UUID, StoredRecord] = {}
         for entry in entries:
-            state, settings = entry.state, entry.settings
-            assert state.id is not None
-            assert state.created_at is not None
-            assert entry.data is not None
-            records[state.id] = StoredRecord(
-                id=state.id,
-                class_name=settings.storage_name,
-                data_json=entry.data,
-                schema_version=settings.schema_version,
-                created_at=state.created_at,
-                updated_at=now,
-                expires_at=None if settings.ttl is None else now + settings.ttl,
-            )
+            record = _record_of(entry, self._now)
+            records[record.id] = record
         batch = list(records.values())
         url = entries[0].settings.url
         timeout = max(entry.settings.timeout for entry in entries)
@@ -226,6 +218,39 @@ class WriteSet:
     @property
     def timeout(self) -> float:
         return max((entry.settings.timeout for entry in self._done), default=DEFAULT_TIMEOUT)
+
+
+def _record_of(entry: _Pending, now: datetime) -> StoredRecord:
+    """The stored record of one collected model."""
+    state, settings = entry.state, entry.settings
+    assert state.id is not None
+    assert state.created_at is not None
+    assert entry.data is not None
+    return StoredRecord(
+        id=state.id,
+        class_name=settings.storage_name,
+        data_json=entry.data,
+        schema_version=settings.schema_version,
+        created_at=state.created_at,
+        updated_at=now,
+        expires_at=None if settings.ttl is None else now + settings.ttl,
+    )
+
+
+@contextmanager
+def collecting_writes(*, shallow: bool = False) -> Iterator[WriteSet]:
+    """A new write set that every external model serialized inside the block joins."""
+    write_set = WriteSet(shallow=shallow)
+    token = _write_set.set(write_set)
+    try:
+        yield write_set
+    finally:
+        _write_set.reset(token)
+
+
+def _flush_sync(write_set: WriteSet) -> None:
+    if write_set.has_writes:
+        runtime.run_sync(write_set.flush(), write_set.timeout)
 
 
 def _required_fields(cls: type[ExternalBaseModel]) -> frozenset[str]:
@@ -322,18 +347,13 @@ def serialize(
     write_set = _write_set.get()
     if write_set is not None:
         return write_set.add(model).as_dict()
-    write_set = WriteSet()
-    collecting = _write_set.set(write_set)
-    try:
+    with collecting_writes() as write_set:
         reference = write_set.add(model)
-    finally:
-        _write_set.reset(collecting)
-    if write_set.has_writes:
-        try:
-            runtime.run_sync(write_set.flush(), write_set.timeout)
-        except ExternalStorageError as exc:
-            _remember(exc)
-            raise
+    try:
+        _flush_sync(write_set)
+    except ExternalStorageError as exc:
+        _remember(exc)
+        raise
     return reference.as_dict()
 
 
@@ -398,37 +418,24 @@ async def save_many(models: Sequence[ExternalBaseModel], *, shallow: bool = Fals
     The models passed are always written (that refreshes their ttl); the models they hold only
     when their data changed, as in a dump.
     """
-    write_set = WriteSet(shallow=shallow)
-    collecting = _write_set.set(write_set)
-    try:
+    with collecting_writes(shallow=shallow) as write_set:
         references = [write_set.add(model, force=True) for model in models]
-    finally:
-        _write_set.reset(collecting)
     await write_set.flush()
     return references
 
 
 def dump(value: Any, **kwargs: Any) -> Any:
     """Dump any pydantic value; every external model inside is written in one batch per backend."""
-    write_set = WriteSet()
-    collecting = _write_set.set(write_set)
-    try:
+    with collecting_writes() as write_set:
         result = _dump_collecting(value, kwargs)
-    finally:
-        _write_set.reset(collecting)
-    if write_set.has_writes:
-        runtime.run_sync(write_set.flush(), write_set.timeout)
+    _flush_sync(write_set)
     return result
 
 
 async def adump(value: Any, **kwargs: Any) -> Any:
     """Async twin of `dump`: the batch is written on the running loop."""
-    write_set = WriteSet()
-    collecting = _write_set.set(write_set)
-    try:
+    with collecting_writes() as write_set:
         result = _dump_collecting(value, kwargs)
-    finally:
-        _write_set.reset(collecting)
     await write_set.flush()
     return result
 
@@ -444,18 +451,6 @@ def _dump_collecting(value: Any, kwargs: dict[str, Any]) -> Any:
         if original is not None:
             raise original from original.__cause__
         raise
-
-
-def write_set_of(models: list[ExternalBaseModel]) -> WriteSet:
-    """Upgraded models to store again at their current schema_version."""
-    write_set = WriteSet()
-    collecting = _write_set.set(write_set)
-    try:
-        for model in models:
-            write_set.add(model)
-    finally:
-        _write_set.reset(collecting)
-    return write_set
 
 
 async def delete(cls: type[ExternalBaseModel], reference: ExternalReference) -> bool:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ from .exceptions import ExternalStorageError, UnsupportedEventLoopError
 from .registry import backend_class
 from .url import StorageURL
 
-__all__ = ["aclose", "close", "execute", "get_backend", "run_sync", "running_loop", "time_left"]
+__all__ = ["aclose", "close", "execute", "gather_all", "get_backend", "run_sync", "running_loop", "time_left"]
 
 T = TypeVar("T")
 
@@ -57,6 +58,26 @@ def running_loop() -> asyncio.AbstractEventLoop:
             "(model_dump(), model_validate(ref), pydantic_toast.dump()), which works anywhere, "
             "e.g. through anyio.to_thread.run_sync / trio.to_thread.run_sync"
         ) from None
+
+
+async def gather_all(
+    awaitables: Iterable[Awaitable[object]], *, ignoring: tuple[type[BaseException], ...] = ()
+) -> None:
+    """Await all of them concurrently, each to its end; then raise the first failure, if any.
+
+    Failures of an `ignoring` type are dropped. None is left running when one fails, so a caller
+    never goes on while work it started still runs. Pass a generator: it is consumed only once
+    an asyncio loop is known to run, so under trio no coroutine is created and left unawaited.
+    """
+    running_loop()  # gather() would otherwise start a stray asyncio loop under trio
+    pending = list(awaitables)
+    if len(pending) == 1:
+        with contextlib.suppress(*ignoring):
+            await pending[0]
+        return
+    for result in await asyncio.gather(*pending, return_exceptions=True):
+        if isinstance(result, BaseException) and not isinstance(result, ignoring):
+            raise result
 
 
 async def get_backend(url: StorageURL) -> StorageBackend:
@@ -205,12 +226,10 @@ async def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         deadlines = _deadlines.pop(loop, None)
     if deadlines is not None:
         deadlines.close()
-    results = await asyncio.gather(
-        *(slot.backend.disconnect() for slot in slots.values() if slot.connected), return_exceptions=True
+    # A backend that fails to disconnect cannot be helped here; Ctrl-C and SystemExit go on up.
+    await gather_all(
+        (slot.backend.disconnect() for slot in slots.values() if slot.connected), ignoring=(Exception,)
     )
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, Exception):
-            raise result
 
 
 _bridge = Bridge(_close_loop)
