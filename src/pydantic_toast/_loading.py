@@ -40,7 +40,7 @@ __all__ = ["TreeLoader", "json_options", "load", "load_many", "load_sync", "mate
 M = TypeVar("M", bound="ExternalBaseModel")
 T = TypeVar("T")
 
-json_options: ContextVar[dict[str, Any] | None] = ContextVar("pydantic_toastjson_options", default=None)
+json_options: ContextVar[dict[str, Any] | None] = ContextVar("pydantic_toast_json_options", default=None)
 """The call-time flags (strict, extra, by_alias, by_name) of an external model's own
 `model_validate_json`: pydantic does not show them to a wrap validator, and JSON data is validated
 again as JSON (see `validate`), so the entry point hands them over here."""
