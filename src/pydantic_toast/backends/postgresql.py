@@ -40,7 +40,15 @@ from .. import runtime
 from ..exceptions import MissingDependencyError, StorageConnectionError, StorageValidationError
 from ..url import StorageURL, mask_secrets
 from ._options import URLOptions
-from .base import Capability, RecordKey, RecordStorageBackend, StoredRecord, refuse_other_class
+from .base import (
+    Capability,
+    RecordKey,
+    RecordStorageBackend,
+    RevisionConflict,
+    StoredRecord,
+    check_revision,
+    refuse_other_class,
+)
 
 __all__ = ["PostgreSQLBackend"]
 
@@ -97,7 +105,7 @@ _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 _SECRET_PARAMS = ("password", "sslpassword")
 _NUL_ESCAPE = b"\\u0000"
 _DATA = "CASE jsonb_typeof(data) WHEN 'string' THEN data #>> '{}' ELSE data::text END"
-_COLUMNS = f"id, class_name, {_DATA}, schema_version, created_at, updated_at, expires_at"
+_COLUMNS = f"id, class_name, {_DATA}, schema_version, created_at, updated_at, expires_at, revision"
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
 
 
@@ -164,7 +172,7 @@ class PostgreSQLBackend(RecordStorageBackend):
             f"WHERE o.class_name <> i.class_name) {upsert}"
         )
         self._load_one = (
-            f"SELECT {_DATA}, schema_version, created_at, updated_at, expires_at FROM {table} "
+            f"SELECT {_DATA}, schema_version, created_at, updated_at, expires_at, revision FROM {table} "
             f"WHERE id = $1 AND class_name = $2 AND {_LIVE}"
         )
         self._load_many = f"SELECT {_COLUMNS} FROM {table} WHERE id = ANY($1::uuid[]) AND {_LIVE}"
@@ -174,6 +182,7 @@ class PostgreSQLBackend(RecordStorageBackend):
             "SELECT count(*) FROM gone WHERE expires_at IS NULL OR expires_at > now()"
         )
         self._owners = f"SELECT id, class_name FROM {table} WHERE id = ANY($1::uuid[])"
+        self._save_checked, self._revisions = _checked_statements(table)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._settings.shown!r})"
@@ -304,6 +313,7 @@ class PostgreSQLBackend(RecordStorageBackend):
                     f'CREATE INDEX IF NOT EXISTS "{settings.index("expires_at")}" ON {table} (expires_at) '
                     "WHERE expires_at IS NOT NULL"
                 )
+            await _add_revision_column(connection, table)
 
     def _index_name(self, suffix: str) -> str:
         name = f'"{self._settings.index(suffix)}"'
@@ -425,6 +435,58 @@ class PostgreSQLBackend(RecordStorageBackend):
                 expected=sorted({r.class_name for r in unique}),
             )
 
+    async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
+        if not records:
+            return []
+        pool = self._pool_or_raise()
+        unique = _deduplicated(records)
+        arguments = (
+            [r.id for r in unique],
+            [r.class_name for r in unique],
+            [_stored_text(r.data_json) for r in unique],
+            [r.schema_version for r in unique],
+            [r.created_at for r in unique],
+            [r.updated_at for r in unique],
+            [r.expires_at for r in unique],
+            [r.revision for r in unique],
+            len(unique),
+        )
+        driver = self._driver
+        assert driver is not None
+
+        async def write() -> bool:
+            try:
+                await pool.execute(self._save_checked, *arguments)
+            except driver.InvalidTextRepresentationError as exc:
+                if _CONFLICT_MARKER not in str(exc):
+                    raise
+                return False  # the statement failed as a whole: nothing of the batch was written
+            return True
+
+        for _ in range(_CHECKED_ATTEMPTS):
+            if await self._run("save", write):
+                self.stats.add(written=len(unique))
+                return []
+            # The refused path only: read what the store holds to say why.
+            rows = await self._run("save", pool.fetch, self._revisions, [r.id for r in unique])
+            stored = {row[0]: (row[1], row[2]) for row in rows}
+            conflicts: list[RevisionConflict] = []
+            for r in unique:
+                owner, found = stored.get(r.id, (r.class_name, None))
+                if owner != r.class_name:
+                    raise refuse_other_class(r.id, owner, r.class_name, batch=len(records) > 1)
+                conflict = check_revision(r, found)
+                if conflict is not None:
+                    conflicts.append(conflict)
+            if conflicts:
+                return conflicts
+            # What refused the write is gone already (a record deleted meanwhile): try again.
+        raise StorageConnectionError(
+            f"PostgreSQL save failed on {self._settings.where}: the records kept changing while "
+            f"being saved with revision checks ({_CHECKED_ATTEMPTS} attempts); try again",
+            url=self._settings.shown,
+        )
+
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         if not keys:
             return []
@@ -435,8 +497,8 @@ class PostgreSQLBackend(RecordStorageBackend):
             self.stats.add(read=row is not None)
             if row is None:
                 return [None]
-            data, version, created, updated, expires = row
-            return [StoredRecord(id, class_name, data.encode(), version, created, updated, expires)]
+            data, version, created, updated, expires, revision = row
+            return [StoredRecord(id, class_name, data.encode(), version, created, updated, expires, revision)]
         rows = await self._run("load", pool.fetch, self._load_many, list({id: None for id, _ in keys}))
         self.stats.add(read=len(rows))
         found = {(row[0], row[1]): row for row in rows}
@@ -446,7 +508,7 @@ class PostgreSQLBackend(RecordStorageBackend):
             records.append(
                 None
                 if row is None
-                else StoredRecord(id, class_name, row[2].encode(), row[3], row[4], row[5], row[6])
+                else StoredRecord(id, class_name, row[2].encode(), row[3], row[4], row[5], row[6], row[7])
             )
         return records
 
@@ -614,14 +676,77 @@ def _deduplicated(records: Sequence[StoredRecord]) -> list[StoredRecord]:
     return [latest[id] for id in sorted(latest)]
 
 
+_CONFLICT_MARKER = "pydantic_toast_revision_conflict"
+_CHECKED_ATTEMPTS = 3
+# The stored revision as a check sees it: an expired record counts as missing, one stored
+# without a revision (before optimistic concurrency was used) as revision 0.
+_FOUND = (
+    "CASE WHEN t.expires_at IS NOT NULL AND t.expires_at <= now() THEN NULL ELSE coalesce(t.revision, 0) END"
+)
+
+
+def _checked_statements(table: str) -> tuple[str, str]:
+    """(the checked batch write, the read that explains a refusal) for `save_records_checked`.
+
+    One statement, so all or nothing: records based on revision r > 0 are UPDATEd only where the
+    row still has revision r (an UPDATE re-checks a row a concurrent writer changed, and finds no
+    row that was deleted); first saves (r = 0) and unchecked records are INSERTed, and update an
+    existing row only where it holds no revision or an expired one. A row that already holds
+    exactly this write (revision and updated_at) is the same batch retried after a lost reply.
+    When fewer rows were written than given, the final cast fails with a marker, and PostgreSQL
+    undoes the whole statement.
+    """
+    columns = "id, class_name, data, schema_version, created_at, updated_at, expires_at, revision"
+    assign = (
+        "data = {s}.data, schema_version = {s}.schema_version, created_at = {s}.created_at, "
+        "updated_at = {s}.updated_at, expires_at = {s}.expires_at, revision = {s}.revision"
+    )
+    retried = "(t.revision = {s}.revision AND t.updated_at = {s}.updated_at)"
+    save = (
+        "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], "
+        "$5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::int8[]) "
+        f"AS u({columns})), "
+        f"updated AS (UPDATE {table} AS t SET {assign.format(s='i')} "
+        "FROM (SELECT id, class_name, data::jsonb AS data, schema_version, created_at, updated_at, "
+        "expires_at, revision FROM input WHERE revision > 1) AS i "
+        f"WHERE t.id = i.id AND t.class_name = i.class_name AND ({_FOUND} = i.revision - 1 "
+        f"OR {retried.format(s='i')}) RETURNING 1), "
+        f"inserted AS (INSERT INTO {table} AS t ({columns}) "
+        "SELECT id, class_name, data::jsonb, schema_version, created_at, updated_at, expires_at, revision "
+        "FROM input WHERE revision IS NULL OR revision <= 1 "
+        f"ON CONFLICT (id) DO UPDATE SET {assign.format(s='excluded')} "
+        "WHERE t.class_name = excluded.class_name AND (excluded.revision IS NULL "
+        f"OR coalesce({_FOUND}, 0) = 0 OR {retried.format(s='excluded')}) RETURNING 1) "
+        "SELECT CAST(CASE WHEN (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted) = $9 "
+        f"THEN '0' ELSE '{_CONFLICT_MARKER}' END AS integer)"
+    )
+    revisions = f"SELECT t.id, t.class_name, {_FOUND} FROM {table} AS t WHERE t.id = ANY($1::uuid[])"
+    return save, revisions
+
+
+async def _add_revision_column(connection: Any, table: str) -> None:
+    """Tables created before optimistic concurrency (or by the contract's DDL) gain the nullable
+    `revision` column in place; rows without one count as revision 0. Checked first: an ALTER
+    takes the table's strongest lock even when it has nothing to do."""
+    has_revision = await connection.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) "
+        "AND attname = 'revision' AND NOT attisdropped)",
+        table,
+    )
+    if not has_revision:
+        await connection.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS revision BIGINT")
+
+
 def _row_count(status: str) -> int:
     # asyncpg returns the command tag: 'INSERT 0 3', 'DELETE 1'.
     return int(status.rsplit(" ", 1)[-1])
 
 
 def _record(row: Any) -> StoredRecord:
-    id, class_name, data, version, created, updated, expires = row
-    return StoredRecord(UUID(int=id.int), class_name, data.encode(), version, created, updated, expires)
+    id, class_name, data, version, created, updated, expires, revision = row
+    return StoredRecord(
+        UUID(int=id.int), class_name, data.encode(), version, created, updated, expires, revision
+    )
 
 
 def _settings(url: StorageURL) -> _Settings:

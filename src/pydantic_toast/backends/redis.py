@@ -42,7 +42,9 @@ from .base import (
     Capability,
     RecordKey,
     RecordStorageBackend,
+    RevisionConflict,
     StoredRecord,
+    check_revision,
     format_timestamp,
     parse_timestamp,
 )
@@ -98,7 +100,8 @@ _ENVELOPE_HEAD = b'{"data":'
 _TAIL_MARKER = b',"schema_version":'
 # The metadata tail this module writes after the data. Anything else falls back to a full parse.
 _TAIL = re.compile(
-    rb',"schema_version":(\d{1,18}),"created_at":"([0-9:.TZ+-]{20,40})","updated_at":"([0-9:.TZ+-]{20,40})"}\Z'
+    rb',"schema_version":(\d{1,18}),"created_at":"([0-9:.TZ+-]{20,40})","updated_at":"([0-9:.TZ+-]{20,40})"'
+    rb'(?:,"revision":(\d{1,18}))?}\Z'
 )
 
 
@@ -328,12 +331,16 @@ def _cluster_nodes(url: StorageURL) -> tuple[tuple[str, int], ...]:
 
 
 def _encode(record: StoredRecord) -> bytes:
-    return b'{"data":%b,"schema_version":%d,"created_at":"%b","updated_at":"%b"}' % (
+    value = b'{"data":%b,"schema_version":%d,"created_at":"%b","updated_at":"%b"}' % (
         record.data_json,
         record.schema_version,
         format_timestamp(record.created_at).encode(),
         format_timestamp(record.updated_at).encode(),
     )
+    if record.revision is not None:
+        # Last, so that a script reads it with GETRANGE on the value's tail (see _CHECKED_WRITE).
+        value = value[:-1] + b',"revision":%d}' % record.revision
+    return value
 
 
 def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord:
@@ -351,6 +358,7 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
                     schema_version=int(match[1]),
                     created_at=parse_timestamp(match[2].decode()),
                     updated_at=parse_timestamp(match[3].decode()),
+                    revision=None if match[4] is None else int(match[4]),
                 )
             except ValueError:
                 pass  # an impossible date; the full parse below reports it properly
@@ -367,6 +375,79 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
             actual=value[:40].decode(errors="replace"),
         )
     return StoredRecord.from_envelope(id, class_name, envelope)
+
+
+# --------------------------------------------------------------------------- revision checks
+
+# How much of a value's end a check reads: the revision and the updated_at before it.
+_TAIL_BYTES = 64
+_REVISION_TAIL = re.compile(rb',"revision":(\d{1,18})}\Z')
+
+# save_records_checked in one script: a script runs alone on the server, so every check happens
+# before any write, and a batch with a conflict writes nothing. ARGV holds three values per key:
+# the value, the expected revision ('' = unchecked) and the expiry in ms ('' = none). A missing
+# key and a value without a revision count as revision 0. A key whose value ends exactly like the
+# one to write (same updated_at and revision) holds this very write: a retry after a lost reply.
+# Returns the conflicts as [key index, found revision ('' = no record), ...].
+_CHECKED_WRITE = f"""
+local conflicts = {{}}
+for i, key in ipairs(KEYS) do
+  local expected = ARGV[3 * i - 1]
+  if expected ~= '' then
+    local tail = redis.call('GETRANGE', key, -{_TAIL_BYTES}, -1)
+    local found = ''
+    if tail ~= '' then
+      found = string.match(tail, ',"revision":(%d+)}}$') or '0'
+    end
+    local value = ARGV[3 * i - 2]
+    if (found == '' and '0' or found) ~= expected and tail ~= string.sub(value, -{_TAIL_BYTES}) then
+      conflicts[#conflicts + 1] = i
+      conflicts[#conflicts + 1] = found
+    end
+  end
+end
+if #conflicts == 0 then
+  for i, key in ipairs(KEYS) do
+    local expiry = ARGV[3 * i]
+    if expiry == '' then
+      redis.call('SET', key, ARGV[3 * i - 2])
+    else
+      redis.call('SET', key, ARGV[3 * i - 2], 'PX', expiry)
+    end
+  end
+end
+return conflicts
+"""
+
+
+def _found_revision(tail: bytes | None) -> int | None:
+    """The revision a value's tail holds, as a check counts it; None for a missing key."""
+    if not tail:
+        return None
+    match = _REVISION_TAIL.search(tail)
+    return 0 if match is None else int(match[1])
+
+
+def _script_arguments(
+    records: Sequence[StoredRecord], writes: Sequence[tuple[bytes, bytes, int | None]]
+) -> list[bytes | str]:
+    arguments: list[bytes | str] = []
+    for record, (_, value, expiry) in zip(records, writes, strict=True):
+        arguments.append(value)
+        arguments.append("" if record.revision is None else str(record.revision - 1))
+        arguments.append("" if expiry is None else str(expiry))
+    return arguments
+
+
+def _conflicts_of(records: Sequence[StoredRecord], reply: Sequence[Any]) -> list[RevisionConflict]:
+    conflicts: list[RevisionConflict] = []
+    for index, found in zip(reply[::2], reply[1::2], strict=True):
+        record = records[int(index) - 1]
+        assert record.revision is not None
+        conflicts.append(
+            RevisionConflict(record.id, record.class_name, record.revision - 1, int(found) if found else None)
+        )
+    return conflicts
 
 
 # --------------------------------------------------------------------------- backends
@@ -695,6 +776,28 @@ class _RedisBase(RecordStorageBackend):
             await self._guard("save", pipe.execute())
         self.stats.add(written=len(writes))
 
+    async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
+        if not records:
+            return []
+        # The last record per key: the key holds the class name, so one id may serve two classes.
+        latest = list({record.key: record for record in records}.values())
+        writes = self._writes(latest)
+        conflicts = await self._write_checked(latest, writes)
+        if not conflicts:
+            self.stats.add(written=len(latest))
+        return conflicts
+
+    async def _write_checked(
+        self, records: list[StoredRecord], writes: list[tuple[bytes, bytes, int | None]]
+    ) -> list[RevisionConflict]:
+        """One server: one script, all or nothing."""
+        keys = [key for key, _, _ in writes]
+        reply = await self._guard(
+            "save",
+            self._require().eval(_CHECKED_WRITE, len(keys), *keys, *_script_arguments(records, writes)),
+        )
+        return _conflicts_of(records, reply)
+
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         if not keys:
             return []
@@ -946,6 +1049,53 @@ class RedisClusterBackend(_RedisBase):
             for index, value in zip(indexes, reply, strict=True):
                 values[index] = value
         return values
+
+    async def _write_checked(
+        self, records: list[StoredRecord], writes: list[tuple[bytes, bytes, int | None]]
+    ) -> list[RevisionConflict]:
+        """A script may only touch keys of one slot, so a batch cannot be checked and written in
+        one step. First every checked key's revision is read (one pipeline): a conflict found then
+        writes nothing. Then one script per slot checks its keys again and writes them: only a
+        writer that changes a record between the two steps can leave the other slots' records
+        written and this batch's conflict reported."""
+        from redis.crc import key_slot
+
+        checked = [index for index, record in enumerate(records) if record.revision is not None]
+        pipe = self._pipeline()
+        for index in checked:
+            pipe.getrange(writes[index][0], -_TAIL_BYTES, -1)
+        tails: list[bytes] = await self._guard("save", pipe.execute())
+        early = [
+            conflict
+            for index, tail in zip(checked, tails, strict=True)
+            if (conflict := check_revision(records[index], _found_revision(tail))) is not None
+            and tail != writes[index][1][-_TAIL_BYTES:]
+        ]
+        if early:
+            return early
+        by_slot: dict[int, list[int]] = {}
+        for index, (key, _, _) in enumerate(writes):
+            by_slot.setdefault(key_slot(key), []).append(index)
+        client = self._require()
+
+        async def run(indexes: list[int]) -> list[RevisionConflict]:
+            part = [records[index] for index in indexes]
+            part_writes = [writes[index] for index in indexes]
+            keys = [key for key, _, _ in part_writes]
+            reply = await self._guard(
+                "save", client.eval(_CHECKED_WRITE, len(keys), *keys, *_script_arguments(part, part_writes))
+            )
+            return _conflicts_of(part, reply)
+
+        results = await asyncio.gather(
+            *(run(indexes) for indexes in by_slot.values()), return_exceptions=True
+        )
+        conflicts: list[RevisionConflict] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            conflicts.extend(result)
+        return conflicts
 
     async def _scan_nodes(self) -> list[Any]:
         return sorted(self._require().get_primaries(), key=lambda node: node.name)

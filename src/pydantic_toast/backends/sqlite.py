@@ -29,8 +29,11 @@ from .base import (
     Capability,
     RecordKey,
     RecordStorageBackend,
+    RevisionConflict,
     StoredRecord,
+    check_revision,
     format_timestamp,
+    last_per_id,
     parse_timestamp,
     refuse_other_class,
 )
@@ -40,7 +43,7 @@ __all__ = ["SQLiteBackend"]
 T = TypeVar("T")
 
 _OPTIONS = ("table", "busy_timeout")
-_COLUMNS = "id, class_name, data, schema_version, created_at, updated_at, expires_at"
+_COLUMNS = "id, class_name, data, schema_version, created_at, updated_at, expires_at, revision"
 # SQLite builds before 3.32 allow at most 999 bound parameters per statement.
 _MAX_IDS_PER_SELECT = 900
 # A process that forks while a SQLite call is in flight leaves the child SQLite's in-process lock
@@ -111,6 +114,7 @@ class SQLiteBackend(RecordStorageBackend):
             connection.execute(
                 f'CREATE INDEX IF NOT EXISTS "idx_{table}_class_name" ON "{table}" (class_name)'
             )
+            _add_revision_column(connection, table)
         except sqlite3.Error as exc:
             connection.close()
             raise self._error("prepare", exc) from exc
@@ -185,6 +189,80 @@ class SQLiteBackend(RecordStorageBackend):
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise self._error("save", exc) from exc
+
+    async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
+        if not records:
+            return []
+        latest = last_per_id(records)
+        conflicts = await self._run(lambda connection: self._write_checked(connection, latest))
+        if not conflicts:
+            self.stats.add(written=len(latest))
+        return conflicts
+
+    def _write_checked(
+        self, connection: sqlite3.Connection, records: list[StoredRecord]
+    ) -> list[RevisionConflict]:
+        """Check every revision, then write, in one transaction that holds the write lock from its
+        start: no other writer can come between the check and the write."""
+        now = format_timestamp(datetime.now(UTC))
+        rows = [
+            (
+                str(r.id),
+                r.class_name,
+                r.data_json.decode(),
+                r.schema_version,
+                format_timestamp(r.created_at),
+                format_timestamp(r.updated_at),
+                None if r.expires_at is None else format_timestamp(r.expires_at),
+                r.revision,
+            )
+            for r in records
+        ]
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                stored: dict[str, tuple[str, int | None, str | None]] = {}
+                for start in range(0, len(rows), _MAX_IDS_PER_SELECT):
+                    chunk = [row[0] for row in rows[start : start + _MAX_IDS_PER_SELECT]]
+                    for id_text, owner, revision, expires in connection.execute(
+                        f'SELECT id, class_name, revision, expires_at FROM "{self._table}" '
+                        f"WHERE id IN ({','.join('?' * len(chunk))})",
+                        chunk,
+                    ):
+                        stored[id_text] = (owner, revision, expires)
+                conflicts: list[RevisionConflict] = []
+                for record, row in zip(records, rows, strict=True):
+                    found: int | None = None
+                    if row[0] in stored:
+                        owner, revision, expires = stored[row[0]]
+                        if owner != record.class_name:
+                            raise refuse_other_class(
+                                record.id, owner, record.class_name, batch=len(records) > 1
+                            )
+                        if expires is None or expires > now:
+                            found = revision or 0
+                    conflict = check_revision(record, found)
+                    if conflict is not None:
+                        conflicts.append(conflict)
+                if not conflicts:
+                    connection.executemany(
+                        f'INSERT INTO "{self._table}" (id, class_name, data, schema_version, '
+                        "created_at, updated_at, expires_at, revision) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
+                        "schema_version = excluded.schema_version, created_at = excluded.created_at, "
+                        "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
+                        "revision = excluded.revision",
+                        rows,
+                    )
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("ROLLBACK" if conflicts else "COMMIT")
+        except sqlite3.Error as exc:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise self._error("save", exc) from exc
+        return conflicts
 
     def _other_class(
         self, connection: sqlite3.Connection, records: Sequence[StoredRecord]
@@ -334,8 +412,22 @@ def _close_quietly(connection: sqlite3.Connection, executor: ThreadPoolExecutor)
     executor.shutdown(wait=False)
 
 
+def _add_revision_column(connection: sqlite3.Connection, table: str) -> None:
+    """Tables created before optimistic concurrency (or by the contract's DDL) gain the nullable
+    `revision` column in place; rows without one count as revision 0."""
+    columns = {row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')}
+    if "revision" in columns:
+        return
+    try:
+        connection.execute(f'ALTER TABLE "{table}" ADD COLUMN revision INTEGER')
+    except sqlite3.OperationalError as exc:
+        # Another connection added it between the check and the ALTER.
+        if "duplicate column" not in str(exc):
+            raise
+
+
 def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
-    id_text, class_name, data, version, created, updated, expires = row
+    id_text, class_name, data, version, created, updated, expires, revision = row
     return StoredRecord(
         id=UUID(id_text),
         class_name=class_name,
@@ -344,6 +436,7 @@ def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
         created_at=parse_timestamp(created),
         updated_at=parse_timestamp(updated),
         expires_at=None if expires is None else parse_timestamp(expires),
+        revision=revision,
     )
 
 
