@@ -169,15 +169,19 @@ class RevisionConflict:
     """The stored revision (0: a record stored without one), or None: no live record."""
 
 
-def check_revision(record: StoredRecord, found: int | None) -> RevisionConflict | None:
+def check_revision(
+    record: StoredRecord, found: int | None, updated_at: datetime | None = None
+) -> RevisionConflict | None:
     """The conflict of a checked write of `record` over a stored revision `found`, if any.
 
-    `found`: the stored revision (0: stored without one), None: no live record.
+    `found`: the stored revision (0: stored without one), None: no live record; `updated_at`: the
+    stored record's. A record that already holds this very write (its revision and updated_at) is
+    no conflict: the batch is being repeated after a reply was lost.
     """
     if record.revision is None:
         return None
     expected = record.revision - 1
-    if (found or 0) == expected:
+    if (found or 0) == expected or (found == record.revision and updated_at == record.updated_at):
         return None
     return RevisionConflict(record.id, record.class_name, expected, found)
 

@@ -84,9 +84,10 @@ class MemoryBackend(RecordStorageBackend):
                         record.id, existing.class_name, record.class_name, batch=len(latest) > 1
                     )
                 found: int | None = None
+                updated_at: datetime | None = None
                 if existing is not None and (existing.expires_at is None or existing.expires_at > now):
-                    found = existing.revision or 0
-                conflict = check_revision(record, found)
+                    found, updated_at = existing.revision or 0, existing.updated_at
+                conflict = check_revision(record, found, updated_at)
                 if conflict is not None:
                     conflicts.append(conflict)
             if conflicts:

@@ -221,27 +221,29 @@ class SQLiteBackend(RecordStorageBackend):
         try:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                stored: dict[str, tuple[str, int | None, str | None]] = {}
+                stored: dict[str, tuple[str, int | None, str | None, str]] = {}
                 for start in range(0, len(rows), _MAX_IDS_PER_SELECT):
                     chunk = [row[0] for row in rows[start : start + _MAX_IDS_PER_SELECT]]
-                    for id_text, owner, revision, expires in connection.execute(
-                        f'SELECT id, class_name, revision, expires_at FROM "{self._table}" '
+                    for id_text, owner, revision, expires, updated in connection.execute(
+                        f'SELECT id, class_name, revision, expires_at, updated_at FROM "{self._table}" '
                         f"WHERE id IN ({','.join('?' * len(chunk))})",
                         chunk,
                     ):
-                        stored[id_text] = (owner, revision, expires)
+                        stored[id_text] = (owner, revision, expires, updated)
                 conflicts: list[RevisionConflict] = []
                 for record, row in zip(records, rows, strict=True):
                     found: int | None = None
+                    updated_at: datetime | None = None
                     if row[0] in stored:
-                        owner, revision, expires = stored[row[0]]
+                        owner, revision, expires, updated = stored[row[0]]
                         if owner != record.class_name:
                             raise refuse_other_class(
                                 record.id, owner, record.class_name, batch=len(records) > 1
                             )
                         if expires is None or expires > now:
                             found = revision or 0
-                    conflict = check_revision(record, found)
+                            updated_at = parse_timestamp(updated)
+                    conflict = check_revision(record, found, updated_at)
                     if conflict is not None:
                         conflicts.append(conflict)
                 if not conflicts:
