@@ -658,7 +658,8 @@ class _RedisBase(RecordStorageBackend):
                 hint = f"the server refused the credentials of {user}; check the username and password"
         elif isinstance(exc, errors.NoPermissionError):
             hint = (
-                f"the ACL user lacks permission; allow GET, SET, MGET, DEL and SCAN on keys "
+                f"the ACL user lacks permission; allow GET, SET, MGET, DEL and SCAN (and EVAL and GETRANGE "
+                f"for optimistic_concurrency) on keys "
                 f"'{settings.prefix}:*'"
             )
         elif isinstance(exc, errors.TimeoutError | TimeoutError):
