@@ -70,14 +70,20 @@ def user_model(
     *,
     schema_version: int = 1,
     ttl: timedelta | None = None,
-    **config: Any,
+    compression: str | None = None,
+    compression_min_size: int = 512,
 ) -> Any:
     class User(ExternalBaseModel):
         name: str
         age: int = 0
 
         model_config = ExternalConfigDict(
-            storage=storage, storage_name=storage_name, schema_version=schema_version, ttl=ttl, **config
+            storage=storage,
+            storage_name=storage_name,
+            schema_version=schema_version,
+            ttl=ttl,
+            compression=compression,
+            compression_min_size=compression_min_size,
         )
 
     return User
