@@ -41,11 +41,11 @@ __all__ = ["SQLiteBackend"]
 T = TypeVar("T")
 
 _OPTIONS = ("table", "busy_timeout")
-# TEXT data is JSON whatever `encoding` says: a process of an earlier version updating a compressed
-# record writes JSON text and leaves the column alone.
+# The encoding is NULL for TEXT data, which is JSON whatever the column says: a process of an
+# earlier version updating a compressed record writes JSON text and leaves the column alone.
 _COLUMNS = (
     "id, class_name, data, schema_version, created_at, updated_at, expires_at, "
-    "CASE typeof(data) WHEN 'text' THEN 'json' ELSE encoding END"
+    "CASE typeof(data) WHEN 'text' THEN NULL ELSE encoding END"
 )
 # SQLite builds before 3.32 allow at most 999 bound parameters per statement.
 _MAX_IDS_PER_SELECT = 900
@@ -331,14 +331,14 @@ def _add_encoding_column(connection: sqlite3.Connection, table: str) -> None:
 def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
     id_text, class_name, data, version, created, updated, expires, encoding = row
     return StoredRecord(
-        id=UUID(id_text),
-        class_name=class_name,
-        payload=data.encode() if isinstance(data, str) else data,
-        schema_version=version,
-        created_at=parse_timestamp(created),
-        updated_at=parse_timestamp(updated),
-        expires_at=None if expires is None else parse_timestamp(expires),
-        encoding=encoding,
+        UUID(id_text),
+        class_name,
+        data.encode() if encoding is None else data,
+        version,
+        parse_timestamp(created),
+        parse_timestamp(updated),
+        None if expires is None else parse_timestamp(expires),
+        encoding or "json",
     )
 
 
