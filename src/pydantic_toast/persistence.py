@@ -27,7 +27,7 @@ import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationInfo, ValidatorFunctionWrapHandler
 from pydantic_core import PydanticSerializationError, SchemaSerializer, SchemaValidator, core_schema
 
-from . import forksafe, runtime
+from . import codecs, forksafe, runtime
 from .backends.base import StoredRecord
 from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError, StoredDataError
 from .reference import ExternalReference, looks_like_reference, parse_id, parse_reference
@@ -94,6 +94,7 @@ class ModelSettings:
     ttl: timedelta | None = None
     upgrade_write_back: bool = False
     dict_references: bool = True
+    codec: codecs.Pipeline | None = None
 
 
 def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
@@ -157,6 +158,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
                 expected="bool",
                 actual=write_back,
             )
+        codec = codecs.pipeline_for(config)
     except StorageValidationError as exc:
         raise StorageValidationError(f"{name}: {exc}", expected=exc.expected, actual=exc.actual) from None
     return ModelSettings(
@@ -167,6 +169,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         ttl=ttl,
         upgrade_write_back=write_back,
         dict_references="class_name" not in cls.__pydantic_fields__,
+        codec=codec,
     )
 
 
@@ -392,14 +395,16 @@ class WriteSet:
             assert state.id is not None
             assert state.created_at is not None
             assert entry.data is not None
+            payload, encoding = codecs.encode(settings.codec, entry.data)
             records[state.id] = StoredRecord(
                 id=state.id,
                 class_name=settings.storage_name,
-                data_json=entry.data,
+                payload=payload,
                 schema_version=settings.schema_version,
                 created_at=state.created_at,
                 updated_at=now,
                 expires_at=None if settings.ttl is None else now + settings.ttl,
+                encoding=encoding,
             )
         batch = list(records.values())
         url = entries[0].settings.url
@@ -470,10 +475,10 @@ def _same_json(loaded: bytes, data: bytes) -> bool:
     return loaded == data or bool(pydantic_core.from_json(loaded) == pydantic_core.from_json(data))
 
 
-def loaded_from(model: ExternalBaseModel, record: StoredRecord) -> None:
+def loaded_from(model: ExternalBaseModel, record: StoredRecord, data_json: bytes) -> None:
     """Remember what a just-loaded model's record holds, so dumping it unchanged writes nothing."""
     if record.schema_version == type(model).__toast_settings__.schema_version:
-        state_of(model).loaded_json = record.data_json
+        state_of(model).loaded_json = data_json
 
 
 def storage_names(cls: type[ExternalBaseModel]) -> list[str]:
@@ -1170,7 +1175,7 @@ def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: 
         state = state_of(model)
         state.id = record.id
         state.created_at = record.created_at
-    loaded_from(model, record)
+    loaded_from(model, record, data_json)
     return model
 
 

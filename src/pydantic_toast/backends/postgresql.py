@@ -7,14 +7,17 @@ Query parameters are either libpq connection parameters, handed to asyncpg uncha
 `schema`, `min_size`, `max_size`, `command_timeout`, `statement_cache_size`. Anything else is
 refused when the model class is defined, so a typo never reaches the server.
 
-Layout: the contract's table (DESIGN.md) plus a nullable `expires_at TIMESTAMPTZ` for `ttl`. The
-model's JSON text goes to the server as text cast to `jsonb` and comes back as text, so the data is
-never parsed or re-serialized in Python.
+Layout: the contract's table (DESIGN.md) plus a nullable `expires_at TIMESTAMPTZ` for `ttl`, a
+nullable `payload BYTEA` and `encoding TEXT NOT NULL DEFAULT 'json'` (the codec stage's tag). A
+"json" record's text goes to the server cast to `jsonb` and comes back as text, so the data is
+never parsed or re-serialized in Python, and stays searchable with jsonb operators.
 
-NUL characters: `jsonb` cannot hold `\\u0000` inside a string. A record whose JSON text contains
-that escape is stored instead as a jsonb *string* holding the JSON text itself. Model data is
-always an object, so a string in `data` is unambiguous, and reading returns the exact original
-text (`data #>> '{}'`). Such rows cannot be searched with jsonb operators; all others can.
+Payloads `jsonb` cannot hold go to `payload` as bytes, with JSON `null` in `data` (model data is
+always an object, so that is unambiguous): other encodings (compressed bytes), and JSON text
+holding a `\\u0000` escape, which `jsonb` refuses inside strings. Rows written before the codec
+stage hold the latter as a jsonb *string* wrapping the JSON text; they are still read (`data #>>
+'{}'`). A non-null `data` is the record whatever `encoding` says: a process of an earlier version
+updating a compressed record writes `data` and leaves the other two columns alone.
 
 asyncpg is imported by `connect()`, never at module import, so the core works without it.
 """
@@ -33,8 +36,6 @@ from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
 from uuid import UUID
-
-import pydantic_core
 
 from .. import runtime
 from ..exceptions import MissingDependencyError, StorageConnectionError, StorageValidationError
@@ -97,7 +98,12 @@ _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 _SECRET_PARAMS = ("password", "sslpassword")
 _NUL_ESCAPE = b"\\u0000"
 _DATA = "CASE jsonb_typeof(data) WHEN 'string' THEN data #>> '{}' ELSE data::text END"
-_COLUMNS = f"id, class_name, {_DATA}, schema_version, created_at, updated_at, expires_at"
+# NULL unless the record is in `payload`; then its bytes and their encoding.
+_PAYLOAD = (
+    "CASE jsonb_typeof(data) WHEN 'null' THEN payload END, "
+    "CASE jsonb_typeof(data) WHEN 'null' THEN encoding END"
+)
+_COLUMNS = f"id, class_name, {_DATA}, schema_version, created_at, updated_at, expires_at, {_PAYLOAD}"
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
 
 
@@ -144,27 +150,39 @@ class PostgreSQLBackend(RecordStorageBackend):
         self._deadlock: tuple[type[BaseException], ...] = ()
         self._full: tuple[type[BaseException], ...] = ()
         table = self._settings.qualified
+        # `excluded` holds the column defaults where an INSERT leaves columns out: a JSON save
+        # resets payload and encoding without sending them.
         upsert = (
             "ON CONFLICT (id) DO UPDATE SET data = excluded.data, schema_version = excluded.schema_version, "
             "created_at = excluded.created_at, updated_at = excluded.updated_at, "
-            "expires_at = excluded.expires_at "
+            "expires_at = excluded.expires_at, payload = excluded.payload, encoding = excluded.encoding "
             "WHERE t.class_name = excluded.class_name"
         )
         columns = "id, class_name, data, schema_version, created_at, updated_at, expires_at"
         insert = f"INSERT INTO {table} AS t ({columns}) "
         self._save_one = f"{insert}VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7) {upsert}"
+        self._save_one_bytes = (
+            f"INSERT INTO {table} AS t ({columns}, payload, encoding) "
+            f"VALUES ($1, $2, 'null'::jsonb, $3, $4, $5, $6, $7, $8) {upsert}"
+        )
         # One statement for the whole batch. The NOT EXISTS keeps it all-or-nothing when an id
         # already belongs to another class; the ON CONFLICT filter covers a concurrent writer.
-        self._save_many = (
+        # Batches of JSON records (the usual case) send no payload or encoding arrays.
+        self._save_many, self._save_many_bytes = (
             "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], "
-            "$5::timestamptz[], $6::timestamptz[], $7::timestamptz[]) "
-            "AS u(id, class_name, data, schema_version, created_at, updated_at, expires_at)) "
-            f"{insert}SELECT id, class_name, data::jsonb, schema_version, created_at, updated_at, expires_at "
+            f"$5::timestamptz[], $6::timestamptz[], $7::timestamptz[]{arrays}) "
+            f"AS u(id, class_name, data, schema_version, created_at, updated_at, expires_at{names})) "
+            f"INSERT INTO {table} AS t ({columns}{names}) SELECT id, class_name, {data}, schema_version, "
+            f"created_at, updated_at, expires_at{names} "
             f"FROM input WHERE NOT EXISTS (SELECT 1 FROM {table} AS o JOIN input AS i ON o.id = i.id "
             f"WHERE o.class_name <> i.class_name) {upsert}"
+            for arrays, names, data in (
+                ("", "", "data::jsonb"),
+                (", $8::bytea[], $9::text[]", ", payload, encoding", "COALESCE(data::jsonb, 'null'::jsonb)"),
+            )
         )
         self._load_one = (
-            f"SELECT {_DATA}, schema_version, created_at, updated_at, expires_at FROM {table} "
+            f"SELECT {_DATA}, schema_version, created_at, updated_at, expires_at, {_PAYLOAD} FROM {table} "
             f"WHERE id = $1 AND class_name = $2 AND {_LIVE}"
         )
         self._load_many = f"SELECT {_COLUMNS} FROM {table} WHERE id = ANY($1::uuid[]) AND {_LIVE}"
@@ -272,15 +290,15 @@ class PostgreSQLBackend(RecordStorageBackend):
             # tables a DBA prepared (IF NOT EXISTS still checks the privilege).
             row = await connection.fetchrow(
                 "SELECT $1::text IS NULL OR to_regnamespace($1) IS NOT NULL, to_regclass($2) IS NOT NULL, "
-                "EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($2) "
-                "AND attname = 'expires_at' AND NOT attisdropped), "
+                "(SELECT count(*) = 3 FROM pg_attribute WHERE attrelid = to_regclass($2) "
+                "AND attname IN ('expires_at', 'payload', 'encoding') AND NOT attisdropped), "
                 "to_regclass($3) IS NOT NULL, to_regclass($4) IS NOT NULL",
                 schema,
                 table,
                 self._index_name("class_name"),
                 self._index_name("expires_at"),
             )
-            has_schema, has_table, has_expiry, has_class_index, has_expiry_index = row
+            has_schema, has_table, has_columns, has_class_index, has_expiry_index = row
             if not has_schema:
                 await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             if not has_table:
@@ -288,12 +306,16 @@ class PostgreSQLBackend(RecordStorageBackend):
                     f"CREATE TABLE IF NOT EXISTS {table} (id UUID PRIMARY KEY, class_name TEXT NOT NULL, "
                     "data JSONB NOT NULL, schema_version INTEGER NOT NULL DEFAULT 1, "
                     "created_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
-                    "updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), expires_at TIMESTAMPTZ)"
+                    "updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), expires_at TIMESTAMPTZ, "
+                    "payload BYTEA, encoding TEXT NOT NULL DEFAULT 'json')"
                 )
-            elif not has_expiry:
-                # Tables created by the contract's DDL (or older versions) gain the TTL column.
+            elif not has_columns:
+                # Tables created by the contract's DDL (or older versions) gain the TTL and codec
+                # columns. A constant default adds a column without rewriting the table.
                 await connection.execute(
-                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ"
+                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ, "
+                    "ADD COLUMN IF NOT EXISTS payload BYTEA, "
+                    "ADD COLUMN IF NOT EXISTS encoding TEXT NOT NULL DEFAULT 'json'"
                 )
             if not has_class_index:
                 await connection.execute(
@@ -382,33 +404,35 @@ class PostgreSQLBackend(RecordStorageBackend):
         pool = self._pool_or_raise()
         if len(records) == 1:
             r = records[0]
-            status = await self._run(
-                "save",
-                pool.execute,
-                self._save_one,
-                r.id,
-                r.class_name,
-                _stored_text(r.data_json),
-                r.schema_version,
-                r.created_at,
-                r.updated_at,
-                r.expires_at,
-            )
+            text = _stored_text(r)
+            if text is not None:
+                arguments: tuple[object, ...] = (self._save_one, r.id, r.class_name, text)
+                arguments += (r.schema_version, r.created_at, r.updated_at, r.expires_at)
+            else:
+                arguments = (self._save_one_bytes, r.id, r.class_name, r.schema_version)
+                arguments += (r.created_at, r.updated_at, r.expires_at, r.payload, r.encoding)
+            status = await self._run("save", pool.execute, *arguments)
             unique: Sequence[StoredRecord] = records
         else:
             unique = _deduplicated(records)
-            status = await self._run(
-                "save",
-                pool.execute,
-                self._save_many,
+            texts = [_stored_text(r) for r in unique]
+            columns: list[list[Any]] = [
                 [r.id for r in unique],
                 [r.class_name for r in unique],
-                [_stored_text(r.data_json) for r in unique],
+                texts,
                 [r.schema_version for r in unique],
                 [r.created_at for r in unique],
                 [r.updated_at for r in unique],
                 [r.expires_at for r in unique],
-            )
+            ]
+            statement = self._save_many
+            if None in texts:
+                statement = self._save_many_bytes
+                columns.append(
+                    [r.payload if text is None else None for r, text in zip(unique, texts, strict=True)]
+                )
+                columns.append([r.encoding for r in unique])
+            status = await self._run("save", pool.execute, statement, *columns)
         self.stats.add(written=len(unique))
         if _row_count(status) != len(unique):
             # The refused path only: one more query to name the class that owns the id.
@@ -435,7 +459,9 @@ class PostgreSQLBackend(RecordStorageBackend):
             self.stats.add(read=row is not None)
             if row is None:
                 return [None]
-            data, version, created, updated, expires = row
+            data, version, created, updated, expires, payload, encoding = row
+            if payload is not None:
+                return [StoredRecord(id, class_name, payload, version, created, updated, expires, encoding)]
             return [StoredRecord(id, class_name, data.encode(), version, created, updated, expires)]
         rows = await self._run("load", pool.fetch, self._load_many, list({id: None for id, _ in keys}))
         self.stats.add(read=len(rows))
@@ -447,6 +473,8 @@ class PostgreSQLBackend(RecordStorageBackend):
                 None
                 if row is None
                 else StoredRecord(id, class_name, row[2].encode(), row[3], row[4], row[5], row[6])
+                if row[7] is None
+                else StoredRecord(id, class_name, row[7], row[3], row[4], row[5], row[6], row[8])
             )
         return records
 
@@ -594,13 +622,13 @@ def _import_driver() -> ModuleType:
     return module
 
 
-def _stored_text(data_json: bytes) -> str:
-    """The text sent for `data`: the JSON itself, or a JSON string wrapping it if it holds a NUL."""
-    if _NUL_ESCAPE in data_json:
-        # The escape may also be an escaped backslash followed by 'u0000'; wrapping that too is
-        # harmless, since unwrapping restores the exact text either way.
-        return pydantic_core.to_json(data_json.decode()).decode()
-    return data_json.decode()
+def _stored_text(record: StoredRecord) -> str | None:
+    """The text sent for `data`, or None when the payload goes to the `payload` column instead."""
+    # The NUL escape may also be an escaped backslash followed by 'u0000'; storing that as bytes
+    # too is harmless: the text comes back exactly as it was.
+    if record.encoding != "json" or _NUL_ESCAPE in record.payload:
+        return None
+    return record.payload.decode()
 
 
 def _deduplicated(records: Sequence[StoredRecord]) -> list[StoredRecord]:
@@ -620,8 +648,11 @@ def _row_count(status: str) -> int:
 
 
 def _record(row: Any) -> StoredRecord:
-    id, class_name, data, version, created, updated, expires = row
-    return StoredRecord(UUID(int=id.int), class_name, data.encode(), version, created, updated, expires)
+    uuid, class_name, data, version, created, updated, expires, payload, encoding = row
+    id = UUID(int=uuid.int)
+    if payload is not None:
+        return StoredRecord(id, class_name, payload, version, created, updated, expires, encoding)
+    return StoredRecord(id, class_name, data.encode(), version, created, updated, expires)
 
 
 def _settings(url: StorageURL) -> _Settings:

@@ -13,6 +13,10 @@ data first: `{"data":…,"schema_version":N,"created_at":"…Z","updated_at":"�
 the model's already encoded JSON into that text, and reading slices it back out after checking
 only the fixed-shape metadata tail, so neither direction re-encodes the model's data.
 
+A record whose encoding is not "json" (compressed) is stored as a NUL byte, a one-line JSON
+header `{"encoding":…,"schema_version":N,"created_at":…,"updated_at":…}`, a newline, then the
+payload bytes as they are: no base64, and no JSON value starts with a NUL, so the two never mix.
+
 redis-py is imported when a backend connects, never at module import, so the core works without it.
 """
 
@@ -95,6 +99,7 @@ _PREFIX = re.compile(r"^[^\s{}\x00-\x1f\x7f]{1,200}$")
 _HOST_PORT = re.compile(r"^(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:/\[\]@,]+))(?::(?P<port>\d{1,5}))?$")
 
 _ENVELOPE_HEAD = b'{"data":'
+_BINARY_HEAD = b"\x00"
 _TAIL_MARKER = b',"schema_version":'
 # The metadata tail this module writes after the data. Anything else falls back to a full parse.
 _TAIL = re.compile(
@@ -328,8 +333,16 @@ def _cluster_nodes(url: StorageURL) -> tuple[tuple[str, int], ...]:
 
 
 def _encode(record: StoredRecord) -> bytes:
+    if record.encoding != "json":
+        return b'\x00{"encoding":%b,"schema_version":%d,"created_at":"%b","updated_at":"%b"}\n%b' % (
+            pydantic_core.to_json(record.encoding),
+            record.schema_version,
+            format_timestamp(record.created_at).encode(),
+            format_timestamp(record.updated_at).encode(),
+            record.payload,
+        )
     return b'{"data":%b,"schema_version":%d,"created_at":"%b","updated_at":"%b"}' % (
-        record.data_json,
+        record.payload,
         record.schema_version,
         format_timestamp(record.created_at).encode(),
         format_timestamp(record.updated_at).encode(),
@@ -347,13 +360,20 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
                 return StoredRecord(
                     id=id,
                     class_name=class_name,
-                    data_json=value[len(_ENVELOPE_HEAD) : cut],
+                    payload=value[len(_ENVELOPE_HEAD) : cut],
                     schema_version=int(match[1]),
                     created_at=parse_timestamp(match[2].decode()),
                     updated_at=parse_timestamp(match[3].decode()),
                 )
             except ValueError:
                 pass  # an impossible date; the full parse below reports it properly
+    elif value.startswith(_BINARY_HEAD):
+        header, _, payload = value[1:].partition(b"\n")
+        try:
+            parsed = pydantic_core.from_json(header)
+        except ValueError:
+            parsed = None
+        return _binary_record(id, class_name, parsed, payload, key)
     try:
         envelope = pydantic_core.from_json(value)
     except ValueError:
@@ -367,6 +387,35 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
             actual=value[:40].decode(errors="replace"),
         )
     return StoredRecord.from_envelope(id, class_name, envelope)
+
+
+def _binary_record(id: UUID, class_name: str, header: object, payload: bytes, key: bytes) -> StoredRecord:
+    if isinstance(header, dict):
+        encoding, version = header.get("encoding"), header.get("schema_version")
+        created, updated = header.get("created_at"), header.get("updated_at")
+        if (
+            isinstance(encoding, str)
+            and isinstance(version, int)
+            and isinstance(created, str)
+            and isinstance(updated, str)
+        ):
+            with contextlib.suppress(ValueError):  # an impossible date
+                return StoredRecord(
+                    id,
+                    class_name,
+                    payload,
+                    version,
+                    parse_timestamp(created),
+                    parse_timestamp(updated),
+                    encoding=encoding,
+                )
+    raise StorageValidationError(
+        f"Redis key {key.decode(errors='replace')!r} holds a binary record whose header is not "
+        '{"encoding": str, "schema_version": int, "created_at": str, "updated_at": str}; was it '
+        "written by something other than pydantic-toast?",
+        expected="binary record header",
+        actual=type(header).__name__,
+    )
 
 
 # --------------------------------------------------------------------------- backends

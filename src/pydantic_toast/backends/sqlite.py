@@ -6,6 +6,9 @@ SQLite's single-writer rule is respected without locks of our own. Several insta
 event loop, or several processes) share the file safely through WAL mode and a busy timeout.
 
 Options (query string): `table` (default `external_models`), `busy_timeout` in seconds (default 5).
+
+`data` holds a record's payload: JSON as TEXT for the "json" encoding, a BLOB for any other
+(compressed) one, named in `encoding`. Tables of earlier versions gain that column at connect.
 """
 
 from __future__ import annotations
@@ -40,7 +43,12 @@ __all__ = ["SQLiteBackend"]
 T = TypeVar("T")
 
 _OPTIONS = ("table", "busy_timeout")
-_COLUMNS = "id, class_name, data, schema_version, created_at, updated_at, expires_at"
+# The encoding is NULL for TEXT data, which is JSON whatever the column says: a process of an
+# earlier version updating a compressed record writes JSON text and leaves the column alone.
+_COLUMNS = (
+    "id, class_name, data, schema_version, created_at, updated_at, expires_at, "
+    "CASE typeof(data) WHEN 'text' THEN NULL ELSE encoding END"
+)
 # SQLite builds before 3.32 allow at most 999 bound parameters per statement.
 _MAX_IDS_PER_SELECT = 900
 # A process that forks while a SQLite call is in flight leaves the child SQLite's in-process lock
@@ -106,8 +114,9 @@ class SQLiteBackend(RecordStorageBackend):
                 f'CREATE TABLE IF NOT EXISTS "{table}" ('
                 "id TEXT PRIMARY KEY, class_name TEXT NOT NULL, data TEXT NOT NULL, "
                 "schema_version INTEGER NOT NULL DEFAULT 1, created_at TEXT NOT NULL, "
-                "updated_at TEXT NOT NULL, expires_at TEXT)"
+                "updated_at TEXT NOT NULL, expires_at TEXT, encoding TEXT NOT NULL DEFAULT 'json')"
             )
+            _add_encoding_column(connection, table)
             connection.execute(
                 f'CREATE INDEX IF NOT EXISTS "idx_{table}_class_name" ON "{table}" (class_name)'
             )
@@ -147,21 +156,23 @@ class SQLiteBackend(RecordStorageBackend):
             (
                 str(r.id),
                 r.class_name,
-                r.data_json.decode(),
+                # JSON stays TEXT, readable with SQLite's JSON functions; other encodings are BLOBs.
+                r.payload.decode() if r.encoding == "json" else r.payload,
                 r.schema_version,
                 format_timestamp(r.created_at),
                 format_timestamp(r.updated_at),
                 None if r.expires_at is None else format_timestamp(r.expires_at),
+                r.encoding,
             )
             for r in records
         ]
         upsert = (
             f'INSERT INTO "{self._table}" '
-            "(id, class_name, data, schema_version, created_at, updated_at, expires_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
+            "(id, class_name, data, schema_version, created_at, updated_at, expires_at, encoding) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
             "schema_version = excluded.schema_version, created_at = excluded.created_at, "
-            "updated_at = excluded.updated_at, "
-            "expires_at = excluded.expires_at WHERE class_name = excluded.class_name"
+            "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
+            "encoding = excluded.encoding WHERE class_name = excluded.class_name"
         )
         if len(rows) == 1:
             # One statement is atomic on its own: no explicit transaction, half the round trips.
@@ -334,16 +345,30 @@ def _close_quietly(connection: sqlite3.Connection, executor: ThreadPoolExecutor)
     executor.shutdown(wait=False)
 
 
+def _add_encoding_column(connection: sqlite3.Connection, table: str) -> None:
+    """Tables created before the codec stage gain the `encoding` column; their rows are JSON."""
+    columns = {row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')}
+    if "encoding" in columns:
+        return
+    try:
+        connection.execute(f"ALTER TABLE \"{table}\" ADD COLUMN encoding TEXT NOT NULL DEFAULT 'json'")
+    except sqlite3.OperationalError as exc:
+        # "duplicate column": another process added it between our look and our ALTER.
+        if "duplicate column" not in str(exc):
+            raise
+
+
 def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
-    id_text, class_name, data, version, created, updated, expires = row
+    id_text, class_name, data, version, created, updated, expires, encoding = row
     return StoredRecord(
-        id=UUID(id_text),
-        class_name=class_name,
-        data_json=data.encode(),
-        schema_version=version,
-        created_at=parse_timestamp(created),
-        updated_at=parse_timestamp(updated),
-        expires_at=None if expires is None else parse_timestamp(expires),
+        UUID(id_text),
+        class_name,
+        data.encode() if encoding is None else data,
+        version,
+        parse_timestamp(created),
+        parse_timestamp(updated),
+        None if expires is None else parse_timestamp(expires),
+        encoding or "json",
     )
 
 
