@@ -64,6 +64,12 @@ class ExternalConfigDict(ConfigDict, total=False):
     upgrade_write_back: bool
     """Store a record again at the current schema_version after upgrading it on load. Default False."""
 
+    compression: str | None
+    """Compress stored payloads with this codec ("zlib"). Default None: plain JSON."""
+
+    compression_min_size: int
+    """With `compression`: payloads under this many bytes of JSON stay uncompressed. Default 512."""
+
     optimistic_concurrency: bool
     """Keep a revision number per record and refuse a save that would overwrite a change made since
     the instance loaded (or last wrote) it: `ConcurrentUpdateError`. Default False."""

@@ -27,7 +27,7 @@ import pydantic_core
 from pydantic import BaseModel, TypeAdapter, ValidationInfo, ValidatorFunctionWrapHandler
 from pydantic_core import PydanticSerializationError, SchemaSerializer, SchemaValidator, core_schema
 
-from . import forksafe, runtime
+from . import codecs, forksafe, runtime
 from .backends.base import StoredRecord
 from .exceptions import (
     ConcurrentUpdateError,  # wave/occ
@@ -102,6 +102,7 @@ class ModelSettings:
     ttl: timedelta | None = None
     upgrade_write_back: bool = False
     dict_references: bool = True
+    codec: codecs.Pipeline | None = None
     optimistic_concurrency: bool = False  # wave/occ
 
 
@@ -166,6 +167,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
                 expected="bool",
                 actual=write_back,
             )
+        codec = codecs.pipeline_for(config)
         # wave/occ
         optimistic = config.get("optimistic_concurrency", False)
         if not isinstance(optimistic, bool):
@@ -184,6 +186,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         ttl=ttl,
         upgrade_write_back=write_back,
         dict_references="class_name" not in cls.__pydantic_fields__,
+        codec=codec,
         optimistic_concurrency=optimistic,  # wave/occ
     )
 
@@ -411,14 +414,16 @@ class WriteSet:
             assert state.id is not None
             assert state.created_at is not None
             assert entry.data is not None
+            payload, encoding = codecs.encode(settings.codec, entry.data)
             records[state.id] = StoredRecord(
                 id=state.id,
                 class_name=settings.storage_name,
-                data_json=entry.data,
+                payload=payload,
                 schema_version=settings.schema_version,
                 created_at=state.created_at,
                 updated_at=now,
                 expires_at=None if settings.ttl is None else now + settings.ttl,
+                encoding=encoding,
             )
             if settings.optimistic_concurrency:  # wave/occ
                 records[state.id].revision = (state.revision or 0) + 1
@@ -540,10 +545,10 @@ def _same_json(loaded: bytes, data: bytes) -> bool:
     return loaded == data or bool(pydantic_core.from_json(loaded) == pydantic_core.from_json(data))
 
 
-def loaded_from(model: ExternalBaseModel, record: StoredRecord) -> None:
+def loaded_from(model: ExternalBaseModel, record: StoredRecord, data_json: bytes) -> None:
     """Remember what a just-loaded model's record holds, so dumping it unchanged writes nothing."""
     if record.schema_version == type(model).__toast_settings__.schema_version:
-        state_of(model).loaded_json = record.data_json
+        state_of(model).loaded_json = data_json
 
 
 def storage_names(cls: type[ExternalBaseModel]) -> list[str]:
@@ -1245,7 +1250,7 @@ def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: 
         state.id = record.id
         state.created_at = record.created_at
         state.revision = record.revision  # wave/occ
-    loaded_from(model, record)
+    loaded_from(model, record, data_json)
     return model
 
 

@@ -4,7 +4,7 @@ A backend moves envelopes; it knows nothing about pydantic. docs/backends/contra
 what every backend promises, and `pydantic_toast.testing` checks it. The four abstract methods
 below are the whole of what a backend must write, and one that implements only those must keep
 working forever. Built-in backends also override the record-level methods (`save_records`,
-`load_records`, `delete`, ...) which take pre-encoded JSON and whole batches, so the hot path
+`load_records`, `delete`, ...) which take pre-encoded payloads and whole batches, so the hot path
 never re-encodes data. Which optional capabilities a backend has is asked with `supports()`.
 A class that provides the four methods without subclassing `StorageBackend` is wrapped by
 `adapt_backend` when it is registered, so the runtime and the command line only ever see
@@ -14,6 +14,7 @@ A class that provides the four methods without subclassing `StorageBackend` is w
 from __future__ import annotations
 
 import asyncio
+import base64
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -92,7 +93,11 @@ def parse_timestamp(text: str) -> datetime:
 
 @dataclass(slots=True)
 class StoredRecord:
-    """One stored model: its data as JSON bytes plus the envelope's metadata.
+    """One stored model: its payload bytes, how they are encoded, and the envelope's metadata.
+
+    `encoding` is the codec stage's tag (`pydantic_toast.codecs`): for "json", the default and
+    what every record without compression has, `payload` is the model's JSON itself. A backend
+    stores both exactly as given and never decodes the payload.
 
     Treat it as immutable. (Not `frozen=True`: that makes every construction several times
     slower, and one is built per save and per load.)
@@ -100,11 +105,12 @@ class StoredRecord:
 
     id: UUID
     class_name: str
-    data_json: bytes
+    payload: bytes
     schema_version: int
     created_at: datetime
     updated_at: datetime
     expires_at: datetime | None = None
+    encoding: str = "json"
     # Optimistic concurrency: the stored revision on a loaded record (None: stored without one);
     # on a record given to `save_records_checked`, the revision to store (None: not checked).
     revision: int | None = None
@@ -114,13 +120,19 @@ class StoredRecord:
         return (self.id, self.class_name)
 
     def envelope(self) -> dict[str, Any]:
-        """The contract's envelope dict: what `StorageBackend.save` receives."""
-        envelope = {
-            "data": pydantic_core.from_json(self.data_json),
-            "schema_version": self.schema_version,
-            "created_at": format_timestamp(self.created_at),
-            "updated_at": format_timestamp(self.updated_at),
-        }
+        """The contract's envelope dict: what `StorageBackend.save` receives.
+
+        A "json" record keeps the contract's shape, its data under "data"; any other encoding
+        has "encoding" and the payload as base64 text under "payload" instead.
+        """
+        envelope: dict[str, Any]
+        if self.encoding == "json":
+            envelope = {"data": pydantic_core.from_json(self.payload)}
+        else:
+            envelope = {"encoding": self.encoding, "payload": base64.b64encode(self.payload).decode()}
+        envelope["schema_version"] = self.schema_version
+        envelope["created_at"] = format_timestamp(self.created_at)
+        envelope["updated_at"] = format_timestamp(self.updated_at)
         if self.revision is not None:
             envelope["revision"] = self.revision
         return envelope
@@ -129,10 +141,20 @@ class StoredRecord:
     def from_envelope(cls, id: UUID, class_name: str, envelope: Mapping[str, Any]) -> StoredRecord:
         """Rebuild a record from what a backend's `load` returned, refusing malformed envelopes."""
         try:
-            data = envelope["data"]
+            encoding = envelope.get("encoding", "json")
             schema_version = envelope.get("schema_version", 1)
-            if not isinstance(data, dict) or not isinstance(schema_version, int):
-                raise TypeError("'data' must be an object and 'schema_version' an integer")
+            if not isinstance(encoding, str) or not isinstance(schema_version, int):
+                raise TypeError("'encoding' must be a string and 'schema_version' an integer")
+            if encoding == "json":
+                data = envelope["data"]
+                if not isinstance(data, dict):
+                    raise TypeError("'data' must be an object")
+                payload = pydantic_core.to_json(data)
+            else:
+                text = envelope["payload"]
+                if not isinstance(text, str):
+                    raise TypeError("'payload' must be base64 text")
+                payload = base64.b64decode(text, validate=True)
             revision = envelope.get("revision")
             if revision is not None and (not isinstance(revision, int) or isinstance(revision, bool)):
                 raise TypeError("'revision' must be an integer")
@@ -142,16 +164,19 @@ class StoredRecord:
             return cls(
                 id=id,
                 class_name=class_name,
-                data_json=pydantic_core.to_json(data),
+                payload=payload,
                 schema_version=schema_version,
                 created_at=_as_datetime(created_at) if created_at is not None else now,
                 updated_at=_as_datetime(updated_at) if updated_at is not None else now,
+                encoding=encoding,
                 revision=revision,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StorageValidationError(
-                f"the stored {class_name} record {id} is not a valid envelope ({exc}); "
-                "expected {'data': {...}, 'schema_version': int, 'created_at': ..., 'updated_at': ...}",
+                f"the stored {class_name} record {id} is not a valid envelope ({type(exc).__name__}: "
+                f"{exc if not isinstance(exc, ValueError) else 'a malformed value'}); expected "
+                "{'data': {...}, 'schema_version': int, 'created_at': ..., 'updated_at': ...}, or "
+                "'encoding' and base64 'payload' in place of 'data'",
                 expected="envelope",
                 actual=type(envelope).__name__,
             ) from None

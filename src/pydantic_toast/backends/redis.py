@@ -9,9 +9,16 @@ URL forms (see docs/backends/redis.md for every option):
     rediss+cluster://…                                      cluster over TLS
 
 Each record is one string key `{prefix}:{class_name}:{uuid}` holding the envelope as compact JSON,
-data first: `{"data":…,"schema_version":N,"created_at":"…Z","updated_at":"…Z"}`. Writing splices
+data first: `{"data":…,"schema_version":N,"created_at":"…Z","updated_at":"…Z"}`, then
+`,"revision":N` last for a record saved with a revision. Writing splices
 the model's already encoded JSON into that text, and reading slices it back out after checking
 only the fixed-shape metadata tail, so neither direction re-encodes the model's data.
+
+A record whose encoding is not "json" (compressed) is stored as a NUL byte, a one-line JSON
+header `{"encoding":…,"schema_version":N,"created_at":…,"updated_at":…}` (with `"revision":N,`
+first when it has one), a newline, then the payload bytes as they are: no base64, and no JSON
+value starts with a NUL, so the two never mix. Either way the revision sits at a fixed end of the
+value, where a Lua script finds it with one GETRANGE (see _CHECKED_WRITE).
 
 redis-py is imported when a backend connects, never at module import, so the core works without it.
 """
@@ -97,6 +104,7 @@ _PREFIX = re.compile(r"^[^\s{}\x00-\x1f\x7f]{1,200}$")
 _HOST_PORT = re.compile(r"^(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:/\[\]@,]+))(?::(?P<port>\d{1,5}))?$")
 
 _ENVELOPE_HEAD = b'{"data":'
+_BINARY_HEAD = b"\x00"
 _TAIL_MARKER = b',"schema_version":'
 # The metadata tail this module writes after the data. Anything else falls back to a full parse.
 _TAIL = re.compile(
@@ -331,8 +339,19 @@ def _cluster_nodes(url: StorageURL) -> tuple[tuple[str, int], ...]:
 
 
 def _encode(record: StoredRecord) -> bytes:
+    if record.encoding != "json":
+        # The revision comes first here, so that a script reads it with GETRANGE on the value's
+        # head (see _CHECKED_WRITE): the payload after the header has no bounded length.
+        head = b"\x00{" if record.revision is None else b'\x00{"revision":%d,' % record.revision
+        return head + b'"encoding":%b,"schema_version":%d,"created_at":"%b","updated_at":"%b"}\n%b' % (
+            pydantic_core.to_json(record.encoding),
+            record.schema_version,
+            format_timestamp(record.created_at).encode(),
+            format_timestamp(record.updated_at).encode(),
+            record.payload,
+        )
     value = b'{"data":%b,"schema_version":%d,"created_at":"%b","updated_at":"%b"}' % (
-        record.data_json,
+        record.payload,
         record.schema_version,
         format_timestamp(record.created_at).encode(),
         format_timestamp(record.updated_at).encode(),
@@ -354,7 +373,7 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
                 return StoredRecord(
                     id=id,
                     class_name=class_name,
-                    data_json=value[len(_ENVELOPE_HEAD) : cut],
+                    payload=value[len(_ENVELOPE_HEAD) : cut],
                     schema_version=int(match[1]),
                     created_at=parse_timestamp(match[2].decode()),
                     updated_at=parse_timestamp(match[3].decode()),
@@ -362,6 +381,13 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
                 )
             except ValueError:
                 pass  # an impossible date; the full parse below reports it properly
+    elif value.startswith(_BINARY_HEAD):
+        header, _, payload = value[1:].partition(b"\n")
+        try:
+            parsed = pydantic_core.from_json(header)
+        except ValueError:
+            parsed = None
+        return _binary_record(id, class_name, parsed, payload, key)
     try:
         envelope = pydantic_core.from_json(value)
     except ValueError:
@@ -379,28 +405,38 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
 
 # --------------------------------------------------------------------------- revision checks
 
-# How much of a value's end a check reads: the revision and the updated_at before it.
+# How much of a value a check reads to find its revision and updated_at: a JSON envelope's end,
+# a binary record's start (its header, which holds the revision first; every header this module
+# writes fits in _HEAD_BYTES).
 _TAIL_BYTES = 64
+_HEAD_BYTES = 256
 _REVISION_TAIL = re.compile(rb',"revision":(\d{1,18})}\Z')
+_REVISION_HEAD = re.compile(rb'\x00{"revision":(\d{1,18}),')
 
 # save_records_checked in one script: a script runs alone on the server, so every check happens
 # before any write, and a batch with a conflict writes nothing. ARGV holds three values per key:
 # the value, the expected revision ('' = unchecked) and the expiry in ms ('' = none). A missing
-# key and a value without a revision count as revision 0. A key whose value ends exactly like the
-# one to write (same updated_at and revision) holds this very write: a retry after a lost reply.
-# Returns the conflicts as [key index, found revision ('' = no record), ...].
+# key and a value without a revision count as revision 0. A key whose value has the same mark
+# as the one to write (see _check_mark: same updated_at and revision) holds this very write: a
+# retry after a lost reply. Returns the conflicts as [key index, found revision ('' = no record), ...].
 _CHECKED_WRITE = f"""
 local conflicts = {{}}
 for i, key in ipairs(KEYS) do
   local expected = ARGV[3 * i - 1]
   if expected ~= '' then
-    local tail = redis.call('GETRANGE', key, -{_TAIL_BYTES}, -1)
-    local found = ''
-    if tail ~= '' then
-      found = string.match(tail, ',"revision":(%d+)}}$') or '0'
-    end
     local value = ARGV[3 * i - 2]
-    if (found == '' and '0' or found) ~= expected and tail ~= string.sub(value, -{_TAIL_BYTES}) then
+    local mark = redis.call('GETRANGE', key, 0, {_HEAD_BYTES - 1})
+    local found = ''
+    local written = nil
+    if string.byte(mark, 1) == 0 then
+      found = string.match(mark, '^.{{"revision":(%d+),') or '0'
+      written = string.sub(value, 1, {_HEAD_BYTES})
+    elseif mark ~= '' then
+      mark = redis.call('GETRANGE', key, -{_TAIL_BYTES}, -1)
+      found = string.match(mark, ',"revision":(%d+)}}$') or '0'
+      written = string.sub(value, -{_TAIL_BYTES})
+    end
+    if (found == '' and '0' or found) ~= expected and mark ~= written then
       conflicts[#conflicts + 1] = i
       conflicts[#conflicts + 1] = found
     end
@@ -420,11 +456,17 @@ return conflicts
 """
 
 
-def _found_revision(tail: bytes | None) -> int | None:
-    """The revision a value's tail holds, as a check counts it; None for a missing key."""
-    if not tail:
+def _check_mark(value: bytes) -> bytes:
+    """The part of a value that a check reads: it holds the revision and the updated_at."""
+    return value[:_HEAD_BYTES] if value.startswith(_BINARY_HEAD) else value[-_TAIL_BYTES:]
+
+
+def _found_revision(mark: bytes) -> int | None:
+    """The revision a value's mark holds, as a check counts it; None for a missing key."""
+    if not mark:
         return None
-    match = _REVISION_TAIL.search(tail)
+    binary = mark.startswith(_BINARY_HEAD)
+    match = _REVISION_HEAD.match(mark) if binary else _REVISION_TAIL.search(mark)
     return 0 if match is None else int(match[1])
 
 
@@ -448,6 +490,38 @@ def _conflicts_of(records: Sequence[StoredRecord], reply: Sequence[Any]) -> list
             RevisionConflict(record.id, record.class_name, record.revision - 1, int(found) if found else None)
         )
     return conflicts
+
+
+def _binary_record(id: UUID, class_name: str, header: object, payload: bytes, key: bytes) -> StoredRecord:
+    if isinstance(header, dict):
+        encoding, version = header.get("encoding"), header.get("schema_version")
+        created, updated = header.get("created_at"), header.get("updated_at")
+        revision = header.get("revision")
+        if (
+            isinstance(encoding, str)
+            and isinstance(version, int)
+            and isinstance(created, str)
+            and isinstance(updated, str)
+            and (revision is None or (isinstance(revision, int) and not isinstance(revision, bool)))
+        ):
+            with contextlib.suppress(ValueError):  # an impossible date
+                return StoredRecord(
+                    id,
+                    class_name,
+                    payload,
+                    version,
+                    parse_timestamp(created),
+                    parse_timestamp(updated),
+                    encoding=encoding,
+                    revision=revision,
+                )
+    raise StorageValidationError(
+        f"Redis key {key.decode(errors='replace')!r} holds a binary record whose header is not "
+        '{"encoding": str, "schema_version": int, "created_at": str, "updated_at": str} with an '
+        'optional leading "revision": int; was it written by something other than pydantic-toast?',
+        expected="binary record header",
+        actual=type(header).__name__,
+    )
 
 
 # --------------------------------------------------------------------------- backends
@@ -1064,13 +1138,19 @@ class RedisClusterBackend(_RedisBase):
         checked = [index for index, record in enumerate(records) if record.revision is not None]
         pipe = self._pipeline()
         for index in checked:
+            # Both ends: which one holds the mark depends on the stored value's form.
+            pipe.getrange(writes[index][0], 0, _HEAD_BYTES - 1)
             pipe.getrange(writes[index][0], -_TAIL_BYTES, -1)
-        tails: list[bytes] = await self._guard("save", pipe.execute())
+        ends: list[bytes] = await self._guard("save", pipe.execute())
+        marks = [
+            head if head.startswith(_BINARY_HEAD) else tail
+            for head, tail in zip(ends[::2], ends[1::2], strict=True)
+        ]
         early = [
             conflict
-            for index, tail in zip(checked, tails, strict=True)
-            if (conflict := check_revision(records[index], _found_revision(tail))) is not None
-            and tail != writes[index][1][-_TAIL_BYTES:]
+            for index, mark in zip(checked, marks, strict=True)
+            if (conflict := check_revision(records[index], _found_revision(mark))) is not None
+            and mark != _check_mark(writes[index][1])
         ]
         if early:
             return early

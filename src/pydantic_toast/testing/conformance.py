@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
+import os
+import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,6 +59,7 @@ from pydantic_toast import (
     StorageValidationError,
     UnsupportedOperationError,
     cli,
+    codecs,
 )
 from pydantic_toast.backends.base import Capability, StorageBackend, StoredRecord, format_timestamp
 from pydantic_toast.registry import backend_class
@@ -82,17 +86,21 @@ def _record(
     updated: datetime | None = None,
     version: int = 1,
     expires: datetime | None = None,
+    encoded: tuple[bytes, str] | None = None,
     revision: int | None = None,
 ) -> StoredRecord:
+    """A record of `payload` as JSON, or of `encoded` (payload bytes, encoding tag) as given."""
     now = datetime.now(UTC)
+    data, encoding = encoded or (pydantic_core.to_json(payload), "json")
     return StoredRecord(
         id=id or uuid4(),
         class_name=class_name,
-        data_json=pydantic_core.to_json(payload),
+        payload=data,
         schema_version=version,
         created_at=created or now,
         updated_at=updated or created or now,
         expires_at=expires,
+        encoding=encoding,
         revision=revision,
     )
 
@@ -100,8 +108,12 @@ def _record(
 def _assert_same(found: StoredRecord | None, expected: StoredRecord) -> None:
     assert found is not None, f"record {expected.key} was not returned"
     assert found.key == expected.key
-    # Compared as values: a store may normalise JSON (key order, spacing), never its meaning.
-    assert pydantic_core.from_json(found.data_json) == pydantic_core.from_json(expected.data_json)
+    assert found.encoding == expected.encoding
+    if expected.encoding == "json":
+        # Compared as values: a store may normalise JSON (key order, spacing), never its meaning.
+        assert pydantic_core.from_json(found.payload) == pydantic_core.from_json(expected.payload)
+    else:
+        assert found.payload == expected.payload, "an encoded payload must come back byte for byte"
     assert found.schema_version == expected.schema_version
     assert found.created_at == expected.created_at
     assert found.updated_at == expected.updated_at
@@ -160,14 +172,26 @@ class BackendConformance:
         yield
         await pydantic_toast.aclose()
 
-    def model(self, backend_url: str, *, ttl: timedelta | None = None, optimistic: bool = False) -> Any:
+    def model(
+        self,
+        backend_url: str,
+        *,
+        ttl: timedelta | None = None,
+        compression: str | None = None,
+        optimistic: bool = False,
+    ) -> Any:
         """An external model class storing in the store under test, with a class name of its own."""
 
         class Item(ExternalBaseModel):
             text: str
             number: int = 0
             model_config = ExternalConfigDict(
-                storage=backend_url, storage_name=_class_name(), ttl=ttl, optimistic_concurrency=optimistic
+                storage=backend_url,
+                storage_name=_class_name(),
+                ttl=ttl,
+                compression=compression,
+                compression_min_size=100,
+                optimistic_concurrency=optimistic,
             )
 
         return Item
@@ -225,6 +249,67 @@ class BackendConformance:
         [found] = await backend.load_records([record.key])
         _assert_same(found, record)
         _assert_same_envelope(await backend.load(record.id, record.class_name), record.envelope())
+
+    # ------------------------------------------------------------------ encoded payloads
+
+    @_asyncio
+    async def test_encoded_payloads_round_trip_byte_for_byte_with_their_encoding(
+        self, backend: StorageBackend
+    ) -> None:
+        name = _class_name()
+        payloads = {
+            "NUL and non-UTF-8 bytes": bytes(range(256)) + b'\x00\x00\xff\xfe{"data":',
+            "empty": b"",
+            "large": os.urandom(3 * 1024 * 1024),
+            "zlib": zlib.compress(b'{"text":"' + b"compressible " * 1000 + b'"}'),
+        }
+        records = [_record(name, {}, encoded=(payload, "json+zlib")) for payload in payloads.values()]
+        # Backends store the tag as given, whether or not this process knows the codec.
+        records.append(_record(name, {}, encoded=(b"\x00\x01", "json+conformance-test")))
+        # JSON text with a NUL escape, which some stores (jsonb) cannot hold as JSON.
+        records.append(_record(name, {"text": "a\x00b", "bytes": "\x00"}))
+        await backend.save_records(records)
+        found = await backend.load_records([r.key for r in records])
+        for record, loaded in zip(records, found, strict=True):
+            _assert_same(loaded, record)
+        for record in records:
+            [alone] = await backend.load_records([record.key])
+            _assert_same(alone, record)
+        if backend.supports(Capability.SCAN):
+            listed = {r.id: r for r in await _scan_all(backend, name)}
+            for record in records:
+                _assert_same(listed.get(record.id), record)
+
+    @_asyncio
+    async def test_encoded_payloads_through_the_contract_methods(self, backend: StorageBackend) -> None:
+        record = _record(_class_name(), {}, encoded=(b"\x00\xff binary \x80", "json+zlib"), version=2)
+        envelope = record.envelope()
+        assert "data" not in envelope
+        assert envelope["encoding"] == "json+zlib"
+        await backend.save(record.id, record.class_name, envelope)
+        loaded = await backend.load(record.id, record.class_name)
+        assert loaded is not None
+        assert loaded["encoding"] == "json+zlib"
+        assert loaded["payload"] == envelope["payload"]
+        [found] = await backend.load_records([record.key])
+        _assert_same(found, record)
+
+    @_asyncio
+    async def test_a_save_switches_a_record_between_encodings(self, backend: StorageBackend) -> None:
+        name = _class_name()
+        plain = _record(name, {"v": 1})
+        packed = _record(name, {}, id=plain.id, created=plain.created_at, encoded=(b"\x00\x9c", "json+zlib"))
+        again = _record(name, {"v": 3}, id=plain.id, created=plain.created_at)
+        for record in (plain, packed, again, packed):
+            await backend.save_records([record])
+            [found] = await backend.load_records([plain.key])
+            _assert_same(found, record)
+        # In one batch too, mixed with records of the other encoding.
+        other = _record(name, {"v": 4})
+        await backend.save_records([other, again])
+        found_both = await backend.load_records([other.key, again.key])
+        _assert_same(found_both[0], other)
+        _assert_same(found_both[1], again)
 
     # ------------------------------------------------------------------ upsert and created_at
 
@@ -489,6 +574,56 @@ class BackendConformance:
         loaded = await Branch.load(await branch.save())
         assert loaded == branch
         assert Branch.model_validate(branch.model_dump()) == branch
+
+    @_asyncio
+    async def test_models_with_compression_store_compressed_payloads_and_load_them(
+        self, backend_url: str, backend: StorageBackend
+    ) -> None:
+        item_type = self.model(backend_url, compression="zlib")
+        name = item_type.__toast_settings__.storage_name
+        big = item_type(text="compress me \x00 é " * 500, number=1)
+        small = item_type(text="tiny")
+        references = await item_type.save_many([big, small])
+        stored = await backend.load_records([(r.id, name) for r in references])
+        assert stored[0] is not None
+        assert stored[0].encoding == "json+zlib"
+        assert len(stored[0].payload) < len(big.text)
+        assert pydantic_core.from_json(codecs.decode(stored[0])) == {"text": big.text, "number": 1}
+        assert stored[1] is not None
+        assert stored[1].encoding == "json", "payloads under compression_min_size stay JSON"
+        assert await item_type.load_many(references) == [big, small]
+        assert item_type.model_validate(big.model_dump()) == big
+
+        # The tag, not the reader's configuration, says how to decode: a model without
+        # compression reads the compressed record, and its next save stores plain JSON.
+        class Plain(ExternalBaseModel):
+            text: str
+            number: int = 0
+            model_config = ExternalConfigDict(storage=backend_url, storage_name=_class_name())
+
+        assert stored[0] is not None
+        copy = dataclasses.replace(stored[0], class_name=Plain.__toast_settings__.storage_name)
+        if backend.supports(Capability.UNIQUE_IDS):
+            copy = dataclasses.replace(copy, id=uuid4())
+        await backend.save_records([copy])
+        loaded = await Plain.load(copy.id)
+        assert loaded.text == big.text
+        loaded.number = 2
+        await loaded.save()
+        [rewritten] = await backend.load_records([copy.key])
+        assert rewritten is not None
+        assert rewritten.encoding == "json"
+
+        tree_leaf = self.model(backend_url, compression="zlib")
+
+        class Tree(ExternalBaseModel):
+            leaves: list[tree_leaf]  # type: ignore[valid-type]
+            model_config = ExternalConfigDict(
+                storage=backend_url, storage_name=_class_name(), compression="zlib"
+            )
+
+        tree = Tree(leaves=[tree_leaf(text=f"leaf {i} " * 100) for i in range(3)])
+        assert await Tree.load(await tree.save()) == tree
 
     @_asyncio
     async def test_models_with_ttl_need_the_capability(
