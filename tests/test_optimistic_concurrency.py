@@ -31,18 +31,21 @@ from pydantic_toast.registry import backend_class
 from pydantic_toast.url import StorageURL
 
 
-def checked_model(storage: str, name: str = "Article") -> Any:
+def checked_model(storage: str, name: str = "Article", compression: str | None = None) -> Any:
     class Article(ExternalBaseModel):
         title: str
         body: str = ""
         model_config = ExternalConfigDict(
-            storage=storage, storage_name=f"{name}{uuid4().hex[:8]}", optimistic_concurrency=True
+            storage=storage,
+            storage_name=f"{name}{uuid4().hex[:8]}",
+            optimistic_concurrency=True,
+            compression=compression,
         )
 
     return Article
 
 
-async def stored_revision(storage: str, model: ExternalBaseModel) -> int | None:
+async def stored_record(storage: str, model: ExternalBaseModel) -> StoredRecord:
     backend = backend_class(StorageURL.parse(storage).scheme)(storage)
     await backend.connect()
     try:
@@ -52,7 +55,11 @@ async def stored_revision(storage: str, model: ExternalBaseModel) -> int | None:
     finally:
         await backend.disconnect()
     assert record is not None
-    return record.revision
+    return record
+
+
+async def stored_revision(storage: str, model: ExternalBaseModel) -> int | None:
+    return (await stored_record(storage, model)).revision
 
 
 def test_the_option_is_validated_at_class_definition(memory_url: str) -> None:
@@ -125,6 +132,28 @@ async def test_the_revision_starts_at_1_and_moves_with_every_write_only(storage_
     # The instance that did not write knows revision 3 only.
     with pytest.raises(ConcurrentUpdateError):
         await article.save()
+
+
+async def test_compressed_records_are_checked_like_any_other(storage_url: str) -> None:
+    article_type = checked_model(storage_url, compression="zlib")
+    article = article_type(title="t", body="long enough to compress " * 40)
+    await article.save()
+    stored = await stored_record(storage_url, article)
+    assert (stored.encoding, stored.revision) == ("json+zlib", 1)
+    rival = await article_type.load(article.external_reference)
+    article.body = "short"  # below compression_min_size: stored as JSON from now on
+    await article.save()
+    stored = await stored_record(storage_url, article)
+    assert (stored.encoding, stored.revision) == ("json", 2)
+    rival.body = "the rival's change " * 40
+    with pytest.raises(ConcurrentUpdateError) as caught:
+        await rival.save()
+    assert (caught.value.expected, caught.value.found) == (1, 2)
+    article.body = "compressed again " * 40
+    await article_type.save_many([article, article_type(title="new", body="x" * 1000)])
+    stored = await stored_record(storage_url, article)
+    assert (stored.encoding, stored.revision) == ("json+zlib", 3)
+    assert (await article_type.load(article.external_reference)).body == article.body
 
 
 async def test_a_batch_with_one_conflict_writes_nothing(storage_url: str) -> None:
@@ -257,14 +286,14 @@ async def test_models_without_the_option_pay_nothing(sqlite_url: str) -> None:
 def test_sqlite_tables_of_older_versions_gain_the_revision_column(tmp_path: Any) -> None:
     path = tmp_path / "old.db"
     connection = sqlite3.connect(path)
-    # The DDL of the version before revisions.
+    # The DDL of the version before revisions and the codec stage: it gains both columns.
     connection.execute(
         "CREATE TABLE external_models (id TEXT PRIMARY KEY, class_name TEXT NOT NULL, data TEXT NOT NULL, "
         "schema_version INTEGER NOT NULL DEFAULT 1, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, "
         "expires_at TEXT)"
     )
     url = f"sqlite:///{path}"
-    article_type = checked_model(url)
+    article_type = checked_model(url, compression="zlib")
     name = article_type.__toast_settings__.storage_name
     record_id = uuid4()
     now = "2025-01-01T00:00:00.000000Z"
@@ -275,13 +304,21 @@ def test_sqlite_tables_of_older_versions_gain_the_revision_column(tmp_path: Any)
     connection.commit()
     connection.close()
     article = article_type.model_validate({"class_name": name, "id": str(record_id)})
-    article.body = "new"
+    assert article.title == "old"
+    rival = article_type.model_validate({"class_name": name, "id": str(record_id)})
+    article.body = "new " * 200
     article.model_dump()
+    rival.body = "rival"
+    with pytest.raises(ConcurrentUpdateError):
+        rival.model_dump()
     connection = sqlite3.connect(path)
     try:
-        assert connection.execute("SELECT revision FROM external_models").fetchall() == [(1,)]
+        assert connection.execute(
+            "SELECT revision, encoding, typeof(data) FROM external_models"
+        ).fetchall() == [(1, "json+zlib", "blob")]
     finally:
         connection.close()
+    assert article_type.model_validate({"class_name": name, "id": str(record_id)}) == article
 
 
 @pytest.mark.postgresql
@@ -291,14 +328,14 @@ async def test_postgresql_tables_of_older_versions_gain_the_revision_column(post
     table = f"old_{uuid4().hex[:12]}"
     connection = await asyncpg.connect(postgresql_url)
     try:
-        # The contract's DDL (DESIGN.md), from before expiry and revisions.
+        # The contract's DDL (DESIGN.md), from before expiry, the codec stage and revisions.
         await connection.execute(
             f"CREATE TABLE {table} (id UUID PRIMARY KEY, class_name TEXT NOT NULL, data JSONB NOT NULL, "
             "schema_version INTEGER NOT NULL DEFAULT 1, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
             "updated_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
         url = f"{postgresql_url}{'&' if '?' in postgresql_url else '?'}table={table}"
-        article_type = checked_model(url)
+        article_type = checked_model(url, compression="zlib")
         name = article_type.__toast_settings__.storage_name
         record_id = uuid4()
         await connection.execute(
@@ -308,13 +345,16 @@ async def test_postgresql_tables_of_older_versions_gain_the_revision_column(post
             '{"title":"old"}',
         )
         article = await article_type.load(record_id)
+        assert article.title == "old"
         rival = await article_type.load(record_id)
-        article.body = "new"
+        article.body = "new " * 200
         await article.save()
-        assert await connection.fetchval(f"SELECT revision FROM {table}") == 1
+        row = await connection.fetchrow(f"SELECT revision, encoding, data, payload IS NOT NULL FROM {table}")
+        assert tuple(row) == (1, "json+zlib", "null", True)
         rival.body = "rival"
         with pytest.raises(ConcurrentUpdateError):
             await rival.save()
+        assert await article_type.load(record_id) == article
     finally:
         await pydantic_toast.aclose()
         await connection.execute(f"DROP TABLE IF EXISTS {table}")

@@ -799,6 +799,81 @@ class BackendConformance:
         assert found[1:] == [None, None]
 
     @_asyncio
+    async def test_revisions_check_encoded_records_too(self, backend: StorageBackend) -> None:
+        # Stores keep an encoded (compressed) payload in another form than JSON (a BLOB, bytea,
+        # Redis's binary form): its revision must be found there too, also when a record
+        # changes form from one write to the next.
+        await self._revisions_or_skip(backend)
+        name = _class_name()
+        # Its end looks like a JSON envelope's revision: a store must not take it for one.
+        packed = (b'\x00\n\xff binary \x80,"revision":9}', "json+zlib")
+        first = _record(name, {}, encoded=packed, revision=1)
+        assert await backend.save_records_checked([first]) == []
+        [found] = await backend.load_records([first.key])
+        _assert_same(found, first)
+        assert found is not None
+        assert found.revision == 1
+        envelope = await backend.load(*first.key)
+        assert envelope is not None
+        assert (envelope["encoding"], envelope["revision"]) == ("json+zlib", 1)
+        assert await backend.save_records_checked([first]) == [], "a repeated write is no conflict"
+        step = timedelta(seconds=1)
+        rival = _record(name, {}, id=first.id, updated=first.updated_at + step, encoded=packed, revision=1)
+        [conflict] = await backend.save_records_checked([rival])
+        assert (conflict.expected, conflict.found) == (0, 1)
+        [conflict] = await backend.save_records_checked([dataclasses.replace(rival, revision=10)])
+        assert (conflict.expected, conflict.found) == (9, 1)
+        # Encoded, then JSON, then encoded again: each write based on the one before.
+        second = _record(
+            name, {"v": 2}, id=first.id, created=first.created_at, updated=first.updated_at + step, revision=2
+        )
+        assert await backend.save_records_checked([second]) == []
+        stale = _record(
+            name,
+            {},
+            id=first.id,
+            created=first.created_at,
+            updated=first.updated_at,
+            encoded=packed,
+            revision=2,
+        )
+        [conflict] = await backend.save_records_checked([stale])
+        assert (conflict.expected, conflict.found) == (1, 2)
+        third = _record(
+            name,
+            {},
+            id=first.id,
+            created=first.created_at,
+            updated=second.updated_at + step,
+            encoded=(b"x\x9c\x00\n", "json+zlib"),
+            revision=3,
+        )
+        fresh = _record(name, {}, encoded=packed, revision=1)
+        assert await backend.save_records_checked([third, fresh]) == []
+        [conflict] = await backend.save_records_checked([stale])
+        assert (conflict.expected, conflict.found) == (1, 3)
+        both = await backend.load_records([first.key, fresh.key])
+        _assert_same(both[0], third)
+        _assert_same(both[1], fresh)
+        assert [record.revision for record in both if record is not None] == [3, 1]
+
+    @_asyncio
+    async def test_plain_saves_store_the_revision_as_given(self, backend: StorageBackend) -> None:
+        name = _class_name()
+        for encoded in (None, (b"\x00\x01", "json+zlib")):
+            record = _record(name, {"v": 1}, encoded=encoded, revision=7)
+            await backend.save_records([record])
+            [found] = await backend.load_records([record.key])
+            assert found is not None
+            assert found.revision == 7
+            unversioned = dataclasses.replace(record, revision=None)
+            await backend.save_records([unversioned])
+            [found] = await backend.load_records([record.key])
+            _assert_same(found, unversioned)
+            assert found is not None
+            assert found.revision is None
+
+    @_asyncio
     async def test_models_with_optimistic_concurrency_refuse_a_lost_update(
         self, backend_url: str, backend_type: type[StorageBackend]
     ) -> None:
@@ -825,6 +900,40 @@ class BackendConformance:
         again.text = "mine, reapplied"
         await again.save()
         assert (await item_type.load(reference)).text == "mine, reapplied"
+
+    @_asyncio
+    async def test_models_with_optimistic_concurrency_and_compression(
+        self, backend_url: str, backend: StorageBackend
+    ) -> None:
+        _skip_without(backend, Capability.REVISIONS)
+        item_type = self.model(backend_url, compression="zlib", optimistic=True)
+        name = item_type.__toast_settings__.storage_name
+        reference = await item_type(text="compress me " * 200).save()
+        [stored] = await backend.load_records([(reference.id, name)])
+        assert stored is not None
+        assert (stored.encoding, stored.revision) == ("json+zlib", 1)
+        mine, theirs = await item_type.load(reference), await item_type.load(reference)
+        theirs.text = "theirs, compressed " * 200
+        await theirs.save()
+        mine.text = "mine " * 200
+        with pytest.raises(ConcurrentUpdateError) as caught:
+            await mine.save()
+        assert (caught.value.expected, caught.value.found) == (1, 2)
+        # Small enough to stay JSON: the record changes form, and the checks go on.
+        theirs.text = "short"
+        await theirs.save()
+        [stored] = await backend.load_records([(reference.id, name)])
+        assert stored is not None
+        assert (stored.encoding, stored.revision) == ("json", 3)
+        with pytest.raises(ConcurrentUpdateError):
+            await mine.save()
+        again = await item_type.load(reference)
+        again.text = "mine, reapplied " * 200
+        await again.save()
+        [stored] = await backend.load_records([(reference.id, name)])
+        assert stored is not None
+        assert (stored.encoding, stored.revision) == ("json+zlib", 4)
+        assert (await item_type.load(reference)).text == again.text
 
     # ------------------------------------------------------------------ the command line
 
