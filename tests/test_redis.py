@@ -8,6 +8,7 @@ are in test_redis_cluster.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -368,6 +369,40 @@ async def test_json_records_keep_the_envelope_and_others_are_a_header_and_raw_by
             b'"updated_at":"2025-12-23T00:00:00.000000Z"}\n\x00\n\xff'
         )
         assert await backend.load_records([plain.key, packed.key]) == [plain, packed]
+    finally:
+        await backend.disconnect()
+
+
+async def test_a_binary_record_keeps_its_revision_first_in_the_header(
+    url: str, prefix: str, raw: redis.Redis
+) -> None:
+    backend = RedisBackend(url)
+    await backend.connect()
+    try:
+        moment = datetime(2025, 12, 23, tzinfo=UTC)
+        packed = record(payload=b"\x00\n\xff", encoding="json+zlib", created_at=moment, updated_at=moment)
+        checked = dataclasses.replace(packed, revision=12)
+        await backend.save_records([checked])
+        key = f"{prefix}:Note:{packed.id}"
+        assert raw.get(key) == (
+            b'\x00{"revision":12,"encoding":"json+zlib","schema_version":1,'
+            b'"created_at":"2025-12-23T00:00:00.000000Z","updated_at":"2025-12-23T00:00:00.000000Z"}\n\x00\n\xff'
+        )
+        assert await backend.load_records([packed.key]) == [checked]
+        later = dataclasses.replace(checked, updated_at=moment + timedelta(seconds=1), revision=13)
+        assert await backend.save_records_checked([later]) == []
+        assert await backend.save_records_checked([later]) == [], "a repeated write is no conflict"
+        stale = dataclasses.replace(later, updated_at=moment + timedelta(seconds=2))
+        [conflict] = await backend.save_records_checked([stale])
+        assert (conflict.expected, conflict.found) == (12, 13)
+        # A plain save without a revision leaves the header as before revisions.
+        await backend.save_records([packed])
+        assert raw.get(key) == (
+            b'\x00{"encoding":"json+zlib","schema_version":1,"created_at":"2025-12-23T00:00:00.000000Z",'
+            b'"updated_at":"2025-12-23T00:00:00.000000Z"}\n\x00\n\xff'
+        )
+        [conflict] = await backend.save_records_checked([later])
+        assert (conflict.expected, conflict.found) == (12, 0)
     finally:
         await backend.disconnect()
 

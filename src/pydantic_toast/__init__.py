@@ -10,6 +10,7 @@ from importlib.metadata import version as _distribution_version
 from .backends.base import StorageBackend
 from .base import ExternalBaseModel, ExternalConfigDict, ReferenceLike
 from .exceptions import (
+    ConcurrentUpdateError,
     ExternalStorageError,
     MissingDependencyError,
     RecordNotFoundError,
@@ -27,6 +28,7 @@ from .upgrades import upgrade
 
 __all__ = [
     "CONTEXT_KEY",
+    "ConcurrentUpdateError",
     "ExternalBaseModel",
     "ExternalConfigDict",
     "ExternalReference",

@@ -70,6 +70,10 @@ class ExternalConfigDict(ConfigDict, total=False):
     compression_min_size: int
     """With `compression`: payloads under this many bytes of JSON stay uncompressed. Default 512."""
 
+    optimistic_concurrency: bool
+    """Keep a revision number per record and refuse a save that would overwrite a change made since
+    the instance loaded (or last wrote) it: `ConcurrentUpdateError`. Default False."""
+
 
 _M = TypeVar("_M", bound="ExternalBaseModel")
 
@@ -98,6 +102,7 @@ class _DeleteMethod(Generic[_M]):
                 return False
             # Gone from the store: the next dump must write it again, changed or not.
             state.stored_digest = state.loaded_json = None
+            state.revision = None  # and with optimistic_concurrency it is a first save again
             reference = ExternalReference(class_name=owner.__toast_settings__.storage_name, id=record_id)
             return await persistence.delete(type(instance), reference)
 

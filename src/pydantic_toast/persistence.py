@@ -29,7 +29,13 @@ from pydantic_core import PydanticSerializationError, SchemaSerializer, SchemaVa
 
 from . import codecs, forksafe, runtime
 from .backends.base import StoredRecord
-from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError, StoredDataError
+from .exceptions import (
+    ConcurrentUpdateError,  # wave/occ
+    ExternalStorageError,
+    RecordNotFoundError,
+    StorageValidationError,
+    StoredDataError,
+)
 from .reference import ExternalReference, looks_like_reference, parse_id, parse_reference
 from .registry import backend_class, known_schemes
 from .upgrades import upgraded_data
@@ -68,6 +74,8 @@ class RecordState:
     # data matches writes nothing, so a reader's dump never reverts another writer's update.
     stored_digest: bytes | None = None
     loaded_json: bytes | None = None
+    # wave/occ: the revision of the record this instance loaded or last wrote (None: none known).
+    revision: int | None = None
 
     def reference(self, storage_name: str) -> ExternalReference:
         """The reference to this record, built once: dumps return it on every call."""
@@ -95,6 +103,7 @@ class ModelSettings:
     upgrade_write_back: bool = False
     dict_references: bool = True
     codec: codecs.Pipeline | None = None
+    optimistic_concurrency: bool = False  # wave/occ
 
 
 def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
@@ -159,6 +168,14 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
                 actual=write_back,
             )
         codec = codecs.pipeline_for(config)
+        # wave/occ
+        optimistic = config.get("optimistic_concurrency", False)
+        if not isinstance(optimistic, bool):
+            raise StorageValidationError(
+                f"optimistic_concurrency must be True or False, got {optimistic!r}",
+                expected="bool",
+                actual=optimistic,
+            )
     except StorageValidationError as exc:
         raise StorageValidationError(f"{name}: {exc}", expected=exc.expected, actual=exc.actual) from None
     return ModelSettings(
@@ -170,6 +187,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         upgrade_write_back=write_back,
         dict_references="class_name" not in cls.__pydantic_fields__,
         codec=codec,
+        optimistic_concurrency=optimistic,  # wave/occ
     )
 
 
@@ -390,6 +408,7 @@ class WriteSet:
         now = self._now
         # Two instances of one record (a revalidated copy, say) in one dump: the last one wins.
         records: dict[UUID, StoredRecord] = {}
+        checked = False  # wave/occ
         for entry in entries:
             state, settings = entry.state, entry.settings
             assert state.id is not None
@@ -406,10 +425,16 @@ class WriteSet:
                 expires_at=None if settings.ttl is None else now + settings.ttl,
                 encoding=encoding,
             )
+            if settings.optimistic_concurrency:  # wave/occ
+                records[state.id].revision = (state.revision or 0) + 1
+                checked = True
         batch = list(records.values())
         url = entries[0].settings.url
         timeout = max(entry.settings.timeout for entry in entries)
-        await runtime.execute(url, timeout, lambda backend: backend.save_records(batch))
+        if checked:  # wave/occ
+            await _write_checked(url, timeout, batch, entries)
+        else:
+            await runtime.execute(url, timeout, lambda backend: backend.save_records(batch))
         for entry in entries:
             entry.state.stored_digest = entry.digest
             entry.state.loaded_json = None
@@ -417,6 +442,51 @@ class WriteSet:
     @property
     def timeout(self) -> float:
         return max((entry.settings.timeout for entry in self._done), default=DEFAULT_TIMEOUT)
+
+
+# --- wave/occ: optimistic concurrency ------------------------------------------------------
+
+
+async def _write_checked(
+    url: StorageURL, seconds: float, batch: list[StoredRecord], entries: list[_Pending]
+) -> None:
+    """Write a batch holding records of models with `optimistic_concurrency`: each is written only
+    if the store still holds the revision its instance knows; else nothing is (where the store
+    allows atomic batches) and `ConcurrentUpdateError` names the first conflict."""
+    conflicts = await runtime.execute(url, seconds, lambda backend: backend.save_records_checked(batch))
+    if conflicts:
+        names = {entry.settings.storage_name: type(entry.model).__qualname__ for entry in entries}
+        first = conflicts[0]
+        model = names.get(first.class_name, first.class_name)
+        if first.found is None:
+            found = "the store holds no such record any more (deleted or expired)"
+        elif first.expected == 0:
+            found = f"the store already holds revision {first.found} of it"
+        else:
+            found = f"the store holds revision {first.found}"
+        knows = (
+            "knows no revision of it (a first save, or a record stored before revisions)"
+            if first.expected == 0
+            else f"knows revision {first.expected}"
+        )
+        more = f" (and {len(conflicts) - 1} more record(s) of this batch)" if len(conflicts) > 1 else ""
+        raise ConcurrentUpdateError(
+            f"{model} record {first.id} was changed by another writer{more}: this instance {knows}, {found}; "
+            "the save was refused so that it does not overwrite that change. Load the record again, "
+            "reapply your change and save it again",
+            class_name=first.class_name,
+            id=first.id,
+            expected=first.expected,
+            found=first.found,
+            conflicts=[(c.class_name, c.id, c.expected, c.found) for c in conflicts],
+        )
+    revisions = {record.id: record.revision for record in batch}
+    for entry in entries:
+        assert entry.state.id is not None
+        entry.state.revision = revisions[entry.state.id]
+
+
+# --- end wave/occ ---------------------------------------------------------------------------
 
 
 _FIELD_NAME = re.compile(r"field_name='([^']*)'")
@@ -1170,11 +1240,16 @@ def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: 
     model = cast(M, validator.validate_json(data_json, by_alias=False, by_name=True, context=context))
     if model.__pydantic_private__ is None:
         # Built without post-init (see _build_inner): this is the only private attribute.
-        object.__setattr__(model, "__pydantic_private__", {_STATE: RecordState(record.id, record.created_at)})
+        object.__setattr__(
+            model,
+            "__pydantic_private__",
+            {_STATE: RecordState(record.id, record.created_at, revision=record.revision)},  # wave/occ
+        )
     else:
         state = state_of(model)
         state.id = record.id
         state.created_at = record.created_at
+        state.revision = record.revision  # wave/occ
     loaded_from(model, record, data_json)
     return model
 
