@@ -339,9 +339,10 @@ async def test_a_value_that_is_not_an_envelope_is_a_clear_error(
 ) -> None:
     note = note_model(url)
     identifier = uuid4()
-    raw.set(f"{prefix}:Note:{identifier}", b"\xffnot json")
-    with pytest.raises(StorageValidationError, match="does not hold a JSON envelope"):
+    raw.set(f"{prefix}:Note:{identifier}", b"\xffnot json, secret-value")
+    with pytest.raises(StorageValidationError, match="does not hold a JSON envelope") as refused:
         await note.load(identifier)
+    assert "secret-value" not in f"{refused.value} {refused.value.actual!r} {refused.value!r}"
     # A NUL first announces a binary record: its header must be the documented one.
     for value in (b"\x00not json", b'\x00{"encoding":"json+zlib"}\nxyz', b"\x00"):
         raw.set(f"{prefix}:Note:{identifier}", value)
