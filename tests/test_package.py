@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DOCUMENTED_NAMES = {
     "CONTEXT_KEY",
+    "ConcurrentUpdateError",
     "ExternalBaseModel",
     "ExternalConfigDict",
     "ExternalReference",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,14 +65,25 @@ async def backend(pg_url: str) -> AsyncIterator[PostgreSQLBackend]:
 
 
 def user_model(
-    storage: str, storage_name: str = "User", *, schema_version: int = 1, ttl: timedelta | None = None
+    storage: str,
+    storage_name: str = "User",
+    *,
+    schema_version: int = 1,
+    ttl: timedelta | None = None,
+    compression: str | None = None,
+    compression_min_size: int = 512,
 ) -> Any:
     class User(ExternalBaseModel):
         name: str
         age: int = 0
 
         model_config = ExternalConfigDict(
-            storage=storage, storage_name=storage_name, schema_version=schema_version, ttl=ttl
+            storage=storage,
+            storage_name=storage_name,
+            schema_version=schema_version,
+            ttl=ttl,
+            compression=compression,
+            compression_min_size=compression_min_size,
         )
 
     return User
@@ -80,7 +92,7 @@ def user_model(
 def record(class_name: str, data: bytes, id: UUID | None = None, **fields: Any) -> StoredRecord:
     now = datetime.now(UTC)
     values: dict[str, Any] = {"schema_version": 1, "created_at": now, "updated_at": now} | fields
-    return StoredRecord(id=id or uuid4(), class_name=class_name, data_json=data, **values)
+    return StoredRecord(id=id or uuid4(), class_name=class_name, payload=data, **values)
 
 
 # ---------------------------------------------------------------------- round trips
@@ -96,8 +108,8 @@ def test_every_field_type_round_trips_through_sync_dump_and_validate(pg_url: str
     assert restored == original
     assert restored.when.utcoffset() == original.when.utcoffset()
     [row] = sql_sync(pg_url, f'SELECT class_name, jsonb_typeof(data) FROM "{table_of(pg_url)}"')
-    # A NUL anywhere in the data puts the record in its wrapped form.
-    assert tuple(row) == ("EveryType", "string" if "\x00" in original.text else "object")
+    # A NUL anywhere in the data puts the record in the payload column, with null data.
+    assert tuple(row) == ("EveryType", "null" if "\x00" in original.text else "object")
 
 
 async def test_model_with_120_fields_round_trips_through_the_async_api(pg_url: str) -> None:
@@ -278,7 +290,7 @@ def test_numbers_survive_jsonb_normalization(number_model: Any, floats: list[flo
     assert [repr(x) for x in restored.floats] == [repr(abs(x) if x == 0 else x) for x in floats]
 
 
-async def test_nul_records_are_wrapped_and_others_stay_objects(
+async def test_nul_records_go_to_the_payload_column_and_others_stay_objects(
     backend: PostgreSQLBackend, pg_url: str
 ) -> None:
     nul, escaped, plain = (
@@ -290,13 +302,97 @@ async def test_nul_records_are_wrapped_and_others_stay_objects(
 
     found = await backend.load_records([nul.key, escaped.key, plain.key])
 
-    assert [r.data_json if r else None for r in found] == [
-        nul.data_json,
-        escaped.data_json,
+    assert [r.payload if r else None for r in found] == [
+        nul.payload,
+        escaped.payload,
         b'{"s": "plain"}',
     ]
-    rows = await sql(pg_url, f'SELECT id, jsonb_typeof(data) FROM "{table_of(pg_url)}"')
-    assert {row[0]: row[1] for row in rows} == {nul.id: "string", escaped.id: "string", plain.id: "object"}
+    rows = await sql(pg_url, f'SELECT id, jsonb_typeof(data), payload, encoding FROM "{table_of(pg_url)}"')
+    assert {row[0]: tuple(row[1:]) for row in rows} == {
+        nul.id: ("null", nul.payload, "json"),
+        escaped.id: ("null", escaped.payload, "json"),
+        plain.id: ("object", None, "json"),
+    }
+
+
+async def test_compressed_payloads_are_bytea_and_json_stays_queryable(
+    backend: PostgreSQLBackend, pg_url: str
+) -> None:
+    packed = record("T", zlib.compress(b'{"s":"x"}'), encoding="json+zlib")
+    plain = record("T", b'{"s":"plain"}')
+    await backend.save_records([packed])
+    await backend.save_records([plain])
+    rows = await sql(pg_url, f"SELECT id, data->>'s', payload, encoding FROM \"{table_of(pg_url)}\"")
+    assert {row[0]: tuple(row[1:]) for row in rows} == {
+        packed.id: (None, packed.payload, "json+zlib"),
+        plain.id: ("plain", None, "json"),
+    }
+    # Saving JSON over a compressed record clears its payload column.
+    await backend.save_records([record("T", b'{"s":"now json"}', id=packed.id)])
+    [row] = await sql(
+        pg_url, f"SELECT data->>'s', payload, encoding FROM \"{table_of(pg_url)}\" WHERE id = $1", packed.id
+    )
+    assert tuple(row) == ("now json", None, "json")
+
+
+OLD_DDL = (
+    'CREATE TABLE "{table}" (id UUID PRIMARY KEY, class_name TEXT NOT NULL, data JSONB NOT NULL, '
+    "schema_version INTEGER NOT NULL DEFAULT 1, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+    "updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), expires_at TIMESTAMPTZ)"
+)
+"""The table the version before the codec stage created."""
+
+
+async def test_a_table_of_the_previous_version_gains_the_codec_columns_in_place(
+    postgresql_url: str, table: str
+) -> None:
+    await sql(postgresql_url, OLD_DDL.format(table=table))
+    plain, wrapped = uuid4(), uuid4()
+    # As that version wrote them: JSON as an object, JSON holding a NUL escape as a jsonb string.
+    await sql(
+        postgresql_url,
+        f"INSERT INTO \"{table}\" (id, class_name, data) VALUES ($1, 'User', $2::jsonb), "
+        "($3, 'User', to_jsonb($4::text))",
+        plain,
+        '{"name": "old", "age": 1}',
+        wrapped,
+        '{"name":"nul \\u0000 inside","age":2}',
+    )
+    url = with_options(postgresql_url, table=table)
+    model = user_model(url)
+    packed_model = user_model(url, "Packed", compression="zlib", compression_min_size=0)
+    try:
+        assert (await model.load(plain)).name == "old"
+        assert (await model.load(wrapped)).name == "nul \x00 inside"
+        columns = await sql(
+            postgresql_url,
+            "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns "
+            "WHERE table_name = $1 AND column_name IN ('payload', 'encoding') ORDER BY column_name",
+            table,
+        )
+        assert [tuple(c) for c in columns] == [
+            ("encoding", "text", "NO", "'json'::text"),
+            ("payload", "bytea", "YES", None),
+        ]
+        packed = packed_model(name="compressed " * 50, age=3)
+        reference = await packed.save()
+        assert await packed_model.load(reference) == packed
+        [row] = await sql(
+            postgresql_url, f'SELECT jsonb_typeof(data), encoding FROM "{table}" WHERE id = $1', reference.id
+        )
+        assert tuple(row) == ("null", "json+zlib")
+        # A process of the previous version updating the compressed record writes `data` only
+        # (its upsert knows no other columns); that update is what a reader gets.
+        await sql(
+            postgresql_url,
+            f"INSERT INTO \"{table}\" AS t (id, class_name, data) VALUES ($1, 'Packed', $2::jsonb) "
+            "ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+            reference.id,
+            '{"name": "old writer", "age": 4}',
+        )
+        assert (await packed_model.load(reference)).name == "old writer"
+    finally:
+        await pydantic_toast.aclose()
 
 
 # ---------------------------------------------------------------------- options and layout

@@ -8,6 +8,7 @@ are in test_redis_cluster.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -77,7 +78,7 @@ def record(class_name: str = "Note", data: bytes = b'{"text":"x"}', **changes: A
     fields: dict[str, Any] = {
         "id": uuid4(),
         "class_name": class_name,
-        "data_json": data,
+        "payload": data,
         "schema_version": 1,
         "created_at": now,
         "updated_at": now,
@@ -260,7 +261,7 @@ async def test_batches_are_one_round_trip_and_keep_order(url: str) -> None:
         wanted = [records[3].key, missing, records[0].key, records[3].key]
         found = await backend.load_records(wanted)
         assert backend.stats.snapshot()["round_trips"] == before + 1
-        assert [None if item is None else item.data_json for item in found] == [
+        assert [None if item is None else item.payload for item in found] == [
             b'{"text":"3"}',
             None,
             b'{"text":"0"}',
@@ -330,9 +331,73 @@ async def test_a_value_that_is_not_an_envelope_is_a_clear_error(
 ) -> None:
     note = note_model(url)
     identifier = uuid4()
-    raw.set(f"{prefix}:Note:{identifier}", b"\x00not json")
-    with pytest.raises(StorageValidationError, match="does not hold a JSON envelope"):
+    raw.set(f"{prefix}:Note:{identifier}", b"\xffnot json, secret-value")
+    with pytest.raises(StorageValidationError, match="does not hold a JSON envelope") as refused:
         await note.load(identifier)
+    assert "secret-value" not in f"{refused.value} {refused.value.actual!r} {refused.value!r}"
+    # A NUL first announces a binary record: its header must be the documented one.
+    for value in (b"\x00not json", b'\x00{"encoding":"json+zlib"}\nxyz', b"\x00"):
+        raw.set(f"{prefix}:Note:{identifier}", value)
+        with pytest.raises(StorageValidationError, match="binary record whose header") as caught:
+            await note.load(identifier)
+        assert "xyz" not in str(caught.value)
+
+
+async def test_json_records_keep_the_envelope_and_others_are_a_header_and_raw_bytes(
+    url: str, prefix: str, raw: redis.Redis
+) -> None:
+    backend = RedisBackend(url)
+    await backend.connect()
+    try:
+        moment = datetime(2025, 12, 23, tzinfo=UTC)
+        plain = record(created_at=moment, updated_at=moment)
+        packed = record(payload=b"\x00\n\xff", encoding="json+zlib", created_at=moment, updated_at=moment)
+        await backend.save_records([plain, packed])
+        assert raw.get(f"{prefix}:Note:{plain.id}") == (
+            b'{"data":{"text":"x"},"schema_version":1,"created_at":"2025-12-23T00:00:00.000000Z",'
+            b'"updated_at":"2025-12-23T00:00:00.000000Z"}'
+        )
+        assert raw.get(f"{prefix}:Note:{packed.id}") == (
+            b'\x00{"encoding":"json+zlib","schema_version":1,"created_at":"2025-12-23T00:00:00.000000Z",'
+            b'"updated_at":"2025-12-23T00:00:00.000000Z"}\n\x00\n\xff'
+        )
+        assert await backend.load_records([plain.key, packed.key]) == [plain, packed]
+    finally:
+        await backend.disconnect()
+
+
+async def test_a_binary_record_keeps_its_revision_first_in_the_header(
+    url: str, prefix: str, raw: redis.Redis
+) -> None:
+    backend = RedisBackend(url)
+    await backend.connect()
+    try:
+        moment = datetime(2025, 12, 23, tzinfo=UTC)
+        packed = record(payload=b"\x00\n\xff", encoding="json+zlib", created_at=moment, updated_at=moment)
+        checked = dataclasses.replace(packed, revision=12)
+        await backend.save_records([checked])
+        key = f"{prefix}:Note:{packed.id}"
+        assert raw.get(key) == (
+            b'\x00{"revision":12,"encoding":"json+zlib","schema_version":1,'
+            b'"created_at":"2025-12-23T00:00:00.000000Z","updated_at":"2025-12-23T00:00:00.000000Z"}\n\x00\n\xff'
+        )
+        assert await backend.load_records([packed.key]) == [checked]
+        later = dataclasses.replace(checked, updated_at=moment + timedelta(seconds=1), revision=13)
+        assert await backend.save_records_checked([later]) == []
+        assert await backend.save_records_checked([later]) == [], "a repeated write is no conflict"
+        stale = dataclasses.replace(later, updated_at=moment + timedelta(seconds=2))
+        [conflict] = await backend.save_records_checked([stale])
+        assert (conflict.expected, conflict.found) == (12, 13)
+        # A plain save without a revision leaves the header as before revisions.
+        await backend.save_records([packed])
+        assert raw.get(key) == (
+            b'\x00{"encoding":"json+zlib","schema_version":1,"created_at":"2025-12-23T00:00:00.000000Z",'
+            b'"updated_at":"2025-12-23T00:00:00.000000Z"}\n\x00\n\xff'
+        )
+        [conflict] = await backend.save_records_checked([later])
+        assert (conflict.expected, conflict.found) == (12, 0)
+    finally:
+        await backend.disconnect()
 
 
 async def test_values_above_max_value_size_are_refused_before_sending(
@@ -399,7 +464,7 @@ async def test_scan_records_pages_exactly_and_resumes_from_a_cursor(url: str) ->
 
         located = await backend.find_record(notes[7].id)
         assert located is not None
-        assert located.data_json == b'{"text":"7"}'
+        assert located.payload == b'{"text":"7"}'
         assert await backend.find_record(uuid4()) is None
         with pytest.raises(StorageValidationError):
             await backend.scan_records(cursor="garbage", limit=10)

@@ -83,12 +83,12 @@ async def test_batches_spread_over_every_node_and_load_per_slot(
         before = backend.stats.snapshot()["round_trips"]
         found = await backend.load_records(wanted)
         assert backend.stats.snapshot()["round_trips"] == before + 1
-        expected = [item.data_json for item in reversed(batch)] + [None, batch[5].data_json]
-        assert [None if item is None else item.data_json for item in found] == expected
+        expected = [item.payload for item in reversed(batch)] + [None, batch[5].payload]
+        assert [None if item is None else item.payload for item in found] == expected
 
         [single] = await backend.load_records([batch[1].key])
         assert single is not None
-        assert single.data_json == batch[1].data_json
+        assert single.payload == batch[1].payload
         assert await backend.delete(batch[1].id, "Note") is True
         assert await backend.delete(batch[1].id, "Note") is False
     finally:
@@ -111,7 +111,7 @@ async def test_same_slot_keys_share_one_mget(cluster_url: str, prefix: str) -> N
         batch = [StoredRecord(id, "Note", b'{"text":"%d"}' % i, 1, now, now) for i, id in enumerate(ids)]
         await backend.save_records(batch)
         found = await backend.load_records([(ids[2], "Note"), (ids[0], "Note"), (ids[1], "Note")])
-        assert [item.data_json if item else None for item in found] == [
+        assert [item.payload if item else None for item in found] == [
             b'{"text":"2"}',
             b'{"text":"0"}',
             b'{"text":"1"}',

@@ -12,6 +12,7 @@ from ._writing import CONTEXT_KEY, adump, dump
 from .backends.base import StorageBackend
 from .base import ExternalBaseModel, ExternalConfigDict, ReferenceLike
 from .exceptions import (
+    ConcurrentUpdateError,
     ExternalStorageError,
     MissingDependencyError,
     RecordNotFoundError,
@@ -28,6 +29,7 @@ from .upgrades import upgrade
 
 __all__ = [
     "CONTEXT_KEY",
+    "ConcurrentUpdateError",
     "ExternalBaseModel",
     "ExternalConfigDict",
     "ExternalReference",

@@ -486,15 +486,16 @@ def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: 
     if model.__pydantic_private__ is None:
         # Built without post-init (see _pydantic_internals._build_inner): this is the only
         # private attribute.
-        state = RecordState(record.id, record.created_at)
+        state = RecordState(record.id, record.created_at, revision=record.revision)
         object.__setattr__(model, "__pydantic_private__", {STATE: state})
     else:
         state = state_of(model)
         state.id = record.id
         state.created_at = record.created_at
+        state.revision = record.revision
     if record.schema_version == cls.__toast_settings__.schema_version:
-        # What the record holds, so that dumping the model unchanged writes nothing.
-        state.loaded_json = record.data_json
+        # What the record holds (decoded), so that dumping the model unchanged writes nothing.
+        state.loaded_json = data_json
     return model
 
 

@@ -43,6 +43,8 @@ class RecordState:
     # data matches writes nothing, so a reader's dump never reverts another writer's update.
     stored_digest: bytes | None = None
     loaded_json: bytes | None = None
+    # With optimistic_concurrency: the revision of the record this instance loaded or last wrote.
+    revision: int | None = None
 
     def reference(self, storage_name: str) -> ExternalReference:
         """The reference to this record, built once: dumps return it on every call."""

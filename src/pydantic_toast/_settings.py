@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID
 
-from . import forksafe
+from . import codecs, forksafe
 from .exceptions import StorageValidationError
 from .reference import ExternalReference, parse_id, parse_reference
 from .registry import backend_class, known_schemes
@@ -49,6 +49,8 @@ class ModelSettings:
     ttl: timedelta | None = None
     upgrade_write_back: bool = False
     dict_references: bool = True
+    codec: codecs.Pipeline | None = None
+    optimistic_concurrency: bool = False
 
 
 def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
@@ -112,6 +114,14 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
                 expected="bool",
                 actual=write_back,
             )
+        codec = codecs.pipeline_for(config)
+        optimistic = config.get("optimistic_concurrency", False)
+        if not isinstance(optimistic, bool):
+            raise StorageValidationError(
+                f"optimistic_concurrency must be True or False, got {optimistic!r}",
+                expected="bool",
+                actual=optimistic,
+            )
     except StorageValidationError as exc:
         raise StorageValidationError(f"{name}: {exc}", expected=exc.expected, actual=exc.actual) from None
     return ModelSettings(
@@ -121,6 +131,8 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         timeout=float(timeout),
         ttl=ttl,
         upgrade_write_back=write_back,
+        codec=codec,
+        optimistic_concurrency=optimistic,
         dict_references="class_name" not in cls.__pydantic_fields__,
     )
 

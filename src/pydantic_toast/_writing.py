@@ -19,18 +19,19 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
-from . import runtime
+from . import codecs, runtime
 from ._pydantic_internals import inner_serializer, serializer_error_fields
 from ._record_state import RecordState, digest, state_of
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
 from .backends.base import StoredRecord
-from .exceptions import ExternalStorageError, StorageValidationError
+from .exceptions import ConcurrentUpdateError, ExternalStorageError, StorageValidationError
 from .reference import ExternalReference
 
 if TYPE_CHECKING:
     from pydantic import SerializationInfo, SerializerFunctionWrapHandler
 
     from .base import ExternalBaseModel
+    from .url import StorageURL
 
 __all__ = [
     "CONTEXT_KEY",
@@ -205,13 +206,18 @@ class WriteSet:
     async def _write(self, entries: list[_Pending]) -> None:
         # Two instances of one record (a revalidated copy, say) in one dump: the last one wins.
         records: dict[UUID, StoredRecord] = {}
+        checked = False
         for entry in entries:
             record = _record_of(entry, self._now)
             records[record.id] = record
+            checked = checked or record.revision is not None
         batch = list(records.values())
         url = entries[0].settings.url
         timeout = max(entry.settings.timeout for entry in entries)
-        await runtime.execute(url, timeout, lambda backend: backend.save_records(batch))
+        if checked:
+            await _write_checked(url, timeout, batch, entries)
+        else:
+            await runtime.execute(url, timeout, lambda backend: backend.save_records(batch))
         for entry in entries:
             entry.state.wrote(entry.digest)
 
@@ -226,15 +232,58 @@ def _record_of(entry: _Pending, now: datetime) -> StoredRecord:
     assert state.id is not None
     assert state.created_at is not None
     assert entry.data is not None
+    # The codec stage: the one place where stored bytes are made from a model's JSON.
+    payload, encoding = codecs.encode(settings.codec, entry.data)
     return StoredRecord(
         id=state.id,
         class_name=settings.storage_name,
-        data_json=entry.data,
+        payload=payload,
         schema_version=settings.schema_version,
         created_at=state.created_at,
         updated_at=now,
         expires_at=None if settings.ttl is None else now + settings.ttl,
+        encoding=encoding,
+        revision=(state.revision or 0) + 1 if settings.optimistic_concurrency else None,
     )
+
+
+async def _write_checked(
+    url: StorageURL, seconds: float, batch: list[StoredRecord], entries: list[_Pending]
+) -> None:
+    """Write a batch holding records of models with `optimistic_concurrency`: each is written only
+    if the store still holds the revision its instance knows; else nothing is (where the store
+    allows atomic batches) and `ConcurrentUpdateError` names the first conflict."""
+    conflicts = await runtime.execute(url, seconds, lambda backend: backend.save_records_checked(batch))
+    if conflicts:
+        names = {entry.settings.storage_name: type(entry.model).__qualname__ for entry in entries}
+        first = conflicts[0]
+        model = names.get(first.class_name, first.class_name)
+        if first.found is None:
+            found = "the store holds no such record any more (deleted or expired)"
+        elif first.expected == 0:
+            found = f"the store already holds revision {first.found} of it"
+        else:
+            found = f"the store holds revision {first.found}"
+        knows = (
+            "knows no revision of it (a first save, or a record stored before revisions)"
+            if first.expected == 0
+            else f"knows revision {first.expected}"
+        )
+        more = f" (and {len(conflicts) - 1} more record(s) of this batch)" if len(conflicts) > 1 else ""
+        raise ConcurrentUpdateError(
+            f"{model} record {first.id} was changed by another writer{more}: this instance {knows}, {found}; "
+            "the save was refused so that it does not overwrite that change. Load the record again, "
+            "reapply your change and save it again",
+            class_name=first.class_name,
+            id=first.id,
+            expected=first.expected,
+            found=first.found,
+            conflicts=[(c.class_name, c.id, c.expected, c.found) for c in conflicts],
+        )
+    revisions = {record.id: record.revision for record in batch}
+    for entry in entries:
+        assert entry.state.id is not None
+        entry.state.revision = revisions[entry.state.id]
 
 
 @contextmanager

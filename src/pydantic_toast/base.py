@@ -65,6 +65,16 @@ class ExternalConfigDict(ConfigDict, total=False):
     upgrade_write_back: bool
     """Store a record again at the current schema_version after upgrading it on load. Default False."""
 
+    compression: str | None
+    """Compress stored payloads with this codec ("zlib"). Default None: plain JSON."""
+
+    compression_min_size: int
+    """With `compression`: payloads under this many bytes of JSON stay uncompressed. Default 512."""
+
+    optimistic_concurrency: bool
+    """Keep a revision number per record and refuse a save that would overwrite a change made since
+    the instance loaded (or last wrote) it: `ConcurrentUpdateError`. Default False."""
+
 
 _M = TypeVar("_M", bound="ExternalBaseModel")
 
@@ -93,6 +103,7 @@ class _DeleteMethod(Generic[_M]):
                 return False
             # Gone from the store: the next dump must write it again, changed or not.
             state.stored_digest = state.loaded_json = None
+            state.revision = None  # and with optimistic_concurrency it is a first save again
             reference = ExternalReference(class_name=owner.__toast_settings__.storage_name, id=record_id)
             return await _writing.delete(type(instance), reference)
 

@@ -1,7 +1,7 @@
 """The `pydantic-toast` command line (also `python -m pydantic_toast`).
 
     demo                               the quickstart story on the embedded SQLite default
-    inspect URL ID [--class NAME]      print one stored envelope
+    inspect URL ID [--class NAME]      print one stored envelope, its data decoded
     stats URL                          records per class, bytes, oldest/newest, expired
     copy SRC DST [--class NAME]        copy records between any two backends, resumable
     purge-expired URL                  delete expired records now
@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 import pydantic_core
 
-from . import __version__
+from . import __version__, codecs
 from ._loading import load_many
 from ._settings import coerce_reference
 from ._writing import save_many_shallow
@@ -218,7 +218,9 @@ async def inspect_record(url: str, record_id: str, class_name: str | None, out: 
         "created_at": format_timestamp(record.created_at),
         "updated_at": format_timestamp(record.updated_at),
         "expires_at": None if record.expires_at is None else format_timestamp(record.expires_at),
-        "data": pydantic_core.from_json(record.data_json),
+        "encoding": record.encoding,
+        "stored_bytes": len(record.payload),
+        "data": pydantic_core.from_json(codecs.decode(record)),
     }
     out.write(json.dumps(envelope, indent=2, ensure_ascii=False) + "\n")
     return 0
@@ -229,12 +231,14 @@ class ClassStats:
     records: int = 0
     data_bytes: int = 0
     expired: int = 0
+    encodings: dict[str, int] = field(default_factory=dict)
     oldest: datetime | None = None
     newest: datetime | None = None
 
     def add(self, record: StoredRecord, now: datetime) -> None:
         self.records += 1
-        self.data_bytes += len(record.data_json)
+        self.data_bytes += len(record.payload)
+        self.encodings[record.encoding] = self.encodings.get(record.encoding, 0) + 1
         if record.expires_at is not None and record.expires_at <= now:
             self.expired += 1
         if self.oldest is None or record.created_at < self.oldest:
@@ -259,6 +263,7 @@ async def print_stats(url: str, as_json: bool, out: TextIO) -> int:
         name: {
             "records": stats.records,
             "bytes": stats.data_bytes,
+            "encodings": dict(sorted(stats.encodings.items())),
             "expired": stats.expired,
             "oldest": None if stats.oldest is None else format_timestamp(stats.oldest),
             "newest": None if stats.newest is None else format_timestamp(stats.newest),
@@ -575,8 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "stats",
         "records per class, bytes, oldest/newest, expired",
-        "Count the records per class: how many, the bytes of their JSON data, how many have expired "
-        "but are not purged yet, the oldest creation and the newest update.",
+        "Count the records per class: how many, the bytes their payloads take in the store "
+        "(compressed, where compression is on; --json also counts the records per encoding), how "
+        "many have expired but are not purged yet, the oldest creation and the newest update.",
     )
     _url_argument(stats_parser, "url", "storage URL")
     stats_parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

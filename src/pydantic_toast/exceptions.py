@@ -5,6 +5,7 @@
     ├── RecordNotFoundError              no record for (class_name, id)               also a ValueError
     ├── StorageValidationError           bad configuration or bad reference            also a ValueError
     ├── StoredDataError                  a stored record no longer validates as its model
+    ├── ConcurrentUpdateError            another writer changed the record since it was loaded
     ├── UnsupportedOperationError        the backend lacks an optional capability
     ├── MissingDependencyError           the backend's driver is not installed          also an ImportError
     └── UnsupportedEventLoopError        async API called with no asyncio loop running  also a RuntimeError
@@ -26,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from uuid import UUID
 
 __all__ = [
+    "ConcurrentUpdateError",
     "ExternalStorageError",
     "MissingDependencyError",
     "RecordNotFoundError",
@@ -113,6 +115,59 @@ def _rebuild_stored_data_error(
     message: str, class_name: str, id: UUID, errors: list[dict[str, object]]
 ) -> StoredDataError:
     return StoredDataError(message, class_name=class_name, id=id, errors=errors)
+
+
+class ConcurrentUpdateError(ExternalStorageError):
+    """A save with `optimistic_concurrency` found that another writer changed the record first.
+
+    `class_name` and `id` name the record (the first one, when a batch met several: `conflicts`
+    lists them all as `(class_name, id, expected, found)`); `expected` is the revision the instance
+    knew (0: none, a first save), `found` the stored one (0: stored without revisions, None: no
+    record). Not a `ValueError`: it is nobody's bad input, and FastAPI answers it with a 500 unless
+    the application maps it (to 409 Conflict, typically). Never carries a stored value.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        class_name: str,
+        id: UUID,
+        expected: int,
+        found: int | None,
+        conflicts: Iterable[tuple[str, UUID, int, int | None]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.class_name = class_name
+        self.id = id
+        self.expected = expected
+        self.found = found
+        self.conflicts: list[tuple[str, UUID, int, int | None]] = list(conflicts) or [
+            (class_name, id, expected, found)
+        ]
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild_concurrent_update_error, (
+            str(self),
+            self.class_name,
+            self.id,
+            self.expected,
+            self.found,
+            self.conflicts,
+        )
+
+
+def _rebuild_concurrent_update_error(
+    message: str,
+    class_name: str,
+    id: UUID,
+    expected: int,
+    found: int | None,
+    conflicts: list[tuple[str, UUID, int, int | None]],
+) -> ConcurrentUpdateError:
+    return ConcurrentUpdateError(
+        message, class_name=class_name, id=id, expected=expected, found=found, conflicts=conflicts
+    )
 
 
 class UnsupportedOperationError(ExternalStorageError):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pydantic_core
 
+from . import codecs
 from .exceptions import StorageValidationError, StoredDataError
 
 if TYPE_CHECKING:
@@ -85,12 +86,13 @@ def collect_upgrades(cls: type[ExternalBaseModel], schema_version: int) -> dict[
 
 
 def upgraded_data(cls: type[ExternalBaseModel], record: StoredRecord) -> bytes:
-    """The record's data at the model's current version, running the upgrade chain if needed."""
+    """The record's data as JSON at the model's current version: decoded by the codec stage, then
+    upgraded if needed."""
     settings = cls.__toast_settings__
     current = settings.schema_version
     stored = record.schema_version
     if stored == current:
-        return record.data_json
+        return codecs.decode(record)
     if stored > current:
         raise StorageValidationError(
             f"stored {record.class_name} record {record.id} has schema_version {stored}, newer than "
@@ -108,8 +110,9 @@ def upgraded_data(cls: type[ExternalBaseModel], record: StoredRecord) -> bytes:
             expected=current,
             actual=stored,
         )
+    data_json = codecs.decode(record)  # its own errors are not "no JSON object"
     try:
-        data: Any = pydantic_core.from_json(record.data_json)
+        data: Any = pydantic_core.from_json(data_json)
     except ValueError:
         data = None
     if not isinstance(data, dict):

@@ -72,8 +72,12 @@ FORK_WHILE_BUSY = """
             register_backend("memory", MemoryBackend, replace=True)
             pydantic_toast.stats()
 
-    for target in (sync_traffic, loop_traffic, class_traffic, registry_traffic):
-        threading.Thread(target=target, daemon=True).start()
+    workers = [
+        threading.Thread(target=target, daemon=True)
+        for target in (sync_traffic, loop_traffic, class_traffic, registry_traffic)
+    ]
+    for worker in workers:
+        worker.start()
     time.sleep(0.2)
 
     async def child_work():
@@ -102,6 +106,10 @@ FORK_WHILE_BUSY = """
                 break
             time.sleep(0.001)
     stop.set()
+    # Joined before exit: a daemon thread still inside a socket call when the interpreter
+    # finalizes can abort CPython 3.11 (pthread_exit unwinding), which is not what is tested here.
+    for worker in workers:
+        worker.join(30)
     print(children, hung, failed)
 """
 

@@ -4,7 +4,7 @@ A backend moves envelopes; it knows nothing about pydantic. docs/backends/contra
 what every backend promises, and `pydantic_toast.testing` checks it. The four abstract methods
 below are the whole of what a backend must write, and one that implements only those must keep
 working forever. Built-in backends also override the record-level methods (`save_records`,
-`load_records`, `delete`, ...) which take pre-encoded JSON and whole batches, so the hot path
+`load_records`, `delete`, ...) which take pre-encoded payloads and whole batches, so the hot path
 never re-encodes data. Which optional capabilities a backend has is asked with `supports()`.
 A class that provides the four methods without subclassing `StorageBackend` is wrapped by
 `adapt_backend` when it is registered, so the runtime and the command line only ever see
@@ -14,6 +14,7 @@ A class that provides the four methods without subclassing `StorageBackend` is w
 from __future__ import annotations
 
 import asyncio
+import base64
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,10 +34,13 @@ __all__ = [
     "Capability",
     "RecordKey",
     "RecordStorageBackend",
+    "RevisionConflict",
     "StorageBackend",
     "StoredRecord",
     "adapt_backend",
+    "check_revision",
     "format_timestamp",
+    "last_per_id",
     "parse_timestamp",
     "refuse_other_class",
 ]
@@ -60,6 +64,8 @@ class Capability(StrEnum):
     """`purge_expired` deletes expired records now."""
     UNIQUE_IDS = "unique_ids"
     """A save of an id stored under another class is refused (StorageValidationError)."""
+    REVISIONS = "revisions"
+    """`save_records_checked` writes a batch only if every record's stored revision is the expected one."""
 
 
 # Capabilities a backend has when it overrides the method that provides them.
@@ -68,6 +74,7 @@ _BY_METHOD: dict[Capability, tuple[str, ...]] = {
     Capability.DELETE: ("delete",),
     Capability.SCAN: ("scan_records",),
     Capability.PURGE: ("purge_expired",),
+    Capability.REVISIONS: ("save_records_checked",),
 }
 
 
@@ -86,7 +93,11 @@ def parse_timestamp(text: str) -> datetime:
 
 @dataclass(slots=True)
 class StoredRecord:
-    """One stored model: its data as JSON bytes plus the envelope's metadata.
+    """One stored model: its payload bytes, how they are encoded, and the envelope's metadata.
+
+    `encoding` is the codec stage's tag (`pydantic_toast.codecs`): for "json", the default and
+    what every record without compression has, `payload` is the model's JSON itself. A backend
+    stores both exactly as given and never decodes the payload.
 
     Treat it as immutable. (Not `frozen=True`: that makes every construction several times
     slower, and one is built per save and per load.)
@@ -94,51 +105,122 @@ class StoredRecord:
 
     id: UUID
     class_name: str
-    data_json: bytes
+    payload: bytes
     schema_version: int
     created_at: datetime
     updated_at: datetime
     expires_at: datetime | None = None
+    encoding: str = "json"
+    # Optimistic concurrency: the stored revision on a loaded record (None: stored without one);
+    # on a record given to `save_records_checked`, the revision to store (None: not checked).
+    revision: int | None = None
 
     @property
     def key(self) -> RecordKey:
         return (self.id, self.class_name)
 
     def envelope(self) -> dict[str, Any]:
-        """The contract's envelope dict: what `StorageBackend.save` receives."""
-        return {
-            "data": pydantic_core.from_json(self.data_json),
-            "schema_version": self.schema_version,
-            "created_at": format_timestamp(self.created_at),
-            "updated_at": format_timestamp(self.updated_at),
-        }
+        """The contract's envelope dict: what `StorageBackend.save` receives.
+
+        A "json" record keeps the contract's shape, its data under "data"; any other encoding
+        has "encoding" and the payload as base64 text under "payload" instead.
+        """
+        envelope: dict[str, Any]
+        if self.encoding == "json":
+            envelope = {"data": pydantic_core.from_json(self.payload)}
+        else:
+            envelope = {"encoding": self.encoding, "payload": base64.b64encode(self.payload).decode()}
+        envelope["schema_version"] = self.schema_version
+        envelope["created_at"] = format_timestamp(self.created_at)
+        envelope["updated_at"] = format_timestamp(self.updated_at)
+        if self.revision is not None:
+            envelope["revision"] = self.revision
+        return envelope
 
     @classmethod
     def from_envelope(cls, id: UUID, class_name: str, envelope: Mapping[str, Any]) -> StoredRecord:
         """Rebuild a record from what a backend's `load` returned, refusing malformed envelopes."""
         try:
-            data = envelope["data"]
+            encoding = envelope.get("encoding", "json")
             schema_version = envelope.get("schema_version", 1)
-            if not isinstance(data, dict) or not isinstance(schema_version, int):
-                raise TypeError("'data' must be an object and 'schema_version' an integer")
+            if not isinstance(encoding, str) or not isinstance(schema_version, int):
+                raise TypeError("'encoding' must be a string and 'schema_version' an integer")
+            if encoding == "json":
+                data = envelope["data"]
+                if not isinstance(data, dict):
+                    raise TypeError("'data' must be an object")
+                payload = pydantic_core.to_json(data)
+            else:
+                text = envelope["payload"]
+                if not isinstance(text, str):
+                    raise TypeError("'payload' must be base64 text")
+                payload = base64.b64decode(text, validate=True)
+            revision = envelope.get("revision")
+            if revision is not None and (not isinstance(revision, int) or isinstance(revision, bool)):
+                raise TypeError("'revision' must be an integer")
             created_at = envelope.get("created_at")
             updated_at = envelope.get("updated_at", created_at)
             now = datetime.now(UTC)
             return cls(
                 id=id,
                 class_name=class_name,
-                data_json=pydantic_core.to_json(data),
+                payload=payload,
                 schema_version=schema_version,
                 created_at=_as_datetime(created_at) if created_at is not None else now,
                 updated_at=_as_datetime(updated_at) if updated_at is not None else now,
+                encoding=encoding,
+                revision=revision,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StorageValidationError(
-                f"the stored {class_name} record {id} is not a valid envelope ({exc}); "
-                "expected {'data': {...}, 'schema_version': int, 'created_at': ..., 'updated_at': ...}",
+                f"the stored {class_name} record {id} is not a valid envelope ({type(exc).__name__}: "
+                f"{exc if not isinstance(exc, ValueError) else 'a malformed value'}); expected "
+                "{'data': {...}, 'schema_version': int, 'created_at': ..., 'updated_at': ...}, or "
+                "'encoding' and base64 'payload' in place of 'data'",
                 expected="envelope",
                 actual=type(envelope).__name__,
             ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionConflict:
+    """A record of a `save_records_checked` batch whose stored revision was not the expected one."""
+
+    id: UUID
+    class_name: str
+    expected: int
+    """The revision the write was based on: the record's `revision` minus one (0: none)."""
+    found: int | None
+    """The stored revision (0: a record stored without one), or None: no live record."""
+
+
+def check_revision(
+    record: StoredRecord, found: int | None, updated_at: datetime | None = None
+) -> RevisionConflict | None:
+    """The conflict of a checked write of `record` over a stored revision `found`, if any.
+
+    `found`: the stored revision (0: stored without one), None: no live record; `updated_at`: the
+    stored record's. A record that already holds this very write (its revision and updated_at) is
+    no conflict: the batch is being repeated after a reply was lost.
+    """
+    if record.revision is None:
+        return None
+    expected = record.revision - 1
+    if (found or 0) == expected or (found == record.revision and updated_at == record.updated_at):
+        return None
+    return RevisionConflict(record.id, record.class_name, expected, found)
+
+
+def last_per_id(records: Sequence[StoredRecord]) -> list[StoredRecord]:
+    """The last record per id, for stores where an id belongs to one class (UNIQUE_IDS): two
+    classes with one id in a batch are refused, as the identity rule says."""
+    latest: dict[UUID, StoredRecord] = {}
+    for record in records:
+        previous = latest.get(record.id)
+        if previous is not None and previous.class_name != record.class_name:
+            raise refuse_other_class(record.id, previous.class_name, record.class_name, batch=True)
+        latest[record.id] = record
+    return list(latest.values())
 
 
 def _as_datetime(value: object) -> datetime:
@@ -295,6 +377,23 @@ class StorageBackend(ABC):
         await asyncio.gather(*(self.save(r.id, r.class_name, r.envelope()) for r in records))
         self.stats.add(round_trips=len(records), written=len(records))
 
+    async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
+        """Store several records, each only if the store still holds the revision it expects.
+
+        A record with `revision` r is written only if the stored record of its (class_name, id)
+        has revision r - 1, where a missing or expired record, and one stored without a revision,
+        count as 0; it is then stored with revision r. A record with `revision` None is written
+        unchecked. Where an id repeats, the last record wins (and only its check counts). Returns
+        the conflicts, empty when the batch was written. With a conflict nothing of the batch is
+        written, where the store allows atomic batches (see the contract). Records of an id
+        stored under another class are refused like `save_records` does.
+        """
+        raise UnsupportedOperationError(
+            f"{type(self).__name__} does not keep record revisions, so it cannot check for concurrent "
+            "updates; remove 'optimistic_concurrency' from the model's configuration or implement "
+            "save_records_checked() in the backend"
+        )
+
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         """Load several records: one result per key, in the keys' order (a repeated key gets the
         same record twice), None where missing or expired. Default: concurrent `load`s."""
@@ -374,7 +473,15 @@ class RecordStorageBackend(StorageBackend):
 
 
 # The optional methods a duck-typed backend may bring; the adapter forwards those it has.
-_OPTIONAL_METHODS = ("save_records", "load_records", "delete", "scan_records", "find_record", "purge_expired")
+_OPTIONAL_METHODS = (
+    "save_records",
+    "load_records",
+    "delete",
+    "scan_records",
+    "find_record",
+    "purge_expired",
+    "save_records_checked",
+)
 
 
 class _Adapter(StorageBackend):

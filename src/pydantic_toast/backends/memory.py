@@ -15,7 +15,16 @@ from uuid import UUID
 from .. import forksafe
 from ..exceptions import StorageValidationError
 from ..url import StorageURL
-from .base import Capability, RecordKey, RecordStorageBackend, StoredRecord, refuse_other_class
+from .base import (
+    Capability,
+    RecordKey,
+    RecordStorageBackend,
+    RevisionConflict,
+    StoredRecord,
+    check_revision,
+    last_per_id,
+    refuse_other_class,
+)
 
 __all__ = ["MemoryBackend"]
 
@@ -62,6 +71,31 @@ class MemoryBackend(RecordStorageBackend):
                     raise refuse_other_class(record.id, owner, record.class_name, batch=len(records) > 1)
             for record in records:
                 self._records[record.id] = record
+
+    async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
+        latest = last_per_id(records)
+        now = datetime.now(UTC)
+        with self._lock:
+            conflicts: list[RevisionConflict] = []
+            for record in latest:
+                existing = self._records.get(record.id)
+                if existing is not None and existing.class_name != record.class_name:
+                    raise refuse_other_class(
+                        record.id, existing.class_name, record.class_name, batch=len(latest) > 1
+                    )
+                found: int | None = None
+                updated_at: datetime | None = None
+                if existing is not None and (existing.expires_at is None or existing.expires_at > now):
+                    found, updated_at = existing.revision or 0, existing.updated_at
+                conflict = check_revision(record, found, updated_at)
+                if conflict is not None:
+                    conflicts.append(conflict)
+            if conflicts:
+                return conflicts
+            for record in latest:
+                self._records[record.id] = record
+        self.stats.add(written=len(latest))
+        return []
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         now = datetime.now(UTC)

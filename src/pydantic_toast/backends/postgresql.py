@@ -7,14 +7,18 @@ Query parameters are either libpq connection parameters, handed to asyncpg uncha
 `schema`, `min_size`, `max_size`, `command_timeout`, `statement_cache_size`. Anything else is
 refused when the model class is defined, so a typo never reaches the server.
 
-Layout: the contract's table (DESIGN.md) plus a nullable `expires_at TIMESTAMPTZ` for `ttl`. The
-model's JSON text goes to the server as text cast to `jsonb` and comes back as text, so the data is
-never parsed or re-serialized in Python.
+Layout: the contract's table (DESIGN.md) plus a nullable `expires_at TIMESTAMPTZ` for `ttl`, a
+nullable `payload BYTEA` and `encoding TEXT NOT NULL DEFAULT 'json'` (the codec stage's tag), and a
+nullable `revision BIGINT` (optimistic concurrency; NULL counts as revision 0). A
+"json" record's text goes to the server cast to `jsonb` and comes back as text, so the data is
+never parsed or re-serialized in Python, and stays searchable with jsonb operators.
 
-NUL characters: `jsonb` cannot hold `\\u0000` inside a string. A record whose JSON text contains
-that escape is stored instead as a jsonb *string* holding the JSON text itself. Model data is
-always an object, so a string in `data` is unambiguous, and reading returns the exact original
-text (`data #>> '{}'`). Such rows cannot be searched with jsonb operators; all others can.
+Payloads `jsonb` cannot hold go to `payload` as bytes, with JSON `null` in `data` (model data is
+always an object, so that is unambiguous): other encodings (compressed bytes), and JSON text
+holding a `\\u0000` escape, which `jsonb` refuses inside strings. Rows written before the codec
+stage hold the latter as a jsonb *string* wrapping the JSON text; they are still read (`data #>>
+'{}'`). A non-null `data` is the record whatever `encoding` says: a process of an earlier version
+updating a compressed record writes `data` and leaves the other two columns alone.
 
 asyncpg is imported by `connect()`, never at module import, so the core works without it.
 """
@@ -34,13 +38,19 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
 from uuid import UUID
 
-import pydantic_core
-
 from .. import runtime
 from ..exceptions import MissingDependencyError, StorageConnectionError, StorageValidationError
 from ..url import StorageURL, mask_secrets
 from ._options import URLOptions
-from .base import Capability, RecordKey, RecordStorageBackend, StoredRecord, refuse_other_class
+from .base import (
+    Capability,
+    RecordKey,
+    RecordStorageBackend,
+    RevisionConflict,
+    StoredRecord,
+    check_revision,
+    refuse_other_class,
+)
 
 __all__ = ["PostgreSQLBackend"]
 
@@ -97,8 +107,17 @@ _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 _SECRET_PARAMS = ("password", "sslpassword")
 _NUL_ESCAPE = b"\\u0000"
 _DATA = "CASE jsonb_typeof(data) WHEN 'string' THEN data #>> '{}' ELSE data::text END"
-_COLUMNS = f"id, class_name, {_DATA}, schema_version, created_at, updated_at, expires_at"
+# NULL unless the record is in `payload`; then its bytes and their encoding.
+_PAYLOAD = (
+    "CASE jsonb_typeof(data) WHEN 'null' THEN payload END, "
+    "CASE jsonb_typeof(data) WHEN 'null' THEN encoding END"
+)
+_COLUMNS = (
+    f"id, class_name, {_DATA}, schema_version, created_at, updated_at, expires_at, {_PAYLOAD}, revision"
+)
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
+# A batch's `data` text as jsonb, or JSON null where the record goes to `payload` as bytes.
+_INPUT_DATA = "COALESCE(data::jsonb, 'null'::jsonb)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,27 +163,40 @@ class PostgreSQLBackend(RecordStorageBackend):
         self._deadlock: tuple[type[BaseException], ...] = ()
         self._full: tuple[type[BaseException], ...] = ()
         table = self._settings.qualified
+        # `excluded` holds the column defaults where an INSERT leaves columns out: a JSON save
+        # resets payload and encoding without sending them. The revision is stored as given.
         upsert = (
             "ON CONFLICT (id) DO UPDATE SET data = excluded.data, schema_version = excluded.schema_version, "
             "created_at = excluded.created_at, updated_at = excluded.updated_at, "
-            "expires_at = excluded.expires_at "
-            "WHERE t.class_name = excluded.class_name"
+            "expires_at = excluded.expires_at, payload = excluded.payload, encoding = excluded.encoding, "
+            "revision = excluded.revision WHERE t.class_name = excluded.class_name"
         )
-        columns = "id, class_name, data, schema_version, created_at, updated_at, expires_at"
+        columns = "id, class_name, data, schema_version, created_at, updated_at, expires_at, revision"
         insert = f"INSERT INTO {table} AS t ({columns}) "
-        self._save_one = f"{insert}VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7) {upsert}"
+        self._save_one = f"{insert}VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8) {upsert}"
+        self._save_one_bytes = (
+            f"INSERT INTO {table} AS t ({columns}, payload, encoding) "
+            f"VALUES ($1, $2, 'null'::jsonb, $3, $4, $5, $6, $7, $8, $9) {upsert}"
+        )
         # One statement for the whole batch. The NOT EXISTS keeps it all-or-nothing when an id
         # already belongs to another class; the ON CONFLICT filter covers a concurrent writer.
-        self._save_many = (
+        # Batches of JSON records (the usual case) send no payload or encoding arrays.
+        self._save_many, self._save_many_bytes = (
             "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], "
-            "$5::timestamptz[], $6::timestamptz[], $7::timestamptz[]) "
-            "AS u(id, class_name, data, schema_version, created_at, updated_at, expires_at)) "
-            f"{insert}SELECT id, class_name, data::jsonb, schema_version, created_at, updated_at, expires_at "
+            f"$5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::int8[]{arrays}) "
+            f"AS u({columns}{names})) "
+            f"INSERT INTO {table} AS t ({columns}{names}) SELECT id, class_name, {data}, schema_version, "
+            f"created_at, updated_at, expires_at, revision{names} "
             f"FROM input WHERE NOT EXISTS (SELECT 1 FROM {table} AS o JOIN input AS i ON o.id = i.id "
             f"WHERE o.class_name <> i.class_name) {upsert}"
+            for arrays, names, data in (
+                ("", "", "data::jsonb"),
+                (", $9::bytea[], $10::text[]", ", payload, encoding", _INPUT_DATA),
+            )
         )
         self._load_one = (
-            f"SELECT {_DATA}, schema_version, created_at, updated_at, expires_at FROM {table} "
+            f"SELECT {_DATA}, schema_version, created_at, updated_at, expires_at, {_PAYLOAD}, revision "
+            f"FROM {table} "
             f"WHERE id = $1 AND class_name = $2 AND {_LIVE}"
         )
         self._load_many = f"SELECT {_COLUMNS} FROM {table} WHERE id = ANY($1::uuid[]) AND {_LIVE}"
@@ -174,6 +206,7 @@ class PostgreSQLBackend(RecordStorageBackend):
             "SELECT count(*) FROM gone WHERE expires_at IS NULL OR expires_at > now()"
         )
         self._owners = f"SELECT id, class_name FROM {table} WHERE id = ANY($1::uuid[])"
+        self._save_checked, self._revisions = _checked_statements(table)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._settings.shown!r})"
@@ -272,15 +305,15 @@ class PostgreSQLBackend(RecordStorageBackend):
             # tables a DBA prepared (IF NOT EXISTS still checks the privilege).
             row = await connection.fetchrow(
                 "SELECT $1::text IS NULL OR to_regnamespace($1) IS NOT NULL, to_regclass($2) IS NOT NULL, "
-                "EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($2) "
-                "AND attname = 'expires_at' AND NOT attisdropped), "
+                "(SELECT count(*) = 4 FROM pg_attribute WHERE attrelid = to_regclass($2) "
+                "AND attname IN ('expires_at', 'payload', 'encoding', 'revision') AND NOT attisdropped), "
                 "to_regclass($3) IS NOT NULL, to_regclass($4) IS NOT NULL",
                 schema,
                 table,
                 self._index_name("class_name"),
                 self._index_name("expires_at"),
             )
-            has_schema, has_table, has_expiry, has_class_index, has_expiry_index = row
+            has_schema, has_table, has_columns, has_class_index, has_expiry_index = row
             if not has_schema:
                 await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             if not has_table:
@@ -288,12 +321,19 @@ class PostgreSQLBackend(RecordStorageBackend):
                     f"CREATE TABLE IF NOT EXISTS {table} (id UUID PRIMARY KEY, class_name TEXT NOT NULL, "
                     "data JSONB NOT NULL, schema_version INTEGER NOT NULL DEFAULT 1, "
                     "created_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
-                    "updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), expires_at TIMESTAMPTZ)"
+                    "updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), expires_at TIMESTAMPTZ, "
+                    "payload BYTEA, encoding TEXT NOT NULL DEFAULT 'json', revision BIGINT)"
                 )
-            elif not has_expiry:
-                # Tables created by the contract's DDL (or older versions) gain the TTL column.
+            elif not has_columns:
+                # Tables created by the contract's DDL (or older versions) gain the TTL, codec and
+                # revision columns (rows without a revision count as revision 0). A constant default
+                # adds a column without rewriting the table. Checked first: an ALTER takes the
+                # table's strongest lock even when it has nothing to do.
                 await connection.execute(
-                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ"
+                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ, "
+                    "ADD COLUMN IF NOT EXISTS payload BYTEA, "
+                    "ADD COLUMN IF NOT EXISTS encoding TEXT NOT NULL DEFAULT 'json', "
+                    "ADD COLUMN IF NOT EXISTS revision BIGINT"
                 )
             if not has_class_index:
                 await connection.execute(
@@ -382,33 +422,36 @@ class PostgreSQLBackend(RecordStorageBackend):
         pool = self._pool_or_raise()
         if len(records) == 1:
             r = records[0]
-            status = await self._run(
-                "save",
-                pool.execute,
-                self._save_one,
-                r.id,
-                r.class_name,
-                _stored_text(r.data_json),
-                r.schema_version,
-                r.created_at,
-                r.updated_at,
-                r.expires_at,
-            )
+            text = _stored_text(r)
+            if text is not None:
+                arguments: tuple[object, ...] = (self._save_one, r.id, r.class_name, text)
+                arguments += (r.schema_version, r.created_at, r.updated_at, r.expires_at, r.revision)
+            else:
+                arguments = (self._save_one_bytes, r.id, r.class_name, r.schema_version)
+                arguments += (r.created_at, r.updated_at, r.expires_at, r.revision, r.payload, r.encoding)
+            status = await self._run("save", pool.execute, *arguments)
             unique: Sequence[StoredRecord] = records
         else:
             unique = _deduplicated(records)
-            status = await self._run(
-                "save",
-                pool.execute,
-                self._save_many,
+            texts = [_stored_text(r) for r in unique]
+            columns: list[list[Any]] = [
                 [r.id for r in unique],
                 [r.class_name for r in unique],
-                [_stored_text(r.data_json) for r in unique],
+                texts,
                 [r.schema_version for r in unique],
                 [r.created_at for r in unique],
                 [r.updated_at for r in unique],
                 [r.expires_at for r in unique],
-            )
+                [r.revision for r in unique],
+            ]
+            statement = self._save_many
+            if None in texts:
+                statement = self._save_many_bytes
+                columns.append(
+                    [r.payload if text is None else None for r, text in zip(unique, texts, strict=True)]
+                )
+                columns.append([r.encoding for r in unique])
+            status = await self._run("save", pool.execute, statement, *columns)
         self.stats.add(written=len(unique))
         if _row_count(status) != len(unique):
             # The refused path only: one more query to name the class that owns the id.
@@ -425,6 +468,61 @@ class PostgreSQLBackend(RecordStorageBackend):
                 expected=sorted({r.class_name for r in unique}),
             )
 
+    async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
+        if not records:
+            return []
+        pool = self._pool_or_raise()
+        unique = _deduplicated(records)
+        texts = [_stored_text(r) for r in unique]
+        arguments = (
+            [r.id for r in unique],
+            [r.class_name for r in unique],
+            texts,
+            [r.schema_version for r in unique],
+            [r.created_at for r in unique],
+            [r.updated_at for r in unique],
+            [r.expires_at for r in unique],
+            [r.revision for r in unique],
+            [r.payload if text is None else None for r, text in zip(unique, texts, strict=True)],
+            [r.encoding for r in unique],
+            len(unique),
+        )
+        driver = self._driver
+        assert driver is not None
+
+        async def write() -> bool:
+            try:
+                await pool.execute(self._save_checked, *arguments)
+            except driver.InvalidTextRepresentationError as exc:
+                if _CONFLICT_MARKER not in str(exc):
+                    raise
+                return False  # the statement failed as a whole: nothing of the batch was written
+            return True
+
+        for _ in range(_CHECKED_ATTEMPTS):
+            if await self._run("save", write):
+                self.stats.add(written=len(unique))
+                return []
+            # The refused path only: read what the store holds to say why.
+            rows = await self._run("save", pool.fetch, self._revisions, [r.id for r in unique])
+            stored = {row[0]: (row[1], row[2]) for row in rows}
+            conflicts: list[RevisionConflict] = []
+            for r in unique:
+                owner, found = stored.get(r.id, (r.class_name, None))
+                if owner != r.class_name:
+                    raise refuse_other_class(r.id, owner, r.class_name, batch=len(records) > 1)
+                conflict = check_revision(r, found)
+                if conflict is not None:
+                    conflicts.append(conflict)
+            if conflicts:
+                return conflicts
+            # What refused the write is gone already (a record deleted meanwhile): try again.
+        raise StorageConnectionError(
+            f"PostgreSQL save failed on {self._settings.where}: the records kept changing while "
+            f"being saved with revision checks ({_CHECKED_ATTEMPTS} attempts); try again",
+            url=self._settings.shown,
+        )
+
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         if not keys:
             return []
@@ -435,8 +533,18 @@ class PostgreSQLBackend(RecordStorageBackend):
             self.stats.add(read=row is not None)
             if row is None:
                 return [None]
-            data, version, created, updated, expires = row
-            return [StoredRecord(id, class_name, data.encode(), version, created, updated, expires)]
+            data, version, created, updated, expires, payload, encoding, revision = row
+            if payload is not None:
+                return [
+                    StoredRecord(
+                        id, class_name, payload, version, created, updated, expires, encoding, revision
+                    )
+                ]
+            return [
+                StoredRecord(
+                    id, class_name, data.encode(), version, created, updated, expires, "json", revision
+                )
+            ]
         rows = await self._run("load", pool.fetch, self._load_many, list({id: None for id, _ in keys}))
         self.stats.add(read=len(rows))
         found = {(row[0], row[1]): row for row in rows}
@@ -446,7 +554,11 @@ class PostgreSQLBackend(RecordStorageBackend):
             records.append(
                 None
                 if row is None
-                else StoredRecord(id, class_name, row[2].encode(), row[3], row[4], row[5], row[6])
+                else StoredRecord(
+                    id, class_name, row[2].encode(), row[3], row[4], row[5], row[6], "json", row[9]
+                )
+                if row[7] is None
+                else StoredRecord(id, class_name, row[7], row[3], row[4], row[5], row[6], row[8], row[9])
             )
         return records
 
@@ -594,13 +706,13 @@ def _import_driver() -> ModuleType:
     return module
 
 
-def _stored_text(data_json: bytes) -> str:
-    """The text sent for `data`: the JSON itself, or a JSON string wrapping it if it holds a NUL."""
-    if _NUL_ESCAPE in data_json:
-        # The escape may also be an escaped backslash followed by 'u0000'; wrapping that too is
-        # harmless, since unwrapping restores the exact text either way.
-        return pydantic_core.to_json(data_json.decode()).decode()
-    return data_json.decode()
+def _stored_text(record: StoredRecord) -> str | None:
+    """The text sent for `data`, or None when the payload goes to the `payload` column instead."""
+    # The NUL escape may also be an escaped backslash followed by 'u0000'; storing that as bytes
+    # too is harmless: the text comes back exactly as it was.
+    if record.encoding != "json" or _NUL_ESCAPE in record.payload:
+        return None
+    return record.payload.decode()
 
 
 def _deduplicated(records: Sequence[StoredRecord]) -> list[StoredRecord]:
@@ -614,14 +726,67 @@ def _deduplicated(records: Sequence[StoredRecord]) -> list[StoredRecord]:
     return [latest[id] for id in sorted(latest)]
 
 
+_CONFLICT_MARKER = "pydantic_toast_revision_conflict"
+_CHECKED_ATTEMPTS = 3
+# The stored revision as a check sees it: an expired record counts as missing, one stored
+# without a revision (before optimistic concurrency was used) as revision 0.
+_FOUND = (
+    "CASE WHEN t.expires_at IS NOT NULL AND t.expires_at <= now() THEN NULL ELSE coalesce(t.revision, 0) END"
+)
+
+
+def _checked_statements(table: str) -> tuple[str, str]:
+    """(the checked batch write, the read that explains a refusal) for `save_records_checked`.
+
+    One statement, so all or nothing: records based on revision r > 0 are UPDATEd only where the
+    row still has revision r (an UPDATE re-checks a row a concurrent writer changed, and finds no
+    row that was deleted); first saves (r = 0) and unchecked records are INSERTed, and update an
+    existing row only where it holds no revision or an expired one. A row that already holds
+    exactly this write (revision and updated_at) is the same batch retried after a lost reply.
+    When fewer rows were written than given, the final cast fails with a marker, and PostgreSQL
+    undoes the whole statement.
+    """
+    columns = "id, class_name, data, schema_version, created_at, updated_at, expires_at, revision, "
+    columns += "payload, encoding"
+    assign = (
+        "data = {s}.data, schema_version = {s}.schema_version, created_at = {s}.created_at, "
+        "updated_at = {s}.updated_at, expires_at = {s}.expires_at, revision = {s}.revision, "
+        "payload = {s}.payload, encoding = {s}.encoding"
+    )
+    retried = "(t.revision = {s}.revision AND t.updated_at = {s}.updated_at)"
+    save = (
+        "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], "
+        "$5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::bytea[], $10::text[]) "
+        f"AS u({columns})), "
+        f"updated AS (UPDATE {table} AS t SET {assign.format(s='i')} "
+        f"FROM (SELECT id, class_name, {_INPUT_DATA} AS data, schema_version, created_at, updated_at, "
+        "expires_at, revision, payload, encoding FROM input WHERE revision > 1) AS i "
+        f"WHERE t.id = i.id AND t.class_name = i.class_name AND ({_FOUND} = i.revision - 1 "
+        f"OR {retried.format(s='i')}) RETURNING 1), "
+        f"inserted AS (INSERT INTO {table} AS t ({columns}) "
+        f"SELECT id, class_name, {_INPUT_DATA}, schema_version, created_at, updated_at, expires_at, "
+        "revision, payload, encoding FROM input WHERE revision IS NULL OR revision <= 1 "
+        f"ON CONFLICT (id) DO UPDATE SET {assign.format(s='excluded')} "
+        "WHERE t.class_name = excluded.class_name AND (excluded.revision IS NULL "
+        f"OR coalesce({_FOUND}, 0) = 0 OR {retried.format(s='excluded')}) RETURNING 1) "
+        "SELECT CAST(CASE WHEN (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted) = $11 "
+        f"THEN '0' ELSE '{_CONFLICT_MARKER}' END AS integer)"
+    )
+    revisions = f"SELECT t.id, t.class_name, {_FOUND} FROM {table} AS t WHERE t.id = ANY($1::uuid[])"
+    return save, revisions
+
+
 def _row_count(status: str) -> int:
     # asyncpg returns the command tag: 'INSERT 0 3', 'DELETE 1'.
     return int(status.rsplit(" ", 1)[-1])
 
 
 def _record(row: Any) -> StoredRecord:
-    id, class_name, data, version, created, updated, expires = row
-    return StoredRecord(UUID(int=id.int), class_name, data.encode(), version, created, updated, expires)
+    uuid, class_name, data, version, created, updated, expires, payload, encoding, revision = row
+    id = UUID(int=uuid.int)
+    if payload is not None:
+        return StoredRecord(id, class_name, payload, version, created, updated, expires, encoding, revision)
+    return StoredRecord(id, class_name, data.encode(), version, created, updated, expires, "json", revision)
 
 
 def _settings(url: StorageURL) -> _Settings:

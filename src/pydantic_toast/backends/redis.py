@@ -9,9 +9,16 @@ URL forms (see docs/backends/redis.md for every option):
     rediss+cluster://…                                      cluster over TLS
 
 Each record is one string key `{prefix}:{class_name}:{uuid}` holding the envelope as compact JSON,
-data first: `{"data":…,"schema_version":N,"created_at":"…Z","updated_at":"…Z"}`. Writing splices
+data first: `{"data":…,"schema_version":N,"created_at":"…Z","updated_at":"…Z"}`, then
+`,"revision":N` last for a record saved with a revision. Writing splices
 the model's already encoded JSON into that text, and reading slices it back out after checking
 only the fixed-shape metadata tail, so neither direction re-encodes the model's data.
+
+A record whose encoding is not "json" (compressed) is stored as a NUL byte, a one-line JSON
+header `{"encoding":…,"schema_version":N,"created_at":…,"updated_at":…}` (with `"revision":N,`
+first when it has one), a newline, then the payload bytes as they are: no base64, and no JSON
+value starts with a NUL, so the two never mix. Either way the revision sits at a fixed end of the
+value, where a Lua script finds it with one GETRANGE (see _CHECKED_WRITE).
 
 redis-py is imported when a backend connects, never at module import, so the core works without it.
 """
@@ -42,7 +49,9 @@ from .base import (
     Capability,
     RecordKey,
     RecordStorageBackend,
+    RevisionConflict,
     StoredRecord,
+    check_revision,
     format_timestamp,
     parse_timestamp,
 )
@@ -95,10 +104,12 @@ _PREFIX = re.compile(r"^[^\s{}\x00-\x1f\x7f]{1,200}$")
 _HOST_PORT = re.compile(r"^(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:/\[\]@,]+))(?::(?P<port>\d{1,5}))?$")
 
 _ENVELOPE_HEAD = b'{"data":'
+_BINARY_HEAD = b"\x00"
 _TAIL_MARKER = b',"schema_version":'
 # The metadata tail this module writes after the data. Anything else falls back to a full parse.
 _TAIL = re.compile(
-    rb',"schema_version":(\d{1,18}),"created_at":"([0-9:.TZ+-]{20,40})","updated_at":"([0-9:.TZ+-]{20,40})"}\Z'
+    rb',"schema_version":(\d{1,18}),"created_at":"([0-9:.TZ+-]{20,40})","updated_at":"([0-9:.TZ+-]{20,40})"'
+    rb'(?:,"revision":(\d{1,18}))?}\Z'
 )
 
 
@@ -328,12 +339,27 @@ def _cluster_nodes(url: StorageURL) -> tuple[tuple[str, int], ...]:
 
 
 def _encode(record: StoredRecord) -> bytes:
-    return b'{"data":%b,"schema_version":%d,"created_at":"%b","updated_at":"%b"}' % (
-        record.data_json,
+    if record.encoding != "json":
+        # The revision comes first here, so that a script reads it with GETRANGE on the value's
+        # head (see _CHECKED_WRITE): the payload after the header has no bounded length.
+        head = b"\x00{" if record.revision is None else b'\x00{"revision":%d,' % record.revision
+        return head + b'"encoding":%b,"schema_version":%d,"created_at":"%b","updated_at":"%b"}\n%b' % (
+            pydantic_core.to_json(record.encoding),
+            record.schema_version,
+            format_timestamp(record.created_at).encode(),
+            format_timestamp(record.updated_at).encode(),
+            record.payload,
+        )
+    value = b'{"data":%b,"schema_version":%d,"created_at":"%b","updated_at":"%b"}' % (
+        record.payload,
         record.schema_version,
         format_timestamp(record.created_at).encode(),
         format_timestamp(record.updated_at).encode(),
     )
+    if record.revision is not None:
+        # Last, so that a script reads it with GETRANGE on the value's tail (see _CHECKED_WRITE).
+        value = value[:-1] + b',"revision":%d}' % record.revision
+    return value
 
 
 def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord:
@@ -347,13 +373,21 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
                 return StoredRecord(
                     id=id,
                     class_name=class_name,
-                    data_json=value[len(_ENVELOPE_HEAD) : cut],
+                    payload=value[len(_ENVELOPE_HEAD) : cut],
                     schema_version=int(match[1]),
                     created_at=parse_timestamp(match[2].decode()),
                     updated_at=parse_timestamp(match[3].decode()),
+                    revision=None if match[4] is None else int(match[4]),
                 )
             except ValueError:
                 pass  # an impossible date; the full parse below reports it properly
+    elif value.startswith(_BINARY_HEAD):
+        header, _, payload = value[1:].partition(b"\n")
+        try:
+            parsed = pydantic_core.from_json(header)
+        except ValueError:
+            parsed = None
+        return _binary_record(id, class_name, parsed, payload, key)
     try:
         envelope = pydantic_core.from_json(value)
     except ValueError:
@@ -364,9 +398,130 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
             "{'data': {...}, 'schema_version': …, 'created_at': …, 'updated_at': …}; was it written "
             "by something other than pydantic-toast?",
             expected="envelope",
-            actual=value[:40].decode(errors="replace"),
+            actual=f"{len(value)} bytes of another format",  # never the stored bytes themselves
         )
     return StoredRecord.from_envelope(id, class_name, envelope)
+
+
+# --------------------------------------------------------------------------- revision checks
+
+# How much of a value a check reads to find its revision and updated_at: a JSON envelope's end,
+# a binary record's start (its header, which holds the revision first; every header this module
+# writes fits in _HEAD_BYTES).
+_TAIL_BYTES = 64
+_HEAD_BYTES = 256
+_REVISION_TAIL = re.compile(rb',"revision":(\d{1,18})}\Z')
+_REVISION_HEAD = re.compile(rb'\x00{"revision":(\d{1,18}),')
+
+# save_records_checked in one script: a script runs alone on the server, so every check happens
+# before any write, and a batch with a conflict writes nothing. ARGV holds three values per key:
+# the value, the expected revision ('' = unchecked) and the expiry in ms ('' = none). A missing
+# key and a value without a revision count as revision 0. A key whose value has the same mark
+# as the one to write (see _check_mark: same updated_at and revision) holds this very write: a
+# retry after a lost reply. Returns the conflicts as [key index, found revision ('' = no record), ...].
+_CHECKED_WRITE = f"""
+local conflicts = {{}}
+for i, key in ipairs(KEYS) do
+  local expected = ARGV[3 * i - 1]
+  if expected ~= '' then
+    local value = ARGV[3 * i - 2]
+    local mark = redis.call('GETRANGE', key, 0, {_HEAD_BYTES - 1})
+    local found = ''
+    local written = nil
+    if string.byte(mark, 1) == 0 then
+      found = string.match(mark, '^.{{"revision":(%d+),') or '0'
+      written = string.sub(value, 1, {_HEAD_BYTES})
+    elseif mark ~= '' then
+      mark = redis.call('GETRANGE', key, -{_TAIL_BYTES}, -1)
+      found = string.match(mark, ',"revision":(%d+)}}$') or '0'
+      written = string.sub(value, -{_TAIL_BYTES})
+    end
+    if (found == '' and '0' or found) ~= expected and mark ~= written then
+      conflicts[#conflicts + 1] = i
+      conflicts[#conflicts + 1] = found
+    end
+  end
+end
+if #conflicts == 0 then
+  for i, key in ipairs(KEYS) do
+    local expiry = ARGV[3 * i]
+    if expiry == '' then
+      redis.call('SET', key, ARGV[3 * i - 2])
+    else
+      redis.call('SET', key, ARGV[3 * i - 2], 'PX', expiry)
+    end
+  end
+end
+return conflicts
+"""
+
+
+def _check_mark(value: bytes) -> bytes:
+    """The part of a value that a check reads: it holds the revision and the updated_at."""
+    return value[:_HEAD_BYTES] if value.startswith(_BINARY_HEAD) else value[-_TAIL_BYTES:]
+
+
+def _found_revision(mark: bytes) -> int | None:
+    """The revision a value's mark holds, as a check counts it; None for a missing key."""
+    if not mark:
+        return None
+    binary = mark.startswith(_BINARY_HEAD)
+    match = _REVISION_HEAD.match(mark) if binary else _REVISION_TAIL.search(mark)
+    return 0 if match is None else int(match[1])
+
+
+def _script_arguments(
+    records: Sequence[StoredRecord], writes: Sequence[tuple[bytes, bytes, int | None]]
+) -> list[bytes | str]:
+    arguments: list[bytes | str] = []
+    for record, (_, value, expiry) in zip(records, writes, strict=True):
+        arguments.append(value)
+        arguments.append("" if record.revision is None else str(record.revision - 1))
+        arguments.append("" if expiry is None else str(expiry))
+    return arguments
+
+
+def _conflicts_of(records: Sequence[StoredRecord], reply: Sequence[Any]) -> list[RevisionConflict]:
+    conflicts: list[RevisionConflict] = []
+    for index, found in zip(reply[::2], reply[1::2], strict=True):
+        record = records[int(index) - 1]
+        assert record.revision is not None
+        conflicts.append(
+            RevisionConflict(record.id, record.class_name, record.revision - 1, int(found) if found else None)
+        )
+    return conflicts
+
+
+def _binary_record(id: UUID, class_name: str, header: object, payload: bytes, key: bytes) -> StoredRecord:
+    if isinstance(header, dict):
+        encoding, version = header.get("encoding"), header.get("schema_version")
+        created, updated = header.get("created_at"), header.get("updated_at")
+        revision = header.get("revision")
+        if (
+            isinstance(encoding, str)
+            and isinstance(version, int)
+            and isinstance(created, str)
+            and isinstance(updated, str)
+            and (revision is None or (isinstance(revision, int) and not isinstance(revision, bool)))
+        ):
+            with contextlib.suppress(ValueError):  # an impossible date
+                return StoredRecord(
+                    id,
+                    class_name,
+                    payload,
+                    version,
+                    parse_timestamp(created),
+                    parse_timestamp(updated),
+                    encoding=encoding,
+                    revision=revision,
+                )
+    raise StorageValidationError(
+        f"Redis key {key.decode(errors='replace')!r} holds a binary record whose header is not "
+        '{"encoding": str, "schema_version": int, "created_at": str, "updated_at": str} with an '
+        'optional leading "revision": int; was it written by something other than pydantic-toast?',
+        expected="binary record header",
+        actual=type(header).__name__,
+    )
 
 
 # --------------------------------------------------------------------------- backends
@@ -577,7 +732,8 @@ class _RedisBase(RecordStorageBackend):
                 hint = f"the server refused the credentials of {user}; check the username and password"
         elif isinstance(exc, errors.NoPermissionError):
             hint = (
-                f"the ACL user lacks permission; allow GET, SET, MGET, DEL and SCAN on keys "
+                f"the ACL user lacks permission; allow GET, SET, MGET, DEL and SCAN (and EVAL and GETRANGE "
+                f"for optimistic_concurrency) on keys "
                 f"'{settings.prefix}:*'"
             )
         elif isinstance(exc, errors.TimeoutError | TimeoutError):
@@ -694,6 +850,28 @@ class _RedisBase(RecordStorageBackend):
                 pipe.set(key, value, px=expiry)
             await self._guard("save", pipe.execute())
         self.stats.add(written=len(writes))
+
+    async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
+        if not records:
+            return []
+        # The last record per key: the key holds the class name, so one id may serve two classes.
+        latest = list({record.key: record for record in records}.values())
+        writes = self._writes(latest)
+        conflicts = await self._write_checked(latest, writes)
+        if not conflicts:
+            self.stats.add(written=len(latest))
+        return conflicts
+
+    async def _write_checked(
+        self, records: list[StoredRecord], writes: list[tuple[bytes, bytes, int | None]]
+    ) -> list[RevisionConflict]:
+        """One server: one script, all or nothing."""
+        keys = [key for key, _, _ in writes]
+        reply = await self._guard(
+            "save",
+            self._require().eval(_CHECKED_WRITE, len(keys), *keys, *_script_arguments(records, writes)),
+        )
+        return _conflicts_of(records, reply)
 
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         if not keys:
@@ -946,6 +1124,59 @@ class RedisClusterBackend(_RedisBase):
             for index, value in zip(indexes, reply, strict=True):
                 values[index] = value
         return values
+
+    async def _write_checked(
+        self, records: list[StoredRecord], writes: list[tuple[bytes, bytes, int | None]]
+    ) -> list[RevisionConflict]:
+        """A script may only touch keys of one slot, so a batch cannot be checked and written in
+        one step. First every checked key's revision is read (one pipeline): a conflict found then
+        writes nothing. Then one script per slot checks its keys again and writes them: only a
+        writer that changes a record between the two steps can leave the other slots' records
+        written and this batch's conflict reported."""
+        from redis.crc import key_slot
+
+        checked = [index for index, record in enumerate(records) if record.revision is not None]
+        pipe = self._pipeline()
+        for index in checked:
+            # Both ends: which one holds the mark depends on the stored value's form.
+            pipe.getrange(writes[index][0], 0, _HEAD_BYTES - 1)
+            pipe.getrange(writes[index][0], -_TAIL_BYTES, -1)
+        ends: list[bytes] = await self._guard("save", pipe.execute())
+        marks = [
+            head if head.startswith(_BINARY_HEAD) else tail
+            for head, tail in zip(ends[::2], ends[1::2], strict=True)
+        ]
+        early = [
+            conflict
+            for index, mark in zip(checked, marks, strict=True)
+            if (conflict := check_revision(records[index], _found_revision(mark))) is not None
+            and mark != _check_mark(writes[index][1])
+        ]
+        if early:
+            return early
+        by_slot: dict[int, list[int]] = {}
+        for index, (key, _, _) in enumerate(writes):
+            by_slot.setdefault(key_slot(key), []).append(index)
+        client = self._require()
+
+        async def run(indexes: list[int]) -> list[RevisionConflict]:
+            part = [records[index] for index in indexes]
+            part_writes = [writes[index] for index in indexes]
+            keys = [key for key, _, _ in part_writes]
+            reply = await self._guard(
+                "save", client.eval(_CHECKED_WRITE, len(keys), *keys, *_script_arguments(part, part_writes))
+            )
+            return _conflicts_of(part, reply)
+
+        results = await asyncio.gather(
+            *(run(indexes) for indexes in by_slot.values()), return_exceptions=True
+        )
+        conflicts: list[RevisionConflict] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            conflicts.extend(result)
+        return conflicts
 
     async def _scan_nodes(self) -> list[Any]:
         return sorted(self._require().get_primaries(), key=lambda node: node.name)

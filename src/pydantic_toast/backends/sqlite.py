@@ -6,6 +6,9 @@ SQLite's single-writer rule is respected without locks of our own. Several insta
 event loop, or several processes) share the file safely through WAL mode and a busy timeout.
 
 Options (query string): `table` (default `external_models`), `busy_timeout` in seconds (default 5).
+
+`data` holds a record's payload: JSON as TEXT for the "json" encoding, a BLOB for any other
+(compressed) one, named in `encoding`. Tables of earlier versions gain that column at connect.
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ from .base import (
     Capability,
     RecordKey,
     RecordStorageBackend,
+    RevisionConflict,
     StoredRecord,
+    check_revision,
     format_timestamp,
+    last_per_id,
     parse_timestamp,
     refuse_other_class,
 )
@@ -40,7 +46,21 @@ __all__ = ["SQLiteBackend"]
 T = TypeVar("T")
 
 _OPTIONS = ("table", "busy_timeout")
-_COLUMNS = "id, class_name, data, schema_version, created_at, updated_at, expires_at"
+# The encoding is NULL for TEXT data, which is JSON whatever the column says: a process of an
+# earlier version updating a compressed record writes JSON text and leaves the column alone.
+_COLUMNS = (
+    "id, class_name, data, schema_version, created_at, updated_at, expires_at, "
+    "CASE typeof(data) WHEN 'text' THEN NULL ELSE encoding END, revision"
+)
+# Every write stores all of a record's columns as given, its revision included (None: NULL).
+_UPSERT = (
+    'INSERT INTO "{table}" '
+    "(id, class_name, data, schema_version, created_at, updated_at, expires_at, encoding, revision) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
+    "schema_version = excluded.schema_version, created_at = excluded.created_at, "
+    "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
+    "encoding = excluded.encoding, revision = excluded.revision"
+)
 # SQLite builds before 3.32 allow at most 999 bound parameters per statement.
 _MAX_IDS_PER_SELECT = 900
 # A process that forks while a SQLite call is in flight leaves the child SQLite's in-process lock
@@ -106,8 +126,10 @@ class SQLiteBackend(RecordStorageBackend):
                 f'CREATE TABLE IF NOT EXISTS "{table}" ('
                 "id TEXT PRIMARY KEY, class_name TEXT NOT NULL, data TEXT NOT NULL, "
                 "schema_version INTEGER NOT NULL DEFAULT 1, created_at TEXT NOT NULL, "
-                "updated_at TEXT NOT NULL, expires_at TEXT)"
+                "updated_at TEXT NOT NULL, expires_at TEXT, encoding TEXT NOT NULL DEFAULT 'json', "
+                "revision INTEGER)"
             )
+            _add_missing_columns(connection, table)
             connection.execute(
                 f'CREATE INDEX IF NOT EXISTS "idx_{table}_class_name" ON "{table}" (class_name)'
             )
@@ -143,26 +165,8 @@ class SQLiteBackend(RecordStorageBackend):
             self.stats.add(written=len(records))
 
     def _write(self, connection: sqlite3.Connection, records: Sequence[StoredRecord]) -> None:
-        rows = [
-            (
-                str(r.id),
-                r.class_name,
-                r.data_json.decode(),
-                r.schema_version,
-                format_timestamp(r.created_at),
-                format_timestamp(r.updated_at),
-                None if r.expires_at is None else format_timestamp(r.expires_at),
-            )
-            for r in records
-        ]
-        upsert = (
-            f'INSERT INTO "{self._table}" '
-            "(id, class_name, data, schema_version, created_at, updated_at, expires_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
-            "schema_version = excluded.schema_version, created_at = excluded.created_at, "
-            "updated_at = excluded.updated_at, "
-            "expires_at = excluded.expires_at WHERE class_name = excluded.class_name"
-        )
+        rows = _rows(records)
+        upsert = _UPSERT.format(table=self._table) + " WHERE class_name = excluded.class_name"
         if len(rows) == 1:
             # One statement is atomic on its own: no explicit transaction, half the round trips.
             try:
@@ -185,6 +189,65 @@ class SQLiteBackend(RecordStorageBackend):
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise self._error("save", exc) from exc
+
+    async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
+        if not records:
+            return []
+        latest = last_per_id(records)
+        conflicts = await self._run(lambda connection: self._write_checked(connection, latest))
+        if not conflicts:
+            self.stats.add(written=len(latest))
+        return conflicts
+
+    def _write_checked(
+        self, connection: sqlite3.Connection, records: list[StoredRecord]
+    ) -> list[RevisionConflict]:
+        """Check every revision, then write, in one transaction that holds the write lock from its
+        start: no other writer can come between the check and the write."""
+        now = format_timestamp(datetime.now(UTC))
+        rows = _rows(records)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                stored: dict[str, tuple[str, int | None, str | None, str]] = {}
+                for start in range(0, len(rows), _MAX_IDS_PER_SELECT):
+                    chunk = [row[0] for row in rows[start : start + _MAX_IDS_PER_SELECT]]
+                    for id_text, owner, revision, expires, updated in connection.execute(
+                        f'SELECT id, class_name, revision, expires_at, updated_at FROM "{self._table}" '
+                        f"WHERE id IN ({','.join('?' * len(chunk))})",
+                        chunk,
+                    ):
+                        stored[id_text] = (owner, revision, expires, updated)
+                conflicts: list[RevisionConflict] = []
+                for record, row in zip(records, rows, strict=True):
+                    found: int | None = None
+                    updated_at: datetime | None = None
+                    if row[0] in stored:
+                        owner, revision, expires, updated = stored[row[0]]
+                        if owner != record.class_name:
+                            raise refuse_other_class(
+                                record.id, owner, record.class_name, batch=len(records) > 1
+                            )
+                        if expires is None or expires > now:
+                            found = revision or 0
+                            updated_at = parse_timestamp(updated)
+                    conflict = check_revision(record, found, updated_at)
+                    if conflict is not None:
+                        conflicts.append(conflict)
+                if not conflicts:
+                    connection.executemany(
+                        _UPSERT.format(table=self._table),
+                        rows,
+                    )
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("ROLLBACK" if conflicts else "COMMIT")
+        except sqlite3.Error as exc:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise self._error("save", exc) from exc
+        return conflicts
 
     def _other_class(
         self, connection: sqlite3.Connection, records: Sequence[StoredRecord]
@@ -334,16 +397,57 @@ def _close_quietly(connection: sqlite3.Connection, executor: ThreadPoolExecutor)
     executor.shutdown(wait=False)
 
 
+# Columns later versions added, with their definitions. `encoding`: the codec stage (rows of
+# earlier tables are JSON); `revision`: optimistic concurrency (rows without one count as 0).
+_ADDED_COLUMNS = (("encoding", "TEXT NOT NULL DEFAULT 'json'"), ("revision", "INTEGER"))
+
+
+def _add_missing_columns(connection: sqlite3.Connection, table: str) -> None:
+    """Tables created by earlier versions (or by the contract's DDL) gain the columns they lack,
+    in place: ADD COLUMN only changes the schema, existing rows keep their data."""
+    columns = {row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')}
+    for name, definition in _ADDED_COLUMNS:
+        if name in columns:
+            continue
+        try:
+            connection.execute(f'ALTER TABLE "{table}" ADD COLUMN {name} {definition}')
+        except sqlite3.OperationalError as exc:
+            # "duplicate column": another process added it between our look and our ALTER.
+            if "duplicate column" not in str(exc):
+                raise
+
+
+def _rows(records: Sequence[StoredRecord]) -> list[tuple[Any, ...]]:
+    """`_UPSERT`'s parameters for each record."""
+    return [
+        (
+            str(r.id),
+            r.class_name,
+            # JSON stays TEXT, readable with SQLite's JSON functions; other encodings are BLOBs.
+            r.payload.decode() if r.encoding == "json" else r.payload,
+            r.schema_version,
+            format_timestamp(r.created_at),
+            format_timestamp(r.updated_at),
+            None if r.expires_at is None else format_timestamp(r.expires_at),
+            r.encoding,
+            r.revision,
+        )
+        for r in records
+    ]
+
+
 def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
-    id_text, class_name, data, version, created, updated, expires = row
+    id_text, class_name, data, version, created, updated, expires, encoding, revision = row
     return StoredRecord(
-        id=UUID(id_text),
-        class_name=class_name,
-        data_json=data.encode(),
-        schema_version=version,
-        created_at=parse_timestamp(created),
-        updated_at=parse_timestamp(updated),
-        expires_at=None if expires is None else parse_timestamp(expires),
+        UUID(id_text),
+        class_name,
+        data.encode() if encoding is None else data,
+        version,
+        parse_timestamp(created),
+        parse_timestamp(updated),
+        None if expires is None else parse_timestamp(expires),
+        encoding or "json",
+        revision,
     )
 
 

@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
+import os
+import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,12 +52,14 @@ import pydantic_core
 
 import pydantic_toast
 from pydantic_toast import (
+    ConcurrentUpdateError,
     ExternalBaseModel,
     ExternalConfigDict,
     RecordNotFoundError,
     StorageValidationError,
     UnsupportedOperationError,
     cli,
+    codecs,
 )
 from pydantic_toast.backends.base import Capability, StorageBackend, StoredRecord, format_timestamp
 from pydantic_toast.registry import backend_class
@@ -81,24 +86,34 @@ def _record(
     updated: datetime | None = None,
     version: int = 1,
     expires: datetime | None = None,
+    encoded: tuple[bytes, str] | None = None,
+    revision: int | None = None,
 ) -> StoredRecord:
+    """A record of `payload` as JSON, or of `encoded` (payload bytes, encoding tag) as given."""
     now = datetime.now(UTC)
+    data, encoding = encoded or (pydantic_core.to_json(payload), "json")
     return StoredRecord(
         id=id or uuid4(),
         class_name=class_name,
-        data_json=pydantic_core.to_json(payload),
+        payload=data,
         schema_version=version,
         created_at=created or now,
         updated_at=updated or created or now,
         expires_at=expires,
+        encoding=encoding,
+        revision=revision,
     )
 
 
 def _assert_same(found: StoredRecord | None, expected: StoredRecord) -> None:
     assert found is not None, f"record {expected.key} was not returned"
     assert found.key == expected.key
-    # Compared as values: a store may normalise JSON (key order, spacing), never its meaning.
-    assert pydantic_core.from_json(found.data_json) == pydantic_core.from_json(expected.data_json)
+    assert found.encoding == expected.encoding
+    if expected.encoding == "json":
+        # Compared as values: a store may normalise JSON (key order, spacing), never its meaning.
+        assert pydantic_core.from_json(found.payload) == pydantic_core.from_json(expected.payload)
+    else:
+        assert found.payload == expected.payload, "an encoded payload must come back byte for byte"
     assert found.schema_version == expected.schema_version
     assert found.created_at == expected.created_at
     assert found.updated_at == expected.updated_at
@@ -157,13 +172,27 @@ class BackendConformance:
         yield
         await pydantic_toast.aclose()
 
-    def model(self, backend_url: str, *, ttl: timedelta | None = None) -> Any:
+    def model(
+        self,
+        backend_url: str,
+        *,
+        ttl: timedelta | None = None,
+        compression: str | None = None,
+        optimistic: bool = False,
+    ) -> Any:
         """An external model class storing in the store under test, with a class name of its own."""
 
         class Item(ExternalBaseModel):
             text: str
             number: int = 0
-            model_config = ExternalConfigDict(storage=backend_url, storage_name=_class_name(), ttl=ttl)
+            model_config = ExternalConfigDict(
+                storage=backend_url,
+                storage_name=_class_name(),
+                ttl=ttl,
+                compression=compression,
+                compression_min_size=100,
+                optimistic_concurrency=optimistic,
+            )
 
         return Item
 
@@ -220,6 +249,67 @@ class BackendConformance:
         [found] = await backend.load_records([record.key])
         _assert_same(found, record)
         _assert_same_envelope(await backend.load(record.id, record.class_name), record.envelope())
+
+    # ------------------------------------------------------------------ encoded payloads
+
+    @_asyncio
+    async def test_encoded_payloads_round_trip_byte_for_byte_with_their_encoding(
+        self, backend: StorageBackend
+    ) -> None:
+        name = _class_name()
+        payloads = {
+            "NUL and non-UTF-8 bytes": bytes(range(256)) + b'\x00\x00\xff\xfe{"data":',
+            "empty": b"",
+            "large": os.urandom(3 * 1024 * 1024),
+            "zlib": zlib.compress(b'{"text":"' + b"compressible " * 1000 + b'"}'),
+        }
+        records = [_record(name, {}, encoded=(payload, "json+zlib")) for payload in payloads.values()]
+        # Backends store the tag as given, whether or not this process knows the codec.
+        records.append(_record(name, {}, encoded=(b"\x00\x01", "json+conformance-test")))
+        # JSON text with a NUL escape, which some stores (jsonb) cannot hold as JSON.
+        records.append(_record(name, {"text": "a\x00b", "bytes": "\x00"}))
+        await backend.save_records(records)
+        found = await backend.load_records([r.key for r in records])
+        for record, loaded in zip(records, found, strict=True):
+            _assert_same(loaded, record)
+        for record in records:
+            [alone] = await backend.load_records([record.key])
+            _assert_same(alone, record)
+        if backend.supports(Capability.SCAN):
+            listed = {r.id: r for r in await _scan_all(backend, name)}
+            for record in records:
+                _assert_same(listed.get(record.id), record)
+
+    @_asyncio
+    async def test_encoded_payloads_through_the_contract_methods(self, backend: StorageBackend) -> None:
+        record = _record(_class_name(), {}, encoded=(b"\x00\xff binary \x80", "json+zlib"), version=2)
+        envelope = record.envelope()
+        assert "data" not in envelope
+        assert envelope["encoding"] == "json+zlib"
+        await backend.save(record.id, record.class_name, envelope)
+        loaded = await backend.load(record.id, record.class_name)
+        assert loaded is not None
+        assert loaded["encoding"] == "json+zlib"
+        assert loaded["payload"] == envelope["payload"]
+        [found] = await backend.load_records([record.key])
+        _assert_same(found, record)
+
+    @_asyncio
+    async def test_a_save_switches_a_record_between_encodings(self, backend: StorageBackend) -> None:
+        name = _class_name()
+        plain = _record(name, {"v": 1})
+        packed = _record(name, {}, id=plain.id, created=plain.created_at, encoded=(b"\x00\x9c", "json+zlib"))
+        again = _record(name, {"v": 3}, id=plain.id, created=plain.created_at)
+        for record in (plain, packed, again, packed):
+            await backend.save_records([record])
+            [found] = await backend.load_records([plain.key])
+            _assert_same(found, record)
+        # In one batch too, mixed with records of the other encoding.
+        other = _record(name, {"v": 4})
+        await backend.save_records([other, again])
+        found_both = await backend.load_records([other.key, again.key])
+        _assert_same(found_both[0], other)
+        _assert_same(found_both[1], again)
 
     # ------------------------------------------------------------------ upsert and created_at
 
@@ -486,6 +576,56 @@ class BackendConformance:
         assert Branch.model_validate(branch.model_dump()) == branch
 
     @_asyncio
+    async def test_models_with_compression_store_compressed_payloads_and_load_them(
+        self, backend_url: str, backend: StorageBackend
+    ) -> None:
+        item_type = self.model(backend_url, compression="zlib")
+        name = item_type.__toast_settings__.storage_name
+        big = item_type(text="compress me \x00 é " * 500, number=1)
+        small = item_type(text="tiny")
+        references = await item_type.save_many([big, small])
+        stored = await backend.load_records([(r.id, name) for r in references])
+        assert stored[0] is not None
+        assert stored[0].encoding == "json+zlib"
+        assert len(stored[0].payload) < len(big.text)
+        assert pydantic_core.from_json(codecs.decode(stored[0])) == {"text": big.text, "number": 1}
+        assert stored[1] is not None
+        assert stored[1].encoding == "json", "payloads under compression_min_size stay JSON"
+        assert await item_type.load_many(references) == [big, small]
+        assert item_type.model_validate(big.model_dump()) == big
+
+        # The tag, not the reader's configuration, says how to decode: a model without
+        # compression reads the compressed record, and its next save stores plain JSON.
+        class Plain(ExternalBaseModel):
+            text: str
+            number: int = 0
+            model_config = ExternalConfigDict(storage=backend_url, storage_name=_class_name())
+
+        assert stored[0] is not None
+        copy = dataclasses.replace(stored[0], class_name=Plain.__toast_settings__.storage_name)
+        if backend.supports(Capability.UNIQUE_IDS):
+            copy = dataclasses.replace(copy, id=uuid4())
+        await backend.save_records([copy])
+        loaded = await Plain.load(copy.id)
+        assert loaded.text == big.text
+        loaded.number = 2
+        await loaded.save()
+        [rewritten] = await backend.load_records([copy.key])
+        assert rewritten is not None
+        assert rewritten.encoding == "json"
+
+        tree_leaf = self.model(backend_url, compression="zlib")
+
+        class Tree(ExternalBaseModel):
+            leaves: list[tree_leaf]  # type: ignore[valid-type]
+            model_config = ExternalConfigDict(
+                storage=backend_url, storage_name=_class_name(), compression="zlib"
+            )
+
+        tree = Tree(leaves=[tree_leaf(text=f"leaf {i} " * 100) for i in range(3)])
+        assert await Tree.load(await tree.save()) == tree
+
+    @_asyncio
     async def test_models_with_ttl_need_the_capability(
         self, backend_url: str, backend_type: type[StorageBackend]
     ) -> None:
@@ -496,6 +636,304 @@ class BackendConformance:
             pytest.skip(f"{backend_type.__name__} does not declare 'ttl' (and refuses models with ttl)")
         reference = await item_type(text="expiring").save()
         assert (await item_type.load(reference)).text == "expiring"
+
+    # ------------------------------------------------------------------ revisions (optimistic concurrency)
+
+    async def _revisions_or_skip(self, backend: StorageBackend) -> None:
+        if not backend.supports(Capability.REVISIONS):
+            with pytest.raises(UnsupportedOperationError):
+                await backend.save_records_checked([_record(_class_name(), {"v": 1}, revision=1)])
+            pytest.skip(f"{type(backend).__name__} does not declare 'revisions' (and refuses checked writes)")
+
+    @_asyncio
+    async def test_revisions_a_first_save_needs_no_record_and_the_revision_survives_a_load(
+        self, backend: StorageBackend
+    ) -> None:
+        await self._revisions_or_skip(backend)
+        record = _record(_class_name(), {"v": 1}, revision=1)
+        assert await backend.save_records_checked([record]) == []
+        [found] = await backend.load_records([record.key])
+        _assert_same(found, record)
+        assert found is not None
+        assert found.revision == 1
+        envelope = await backend.load(*record.key)
+        assert envelope is not None
+        assert envelope["revision"] == 1
+        assert await backend.save_records_checked([]) == []
+
+    @_asyncio
+    async def test_revisions_a_conflicting_first_save_writes_nothing(self, backend: StorageBackend) -> None:
+        await self._revisions_or_skip(backend)
+        first = _record(_class_name(), {"v": 1}, revision=1)
+        assert await backend.save_records_checked([first]) == []
+        again = _record(first.class_name, {"v": "other"}, id=first.id, revision=1)
+        [conflict] = await backend.save_records_checked([again])
+        assert (conflict.id, conflict.class_name, conflict.expected, conflict.found) == (
+            first.id,
+            first.class_name,
+            0,
+            1,
+        )
+        [found] = await backend.load_records([first.key])
+        _assert_same(found, first)
+
+    @_asyncio
+    async def test_revisions_a_matching_revision_writes_and_a_stale_one_does_not(
+        self, backend: StorageBackend
+    ) -> None:
+        await self._revisions_or_skip(backend)
+        name = _class_name()
+        first = _record(name, {"v": 1}, revision=1)
+        assert await backend.save_records_checked([first]) == []
+        later = first.updated_at + timedelta(seconds=1)
+        second = _record(name, {"v": 2}, id=first.id, created=first.created_at, updated=later, revision=2)
+        assert await backend.save_records_checked([second]) == []
+        [found] = await backend.load_records([first.key])
+        _assert_same(found, second)
+        assert found is not None
+        assert found.revision == 2
+        # Another writer that also started from revision 1:
+        stale = _record(name, {"v": "stale"}, id=first.id, created=first.created_at, revision=2)
+        [conflict] = await backend.save_records_checked([stale])
+        assert (conflict.expected, conflict.found) == (1, 2)
+        [found] = await backend.load_records([first.key])
+        _assert_same(found, second)
+        # A revision for a record that does not exist (deleted, or never written): found None.
+        ghost = _record(name, {"v": 0}, revision=4)
+        [conflict] = await backend.save_records_checked([ghost])
+        assert (conflict.id, conflict.expected, conflict.found) == (ghost.id, 3, None)
+        assert await backend.load_records([ghost.key]) == [None]
+
+    @_asyncio
+    async def test_revisions_a_batch_with_one_conflict_writes_nothing(self, backend: StorageBackend) -> None:
+        await self._revisions_or_skip(backend)
+        name = _class_name()
+        kept = _record(name, {"v": 1}, revision=1)
+        assert await backend.save_records_checked([kept]) == []
+        fresh = _record(name, {"fresh": True}, revision=1)
+        unchecked = _record(name, {"unchecked": True})
+        stale = _record(name, {"v": "stale"}, id=kept.id, created=kept.created_at, revision=3)
+        conflicts = await backend.save_records_checked([fresh, unchecked, stale])
+        assert [(c.id, c.expected, c.found) for c in conflicts] == [(kept.id, 2, 1)]
+        found = await backend.load_records([kept.key, fresh.key, unchecked.key])
+        _assert_same(found[0], kept)
+        assert found[1:] == [None, None], "a batch with a conflict must write nothing"
+        # Without the conflict the same batch is written, the unchecked record as given.
+        assert await backend.save_records_checked([fresh, unchecked]) == []
+        found = await backend.load_records([fresh.key, unchecked.key])
+        _assert_same(found[0], fresh)
+        _assert_same(found[1], unchecked)
+
+    @_asyncio
+    async def test_revisions_a_record_stored_without_one_counts_as_revision_0(
+        self, backend: StorageBackend
+    ) -> None:
+        await self._revisions_or_skip(backend)
+        name = _class_name()
+        plain = _record(name, {"v": 1})
+        await backend.save_records([plain])
+        [found] = await backend.load_records([plain.key])
+        assert found is not None
+        assert found.revision is None
+        upgraded = _record(name, {"v": 2}, id=plain.id, created=plain.created_at, revision=1)
+        assert await backend.save_records_checked([upgraded]) == []
+        other = _record(
+            name, {"v": 3}, id=plain.id, updated=upgraded.updated_at + timedelta(seconds=1), revision=1
+        )
+        [conflict] = await backend.save_records_checked([other])
+        assert (conflict.id, conflict.expected, conflict.found) == (plain.id, 0, 1)
+
+    @_asyncio
+    async def test_revisions_a_repeated_write_is_not_its_own_conflict(self, backend: StorageBackend) -> None:
+        # A batch sent again after its reply was lost (a retry) finds its own revision stored,
+        # with its own updated_at: that is no conflict.
+        await self._revisions_or_skip(backend)
+        name = _class_name()
+        first = _record(name, {"v": 1}, revision=1)
+        second = _record(name, {"v": 2}, revision=1)
+        assert await backend.save_records_checked([first, second]) == []
+        assert await backend.save_records_checked([first, second]) == []
+        [found] = await backend.load_records([first.key])
+        _assert_same(found, first)
+
+    @_asyncio
+    async def test_revisions_a_repeated_id_keeps_the_last_record_and_its_check(
+        self, backend: StorageBackend
+    ) -> None:
+        await self._revisions_or_skip(backend)
+        name = _class_name()
+        first = _record(name, {"v": 1}, revision=5)  # would conflict: no record has revision 4
+        last = _record(name, {"v": 2}, id=first.id, created=first.created_at, revision=1)
+        assert await backend.save_records_checked([first, last]) == []
+        [found] = await backend.load_records([first.key])
+        _assert_same(found, last)
+
+    @_asyncio
+    async def test_revisions_an_expired_record_counts_as_missing(self, backend: StorageBackend) -> None:
+        await self._revisions_or_skip(backend)
+        _skip_without(backend, Capability.TTL)
+        name = _class_name()
+        gone = _record(name, {"v": 1}, expires=datetime.now(UTC) - timedelta(seconds=1), revision=1)
+        assert await backend.save_records_checked([gone]) == []
+        await asyncio.sleep(_EXPIRY_GRACE)
+        [conflict] = await backend.save_records_checked([_record(name, {"v": 2}, id=gone.id, revision=2)])
+        assert (conflict.expected, conflict.found) == (1, None)
+        reborn = _record(name, {"v": 3}, id=gone.id, revision=1)
+        assert await backend.save_records_checked([reborn]) == []
+        [found] = await backend.load_records([gone.key])
+        _assert_same(found, reborn)
+
+    @_asyncio
+    async def test_revisions_keep_the_identity_rule(self, backend: StorageBackend) -> None:
+        await self._revisions_or_skip(backend)
+        _skip_without(backend, Capability.UNIQUE_IDS)
+        owner = _record(_class_name(), {"owner": True}, revision=1)
+        assert await backend.save_records_checked([owner]) == []
+        fresh = _record(_class_name(), {"fresh": True}, revision=1)
+        intruder = _record(_class_name(), {"owner": False}, id=owner.id, revision=1)
+        with pytest.raises(StorageValidationError) as refused:
+            await backend.save_records_checked([fresh, intruder])
+        assert owner.class_name in str(refused.value)
+        found = await backend.load_records([owner.key, fresh.key, intruder.key])
+        _assert_same(found[0], owner)
+        assert found[1:] == [None, None]
+
+    @_asyncio
+    async def test_revisions_check_encoded_records_too(self, backend: StorageBackend) -> None:
+        # Stores keep an encoded (compressed) payload in another form than JSON (a BLOB, bytea,
+        # Redis's binary form): its revision must be found there too, also when a record
+        # changes form from one write to the next.
+        await self._revisions_or_skip(backend)
+        name = _class_name()
+        # Its end looks like a JSON envelope's revision: a store must not take it for one.
+        packed = (b'\x00\n\xff binary \x80,"revision":9}', "json+zlib")
+        first = _record(name, {}, encoded=packed, revision=1)
+        assert await backend.save_records_checked([first]) == []
+        [found] = await backend.load_records([first.key])
+        _assert_same(found, first)
+        assert found is not None
+        assert found.revision == 1
+        envelope = await backend.load(*first.key)
+        assert envelope is not None
+        assert (envelope["encoding"], envelope["revision"]) == ("json+zlib", 1)
+        assert await backend.save_records_checked([first]) == [], "a repeated write is no conflict"
+        step = timedelta(seconds=1)
+        rival = _record(name, {}, id=first.id, updated=first.updated_at + step, encoded=packed, revision=1)
+        [conflict] = await backend.save_records_checked([rival])
+        assert (conflict.expected, conflict.found) == (0, 1)
+        [conflict] = await backend.save_records_checked([dataclasses.replace(rival, revision=10)])
+        assert (conflict.expected, conflict.found) == (9, 1)
+        # Encoded, then JSON, then encoded again: each write based on the one before.
+        second = _record(
+            name, {"v": 2}, id=first.id, created=first.created_at, updated=first.updated_at + step, revision=2
+        )
+        assert await backend.save_records_checked([second]) == []
+        stale = _record(
+            name,
+            {},
+            id=first.id,
+            created=first.created_at,
+            updated=first.updated_at,
+            encoded=packed,
+            revision=2,
+        )
+        [conflict] = await backend.save_records_checked([stale])
+        assert (conflict.expected, conflict.found) == (1, 2)
+        third = _record(
+            name,
+            {},
+            id=first.id,
+            created=first.created_at,
+            updated=second.updated_at + step,
+            encoded=(b"x\x9c\x00\n", "json+zlib"),
+            revision=3,
+        )
+        fresh = _record(name, {}, encoded=packed, revision=1)
+        assert await backend.save_records_checked([third, fresh]) == []
+        [conflict] = await backend.save_records_checked([stale])
+        assert (conflict.expected, conflict.found) == (1, 3)
+        both = await backend.load_records([first.key, fresh.key])
+        _assert_same(both[0], third)
+        _assert_same(both[1], fresh)
+        assert [record.revision for record in both if record is not None] == [3, 1]
+
+    @_asyncio
+    async def test_plain_saves_store_the_revision_as_given(self, backend: StorageBackend) -> None:
+        name = _class_name()
+        for encoded in (None, (b"\x00\x01", "json+zlib")):
+            record = _record(name, {"v": 1}, encoded=encoded, revision=7)
+            await backend.save_records([record])
+            [found] = await backend.load_records([record.key])
+            assert found is not None
+            assert found.revision == 7
+            unversioned = dataclasses.replace(record, revision=None)
+            await backend.save_records([unversioned])
+            [found] = await backend.load_records([record.key])
+            _assert_same(found, unversioned)
+            assert found is not None
+            assert found.revision is None
+
+    @_asyncio
+    async def test_models_with_optimistic_concurrency_refuse_a_lost_update(
+        self, backend_url: str, backend_type: type[StorageBackend]
+    ) -> None:
+        item_type = self.model(backend_url, optimistic=True)
+        if not backend_type.supports(Capability.REVISIONS):
+            with pytest.raises(UnsupportedOperationError):
+                await item_type(text="checked").save()
+            pytest.skip(
+                f"{backend_type.__name__} does not declare 'revisions' (and refuses models with "
+                "optimistic_concurrency)"
+            )
+        reference = await item_type(text="first").save()
+        mine, theirs = await item_type.load(reference), await item_type.load(reference)
+        theirs.text = "theirs"
+        await theirs.save()
+        mine.text = "mine"
+        with pytest.raises(ConcurrentUpdateError) as caught:
+            await mine.save()
+        assert (caught.value.id, caught.value.expected, caught.value.found) == (reference.id, 1, 2)
+        assert "theirs" not in str(caught.value)
+        assert "mine" not in str(caught.value)
+        again = await item_type.load(reference)
+        assert again.text == "theirs"
+        again.text = "mine, reapplied"
+        await again.save()
+        assert (await item_type.load(reference)).text == "mine, reapplied"
+
+    @_asyncio
+    async def test_models_with_optimistic_concurrency_and_compression(
+        self, backend_url: str, backend: StorageBackend
+    ) -> None:
+        _skip_without(backend, Capability.REVISIONS)
+        item_type = self.model(backend_url, compression="zlib", optimistic=True)
+        name = item_type.__toast_settings__.storage_name
+        reference = await item_type(text="compress me " * 200).save()
+        [stored] = await backend.load_records([(reference.id, name)])
+        assert stored is not None
+        assert (stored.encoding, stored.revision) == ("json+zlib", 1)
+        mine, theirs = await item_type.load(reference), await item_type.load(reference)
+        theirs.text = "theirs, compressed " * 200
+        await theirs.save()
+        mine.text = "mine " * 200
+        with pytest.raises(ConcurrentUpdateError) as caught:
+            await mine.save()
+        assert (caught.value.expected, caught.value.found) == (1, 2)
+        # Small enough to stay JSON: the record changes form, and the checks go on.
+        theirs.text = "short"
+        await theirs.save()
+        [stored] = await backend.load_records([(reference.id, name)])
+        assert stored is not None
+        assert (stored.encoding, stored.revision) == ("json", 3)
+        with pytest.raises(ConcurrentUpdateError):
+            await mine.save()
+        again = await item_type.load(reference)
+        again.text = "mine, reapplied " * 200
+        await again.save()
+        [stored] = await backend.load_records([(reference.id, name)])
+        assert stored is not None
+        assert (stored.encoding, stored.revision) == ("json+zlib", 4)
+        assert (await item_type.load(reference)).text == again.text
 
     # ------------------------------------------------------------------ the command line
 

@@ -1,0 +1,222 @@
+"""The codec stage: a model's JSON bytes ⇄ the payload bytes a backend stores.
+
+Every record carries an encoding tag next to its payload, so any reader can decode any record
+whatever the writer's configuration. The tag is the base format followed by the steps applied to
+it, in order, joined by `+`: `json` (today's records and the default: the payload is the model's
+JSON itself), `json+zlib` (that JSON compressed with zlib). Decoding undoes the steps in reverse.
+
+A step's name stands for one byte format forever: a codec whose output format changes is
+registered under a new name (`zlib2`), and the old one stays registered so that earlier records
+still decode. Steps are looked up in a registry (`register_codec`); a record naming a step this
+process does not have is refused with an error naming the tag and the fix, never with its bytes.
+
+This is the only module that transforms payloads: the write set encodes here (`encode`) before
+records reach a backend, and every reader (model loads, upgrades, `pydantic-toast inspect`)
+decodes here (`decode`). Backends store payload and tag as given; `copy` moves them unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .exceptions import StorageValidationError, StoredDataError
+
+if TYPE_CHECKING:
+    from .backends.base import StoredRecord
+
+__all__ = [
+    "DEFAULT_COMPRESSION_MIN_SIZE",
+    "JSON",
+    "Codec",
+    "Pipeline",
+    "ZlibCodec",
+    "codec_names",
+    "decode",
+    "encode",
+    "pipeline_for",
+    "register_codec",
+]
+
+JSON = "json"
+"""The base format of every payload, and the whole tag of an uncompressed one."""
+
+DEFAULT_COMPRESSION_MIN_SIZE = 512
+"""Bytes of JSON below which `compression` leaves a payload alone (see `pipeline_for`)."""
+
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class Codec(ABC):
+    """One reversible step of the stage, registered under `name` (its token in encoding tags)."""
+
+    name: ClassVar[str]
+    compresses: ClassVar[bool] = False
+    """Whether `ExternalConfigDict(compression=name)` may select it."""
+
+    @abstractmethod
+    def encode(self, data: bytes) -> bytes: ...
+
+    @abstractmethod
+    def decode(self, data: bytes) -> bytes:
+        """Undo `encode`; raise any exception for bytes that `encode` did not produce."""
+
+
+class ZlibCodec(Codec):
+    """zlib (RFC 1950) from the standard library, at its default level."""
+
+    name = "zlib"
+    compresses = True
+
+    def encode(self, data: bytes) -> bytes:
+        return zlib.compress(data)
+
+    def decode(self, data: bytes) -> bytes:
+        return zlib.decompress(data)
+
+
+_codecs: dict[str, Codec] = {}
+
+
+def register_codec(codec: Codec) -> None:
+    """Make `codec` available to encode (if it compresses) and to decode records tagged with it.
+
+    Registering another codec under a name already taken is refused: records written with the
+    first would no longer decode.
+    """
+    name = getattr(codec, "name", None)
+    if not isinstance(name, str) or not _NAME.match(name) or name == JSON:
+        raise StorageValidationError(
+            f"codec name {name!r} must be 1-32 lowercase letters, digits, '_' or '-', starting with a "
+            f"letter, and not {JSON!r}",
+            expected="codec name",
+            actual=name,
+        )
+    registered = _codecs.get(name)
+    if registered is not None and type(registered) is not type(codec):
+        raise StorageValidationError(
+            f"codec name {name!r} is already registered by {type(registered).__qualname__}; a name "
+            "stands for one byte format forever, so give the new codec a name of its own",
+            expected="an unused codec name",
+            actual=name,
+        )
+    _codecs[name] = codec
+
+
+register_codec(ZlibCodec())
+
+
+def codec_names(*, compressing: bool = False) -> list[str]:
+    """The registered step names (only those `compression` accepts, with `compressing`)."""
+    return sorted(name for name, codec in _codecs.items() if codec.compresses or not compressing)
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """What a model's records go through on save: validated once, when the class is defined."""
+
+    compression: Codec
+    compression_min_size: int
+    compressed_encoding: str
+
+
+def pipeline_for(config: Mapping[str, Any]) -> Pipeline | None:
+    """The pipeline `ExternalConfigDict` asks for; None (plain JSON, the fast path) by default.
+
+    `compression`: a registered compressing codec's name, or None. `compression_min_size`: JSON
+    shorter than this many bytes is stored uncompressed, where compression gains nothing and
+    costs time on every save and load.
+    """
+    name = config.get("compression")
+    min_size = config.get("compression_min_size", DEFAULT_COMPRESSION_MIN_SIZE)
+    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
+        raise StorageValidationError(
+            f"compression_min_size must be an integer number of bytes >= 0, got {min_size!r}",
+            expected="int >= 0",
+            actual=min_size,
+        )
+    if name is None:
+        return None
+    codec = _codecs.get(name) if isinstance(name, str) else None
+    if codec is None or not codec.compresses:
+        known = codec_names(compressing=True)
+        raise StorageValidationError(
+            f"compression {name!r} is not a known compression; use one of {', '.join(map(repr, known))} "
+            "or None",
+            expected=known,
+            actual=name,
+        )
+    return Pipeline(codec, min_size, f"{JSON}+{codec.name}")
+
+
+def encode(pipeline: Pipeline | None, data: bytes) -> tuple[bytes, str]:
+    """(payload, encoding tag) to store for a model's JSON `data`.
+
+    Without a pipeline the payload is `data` itself. A payload that compression does not make
+    smaller is stored as plain JSON: reading it back then costs nothing.
+    """
+    if pipeline is None or len(data) < pipeline.compression_min_size:
+        return data, JSON
+    packed = pipeline.compression.encode(data)
+    if len(packed) >= len(data):
+        return data, JSON
+    return packed, pipeline.compressed_encoding
+
+
+def decode(record: StoredRecord) -> bytes:
+    """The model JSON a stored record holds, undoing the steps its encoding tag names."""
+    encoding = record.encoding
+    if encoding == JSON:
+        return record.payload
+    base, *steps = encoding.split("+")
+    if base != JSON:
+        raise _unknown(record, base)
+    codecs: list[Codec] = []
+    for name in steps:
+        codec = _codecs.get(name)
+        if codec is None:
+            raise _unknown(record, name)
+        codecs.append(codec)
+    data = record.payload
+    failed: str | None = None
+    for codec in reversed(codecs):
+        try:
+            data = codec.decode(data)
+        except Exception as exc:  # noqa: BLE001 - any codec failure means the same: corrupt bytes
+            # Named by type only, and not chained: a codec's message may quote the bytes.
+            failed = f"{codec.name}: {type(exc).__name__}"
+            break
+    if failed is not None:
+        raise StoredDataError(
+            f"stored {record.class_name} record {record.id} is tagged {encoding!r} but its payload does "
+            f"not decode ({failed}); it was damaged or written by something else. Repair or delete the "
+            "record",
+            class_name=record.class_name,
+            id=record.id,
+            errors=[{"loc": (), "type": "payload_decoding"}],
+        )
+    return data
+
+
+def _unknown(record: StoredRecord, name: str) -> StorageValidationError:
+    known = [JSON, *codec_names()]
+    if name == JSON or _NAME.match(name) is None:
+        # Not a step any pydantic-toast writes: an edited or foreign record, not a missing codec.
+        reason = f"{name!r} is not a codec name"
+        fix = "repair or delete the record"
+    else:
+        reason = f"this process has no codec {name!r}"
+        fix = (
+            "it was written by a newer pydantic-toast or with a codec installed: upgrade pydantic-toast "
+            f"(pip install -U pydantic-toast), or install the extra or package that provides {name!r}"
+        )
+    return StorageValidationError(
+        f"stored {record.class_name} record {record.id} is encoded as {record.encoding!r} and {reason} "
+        f"(known: {', '.join(known)}); {fix}",
+        expected=known,
+        actual=record.encoding,
+    )
