@@ -5,12 +5,22 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, Field, create_model
 
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+
+
+def note_model(storage: str, **config: Any) -> Any:
+    """The smallest external model: one text field; `config` adds ExternalConfigDict keys."""
+
+    class Note(ExternalBaseModel):
+        text: str
+        model_config = cast(ExternalConfigDict, {"storage": storage, **config})
+
+    return Note
 
 
 class Color(enum.Enum):

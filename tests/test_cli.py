@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 from uuid import uuid4
 
 import pytest
 
 import pydantic_toast
+from fixtures.stored import store_raw, stored_version
+from models import note_model
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict
 from pydantic_toast.cli import build_parser, copy_records, main
-
-
-def note_model(storage: str, ttl: timedelta | None = None) -> Any:
-    class Note(ExternalBaseModel):
-        text: str
-        model_config = ExternalConfigDict(storage=storage, ttl=ttl)
-
-    return Note
 
 
 def test_inspect_prints_the_envelope(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,8 +68,6 @@ def test_stats_counts_records_bytes_and_expired(storage_url: str, capsys: pytest
 def test_copy_between_backends_is_resumable(
     storage_url: str, sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import asyncio
-
     note = note_model(storage_url)
     for i in range(25):
         note(text=f"note {i}").model_dump()
@@ -126,8 +119,6 @@ def test_copy_between_backends_is_resumable(
 
 
 def test_purge_expired(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    import time
-
     note = note_model(storage_url, ttl=timedelta(milliseconds=300))
     note(text="short-lived").model_dump()
     time.sleep(0.5)
@@ -139,10 +130,6 @@ def test_purge_expired(storage_url: str, capsys: pytest.CaptureFixture[str]) -> 
 def test_upgrade_command_rewrites_outdated_records(
     storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import asyncio
-
-    from test_upgrades import store_raw, stored_version
-
     module = f"cli_models_{uuid4().hex[:8]}"
     (tmp_path / f"{module}.py").write_text(
         textwrap.dedent(

@@ -11,6 +11,10 @@ from uuid import uuid4
 import pytest
 
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError
+from pydantic_toast.backends.postgresql import PostgreSQLBackend
+from pydantic_toast.backends.postgresql import _settings as postgresql_settings
+from pydantic_toast.backends.redis import RedisBackend
+from pydantic_toast.backends.redis import _settings as redis_settings
 from pydantic_toast.url import MaskedURL, StorageURL, mask_secrets
 
 
@@ -238,11 +242,6 @@ SENTINEL = "q-sentinel-secret"
 
 
 def test_query_string_passwords_are_masked_in_every_repr_str_and_error() -> None:
-    from pydantic_toast.backends.postgresql import PostgreSQLBackend
-    from pydantic_toast.backends.postgresql import _settings as postgresql_settings
-    from pydantic_toast.backends.redis import RedisBackend
-    from pydantic_toast.backends.redis import _settings as redis_settings
-
     postgresql = f"postgresql://app:{SENTINEL}@db.example/app?password={SENTINEL}&sslpassword={SENTINEL}"
     redis = f"redis://app:{SENTINEL}@cache.example:6379/0"
     shown: list[str] = []

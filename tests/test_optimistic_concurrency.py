@@ -25,8 +25,8 @@ from pydantic_toast import (
     RecordNotFoundError,
     StorageValidationError,
 )
+from pydantic_toast._record_state import state_of
 from pydantic_toast.backends.base import StoredRecord
-from pydantic_toast.persistence import state_of
 from pydantic_toast.registry import backend_class
 from pydantic_toast.url import StorageURL
 

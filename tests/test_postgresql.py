@@ -29,10 +29,10 @@ from pydantic_toast import (
     RecordNotFoundError,
     StorageConnectionError,
     StorageValidationError,
+    stats,
 )
 from pydantic_toast.backends.base import StoredRecord
 from pydantic_toast.backends.postgresql import PostgreSQLBackend
-from pydantic_toast.runtime import stats
 
 pytestmark = pytest.mark.postgresql
 

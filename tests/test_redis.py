@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote
 from uuid import UUID, uuid4
 
@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 import pydantic_toast
 from fixtures.redis import RedisServer, TLSFiles
 from fixtures.servers import free_port
-from models import every_type_model, every_type_values
+from models import every_type_model, every_type_values, note_model
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
@@ -71,14 +71,6 @@ def raw(redis_url: str, prefix: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def url(redis_url: str, prefix: str, raw: redis.Redis) -> str:
     return with_options(redis_url, prefix=prefix)
-
-
-def note_model(storage: str, **config: Any) -> Any:
-    class Note(ExternalBaseModel):
-        text: str
-        model_config = cast(ExternalConfigDict, {"storage": storage, **config})
-
-    return Note
 
 
 def record(class_name: str = "Note", data: bytes = b'{"text":"x"}', **changes: Any) -> StoredRecord:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -13,7 +13,8 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.crc import key_slot
 
 from fixtures.redis import RedisCluster, TLSFiles
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageConnectionError
+from models import note_model
+from pydantic_toast import StorageConnectionError
 from pydantic_toast.backends.base import StoredRecord
 from pydantic_toast.backends.redis import RedisClusterBackend
 from pydantic_toast.url import StorageURL
@@ -40,14 +41,6 @@ def raw_cluster(redis_cluster_url: str, prefix: str) -> Iterator[SyncRedisCluste
     for name in names:
         client.delete(name)
     client.close()
-
-
-def note_model(storage: str, **config: Any) -> Any:
-    class Note(ExternalBaseModel):
-        text: str
-        model_config = cast(ExternalConfigDict, {"storage": storage, **config})
-
-    return Note
 
 
 def records(count: int, class_name: str = "Note") -> list[StoredRecord]:

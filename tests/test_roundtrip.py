@@ -6,6 +6,7 @@ import asyncio
 import copy
 import pickle
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -345,8 +346,6 @@ def test_expired_records_are_not_returned(storage_url: str) -> None:
 
     reference = Session(token="t").model_dump()
     assert Session.model_validate(reference).token == "t"
-    import time
-
     time.sleep(1.3)
     with pytest.raises(RecordNotFoundError):
         Session.model_validate(reference)

@@ -6,19 +6,23 @@ import asyncio
 import gc
 import warnings
 from typing import Any
+from uuid import UUID
 
 import pytest
 
 import pydantic_toast
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict, runtime
-
-
-def note_model(storage: str) -> Any:
-    class Note(ExternalBaseModel):
-        text: str
-        model_config = ExternalConfigDict(storage=storage)
-
-    return Note
+from fixtures.backends import NothingToConnect
+from models import note_model
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    StorageConnectionError,
+    register_backend,
+    runtime,
+)
+from pydantic_toast.deadlines import Deadlines
+from pydantic_toast.runtime import execute
+from pydantic_toast.url import StorageURL
 
 
 def test_asyncio_run_without_aclose_closes_the_loops_connections(storage_url: str) -> None:
@@ -71,20 +75,7 @@ async def test_aclose_then_reuse_reconnects(storage_url: str) -> None:
 
 @pytest.mark.parametrize("call", ["dump", "validate"])
 def test_sync_calls_report_timeouts_as_connection_errors(call: str) -> None:
-    from uuid import UUID
-
-    from pydantic_toast import StorageBackend, StorageConnectionError, register_backend
-
-    class Stuck(StorageBackend):
-        def __init__(self, url: str) -> None:
-            self.url = url
-
-        async def connect(self) -> None:
-            pass
-
-        async def disconnect(self) -> None:
-            pass
-
+    class Stuck(NothingToConnect):
         async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
             await asyncio.sleep(30)
 
@@ -105,10 +96,6 @@ def test_sync_calls_report_timeouts_as_connection_errors(call: str) -> None:
 
 
 async def test_deadlines_time_out_only_the_overdue_operation_and_spare_user_cancellation() -> None:
-    from pydantic_toast.deadlines import Deadlines
-    from pydantic_toast.runtime import execute
-    from pydantic_toast.url import StorageURL
-
     url = StorageURL.parse("memory://deadlines")
 
     async def sleep_for(seconds: float) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
@@ -20,29 +20,14 @@ from pydantic import (
     model_validator,
 )
 
+from fixtures.stored import store_records
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, ExternalReference, StoredDataError
-from pydantic_toast.backends.base import StoredRecord
-from pydantic_toast.registry import backend_class
-from pydantic_toast.url import StorageURL
 
 
 @pytest.fixture(params=["memory", "sqlite"])
 def local_url(request: pytest.FixtureRequest) -> str:
     url: str = request.getfixturevalue(f"{request.param}_url")
     return url
-
-
-async def store_raw(storage: str, records: list[tuple[UUID, str, Any]]) -> None:
-    """Write records as another deployment (or a hand edit) would have: (id, class name, data)."""
-    backend = backend_class(StorageURL.parse(storage).scheme)(storage)
-    await backend.connect()
-    now = datetime.now(UTC)
-    try:
-        await backend.save_records(
-            [StoredRecord(i, name, json.dumps(data).encode(), 1, now, now) for i, name, data in records]
-        )
-    finally:
-        await backend.disconnect()
 
 
 # --------------------------------------------------------------------------- deep trees
@@ -74,7 +59,7 @@ async def test_a_500_deep_chain_loads_sync_and_async(local_url: str) -> None:
         (ids[n], "Message", {"n": n, "previous": {"class_name": "Message", "id": str(ids[n - 1])}})
         for n in range(1, 500)
     ]
-    await store_raw(local_url, records)
+    await store_records(local_url, records)
     reference = {"class_name": "Message", "id": str(ids[-1])}
 
     loaded = await message.load(reference)
@@ -104,7 +89,7 @@ async def test_what_dumps_loads(local_url: str) -> None:
 async def test_a_stored_reference_cycle_is_refused(local_url: str) -> None:
     message = message_model(local_url)
     first, second = uuid4(), uuid4()
-    await store_raw(
+    await store_records(
         local_url,
         [
             (first, "Message", {"n": 1, "previous": {"class_name": "Message", "id": str(second)}}),

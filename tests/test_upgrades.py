@@ -2,43 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
 
 import pytest
 
+from fixtures.stored import store_raw, stored_version
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError, upgrade
-from pydantic_toast.backends.base import StoredRecord
-from pydantic_toast.registry import backend_class
-from pydantic_toast.url import StorageURL
-
-
-async def store_raw(storage: str, class_name: str, data: dict[str, Any], version: int) -> UUID:
-    """Write a record as an older (or newer) deployment of the code would have."""
-    backend = backend_class(StorageURL.parse(storage).scheme)(storage)
-    await backend.connect()
-    record_id = uuid4()
-    now = datetime.now(UTC)
-    try:
-        await backend.save_records(
-            [StoredRecord(record_id, class_name, json.dumps(data).encode(), version, now, now)]
-        )
-    finally:
-        await backend.disconnect()
-    return record_id
-
-
-async def stored_version(storage: str, class_name: str, record_id: UUID) -> int:
-    backend = backend_class(StorageURL.parse(storage).scheme)(storage)
-    await backend.connect()
-    try:
-        [record] = await backend.load_records([(record_id, class_name)])
-    finally:
-        await backend.disconnect()
-    assert record is not None
-    return record.schema_version
 
 
 def person_model(storage: str, *, write_back: bool = False) -> Any:

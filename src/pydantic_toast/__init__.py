@@ -7,6 +7,8 @@ A model that subclasses `ExternalBaseModel` keeps its data in an external store 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _distribution_version
 
+from ._stats import stats
+from ._writing import CONTEXT_KEY, adump, dump
 from .backends.base import StorageBackend
 from .base import ExternalBaseModel, ExternalConfigDict, ReferenceLike
 from .exceptions import (
@@ -20,10 +22,9 @@ from .exceptions import (
     UnsupportedEventLoopError,
     UnsupportedOperationError,
 )
-from .persistence import CONTEXT_KEY, adump, dump
 from .reference import ExternalReference
 from .registry import register_backend
-from .runtime import aclose, close, stats
+from .runtime import aclose, close
 from .upgrades import upgrade
 
 __all__ = [

@@ -1,14 +1,20 @@
-"""The one place where pydantic-toast reaches into pydantic's private modules.
+"""Everything in pydantic-toast that depends on how pydantic works inside: review it on an upgrade.
 
-Discriminated unions of external models. A field such as
-`Annotated[Cat | Dog, Field(discriminator="kind")]` becomes a pydantic-core tagged union that
-reads the tag from the input's "kind" key; an external model's own dump in that field is a
-reference, `{"class_name": "Dog", "id": ...}`, which has no such key, so pydantic refused it with
-`union_tag_not_found`. Pydantic builds the tagged union in the *parent's* schema, where no hook of
-ours runs, so the function that builds it is wrapped here: when a choice is an external model,
-the tag is looked up under the discriminator first and under "class_name" second, and every
-storage name (of the choice's class and of its subclasses defined so far) is added as a tag of
-that choice. Data keeps its own tag; a reference is routed by its class name.
+* Inner validators and serializers. Each external class gets validators and a serializer built
+  from its core schema without our wrap hooks (see `_build_inner`), and a scan of that schema
+  for what validating it runs (`holds_references`, `runs_no_user_code`).
+* `schema_names`: the field names, aliases and union tags of a core schema, which tell the parts
+  of an error location that are not data.
+* `serializer_error_fields`: the field names in the text of pydantic's serializer warnings.
+* Discriminated unions of external models. A field such as
+  `Annotated[Cat | Dog, Field(discriminator="kind")]` becomes a pydantic-core tagged union that
+  reads the tag from the input's "kind" key; an external model's own dump in that field is a
+  reference, `{"class_name": "Dog", "id": ...}`, which has no such key, so pydantic refused it with
+  `union_tag_not_found`. Pydantic builds the tagged union in the *parent's* schema, where no hook of
+  ours runs, so the function that builds it is wrapped here: when a choice is an external model,
+  the tag is looked up under the discriminator first and under "class_name" second, and every
+  storage name (of the choice's class and of its subclasses defined so far) is added as a tag of
+  that choice. Data keeps its own tag; a reference is routed by its class name.
 
 Checked against pydantic 2.11-2.14 (`pydantic._internal._discriminated_union.apply_discriminator`,
 called through its module by `GenerateSchema`). Should that function move, `install` does nothing
@@ -17,15 +23,33 @@ and discriminated unions of external models fail as before, with pydantic's own 
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from pydantic_core import PydanticSerializationError, SchemaSerializer, SchemaValidator, core_schema
+
+from . import forksafe
+from ._record_state import STATE
 from .exceptions import StorageValidationError
 
 if TYPE_CHECKING:
     from .base import ExternalBaseModel
 
-__all__ = ["install"]
+__all__ = [
+    "core_validator",
+    "holds_references",
+    "inner_serializer",
+    "inner_validator",
+    "install",
+    "model_serializers",
+    "runs_no_user_code",
+    "schema_names",
+    "serializer_error_fields",
+]
+
+# --------------------------------------------------------------------------- discriminated unions
 
 _WRAPPERS = ("function-before", "function-after", "function-wrap", "default", "nullable")
 
@@ -119,3 +143,229 @@ def _subclasses(cls: type[Any]) -> list[type[Any]]:
         found.append(sub)
         pending.extend(sub.__subclasses__())
     return found
+
+
+# --------------------------------------------------------------------------- inner validators and serializers
+
+_build_lock = forksafe.Lock()
+
+
+def inner_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
+    """A validator for `cls`'s own data: its core schema minus our wrap validator at the top."""
+    cached = cls.__dict__.get("__toast_inner_validator__")
+    if cached is None:
+        cached = _build_inner(cls)[0]
+    return cast(SchemaValidator, cached)
+
+
+def holds_references(cls: type[ExternalBaseModel]) -> bool:
+    """Whether `cls`'s own data can refer to external models (its schema holds our hook)."""
+    # On the hot path of loading a tree (once per reference and pass): the cache is read inline.
+    traits: tuple[bool, bool, bool] = cls.__dict__.get("__toast_read_traits__") or _read_traits(cls)
+    return traits[0]
+
+
+def runs_no_user_code(cls: type[ExternalBaseModel], full: bool) -> bool:
+    """Whether validating `cls`'s data (with the validators above our hook: `full`) calls no code
+    but pydantic-core's and our hook's: no validator, no custom __init__, no post-init."""
+    return _read_traits(cls)[2 if full else 1]
+
+
+def _read_traits(cls: type[ExternalBaseModel]) -> tuple[bool, bool, bool]:
+    cached = cls.__dict__.get("__toast_read_traits__")
+    if cached is None:
+        _build_inner(cls)
+        cached = cls.__dict__["__toast_read_traits__"]
+    return cast(tuple[bool, bool, bool], cached)
+
+
+def core_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
+    """A validator for `cls`'s own data with only the schema below our wrap validator.
+
+    Used where pydantic itself goes on to run the validators above our hook on what it returns
+    (the user's `mode="after"` and `mode="wrap"` model validators), so they run once, not twice.
+    """
+    cached = cls.__dict__.get("__toast_core_validator__")
+    if cached is None:
+        _build_inner(cls)
+        cached = cls.__dict__["__toast_core_validator__"]
+    return cast(SchemaValidator, cached)
+
+
+def inner_serializer(cls: type[ExternalBaseModel]) -> SchemaSerializer:
+    """A serializer of `cls`'s own data: its core schema minus our wrap serializer at the top.
+
+    Nested external models keep theirs (they become references); only this class's own
+    instance is serialized in full, without a round trip through a Python-level hook.
+    """
+    cached = cls.__dict__.get("__toast_inner_serializer__")
+    if cached is None:
+        cached = _build_inner(cls)[1]
+    return cast(SchemaSerializer, cached)
+
+
+def _build_inner(cls: type[ExternalBaseModel]) -> tuple[SchemaValidator, SchemaSerializer]:
+    if not cls.__pydantic_complete__:
+        cls.model_rebuild(raise_errors=True)
+    schema = cast(dict[str, Any], cls.__pydantic_core_schema__)
+    definitions: list[Any] = []
+    if schema["type"] == "definitions":
+        definitions = schema["definitions"]
+        schema = schema["schema"]
+    if schema["type"] == "definition-ref":
+        schema = next(d for d in definitions if d.get("ref") == schema["schema_ref"])
+    stripped = _strip_own_validator(schema)
+    below = _below_own_validator(schema)
+    stripped_model = _model_node_without(stripped, "serialization")  # our wrap serializer
+    if _only_our_private_state(cls):
+        # materialize() sets the private state itself, once; pydantic's post-init would build a
+        # default state first (twice, for subclasses of a model with private attributes).
+        stripped = _model_node_without(stripped, "post_init")
+        below = _model_node_without(below, "post_init")
+
+    def top(node: dict[str, Any]) -> Any:
+        return core_schema.definitions_schema(node, definitions) if definitions else node
+
+    config = stripped.get("config") or schema.get("config")
+    with _build_lock:
+        # pydantic-core reuses a complete class's own validator and serializer for its 'model'
+        # node, which would put our hooks straight back; hide completeness while building.
+        type.__setattr__(cls, "__pydantic_complete__", False)
+        try:
+            validator = SchemaValidator(top(stripped), config)
+            core = SchemaValidator(top(below), config)
+            serializer = SchemaSerializer(top(stripped_model), config)
+        finally:
+            type.__setattr__(cls, "__pydantic_complete__", True)
+    type.__setattr__(cls, "__toast_inner_validator__", validator)
+    type.__setattr__(cls, "__toast_core_validator__", core)
+    holds, user_code_below = _scan([below, definitions])
+    user_code_above = _scan([stripped, definitions])[1]
+    type.__setattr__(cls, "__toast_read_traits__", (holds, not user_code_below, not user_code_above))
+    type.__setattr__(cls, "__toast_inner_serializer__", serializer)
+    return validator, serializer
+
+
+def _only_our_private_state(cls: type[ExternalBaseModel]) -> bool:
+    """True when the model has no private attributes and no model_post_init of its own."""
+    if set(cls.__private_attributes__) != {STATE}:
+        return False
+    post_init = inspect.unwrap(cls.model_post_init)
+    return getattr(post_init, "__name__", "") == "init_private_attributes" and getattr(
+        post_init, "__module__", ""
+    ).startswith("pydantic.")
+
+
+def _model_node_without(schema: dict[str, Any], key: str) -> dict[str, Any]:
+    """The same schema with `key` removed from its model node (wrappers above it are copied)."""
+    if schema["type"] == "model":
+        return {name: value for name, value in schema.items() if name != key}
+    if "schema" in schema and isinstance(schema["schema"], dict):
+        return {**schema, "schema": _model_node_without(schema["schema"], key)}
+    return schema
+
+
+_USER_CODE_KEYS = ("post_init", "custom_init", "default_factory_takes_data")
+
+
+def _scan(schema: object) -> tuple[bool, bool]:
+    """(our hook occurs in `schema`, code other than pydantic-core's runs on validating it).
+
+    A nested external model's hook returns a built model, so the scan does not look below it.
+    """
+    holds_hook = runs_code = False
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            function = node.get("function")
+            if isinstance(function, dict) and getattr(function.get("function"), "__toast_hook__", False):
+                holds_hook = True
+                continue
+            if (
+                callable(function)
+                or isinstance(function, dict)
+                or any(node.get(key) for key in _USER_CODE_KEYS)
+            ):
+                runs_code = True
+            pending.extend(
+                value for key, value in node.items() if key not in ("metadata", "serialization", "function")
+            )
+        elif isinstance(node, list | tuple):
+            pending.extend(node)
+    return holds_hook, runs_code
+
+
+def _below_own_validator(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema our wrap validator hands on to (the whole schema, should it be missing)."""
+    node = schema
+    while node["type"] in ("function-before", "function-after", "function-wrap") and "schema" in node:
+        if node["type"] == "function-wrap" and getattr(node["function"]["function"], "__toast_hook__", False):
+            return {key: value for key, value in node["schema"].items() if key != "ref"}
+        node = node["schema"]
+    return {key: value for key, value in schema.items() if key != "ref"}
+
+
+def _strip_own_validator(schema: dict[str, Any]) -> dict[str, Any]:
+    if schema["type"] == "function-wrap" and getattr(schema["function"]["function"], "__toast_hook__", False):
+        return cast(dict[str, Any], schema["schema"])
+    if schema["type"] in ("function-before", "function-after", "function-wrap") and "schema" in schema:
+        copied = {key: value for key, value in schema.items() if key != "ref"}
+        copied["schema"] = _strip_own_validator(schema["schema"])
+        return copied
+    return {key: value for key, value in schema.items() if key != "ref"}
+
+
+# --------------------------------------------------------------------------- error locations and messages
+
+
+def _flatten(parts: list[Any]) -> list[object]:
+    flat: list[object] = []
+    for part in parts:
+        flat.extend(_flatten(part) if isinstance(part, list) else [part])
+    return flat
+
+
+def schema_names(cls: type[ExternalBaseModel]) -> frozenset[object]:
+    """Field names, aliases and union tags of `cls`'s schema: the parts of an error location that
+    are not data."""
+    cached = cls.__dict__.get("__toast_schema_names__")
+    if cached is not None:
+        return cast(frozenset[object], cached)
+    names: set[object] = set()
+    pending: list[object] = [cls.__pydantic_core_schema__]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list | tuple):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            kind = node.get("type")
+            if kind in ("model-fields", "typed-dict") and isinstance(node.get("fields"), dict):
+                names.update(node["fields"])
+            elif kind == "dataclass-args":
+                names.update(field.get("name") for field in node.get("fields", ()))
+            elif kind == "tagged-union" and isinstance(node.get("choices"), dict):
+                names.update(node["choices"])
+            alias = node.get("validation_alias")
+            if isinstance(alias, str):
+                names.add(alias)
+            elif isinstance(alias, list):  # alias paths: their parts are names too
+                names.update(_flatten(alias))
+            pending.extend(value for key, value in node.items() if key != "metadata")
+    frozen = frozenset(names)
+    type.__setattr__(cls, "__toast_schema_names__", frozen)
+    return frozen
+
+
+_FIELD_NAME = re.compile(r"field_name='([^']*)'")
+
+
+def model_serializers(cls: type[Any]) -> dict[str, Callable[..., Any]]:
+    """The functions of the `@model_serializer`s pydantic found on `cls`, by name."""
+    decorators = cls.__pydantic_decorators__.model_serializers
+    return {name: decorator.func for name, decorator in decorators.items()}
+
+
+def serializer_error_fields(exc: PydanticSerializationError) -> list[str]:
+    """The names of the fields a serializer warning turned error is about; its values are dropped."""
+    return sorted(set(_FIELD_NAME.findall(str(exc))))

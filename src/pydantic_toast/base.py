@@ -3,7 +3,7 @@
 The hooks live in the model's core schema (a wrap serializer and a wrap validator), not in
 Python-level `model_dump` overrides, so an external model nested in a plain model, a list, a
 `TypeAdapter` or a FastAPI body becomes a reference there too. The work they do is in
-`persistence.py`.
+`_writing.py` (the serializer) and `_loading.py` (the validator).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticSerializationError
 
-from . import _pydantic_internals, persistence
+from . import _loading, _pydantic_internals, _writing
+from ._record_state import RecordState, reset_state, state_of
+from ._settings import ModelSettings, coerce_reference, settings_for, storage_names
 from .exceptions import ExternalStorageError, StorageValidationError
-from .persistence import ModelSettings, RecordState
 from .reference import ExternalReference
 from .upgrades import UpgradeFunction, collect_upgrades
 from .url import MaskedURL
@@ -91,12 +92,12 @@ class _DeleteMethod(Generic[_M]):
         if instance is None:
 
             async def delete_by_reference(reference: ReferenceLike) -> bool:
-                return await persistence.delete(owner, persistence.coerce_reference(owner, reference))
+                return await _writing.delete(owner, coerce_reference(owner, reference))
 
             return delete_by_reference
 
         async def delete_instance() -> bool:
-            state = persistence.state_of(instance)
+            state = state_of(instance)
             record_id = state.id
             if record_id is None:
                 return False
@@ -104,7 +105,7 @@ class _DeleteMethod(Generic[_M]):
             state.stored_digest = state.loaded_json = None
             state.revision = None  # and with optimistic_concurrency it is a first save again
             reference = ExternalReference(class_name=owner.__toast_settings__.storage_name, id=record_id)
-            return await persistence.delete(type(instance), reference)
+            return await _writing.delete(type(instance), reference)
 
         return delete_instance
 
@@ -138,7 +139,7 @@ class ExternalBaseModel(BaseModel):
             # An abstract base (shared fields of several external models): no settings, so
             # storing or loading it raises, naming the fix.
             return
-        cls.__toast_settings__ = persistence.settings_for(cls)
+        cls.__toast_settings__ = settings_for(cls)
         cls.model_config["storage"] = MaskedURL(cls.model_config["storage"])
         try:
             cls.__toast_upgrades__ = collect_upgrades(cls, cls.__toast_settings__.schema_version)
@@ -150,12 +151,12 @@ class ExternalBaseModel(BaseModel):
     @model_serializer(mode="wrap")
     def _toast_serialize(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
         try:
-            return persistence.serialize(self, handler, info)
+            return _writing.serialize(self, handler, info)
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 # Ctrl-C, SystemExit: pydantic would turn them into a PydanticSerializationError;
                 # the entry points re-raise them as themselves.
-                persistence.remember_serializer_error(exc)
+                _writing.remember_serializer_error(exc)
             raise
 
     @classmethod
@@ -163,7 +164,7 @@ class ExternalBaseModel(BaseModel):
         cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         # Describe the wire: a dump is a reference; validation takes a reference or full data.
-        names = persistence.storage_names(cls)
+        names = storage_names(cls)
         class_name: dict[str, Any] = {"type": "string"}
         if len(names) == 1:
             class_name["const"] = names[0]
@@ -186,13 +187,13 @@ class ExternalBaseModel(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _toast_validate(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
-        return persistence.validate(cls, value, handler, info)
+        return _loading.validate(cls, value, handler, info)
 
     # ------------------------------------------------------------------ async API
 
     async def save(self) -> ExternalReference:
         """Store this model (insert or update) on the running loop; return its reference."""
-        return await persistence.save(self)
+        return await _writing.save(self)
 
     @classmethod
     async def load(cls, reference: ReferenceLike, *, context: Any = None) -> Self:
@@ -200,7 +201,7 @@ class ExternalBaseModel(BaseModel):
 
         `context` reaches the validators of every model loaded, as with `model_validate`.
         """
-        return await persistence.load(cls, persistence.coerce_reference(cls, reference), context)
+        return await _loading.load(cls, coerce_reference(cls, reference), context)
 
     @classmethod
     async def save_many(cls, models: Iterable[ExternalBaseModel]) -> list[ExternalReference]:
@@ -213,7 +214,7 @@ class ExternalBaseModel(BaseModel):
                     expected="ExternalBaseModel",
                     actual=type(model).__name__,
                 )
-        return await persistence.save_many(batch)
+        return await _writing.save_many(batch)
 
     @classmethod
     async def load_many(cls, references: Iterable[ReferenceLike], *, context: Any = None) -> list[Self]:
@@ -221,16 +222,14 @@ class ExternalBaseModel(BaseModel):
 
         Every missing id is reported together in one `RecordNotFoundError`.
         """
-        return await persistence.load_many(
-            cls, [persistence.coerce_reference(cls, ref) for ref in references], context
-        )
+        return await _loading.load_many(cls, [coerce_reference(cls, ref) for ref in references], context)
 
     delete: ClassVar[_DeleteMethod[Any]] = _DeleteMethod()
 
     @property
     def external_reference(self) -> ExternalReference | None:
         """The reference of the record this instance is, or None if it was never saved or loaded."""
-        record_id = persistence.state_of(self).id
+        record_id = state_of(self).id
         if record_id is None:
             return None
         return ExternalReference(class_name=type(self).__toast_settings__.storage_name, id=record_id)
@@ -239,7 +238,7 @@ class ExternalBaseModel(BaseModel):
     # Only to surface the library's exceptions unwrapped; the work happens in the hooks above.
 
     def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-        persistence.clear_serializer_error()
+        _writing.clear_serializer_error()
         try:
             return super().model_dump(**kwargs)
         except PydanticSerializationError:
@@ -247,7 +246,7 @@ class ExternalBaseModel(BaseModel):
             raise
 
     def model_dump_json(self, **kwargs: Any) -> str:
-        persistence.clear_serializer_error()
+        _writing.clear_serializer_error()
         try:
             return super().model_dump_json(**kwargs)
         except PydanticSerializationError:
@@ -266,14 +265,14 @@ class ExternalBaseModel(BaseModel):
     def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
         # Full data is validated again as JSON below our hook, out of pydantic's sight of these.
         flags = {name: kwargs[name] for name in _JSON_FLAGS if kwargs.get(name) is not None}
-        token = persistence.json_options.set(flags or None)
+        token = _loading.json_options.set(flags or None)
         try:
             return super().model_validate_json(json_data, **kwargs)
         except ValidationError as exc:
             _raise_unwrapped(exc)
             raise
         finally:
-            persistence.json_options.reset(token)
+            _loading.json_options.reset(token)
 
     @classmethod
     def model_validate_strings(cls, obj: Any, **kwargs: Any) -> Self:
@@ -288,16 +287,16 @@ class ExternalBaseModel(BaseModel):
 
     def __copy__(self) -> Self:
         copied = super().__copy__()
-        persistence.reset_state(copied)
+        reset_state(copied)
         return copied
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
         copied = super().__deepcopy__(memo)
-        persistence.reset_state(copied)
+        reset_state(copied)
         return copied
 
 
-# Lets persistence recognise our validator among the user's own in the core schema.
+# Lets _pydantic_internals recognise our validator among the user's own in the core schema.
 ExternalBaseModel._toast_validate.__func__.__toast_hook__ = True
 _pydantic_internals.install(ExternalBaseModel)
 
@@ -307,9 +306,9 @@ _JSON_FLAGS = ("strict", "extra", "by_alias", "by_name")
 
 def _refuse_own_model_serializer(cls: type[ExternalBaseModel]) -> None:
     """Pydantic keeps one model serializer per class: a user's would silently replace ours."""
-    ours = ExternalBaseModel.__pydantic_decorators__.model_serializers["_toast_serialize"].func
-    for name, decorator in cls.__pydantic_decorators__.model_serializers.items():
-        if decorator.func is not ours:
+    ours = _pydantic_internals.model_serializers(ExternalBaseModel)["_toast_serialize"]
+    for name, function in _pydantic_internals.model_serializers(cls).items():
+        if function is not ours:
             raise StorageValidationError(
                 f"{cls.__qualname__}: @model_serializer {name!r} would replace pydantic-toast's own "
                 "serializer (which stores the data and returns the reference), so nothing would be "
@@ -321,7 +320,7 @@ def _refuse_own_model_serializer(cls: type[ExternalBaseModel]) -> None:
 
 
 def _raise_original() -> None:
-    original = persistence.take_serializer_error()
+    original = _writing.take_serializer_error()
     if original is not None:
         # Keep the original's own cause (a driver error, say); drop pydantic's wrapper.
         raise original from original.__cause__

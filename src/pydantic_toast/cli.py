@@ -33,8 +33,12 @@ from typing import Any, TextIO
 
 import pydantic_core
 
-from . import codecs
+from . import __version__, codecs
+from ._loading import load_many
+from ._settings import coerce_reference
+from ._writing import save_many_shallow
 from .backends.base import Capability, StorageBackend, StoredRecord, format_timestamp
+from .base import ExternalBaseModel
 from .demo import demo
 from .exceptions import (
     ExternalStorageError,
@@ -44,6 +48,7 @@ from .exceptions import (
 )
 from .reference import parse_id
 from .registry import backend_class
+from .runtime import aclose
 from .upgrades import upgraded_data
 from .url import StorageURL, mask_secrets
 
@@ -425,8 +430,6 @@ def import_module(name: str, *, option: str) -> ModuleType:
 
 
 def import_model(path: str) -> Any:
-    from .base import ExternalBaseModel
-
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise StorageValidationError(
@@ -445,8 +448,6 @@ def import_model(path: str) -> Any:
 async def upgrade_records(
     url: str, model_path: str, *, dry_run: bool, batch: int, out: TextIO, err: TextIO
 ) -> int:
-    from . import persistence
-
     model = import_model(model_path)
     settings = model.__toast_settings__
     if StorageURL.parse(url).raw != settings.url.raw:
@@ -467,10 +468,8 @@ async def upgrade_records(
                     outdated[record.schema_version] = outdated.get(record.schema_version, 0) + 1
                     upgraded_data(model, record)  # fails early on a gap in the chain
                 if stale and not dry_run:
-                    models = await persistence.load_many(
-                        model, [persistence.coerce_reference(model, record.id) for record in stale]
-                    )
-                    await persistence.save_many_shallow(models)
+                    models = await load_many(model, [coerce_reference(model, record.id) for record in stale])
+                    await save_many_shallow(models)
                     rewritten += len(models)
                 progress.advance(len(page))
     summary = (
@@ -482,14 +481,8 @@ async def upgrade_records(
         )
     else:
         out.write(f"upgraded {rewritten} records to version {current} ({summary})\n")
-    await _close_runtime()
-    return 0
-
-
-async def _close_runtime() -> None:
-    from .runtime import aclose
-
     await aclose()
+    return 0
 
 
 def _batch_size(text: str) -> int:
@@ -549,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _import_option(parser, "imports")
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", help="one of these; 'COMMAND --help' tells more"
@@ -651,12 +644,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"records read and rewritten per round trip (default {DEFAULT_BATCH})",
     )
     return parser
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

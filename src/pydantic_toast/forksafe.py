@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["ForkGate", "Lock", "RLock"]
+__all__ = ["ForkGate", "Lock", "RLock", "keep_for_good"]
 
 T = TypeVar("T")
 
@@ -77,6 +77,19 @@ def _after_fork_in_child() -> None:
         if id(lock) not in taken:
             # Held by a thread that does not exist here, or created while the fork was under way.
             lock._at_fork_reinit()
+
+
+def keep_for_good(inherited: object) -> None:
+    """Never free `inherited` in this process, not even when the interpreter exits.
+
+    For what a forked child inherited and must not finalize: its parent's loops, transports and
+    sockets share kernel objects with the parent. A module-level reference is not enough: the
+    interpreter frees module globals at exit, which finalizes the objects. One deliberately
+    leaked reference is.
+    """
+    import ctypes  # only forked children that inherited connections pay for this import
+
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(inherited))
 
 
 class ForkGate:

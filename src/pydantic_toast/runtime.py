@@ -1,41 +1,35 @@
-"""Which connected backend instance serves a call, and the bridge that lets sync code use them.
+"""Which connected backend instance serves a call: one per (storage URL, event loop).
 
-* Async calls run on the caller's event loop with that loop's own backend instance (pool,
-  client): no thread hop, and no connection is ever used from a loop that did not create it.
-  Instances are created lazily, connected once, and reused until `aclose()`.
-* Sync calls (`model_dump()`, `model_validate(ref)`) may come from plain code, from threads, or
-  from inside a running event loop where `asyncio.run` is impossible. They are submitted to one
-  library-owned daemon thread running its own event loop, which owns the backends used by sync
-  calls, and the caller waits for the result with a timeout.
+Async calls run on the caller's event loop with that loop's own backend instance (pool, client):
+no thread hop, and no connection is ever used from a loop that did not create it. Instances are
+created lazily, connected once, and reused until `aclose()` or until asyncio shuts the loop down.
+Sync calls (`run_sync`) run on the loop of the library's I/O thread (`_bridge.py`), which has
+backends of its own. `execute` bounds each operation by its model's timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import contextlib
 import os
-import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import forksafe
-from .backends.base import BackendStats, StorageBackend
+from ._backend_errors import raise_translated, timed_out
+from ._bridge import SHUTDOWN_TIMEOUT, Bridge
+from ._stats import counters_for
+from .backends.base import StorageBackend
 from .deadlines import Deadlines
-from .exceptions import ExternalStorageError, StorageConnectionError, UnsupportedEventLoopError
+from .exceptions import ExternalStorageError, UnsupportedEventLoopError
 from .registry import backend_class
-from .url import StorageURL, mask_secrets
+from .url import StorageURL
 
-__all__ = ["aclose", "close", "execute", "get_backend", "run_sync", "running_loop", "stats", "time_left"]
+__all__ = ["aclose", "close", "execute", "gather_all", "get_backend", "run_sync", "running_loop", "time_left"]
 
 T = TypeVar("T")
-
-_SHUTDOWN_TIMEOUT = 5.0
-# A sync caller waits this much longer than the operation's own deadline, which the I/O loop
-# enforces with a better message; the margin only matters when that loop is blocked.
-_BRIDGE_MARGIN = 0.05
 
 
 @dataclass
@@ -50,7 +44,6 @@ _lock = forksafe.RLock()
 # loop closed by hand, at the next sweep.
 _slots: dict[asyncio.AbstractEventLoop, dict[str, _Slot]] = {}
 _deadlines: dict[asyncio.AbstractEventLoop, Deadlines] = {}
-_stats: dict[str, tuple[StorageURL, BackendStats]] = {}
 
 
 def running_loop() -> asyncio.AbstractEventLoop:
@@ -67,15 +60,24 @@ def running_loop() -> asyncio.AbstractEventLoop:
         ) from None
 
 
-def stats() -> dict[str, dict[str, int]]:
-    """Traffic counters per storage URL (password masked), cumulative since the process started.
+async def gather_all(
+    awaitables: Iterable[Awaitable[object]], *, ignoring: tuple[type[BaseException], ...] = ()
+) -> None:
+    """Await all of them concurrently, each to its end; then raise the first failure, if any.
 
-    `round_trips` counts requests that waited for a server: take the difference around a block
-    of code to check it for N+1 patterns.
+    Failures of an `ignoring` type are dropped. None is left running when one fails, so a caller
+    never goes on while work it started still runs. Pass a generator: it is consumed only once
+    an asyncio loop is known to run, so under trio no coroutine is created and left unawaited.
     """
-    with _lock:
-        entries = list(_stats.values())
-    return {url.masked: counters.snapshot() for url, counters in entries}
+    running_loop()  # gather() would otherwise start a stray asyncio loop under trio
+    pending = list(awaitables)
+    if len(pending) == 1:
+        with contextlib.suppress(*ignoring):
+            await pending[0]
+        return
+    for result in await asyncio.gather(*pending, return_exceptions=True):
+        if isinstance(result, BaseException) and not isinstance(result, ignoring):
+            raise result
 
 
 async def get_backend(url: StorageURL) -> StorageBackend:
@@ -85,6 +87,7 @@ async def get_backend(url: StorageURL) -> StorageBackend:
     slot = None if slots is None else slots.get(url.raw)
     if slot is None:
         backend_type = backend_class(url.scheme)
+        counters = counters_for(url)
         if slots is None and loop is not _bridge.loop_if_running():
             await _guard_loop(loop)
         with _lock:
@@ -92,9 +95,7 @@ async def get_backend(url: StorageURL) -> StorageBackend:
             slot = slots.get(url.raw)
             if slot is None:
                 backend = backend_type(url.raw)
-                if url.raw not in _stats:
-                    _stats[url.raw] = (url, BackendStats())
-                backend.stats = _stats[url.raw][1]
+                backend.stats = counters
                 slot = slots[url.raw] = _Slot(backend)
     if slot.connected:
         return slot.backend
@@ -157,8 +158,8 @@ def _sweep_closed_loops() -> None:
 async def execute(url: StorageURL, seconds: float, operation: Callable[[StorageBackend], Awaitable[T]]) -> T:
     """Run `operation` against the backend for `url` within `seconds`.
 
-    Built-in backends raise the library's exceptions themselves; for custom backends, timeouts
-    and OS-level connection failures are translated here so callers see one hierarchy.
+    Built-in backends raise the library's exceptions themselves; a custom backend's other
+    failures are translated (`_backend_errors.py`), so callers see one hierarchy.
     """
     loop = running_loop()
     deadlines = _deadlines.get(loop)
@@ -172,23 +173,12 @@ async def execute(url: StorageURL, seconds: float, operation: Callable[[StorageB
         # As asyncio.timeout does: our deadline's cancel becomes the timeout error only when no
         # other cancel (the caller's task.cancel(), a TaskGroup, ...) landed with it.
         if deadlines.leave(task) and task.uncancel() <= cancelling:
-            raise _timed_out(url, seconds) from None
+            raise timed_out(url, seconds) from None
         raise
     except ExternalStorageError:
         raise
-    except TimeoutError as exc:
-        raise _timed_out(url, seconds) from exc
-    except OSError as exc:
-        raise StorageConnectionError(
-            f"cannot reach storage {url.masked!r}: {mask_secrets(str(exc), url.password)}", url=url.masked
-        ) from None
-    except Exception as exc:
-        # A custom backend's own failure: catchable with the library's base class, and not
-        # buried by pydantic in a serialization error.
-        raise ExternalStorageError(
-            f"the {backend_class(url.scheme).__name__} backend for {url.masked!r} failed: "
-            f"{mask_secrets(repr(exc), url.password)}"
-        ) from exc
+    except Exception as exc:  # noqa: BLE001 - raised again, as a library exception
+        raise_translated(url, seconds, exc)
     finally:
         if deadlines.leave(task):
             # The deadline fired but the operation swallowed its cancel: withdraw it all the same.
@@ -204,14 +194,6 @@ def time_left() -> float | None:
     loop = asyncio.get_running_loop()
     deadlines = _deadlines.get(loop)
     return None if deadlines is None else deadlines.time_left(asyncio.current_task(loop))
-
-
-def _timed_out(url: StorageURL, seconds: float) -> StorageConnectionError:
-    return StorageConnectionError(
-        f"storage {url.masked!r} did not answer within {seconds:g} s; check that the server is "
-        "up and reachable, or raise 'timeout' in the model's ExternalConfigDict",
-        url=url.masked,
-    )
 
 
 async def aclose() -> None:
@@ -235,7 +217,7 @@ def close() -> None:
     """Sync twin of `aclose()` for code that runs no event loop of its own."""
     bridge_loop = _bridge.loop_if_running()
     if bridge_loop is not None:
-        _bridge.run(_close_loop(bridge_loop), _SHUTDOWN_TIMEOUT)
+        _bridge.run(_close_loop(bridge_loop), SHUTDOWN_TIMEOUT)
 
 
 async def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
@@ -244,162 +226,13 @@ async def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         deadlines = _deadlines.pop(loop, None)
     if deadlines is not None:
         deadlines.close()
-    results = await asyncio.gather(
-        *(slot.backend.disconnect() for slot in slots.values() if slot.connected), return_exceptions=True
+    # A backend that fails to disconnect cannot be helped here; Ctrl-C and SystemExit go on up.
+    await gather_all(
+        (slot.backend.disconnect() for slot in slots.values() if slot.connected), ignoring=(Exception,)
     )
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, Exception):
-            raise result
 
 
-def _begin(
-    loop: asyncio.AbstractEventLoop,
-    coroutine: Coroutine[Any, Any, T],
-    waiter: concurrent.futures.Future[T],
-    started: list[asyncio.Task[T]],
-) -> None:
-    task = loop.create_task(coroutine)
-    started.append(task)
-    task.add_done_callback(lambda done: _settle(done, waiter))
-
-
-def _settle(task: asyncio.Task[T], waiter: concurrent.futures.Future[T]) -> None:
-    if task.cancelled():
-        # At exit the only threads still waiting are daemon threads; waking them while the
-        # interpreter finalizes can abort the process, so they are left waiting.
-        if not _bridge.exiting:
-            waiter.cancel()
-        return
-    # Always retrieved here, so an operation whose caller gave up leaves nothing on stderr.
-    exception = task.exception()
-    if exception is None:
-        waiter.set_result(task.result())
-    else:
-        waiter.set_exception(exception)
-
-
-def _cancel(started: list[asyncio.Task[T]]) -> None:
-    for task in started:
-        task.cancel()
-
-
-class _Bridge:
-    """One daemon thread running an event loop for sync callers."""
-
-    def __init__(self) -> None:
-        self._lock = forksafe.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self.exiting = False
-
-    def loop_if_running(self) -> asyncio.AbstractEventLoop | None:
-        return self._loop
-
-    def _start(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                started = threading.Event()
-                thread = threading.Thread(
-                    target=_serve, args=(loop, started), name="pydantic-toast-io", daemon=True
-                )
-                thread.start()
-                started.wait()
-                self._loop, self._thread = loop, thread
-            return self._loop
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
-        if threading.current_thread() is self._thread:
-            coroutine.close()
-            raise ExternalStorageError(
-                "a sync pydantic-toast call (model_dump / model_validate of an external model) was "
-                "made from inside the library's own I/O thread, which would deadlock; use the async "
-                "API (await model.save(), await Model.load(ref)) inside backends"
-            )
-        loop = self._start()
-        waiter: concurrent.futures.Future[T] = concurrent.futures.Future()
-        started: list[asyncio.Task[T]] = []
-        loop.call_soon_threadsafe(_begin, loop, coroutine, waiter, started)
-        try:
-            return waiter.result(timeout + _BRIDGE_MARGIN)
-        except BaseException as exc:
-            if waiter.cancelled():
-                raise StorageConnectionError(
-                    "the storage operation was cancelled before it finished"
-                ) from None
-            if waiter.done() and waiter.exception() is exc:
-                raise  # the operation's own error
-            # Timed out, or this thread was interrupted while waiting (Ctrl-C): nobody will take
-            # the result, so the work stops instead of running on unobserved.
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                loop.call_soon_threadsafe(_cancel, started)
-            if isinstance(exc, TimeoutError):
-                raise StorageConnectionError(
-                    f"a storage operation did not finish within {timeout:g} s; the storage server may "
-                    "be down or overloaded, or a backend blocks the library's event loop (a custom "
-                    "backend must not make blocking calls in its async methods)"
-                ) from None
-            raise
-
-    def shutdown(self) -> None:
-        self.exiting = True
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None or not thread.is_alive():
-            return
-        winding_down = asyncio.run_coroutine_threadsafe(_wind_down(loop), loop)
-        with contextlib.suppress(Exception):  # the process is exiting; never hang or shout at exit
-            winding_down.result(_SHUTDOWN_TIMEOUT)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(_SHUTDOWN_TIMEOUT)
-
-    def forget_after_fork(self) -> None:
-        # The child has no I/O thread. Its copy of the parent's loop shares the parent's epoll
-        # instance and wake-up socket: kept, never closed (see _forget_after_fork).
-        if self._loop is not None:
-            _keep_for_good((self._loop, self._thread))
-        self._loop = self._thread = None
-
-
-def _serve(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
-    asyncio.set_event_loop(loop)
-    loop.call_soon(started.set)
-    try:
-        while True:
-            try:
-                loop.run_forever()
-                break
-            except (KeyboardInterrupt, SystemExit):
-                # A task raised it (a backend calling sys.exit(), say); asyncio has stored it in
-                # that task for its awaiter, the sync caller, and re-raised it here too. The I/O
-                # thread carries on serving.
-                continue
-    finally:
-        # Whatever _wind_down could not finish in time: cancelled and unwound here, so no task is
-        # destroyed pending and no coroutine is closed mid-flight by the garbage collector.
-        leftovers = asyncio.all_tasks(loop)
-        for task in leftovers:
-            task.cancel()
-        if leftovers:
-            loop.run_until_complete(asyncio.wait(leftovers, timeout=_SHUTDOWN_TIMEOUT))
-        if not any(not task.done() for task in leftovers):
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-
-async def _wind_down(loop: asyncio.AbstractEventLoop) -> None:
-    """At exit: cancel the sync calls still in flight (their callers are gone), then disconnect."""
-    current = asyncio.current_task()
-    pending = [task for task in asyncio.all_tasks(loop) if task is not current]
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending)
-    await _close_loop(loop)
-
-
-_bridge = _Bridge()
+_bridge = Bridge(_close_loop)
 
 
 def run_sync(coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
@@ -416,22 +249,11 @@ def _forget_after_fork() -> None:
     So the child keeps all of it, for good, and never uses it.
     """
     if _slots or _guards:
-        _keep_for_good((dict(_slots), dict(_deadlines), dict(_guards)))
+        forksafe.keep_for_good((dict(_slots), dict(_deadlines), dict(_guards)))
     _slots.clear()
     _deadlines.clear()
     _guards.clear()
     _bridge.forget_after_fork()
-
-
-def _keep_for_good(inherited: object) -> None:
-    """Never free `inherited` in this process, not even when the interpreter exits.
-
-    A module-level reference is not enough: the interpreter frees module globals at exit, which
-    finalizes the objects. One deliberately leaked reference is.
-    """
-    import ctypes  # only forked children that inherited connections pay for this import
-
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(inherited))
 
 
 atexit.register(_bridge.shutdown)

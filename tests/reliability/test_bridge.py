@@ -11,31 +11,22 @@ from uuid import UUID
 
 import pytest
 
+from fixtures.backends import NothingToConnect
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
     ExternalStorageError,
-    StorageBackend,
     register_backend,
 )
 
 pytestmark = pytest.mark.reliability
 
 
-class FlakyBackend(StorageBackend):
+class FlakyBackend(NothingToConnect):
     """Raises an arbitrary (non-library) exception on every other save."""
 
     calls = 0
     records: dict[UUID, dict[str, Any]] = {}  # noqa: RUF012 - shared on purpose across instances
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    async def connect(self) -> None:
-        pass
-
-    async def disconnect(self) -> None:
-        pass
 
     async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
         type(self).calls += 1

@@ -11,10 +11,10 @@ from uuid import UUID
 
 import pytest
 
+from fixtures.backends import NothingToConnect
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
-    StorageBackend,
     StorageConnectionError,
     register_backend,
 )
@@ -25,17 +25,8 @@ pytestmark = pytest.mark.reliability
 TIMEOUT = 0.02
 
 
-class SilentBackend(StorageBackend):
+class SilentBackend(NothingToConnect):
     """A store that never answers."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    async def connect(self) -> None:
-        pass
-
-    async def disconnect(self) -> None:
-        pass
 
     async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
         await asyncio.Event().wait()

@@ -17,10 +17,10 @@ from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
 import pydantic_toast
+from fixtures.backends import NothingToConnect
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
-    StorageBackend,
     StorageConnectionError,
     register_backend,
 )
@@ -37,20 +37,11 @@ NOISE = (
 )
 
 
-class InterruptingBackend(StorageBackend):
+class InterruptingBackend(NothingToConnect):
     """Raises whatever `raising` holds on save, on the library's I/O thread."""
 
     raising: type[BaseException] | None = None
     records: dict[UUID, dict[str, Any]] = {}  # noqa: RUF012 - shared on purpose across instances
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    async def connect(self) -> None:
-        pass
-
-    async def disconnect(self) -> None:
-        pass
 
     async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
         if self.raising is not None:

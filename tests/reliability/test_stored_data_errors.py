@@ -12,9 +12,9 @@ No `from __future__ import annotations`: FastAPI reads the endpoint annotations 
 
 import json
 import logging
+import pickle
 import traceback
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -23,34 +23,19 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from pydantic import BaseModel, Field
 
+from fixtures.stored import store_raw
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
     ExternalStorageError,
     StorageValidationError,
     StoredDataError,
+    upgrade,
 )
-from pydantic_toast.backends.base import StoredRecord
-from pydantic_toast.registry import backend_class
-from pydantic_toast.url import StorageURL
 
 pytestmark = pytest.mark.reliability
 
 SENTINEL = "pbkdf2_sha256$600000$" + "Zx9Q" * 8  # a password hash that must never be shown
-
-
-async def store_raw(storage: str, class_name: str, data: Any, record_id: UUID | None = None) -> UUID:
-    backend = backend_class(StorageURL.parse(storage).scheme)(storage)
-    await backend.connect()
-    record_id = record_id or uuid4()
-    now = datetime.now(UTC)
-    try:
-        await backend.save_records(
-            [StoredRecord(record_id, class_name, json.dumps(data).encode(), 1, now, now)]
-        )
-    finally:
-        await backend.disconnect()
-    return record_id
 
 
 def account_model(storage: str) -> Any:
@@ -224,8 +209,6 @@ async def test_a_client_error_is_still_a_422(sqlite_url: str) -> None:
 
 
 def test_stored_data_error_is_a_library_error_and_pickles(memory_url: str) -> None:
-    import pickle
-
     error = StoredDataError("m", class_name="A", id=uuid4(), errors=[{"loc": ("x",), "type": "missing"}])
     assert isinstance(error, ExternalStorageError)
     copy = pickle.loads(pickle.dumps(error))
@@ -238,8 +221,6 @@ def test_stored_data_error_is_a_library_error_and_pickles(memory_url: str) -> No
 
 
 async def test_an_upgrade_that_fails_on_stored_data_does_not_quote_it(memory_url: str) -> None:
-    from pydantic_toast import upgrade
-
     class Legacy(ExternalBaseModel):
         secret: str
         model_config = ExternalConfigDict(storage=memory_url, schema_version=2)

@@ -1,0 +1,561 @@
+"""Loading: recognising references, fetching records level by level and building models bottom up.
+
+`validate` (the model's wrap validator) recognises a reference, checks it before any I/O and
+loads the record; anything else validates as ordinary pydantic data. `TreeLoader` loads a tree of
+external models in one round trip per level, and `materialize` turns one fetched record into a
+model; a record that does not validate is reported by `stored_data_error` without its values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Generator, Mapping, Sequence
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
+from uuid import UUID
+
+import pydantic_core
+from pydantic import ValidationInfo, ValidatorFunctionWrapHandler
+
+from . import runtime
+from ._pydantic_internals import (
+    core_validator,
+    holds_references,
+    inner_validator,
+    runs_no_user_code,
+    schema_names,
+)
+from ._record_state import STATE, RecordState, keep_record, state_of
+from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
+from ._writing import WriteSet, collecting_writes
+from .backends.base import StoredRecord
+from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError, StoredDataError
+from .reference import ExternalReference, looks_like_reference, parse_reference
+from .upgrades import upgraded_data
+
+if TYPE_CHECKING:
+    from .base import ExternalBaseModel
+
+__all__ = ["TreeLoader", "json_options", "load", "load_many", "load_sync", "materialize", "validate"]
+
+M = TypeVar("M", bound="ExternalBaseModel")
+T = TypeVar("T")
+
+json_options: ContextVar[dict[str, Any] | None] = ContextVar("pydantic_toast_json_options", default=None)
+"""The call-time flags (strict, extra, by_alias, by_name) of an external model's own
+`model_validate_json`: pydantic does not show them to a wrap validator, and JSON data is validated
+again as JSON (see `validate`), so the entry point hands them over here."""
+
+
+def validate(
+    cls: type[ExternalBaseModel], value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+) -> Any:
+    """The wrap validator of every external model."""
+    if _is_reference(cls, value):
+        reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
+        return load_sync(cls, reference, info.context)
+    if info.mode == "json":
+        # A wrap validator hands JSON input over as Python objects, and validating those in
+        # Python mode breaks JSON-only semantics (strict datetimes, base64 bytes): re-validate
+        # as JSON with the schema below this hook (pydantic runs the validators above it).
+        options = json_options.get() or {}
+        return core_validator(cls).validate_json(
+            pydantic_core.to_json(value), context=info.context, **options
+        )
+    return keep_record(value, handler(value))
+
+
+def _is_reference(cls: type[ExternalBaseModel], value: object) -> bool:
+    if isinstance(value, ExternalReference):
+        return True
+    if not looks_like_reference(value):
+        return False
+    if settings_of(cls).dict_references:
+        return True
+    # A model with its own 'class_name' field: a dict is its reference only when it is exactly one
+    # (the two keys, a UUID id, the storage name of this class or a subclass); else it is data.
+    assert isinstance(value, Mapping)
+    if len(value) != 2:
+        return False
+    try:
+        resolve_class(cls, parse_reference(value))
+    except StorageValidationError:
+        return False
+    return True
+
+
+# (storage URL, id as an int, class_name): UUID hashing is Python-level, int hashing is not.
+_RecordKey = tuple[str, int, str]
+
+
+class _NotBuiltYetError(ValueError):
+    """Raised for a nested reference whose model is not built yet.
+
+    Pydantic records it and goes on, so one validation of a record finds every reference it holds,
+    and no validator of the user's ever sees a placeholder; that validation is then discarded.
+    """
+
+
+_PENDING = object()
+"""Returned instead of raising `_NotBuiltYetError` while validating data whose schema runs no
+user code, where nobody can see it: raising costs more than the rest of resolving a reference."""
+
+
+# A model to build: the record's key, and whether it is built with the validators above our hook.
+# A reference validated through a field of its own class is built with the schema below our hook
+# (pydantic runs the rest on the returned instance); a root of `load`/`load_many`, or a subclass
+# loaded through a base-class field, is built with everything but our hook.
+_ModelKey = tuple[str, int, str, bool]
+
+
+class _Node:
+    """A model whose class can hold references: it may have to wait for the models it refers to."""
+
+    __slots__ = ("children", "cls", "key", "missing", "model", "model_key", "waiting")
+
+    def __init__(self, cls: type[ExternalBaseModel], model_key: _ModelKey) -> None:
+        self.cls = cls
+        self.model_key = model_key
+        self.key: _RecordKey = model_key[:3]
+        self.model: ExternalBaseModel | None = None
+        self.missing = False
+        self.waiting = 0  # what it waits for: unbuilt nodes, unfetched records
+        self.children: list[_Node] = []  # the nodes among those, for naming a cycle
+
+
+class TreeLoader:
+    """Loads models and, level by level, the external models their data refers to.
+
+    Records are fetched one level per round trip (one batch per backend), and models are built
+    bottom up as soon as everything they refer to is built. Validating a record that refers to a
+    model not built yet only collects those references (see `_NotBuiltYetError`); it is repeated
+    once they are built, and then each nested reference resolves to its built instance at once.
+    A tree of depth d costs d + 1 round trips per backend, every record is validated at most
+    twice (models of classes that hold no references: once), and validation never recurses more
+    than one level deep, whatever the depth of the tree.
+    """
+
+    def __init__(
+        self,
+        roots: Sequence[tuple[type[ExternalBaseModel], ExternalReference, bool]],
+        context: Any = None,
+        fetched: StoredRecord | None = None,
+    ) -> None:
+        """roots: (class, reference, built with its full validator); `fetched`: the record of a
+        single root, already read by the caller."""
+        self._context = context
+        self._records: dict[_RecordKey, StoredRecord] = {}
+        self._missing: set[_RecordKey] = set()
+        self._wanted: dict[_RecordKey, tuple[ModelSettings, UUID]] = {}
+        self._built: dict[_ModelKey, ExternalBaseModel] = {}
+        self._nodes: dict[_ModelKey, _Node] = {}
+        self._ready: list[_Node] = []
+        self._unfetched: dict[_RecordKey, list[_Node]] = {}
+        self._waiters: dict[_Node, list[_Node]] = {}
+        self._after_fetch: list[_Node] = []  # nodes waiting (also) for records of the next fetch
+        self._blocked: set[_Node] | None = None
+        self._blocked_on_fetch = False
+        self._placeholders = False  # may resolve() return _PENDING rather than raise
+        self._upgraded: dict[_RecordKey, ExternalBaseModel] = {}
+        self._roots: list[tuple[type[ExternalBaseModel], _RecordKey, _ModelKey, _Node | None]] = []
+        append, wanted = self._roots.append, self._wanted
+        last: type[ExternalBaseModel] | None = None
+        for cls, reference, full in roots:
+            if cls is not last:  # roots are mostly of one class: look its settings up once
+                last, settings, holds = cls, cls.__toast_settings__, holds_references(cls)
+                url = settings.url.raw
+            number, name = reference.id.int, reference.class_name
+            key = (url, number, name)
+            if fetched is not None:
+                self._records[key] = fetched
+            else:
+                wanted[key] = (settings, reference.id)
+            model_key = (url, number, name, full)
+            append((cls, key, model_key, self._node(cls, model_key) if holds else None))
+
+    def _node(self, cls: type[ExternalBaseModel], model_key: _ModelKey) -> _Node:
+        node = self._nodes.get(model_key)
+        if node is None:
+            node = self._nodes[model_key] = _Node(cls, model_key)
+            key = node.key
+            if key in self._records:
+                self._ready.append(node)
+            elif key in self._missing:
+                node.missing = True
+            else:
+                self._unfetched.setdefault(key, []).append(node)
+        return node
+
+    @property
+    def timeout(self) -> float:
+        return max((settings.timeout for settings, _ in self._wanted.values()), default=DEFAULT_TIMEOUT)
+
+    async def fetch_wanted(self) -> None:
+        """Fetch every collected reference: one `load_records` call per backend, concurrently."""
+        groups: dict[str, list[_RecordKey]] = {}
+        for key in self._wanted:
+            groups.setdefault(key[0], []).append(key)
+        wanted, self._wanted = self._wanted, {}
+
+        async def fetch_group(keys: list[_RecordKey]) -> None:
+            settings = wanted[keys[0]][0]
+            pairs = [(wanted[key][1], key[2]) for key in keys]
+            timeout = max(wanted[key][0].timeout for key in keys)
+            found = await runtime.execute(settings.url, timeout, lambda backend: backend.load_records(pairs))
+            records, unfetched = self._records, self._unfetched
+            for key, record in zip(keys, found, strict=True):
+                if record is None:
+                    self._missing.add(key)
+                else:
+                    records[key] = record
+                if unfetched:
+                    for node in unfetched.pop(key, ()):
+                        if record is None:
+                            node.missing = True
+                            self._settled(node)
+                        else:
+                            self._ready.append(node)
+
+        await runtime.gather_all(fetch_group(keys) for keys in groups.values())
+        # Every record wanted so far is now fetched or known missing.
+        for node in self._after_fetch:
+            node.waiting -= 1
+            if node.waiting == 0:
+                self._ready.append(node)
+        self._after_fetch = []
+
+    def build(self) -> list[ExternalBaseModel] | None:
+        """Build every model whose references are all built; the roots' models once they are."""
+        missing = self._missing and [key for _, key, _, _ in self._roots if key in self._missing]
+        if missing:
+            class_names = sorted({key[2] for key in missing})
+            raise RecordNotFoundError(
+                ", ".join(class_names), [UUID(int=n) for n in dict.fromkeys(k[1] for k in missing)]
+            )
+        loader_token = _tree_loader.set(self)
+        options_token = json_options.set(None)  # stored data is validated by the model's config only
+        try:
+            while self._ready:
+                self._build(self._ready.pop())
+            models: list[ExternalBaseModel] = []
+            for cls, key, model_key, node in self._roots:
+                if node is not None:
+                    if node.model is None:
+                        break
+                    models.append(node.model)
+                else:
+                    model = self._built.get(model_key)
+                    if model is None:
+                        record = self._records.get(key)
+                        if record is None:
+                            break
+                        model = self._build_simple(cls, model_key, record)
+                    models.append(model)
+            else:
+                return models
+        finally:
+            json_options.reset(options_token)
+            _tree_loader.reset(loader_token)
+        if not self._wanted:
+            raise self._cycle_error()
+        return None
+
+    def _build_simple(
+        self, cls: type[ExternalBaseModel], model_key: _ModelKey, record: StoredRecord
+    ) -> ExternalBaseModel:
+        """Build a model of a class that holds no references: it never waits for anything."""
+        model = materialize_checked(cls, record, model_key[3], self._context)
+        self._built[model_key] = model
+        if record.schema_version < cls.__toast_settings__.schema_version:
+            self._note_upgraded(cls, model_key[:3], model)
+        return model
+
+    def _build(self, node: _Node) -> None:
+        record = self._records[node.key]
+        blocked: set[_Node] = set()
+        self._blocked = blocked
+        self._blocked_on_fetch = False
+        self._placeholders = runs_no_user_code(node.cls, node.model_key[3])
+        failure: StoredDataError | None = None
+        model: ExternalBaseModel | None = None
+        try:
+            model = materialize(node.cls, record, node.model_key[3], self._context)
+        except pydantic_core.ValidationError as exc:
+            if not blocked and not self._blocked_on_fetch:
+                failure = stored_data_error(node.cls, record, exc)
+        finally:
+            self._blocked = None
+        if failure is not None:
+            raise failure  # outside the except block, as in materialize_checked
+        if blocked or self._blocked_on_fetch:
+            # Collected only, or validated around a reference pydantic skipped: build it again
+            # once everything it refers to is there.
+            node.waiting = len(blocked)
+            node.children = list(blocked)
+            for child in blocked:
+                self._waiters.setdefault(child, []).append(node)
+            if self._blocked_on_fetch:
+                node.waiting += 1
+                self._after_fetch.append(node)
+            return
+        assert model is not None
+        node.model = model
+        if record.schema_version < node.cls.__toast_settings__.schema_version:
+            self._note_upgraded(node.cls, node.key, model)
+        self._settled(node)
+
+    def _note_upgraded(self, cls: type[ExternalBaseModel], key: _RecordKey, model: ExternalBaseModel) -> None:
+        if cls.__toast_settings__.upgrade_write_back:
+            self._upgraded[key] = model
+
+    def _settled(self, node: _Node) -> None:
+        """`node` is built, or its record missing: the nodes waiting for it may go again."""
+        for parent in self._waiters.pop(node, ()):
+            parent.waiting -= 1
+            if parent.waiting == 0:
+                self._ready.append(parent)
+
+    def _cycle_error(self) -> StoredDataError:
+        """Nothing left to fetch and still unbuilt models: they wait for each other."""
+        seen: set[int] = set()
+        node = next(node for _, _, _, node in self._roots if node is not None and node.model is None)
+        while id(node) not in seen:
+            seen.add(id(node))
+            node = next(child for child in node.children if child.model is None)
+        record_id = UUID(int=node.key[1])
+        return StoredDataError(
+            f"stored {node.key[2]} record {record_id} refers to itself through its references; "
+            "a cycle of stored references cannot be loaded into models (a dump never writes one)",
+            class_name=node.key[2],
+            id=record_id,
+            errors=[{"loc": (), "type": "reference_cycle"}],
+        )
+
+    def resolve(self, cls: type[M], target: type[M], reference: ExternalReference) -> M:
+        """Called by a nested reference's validator while a record of this tree is validated.
+
+        The hot path of loading a tree: once per reference and pass, hence the inlined lookups.
+        """
+        settings = target.__toast_settings__
+        url, number, name = settings.url.raw, reference.id.int, reference.class_name
+        model_key = (url, number, name, target is not cls)
+        model = self._built.get(model_key)
+        if model is not None:
+            return cast(M, model)
+        key = (url, number, name)
+        if holds_references(
+            target
+        ):  # a node, built when everything it refers to is: a node, built when everything it refers to is
+            node = self._node(target, model_key)
+            if node.model is not None:
+                return cast(M, node.model)
+            if not node.missing:
+                if key not in self._records:
+                    self._wanted[key] = (settings, reference.id)
+                assert self._blocked is not None
+                self._blocked.add(node)
+                if self._placeholders:
+                    return cast(M, _PENDING)
+                raise _NotBuiltYetError
+        else:
+            record = self._records.get(key)
+            if record is not None:
+                return cast(M, self._build_simple(target, model_key, record))
+            if key not in self._missing:
+                self._wanted[key] = (settings, reference.id)
+                self._blocked_on_fetch = True
+                if self._placeholders:
+                    return cast(M, _PENDING)
+                raise _NotBuiltYetError
+        raise RecordNotFoundError(reference.class_name, reference.id)
+
+    def write_back(self) -> WriteSet | None:
+        """The upgraded models of this load, to store at their new version, if any."""
+        if not self._upgraded:
+            return None
+        models = list(self._upgraded.values())
+        self._upgraded.clear()
+        return _rewrite(models)
+
+    def run(self) -> _Steps[list[ExternalBaseModel]]:
+        """Build, fetching each further level of references in one batch, then write back."""
+        while (models := self.build()) is None:
+            yield self.fetch_wanted(), self
+        write_back = self.write_back()
+        if write_back is not None:
+            yield write_back.flush(), write_back
+        return models
+
+
+_tree_loader: ContextVar[TreeLoader | None] = ContextVar("pydantic_toast_tree_loader", default=None)
+
+
+def load_sync(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
+    target = resolve_class(cls, reference)
+    loader = _tree_loader.get()
+    if loader is not None:
+        return loader.resolve(cls, target, reference)
+    # Reached through pydantic: it runs this class's validators above our hook on the result.
+    return _drive_sync(_load_one(target, reference, target is not cls, context))
+
+
+async def load(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
+    return await _drive(_load_one(resolve_class(cls, reference), reference, True, context))
+
+
+async def load_many(cls: type[M], references: Sequence[ExternalReference], context: Any = None) -> list[M]:
+    """Load models in order; every missing id is reported in one RecordNotFoundError."""
+    roots: list[tuple[type[ExternalBaseModel], ExternalReference, bool]] = [
+        (resolve_class(cls, reference), reference, True) for reference in references
+    ]
+    if not roots:
+        return []
+    return cast(list[M], await _drive(TreeLoader(roots, context).run()))
+
+
+def _load_one(cls: type[M], reference: ExternalReference, full: bool, context: Any) -> _Steps[M]:
+    """Load one model of class `cls` (`full`: with the validators above our hook)."""
+    settings = cls.__toast_settings__
+    record = yield _fetch_one(settings, reference), settings
+    if holds_references(cls):
+        [model] = yield from TreeLoader([(cls, reference, full)], context, fetched=record).run()
+        return cast(M, model)
+    # No references, so nothing to wait for: no loader needed.
+    model = materialize_checked(cls, record, full, context)
+    if settings.upgrade_write_back and record.schema_version < settings.schema_version:
+        write_back = _rewrite([model])
+        yield write_back.flush(), write_back
+    return model
+
+
+async def _fetch_one(settings: ModelSettings, reference: ExternalReference) -> StoredRecord:
+    pair = [(reference.id, reference.class_name)]
+    [record] = await runtime.execute(
+        settings.url, settings.timeout, lambda backend: backend.load_records(pair)
+    )
+    if record is None:
+        raise RecordNotFoundError(reference.class_name, reference.id)
+    return record
+
+
+def _rewrite(models: list[ExternalBaseModel]) -> WriteSet:
+    """Upgraded models, to store again at their current schema_version."""
+    with collecting_writes() as write_set:
+        for model in models:
+            write_set.add(model)
+    return write_set
+
+
+class _Timed(Protocol):
+    @property
+    def timeout(self) -> float: ...
+
+
+_Steps: TypeAlias = Generator[tuple[Coroutine[Any, Any, Any], _Timed], Any, T]
+"""A load as the I/O it needs, one step at a time: each step yields a coroutine to run (and what
+bounds the sync caller's wait, read only when the step runs) and receives its result. One loop
+serves both APIs: `_drive_sync` runs the steps on the I/O thread, `_drive` awaits them."""
+
+
+def _drive_sync(steps: _Steps[T]) -> T:
+    try:
+        coroutine, bound = next(steps)
+        while True:
+            coroutine, bound = steps.send(runtime.run_sync(coroutine, bound.timeout))
+    except StopIteration as done:
+        return cast(T, done.value)
+
+
+async def _drive(steps: _Steps[T]) -> T:
+    try:
+        coroutine, _ = next(steps)
+        while True:
+            coroutine, _ = steps.send(await coroutine)
+    except StopIteration as done:
+        return cast(T, done.value)
+
+
+def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: Any = None) -> M:
+    """Validate a stored record's data into a model that remembers which record it is.
+
+    `full`: with the class's validators above our hook too (else pydantic runs them on the
+    result). Raises pydantic's ValidationError; `stored_data_error` makes it safe to show.
+    """
+    data_json = upgraded_data(cls, record)
+    validator = inner_validator(cls) if full else core_validator(cls)
+    model = cast(M, validator.validate_json(data_json, by_alias=False, by_name=True, context=context))
+    if model.__pydantic_private__ is None:
+        # Built without post-init (see _pydantic_internals._build_inner): this is the only
+        # private attribute.
+        state = RecordState(record.id, record.created_at, revision=record.revision)
+        object.__setattr__(model, "__pydantic_private__", {STATE: state})
+    else:
+        state = state_of(model)
+        state.id = record.id
+        state.created_at = record.created_at
+        state.revision = record.revision
+    if record.schema_version == cls.__toast_settings__.schema_version:
+        # What the record holds (decoded), so that dumping the model unchanged writes nothing.
+        state.loaded_json = data_json
+    return model
+
+
+def materialize_checked(cls: type[M], record: StoredRecord, full: bool = True, context: Any = None) -> M:
+    """`materialize`, with a record that does not validate reported as `StoredDataError`."""
+    failure: StoredDataError | None = None
+    try:
+        return materialize(cls, record, full, context)
+    except pydantic_core.ValidationError as exc:
+        failure = stored_data_error(cls, record, exc)
+    # Raised here, outside the except block: the ValidationError holds stored values and must not
+    # travel along as __context__.
+    raise failure
+
+
+_MAX_LISTED_ERRORS = 10
+
+
+def stored_data_error(
+    cls: type[ExternalBaseModel], record: StoredRecord, exc: pydantic_core.ValidationError
+) -> StoredDataError:
+    """The failure of a stored record's validation, without a single stored value.
+
+    Kept: where (field names, list indexes) and pydantic's error types. Dropped: inputs, messages
+    (a validator's message may quote its input) and dict keys, which may be data too.
+    """
+    names = schema_names(cls)
+    errors: list[tuple[tuple[object, ...], str]] = []
+    dangling = 0
+    for line in exc.errors(include_url=False, include_input=False, include_context=True):
+        loc = tuple(
+            part if isinstance(part, int) or index == 0 or part in names else "<key>"
+            for index, part in enumerate(line["loc"])
+        )
+        cause = (line.get("ctx") or {}).get("error")
+        if isinstance(cause, RecordNotFoundError):
+            kind = str(cause)
+            dangling += 1
+        elif isinstance(cause, ExternalStorageError):
+            kind = type(cause).__name__
+        else:
+            kind = line["type"]
+        errors.append((loc, kind))
+    listed = "; ".join(
+        f"{'.'.join(str(part) for part in loc) or '(the data)'}: {kind}"
+        for loc, kind in errors[:_MAX_LISTED_ERRORS]
+    )
+    if len(errors) > _MAX_LISTED_ERRORS:
+        listed += f"; and {len(errors) - _MAX_LISTED_ERRORS} more"
+    if dangling == len(errors):
+        fix = "a record it refers to was deleted: restore it, or save the parent again without it"
+    else:
+        fix = (
+            "the model changed without an upgrade step, or the record was edited: register "
+            "@upgrade(from_version=...) and raise schema_version, or repair the record"
+        )
+    return StoredDataError(
+        f"stored {record.class_name} record {record.id} (schema_version {record.schema_version}) does not "
+        f"validate as {cls.__qualname__}: {len(errors)} error(s): {listed}; {fix}",
+        class_name=record.class_name,
+        id=record.id,
+        errors=[{"loc": loc, "type": kind} for loc, kind in errors],
+    )

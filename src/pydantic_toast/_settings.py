@@ -1,0 +1,225 @@
+"""An external model class's validated configuration, and the classes behind storage names.
+
+`settings_for` checks a class's `ExternalConfigDict` once, at class definition, and claims its
+storage name in its store. A reference carries only that name, so this module also answers which
+class a name stands for (`resolve_class`) and which names a class answers to (`storage_names`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+from uuid import UUID
+
+from . import codecs, forksafe
+from .exceptions import StorageValidationError
+from .reference import ExternalReference, parse_id, parse_reference
+from .registry import backend_class, known_schemes
+from .url import StorageURL
+
+if TYPE_CHECKING:
+    from .base import ExternalBaseModel
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "ModelSettings",
+    "coerce_reference",
+    "resolve_class",
+    "settings_for",
+    "settings_of",
+    "storage_names",
+]
+
+M = TypeVar("M", bound="ExternalBaseModel")
+
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """An external model class's validated configuration."""
+
+    url: StorageURL
+    storage_name: str
+    schema_version: int
+    timeout: float
+    ttl: timedelta | None = None
+    upgrade_write_back: bool = False
+    dict_references: bool = True
+    codec: codecs.Pipeline | None = None
+    optimistic_concurrency: bool = False
+
+
+def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
+    """Validate the class's `ExternalConfigDict` at class definition, naming the class on error."""
+    config = cast(Mapping[str, Any], cls.model_config)
+    name = cls.__qualname__
+    storage = config["storage"]
+    try:
+        url = StorageURL.parse(storage)
+        backend = backend_class(url.scheme)
+        # Duck-typed backends registered without subclassing StorageBackend may lack the hook.
+        check_url = getattr(backend, "check_url", None)
+        if callable(check_url):
+            check_url(url)
+        storage_name = config.get("storage_name", cls.__name__)
+        if any(storage_name == _declared_name(base) for base in cls.__mro__[1:]):
+            # Inherited from a parent's config: a subclass is a class of its own in the store.
+            storage_name = cls.__name__
+        if (
+            not isinstance(storage_name, str)
+            or not storage_name
+            or ":" in storage_name
+            or len(storage_name) > 200
+        ):
+            raise StorageValidationError(
+                f"storage_name {storage_name!r} must be a non-empty string of at most 200 characters "
+                "without ':'",
+                expected="name",
+                actual=storage_name,
+            )
+        schema_version = config.get("schema_version", 1)
+        if not isinstance(schema_version, int) or isinstance(schema_version, bool) or schema_version < 1:
+            raise StorageValidationError(
+                f"schema_version must be an integer >= 1, got {schema_version!r}",
+                expected="int >= 1",
+                actual=schema_version,
+            )
+        timeout = config.get("timeout", DEFAULT_TIMEOUT)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < float("inf")
+        ):
+            raise StorageValidationError(
+                f"timeout must be a positive number of seconds, got {timeout!r}",
+                expected="seconds > 0",
+                actual=timeout,
+            )
+        ttl = config.get("ttl")
+        if ttl is not None and (not isinstance(ttl, timedelta) or ttl <= timedelta(0)):
+            raise StorageValidationError(
+                f"ttl must be a positive datetime.timedelta or None, got {ttl!r}",
+                expected="timedelta > 0",
+                actual=ttl,
+            )
+        _claim_storage_name(cls, url, storage_name)
+        write_back = config.get("upgrade_write_back", False)
+        if not isinstance(write_back, bool):
+            raise StorageValidationError(
+                f"upgrade_write_back must be True or False, got {write_back!r}",
+                expected="bool",
+                actual=write_back,
+            )
+        codec = codecs.pipeline_for(config)
+        optimistic = config.get("optimistic_concurrency", False)
+        if not isinstance(optimistic, bool):
+            raise StorageValidationError(
+                f"optimistic_concurrency must be True or False, got {optimistic!r}",
+                expected="bool",
+                actual=optimistic,
+            )
+    except StorageValidationError as exc:
+        raise StorageValidationError(f"{name}: {exc}", expected=exc.expected, actual=exc.actual) from None
+    return ModelSettings(
+        url=url,
+        storage_name=storage_name,
+        schema_version=schema_version,
+        timeout=float(timeout),
+        ttl=ttl,
+        upgrade_write_back=write_back,
+        codec=codec,
+        optimistic_concurrency=optimistic,
+        dict_references="class_name" not in cls.__pydantic_fields__,
+    )
+
+
+_claims_lock = forksafe.Lock()
+_claims: weakref.WeakValueDictionary[tuple[str, str], type[ExternalBaseModel]] = weakref.WeakValueDictionary()
+
+
+def _claim_storage_name(cls: type[ExternalBaseModel], url: StorageURL, storage_name: str) -> None:
+    """Refuse two different classes writing the same class name into the same store.
+
+    References carry only the class name, so two such classes would read each other's records.
+    Redefining the same class (same module and qualified name: a reload, a notebook cell) is fine.
+    """
+    with _claims_lock:
+        holder = _claims.get((url.raw, storage_name))
+        same_class = holder is not None and (holder.__module__, holder.__qualname__) == (
+            cls.__module__,
+            cls.__qualname__,
+        )
+        if holder is not None and not same_class:
+            raise StorageValidationError(
+                f"{holder.__module__}.{holder.__qualname__} already stores records named {storage_name!r} "
+                f"in {url.masked!r}; give one of them another name with "
+                f"ExternalConfigDict(storage_name='...') so their records are kept apart",
+                expected="a storage name unique per store",
+                actual=storage_name,
+            )
+        _claims[(url.raw, storage_name)] = cls
+
+
+def _declared_name(base: type) -> str | None:
+    settings = base.__dict__.get("__toast_settings__")
+    return settings.storage_name if isinstance(settings, ModelSettings) else None
+
+
+def storage_names(cls: type[ExternalBaseModel]) -> list[str]:
+    """The class names a reference to `cls` (or one of its subclasses) may carry, for schemas."""
+    names: list[str] = []
+    pending: list[type[ExternalBaseModel]] = [cls]
+    while pending:
+        current = pending.pop()
+        settings = current.__dict__.get("__toast_settings__")
+        if isinstance(settings, ModelSettings) and settings.storage_name not in names:
+            names.append(settings.storage_name)
+        pending.extend(reversed(current.__subclasses__()))
+    return names
+
+
+def settings_of(cls: type[ExternalBaseModel]) -> ModelSettings:
+    """The class's settings; an abstract class (no storage configured) cannot store or load."""
+    settings: ModelSettings | None = getattr(cls, "__toast_settings__", None)
+    if settings is None:
+        raise StorageValidationError(
+            f"{cls.__qualname__} has no storage configured, so it is an abstract base: it can be "
+            "subclassed and validated from full data, but not dumped, saved or loaded; use a subclass "
+            "with model_config = ExternalConfigDict(storage='sqlite:///toast.db') or another URL "
+            f"(known schemes: {', '.join(known_schemes())})",
+            expected="storage URL",
+            actual=None,
+        )
+    return settings
+
+
+def resolve_class(cls: type[M], reference: ExternalReference) -> type[M]:
+    """The class a reference loads as: `cls` itself or one of its subclasses, by storage name."""
+    if settings_of(cls).storage_name == reference.class_name:
+        return cls
+    pending = list(cls.__subclasses__())
+    while pending:
+        sub = pending.pop()
+        settings = sub.__dict__.get("__toast_settings__")
+        if isinstance(settings, ModelSettings) and settings.storage_name == reference.class_name:
+            return sub
+        pending.extend(sub.__subclasses__())
+    expected = cls.__toast_settings__.storage_name
+    raise StorageValidationError(
+        f"reference is for class {reference.class_name!r} but is being validated as {expected!r}; "
+        f"pass it to the model it was dumped from",
+        expected=expected,
+        actual=reference.class_name,
+    )
+
+
+def coerce_reference(cls: type[ExternalBaseModel], value: object) -> ExternalReference:
+    """Accept an ExternalReference, a reference dict, or a bare id (UUID or its text)."""
+    storage_name = settings_of(cls).storage_name
+    if isinstance(value, UUID | str):
+        return ExternalReference.trusted(storage_name, parse_id(value))
+    return parse_reference(value, expected_class=storage_name)

@@ -1,0 +1,510 @@
+"""Writing: turning external models into stored records, collected per dump and written leaves first.
+
+`serialize` (the model's wrap serializer) adds the model to the current `WriteSet` and returns
+its reference. A top-level dump owns the write set and flushes it before returning, so every
+external model reached by one dump, at any depth, is written in one batch per backend. A record
+whose data did not change is not written again (see `RecordState.holds`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, TypeAdapter
+from pydantic_core import PydanticSerializationError
+
+from . import codecs, runtime
+from ._pydantic_internals import inner_serializer, serializer_error_fields
+from ._record_state import RecordState, digest, state_of
+from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
+from .backends.base import StoredRecord
+from .exceptions import ConcurrentUpdateError, ExternalStorageError, StorageValidationError
+from .reference import ExternalReference
+
+if TYPE_CHECKING:
+    from pydantic import SerializationInfo, SerializerFunctionWrapHandler
+
+    from .base import ExternalBaseModel
+    from .url import StorageURL
+
+__all__ = [
+    "CONTEXT_KEY",
+    "WriteSet",
+    "adump",
+    "collecting_writes",
+    "delete",
+    "dump",
+    "save",
+    "save_many",
+    "save_many_shallow",
+    "serialize",
+]
+
+CONTEXT_KEY = "pydantic_toast"
+"""Serialization context key: {"pydantic_toast": "inline"} dumps full data without storing;
+{"pydantic_toast": "reference"} returns the reference of an already stored model without writing."""
+
+_inline_model: ContextVar[object | None] = ContextVar("pydantic_toast_inline_model", default=None)
+_write_set: ContextVar[WriteSet | None] = ContextVar("pydantic_toast_write_set", default=None)
+_serializer_error: ContextVar[BaseException | None] = ContextVar(
+    "pydantic_toast_serializer_error", default=None
+)
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    """One record of a write set."""
+
+    model: ExternalBaseModel  # kept alive, so its id() stays unique while the set exists
+    reference: ExternalReference
+    settings: ModelSettings
+    state: RecordState
+    # id() of the models this record's data refers to: they are written before it.
+    points_at: list[int]
+    data: bytes | None = None  # None while the model's data is being serialized
+    digest: bytes = b""
+    write: bool = False
+
+
+class WriteSet:
+    """The records one dump produces, each model once, written leaves first.
+
+    A record whose data matches what its instance last stored or loaded is not written again.
+    """
+
+    def __init__(self, *, shallow: bool = False) -> None:
+        # shallow: nested external models that already have a record are referenced, not rewritten.
+        self._shallow = shallow
+        # One instant for the whole dump: every record it writes shares its updated_at.
+        self._now = datetime.now(UTC)
+        # id(model) -> entry; `_done` lists them as their serialization ends, so a record always
+        # comes after the records it points at.
+        self._entries: dict[int, _Pending] = {}
+        self._done: list[_Pending] = []
+        self._open: list[_Pending] = []  # being serialized, innermost last
+
+    def add(self, model: ExternalBaseModel, *, force: bool = False) -> ExternalReference:
+        """Collect `model`'s record; `force` writes it even if its data did not change."""
+        parent = self._open[-1] if self._open else None
+        entry = self._entries.get(id(model))
+        if entry is not None:
+            if entry.data is None:
+                raise _remember(
+                    StorageValidationError(
+                        f"this {type(model).__name__} contains itself; a stored model cannot be loaded back "
+                        "into an object cycle, so it is refused when dumped",
+                        actual=type(model).__name__,
+                    )
+                )
+            if parent is not None:
+                parent.points_at.append(id(model))
+            entry.write = entry.write or force
+            return entry.reference
+        cls = type(model)
+        settings = _settings_of(cls)
+        state = state_of(model)
+        if self._shallow and parent is not None and state.id is not None:
+            return state.reference(settings.storage_name)
+        if state.id is None:
+            state.id = uuid4()
+        entry = _Pending(model, state.reference(settings.storage_name), settings, state, [])
+        # Registered before serializing the data, so a model reachable from itself is caught.
+        self._entries[id(model)] = entry
+        if parent is not None:
+            parent.points_at.append(id(model))
+        self._open.append(entry)
+        try:
+            data = _stored_data(cls, model)
+        finally:
+            self._open.pop()
+        entry.data = data
+        entry.digest = digest(data)
+        unchanged = state.holds(data, entry.digest)
+        entry.write = force or not unchanged
+        if state.created_at is None:
+            state.created_at = self._now
+        self._done.append(entry)
+        return entry.reference
+
+    @property
+    def has_writes(self) -> bool:
+        return any(entry.write for entry in self._done)
+
+    async def flush(self) -> None:
+        """Write the collected records that changed, never a record before those it points at.
+
+        All in one store, or stores that point at each other in one direction only: one batch per
+        backend, dependent backends after the ones they point into. Stores pointing at each other
+        both ways: one batch per backend and level of nesting.
+        """
+        for stage in self._stages():
+            await runtime.gather_all(self._write(batch) for batch in stage)
+
+    def _planned(self) -> list[_Pending]:
+        # A record with a ttl must live as long as the records pointing at it: when they are
+        # written, so is it. Reversed, `_done` visits parents first, so this is transitive.
+        for entry in reversed(self._done):
+            if entry.write:
+                for key in entry.points_at:
+                    child = self._entries[key]
+                    if not child.write and child.settings.ttl is not None:
+                        child.write = True
+        return [entry for entry in self._done if entry.write]
+
+    def _stages(self) -> list[list[list[_Pending]]]:
+        """Batches (one backend each) by stage; a stage runs only after the previous succeeded."""
+        writes = self._planned()
+        groups: dict[str, list[_Pending]] = {}
+        for entry in writes:
+            groups.setdefault(entry.settings.url.raw, []).append(entry)
+        if len(groups) <= 1:
+            return [list(groups.values())] if groups else []
+        needs: dict[str, set[str]] = {url: set() for url in groups}
+        for entry in writes:
+            url = entry.settings.url.raw
+            for key in entry.points_at:
+                child = self._entries[key]
+                if child.write and child.settings.url.raw != url:
+                    needs[url].add(child.settings.url.raw)
+        stages: list[list[list[_Pending]]] = []
+        done: set[str] = set()
+        while needs:
+            ready = [url for url, wanted in needs.items() if wanted <= done]
+            if not ready:
+                return self._stages_by_level(writes)
+            stages.append([groups[url] for url in ready])
+            done.update(ready)
+            for url in ready:
+                del needs[url]
+        return stages
+
+    def _stages_by_level(self, writes: list[_Pending]) -> list[list[list[_Pending]]]:
+        # Stores point at each other both ways: a record's stage is one past the latest stage
+        # of the records it points at in other stores (same-store ones share its batch, which
+        # is ordered leaves first).
+        stage_of: dict[int, int] = {}
+        stages: list[dict[str, list[_Pending]]] = []
+        for entry in writes:
+            url = entry.settings.url.raw
+            stage = 0
+            for key in entry.points_at:
+                child = self._entries[key]
+                if child.write:
+                    stage = max(stage, stage_of[key] + (child.settings.url.raw != url))
+            stage_of[id(entry.model)] = stage
+            while len(stages) <= stage:
+                stages.append({})
+            stages[stage].setdefault(url, []).append(entry)
+        return [list(batches.values()) for batches in stages]
+
+    async def _write(self, entries: list[_Pending]) -> None:
+        # Two instances of one record (a revalidated copy, say) in one dump: the last one wins.
+        records: dict[UUID, StoredRecord] = {}
+        checked = False
+        for entry in entries:
+            record = _record_of(entry, self._now)
+            records[record.id] = record
+            checked = checked or record.revision is not None
+        batch = list(records.values())
+        url = entries[0].settings.url
+        timeout = max(entry.settings.timeout for entry in entries)
+        if checked:
+            await _write_checked(url, timeout, batch, entries)
+        else:
+            await runtime.execute(url, timeout, lambda backend: backend.save_records(batch))
+        for entry in entries:
+            entry.state.wrote(entry.digest)
+
+    @property
+    def timeout(self) -> float:
+        return max((entry.settings.timeout for entry in self._done), default=DEFAULT_TIMEOUT)
+
+
+def _record_of(entry: _Pending, now: datetime) -> StoredRecord:
+    """The stored record of one collected model."""
+    state, settings = entry.state, entry.settings
+    assert state.id is not None
+    assert state.created_at is not None
+    assert entry.data is not None
+    # The codec stage: the one place where stored bytes are made from a model's JSON.
+    payload, encoding = codecs.encode(settings.codec, entry.data)
+    return StoredRecord(
+        id=state.id,
+        class_name=settings.storage_name,
+        payload=payload,
+        schema_version=settings.schema_version,
+        created_at=state.created_at,
+        updated_at=now,
+        expires_at=None if settings.ttl is None else now + settings.ttl,
+        encoding=encoding,
+        revision=(state.revision or 0) + 1 if settings.optimistic_concurrency else None,
+    )
+
+
+async def _write_checked(
+    url: StorageURL, seconds: float, batch: list[StoredRecord], entries: list[_Pending]
+) -> None:
+    """Write a batch holding records of models with `optimistic_concurrency`: each is written only
+    if the store still holds the revision its instance knows; else nothing is (where the store
+    allows atomic batches) and `ConcurrentUpdateError` names the first conflict."""
+    conflicts = await runtime.execute(url, seconds, lambda backend: backend.save_records_checked(batch))
+    if conflicts:
+        names = {entry.settings.storage_name: type(entry.model).__qualname__ for entry in entries}
+        first = conflicts[0]
+        model = names.get(first.class_name, first.class_name)
+        if first.found is None:
+            found = "the store holds no such record any more (deleted or expired)"
+        elif first.expected == 0:
+            found = f"the store already holds revision {first.found} of it"
+        else:
+            found = f"the store holds revision {first.found}"
+        knows = (
+            "knows no revision of it (a first save, or a record stored before revisions)"
+            if first.expected == 0
+            else f"knows revision {first.expected}"
+        )
+        more = f" (and {len(conflicts) - 1} more record(s) of this batch)" if len(conflicts) > 1 else ""
+        raise ConcurrentUpdateError(
+            f"{model} record {first.id} was changed by another writer{more}: this instance {knows}, {found}; "
+            "the save was refused so that it does not overwrite that change. Load the record again, "
+            "reapply your change and save it again",
+            class_name=first.class_name,
+            id=first.id,
+            expected=first.expected,
+            found=first.found,
+            conflicts=[(c.class_name, c.id, c.expected, c.found) for c in conflicts],
+        )
+    revisions = {record.id: record.revision for record in batch}
+    for entry in entries:
+        assert entry.state.id is not None
+        entry.state.revision = revisions[entry.state.id]
+
+
+@contextmanager
+def collecting_writes(*, shallow: bool = False) -> Iterator[WriteSet]:
+    """A new write set that every external model serialized inside the block joins."""
+    write_set = WriteSet(shallow=shallow)
+    token = _write_set.set(write_set)
+    try:
+        yield write_set
+    finally:
+        _write_set.reset(token)
+
+
+def _flush_sync(write_set: WriteSet) -> None:
+    if write_set.has_writes:
+        runtime.run_sync(write_set.flush(), write_set.timeout)
+
+
+def _required_fields(cls: type[ExternalBaseModel]) -> frozenset[str]:
+    cached = cls.__dict__.get("__toast_required__")
+    if cached is None:
+        cached = frozenset(name for name, field in cls.__pydantic_fields__.items() if field.is_required())
+        type.__setattr__(cls, "__toast_required__", cached)
+    return cast(frozenset[str], cached)
+
+
+def _stored_data(cls: type[ExternalBaseModel], model: ExternalBaseModel) -> bytes:
+    """The model's own data as stored, refusing what would not load back."""
+    missing = sorted(_required_fields(cls) - model.__dict__.keys())
+    if missing:
+        raise _remember(
+            StorageValidationError(
+                f"{cls.__qualname__} cannot be stored: required field(s) {', '.join(map(repr, missing))} "
+                "have no value (built by model_construct() without them?), so the record would not load "
+                "back; set them, or build the model with validation",
+                expected="a value for every required field",
+                actual=missing,
+            )
+        )
+    clear_serializer_error()
+    try:
+        # The instance's own class (a subclass instance in a base-typed field keeps its
+        # subclass fields), field names rather than aliases (loading never depends on the
+        # caller's alias settings), and no computed fields (they are not input). Pydantic's
+        # serializer warnings (a value that does not match its field's type) are errors here.
+        return inner_serializer(cls).to_json(
+            model, by_alias=False, round_trip=True, exclude_computed_fields=True, warnings="error"
+        )
+    except PydanticSerializationError as exc:
+        if _serializer_error.get() is not None:
+            raise  # a nested model's own error, unwrapped by the caller
+        # The message quotes the values themselves: keep only the field names.
+        fields = serializer_error_fields(exc)
+        names = ", ".join(map(repr, fields)) or "(unknown)"
+        raise _remember(
+            StorageValidationError(
+                f"{cls.__qualname__} cannot be stored: field(s) {names} hold values that do not match "
+                "their declared type, so the record would not load back; assign valid values "
+                "(validate_assignment=True checks them on assignment) or fix the field_serializer's "
+                "return type",
+                expected="values of the declared field types",
+                actual=fields,
+            )
+        ) from None
+
+
+def serialize(
+    model: ExternalBaseModel, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+) -> Any:
+    """The wrap serializer of every external model."""
+    if _inline_model.get() is model:
+        # Our own request for this very instance's full data; nested occurrences of the same
+        # instance must become references again, hence the reset.
+        token = _inline_model.set(None)
+        try:
+            return handler(model)
+        finally:
+            _inline_model.reset(token)
+    mode = _context_mode(info.context)
+    if mode == "inline":
+        token = _inline_model.set(model)
+        try:
+            # The caller's filters apply to the full data exactly as to a plain model's.
+            return type(model).__pydantic_serializer__.to_python(
+                model,
+                mode=info.mode,
+                by_alias=info.by_alias,
+                round_trip=info.round_trip,
+                context=info.context,
+                include=cast(Any, info.include),
+                exclude=cast(Any, info.exclude),
+                exclude_unset=info.exclude_unset,
+                exclude_defaults=info.exclude_defaults,
+                exclude_none=info.exclude_none,
+                exclude_computed_fields=info.exclude_computed_fields,
+                serialize_as_any=info.serialize_as_any,
+            )
+        finally:
+            _inline_model.reset(token)
+    if mode == "reference":
+        record_id = state_of(model).id
+        if record_id is None:
+            raise _remember(
+                StorageValidationError(
+                    f"this {type(model).__name__} was never saved, so it has no reference yet; dump it "
+                    "without the 'reference' context first"
+                )
+            )
+        return {"class_name": _settings_of(type(model)).storage_name, "id": str(record_id)}
+    write_set = _write_set.get()
+    if write_set is not None:
+        return write_set.add(model).as_dict()
+    with collecting_writes() as write_set:
+        reference = write_set.add(model)
+    try:
+        _flush_sync(write_set)
+    except ExternalStorageError as exc:
+        _remember(exc)
+        raise
+    return reference.as_dict()
+
+
+def _context_mode(context: object) -> object:
+    if isinstance(context, Mapping):
+        mode = context.get(CONTEXT_KEY)
+        if mode is not None and mode not in ("inline", "reference"):
+            raise _remember(
+                StorageValidationError(
+                    f"serialization context {{{CONTEXT_KEY!r}: {mode!r}}} is not understood; "
+                    "use 'inline' (full data, nothing stored) or 'reference' (no write)",
+                    expected=["inline", "reference"],
+                    actual=mode,
+                )
+            )
+        return mode
+    return None
+
+
+def _remember(exc: BaseException) -> BaseException:
+    """Pydantic wraps serializer errors in PydanticSerializationError; keep the original for
+    `ExternalBaseModel.model_dump` to re-raise, so `except StorageConnectionError` works."""
+    _serializer_error.set(exc)
+    return exc
+
+
+def remember_serializer_error(exc: BaseException) -> None:
+    _remember(exc)
+
+
+def _settings_of(cls: type[ExternalBaseModel]) -> ModelSettings:
+    try:
+        return settings_of(cls)
+    except StorageValidationError as exc:
+        _remember(exc)
+        raise
+
+
+def clear_serializer_error() -> None:
+    _serializer_error.set(None)
+
+
+def take_serializer_error() -> BaseException | None:
+    exc = _serializer_error.get()
+    _serializer_error.set(None)
+    return exc
+
+
+async def save(model: ExternalBaseModel) -> ExternalReference:
+    [reference] = await save_many([model])
+    return reference
+
+
+async def save_many_shallow(models: Sequence[ExternalBaseModel]) -> list[ExternalReference]:
+    """Store models without rewriting the already stored external models they hold."""
+    return await save_many(models, shallow=True)
+
+
+async def save_many(models: Sequence[ExternalBaseModel], *, shallow: bool = False) -> list[ExternalReference]:
+    """Store models and every external model they hold: one batch per backend.
+
+    The models passed are always written (that refreshes their ttl); the models they hold only
+    when their data changed, as in a dump.
+    """
+    with collecting_writes(shallow=shallow) as write_set:
+        references = [write_set.add(model, force=True) for model in models]
+    await write_set.flush()
+    return references
+
+
+def dump(value: Any, **kwargs: Any) -> Any:
+    """Dump any pydantic value; every external model inside is written in one batch per backend."""
+    with collecting_writes() as write_set:
+        result = _dump_collecting(value, kwargs)
+    _flush_sync(write_set)
+    return result
+
+
+async def adump(value: Any, **kwargs: Any) -> Any:
+    """Async twin of `dump`: the batch is written on the running loop."""
+    with collecting_writes() as write_set:
+        result = _dump_collecting(value, kwargs)
+    await write_set.flush()
+    return result
+
+
+def _dump_collecting(value: Any, kwargs: dict[str, Any]) -> Any:
+    clear_serializer_error()
+    try:
+        if isinstance(value, BaseModel):
+            return value.model_dump(**kwargs)
+        return TypeAdapter(type(value)).dump_python(value, **kwargs)
+    except PydanticSerializationError:
+        original = take_serializer_error()
+        if original is not None:
+            raise original from original.__cause__
+        raise
+
+
+async def delete(cls: type[ExternalBaseModel], reference: ExternalReference) -> bool:
+    settings = resolve_class(cls, reference).__toast_settings__
+    key = reference.id
+    return await runtime.execute(
+        settings.url, settings.timeout, lambda backend: backend.delete(key, reference.class_name)
+    )
