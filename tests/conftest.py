@@ -6,7 +6,6 @@ starts a throwaway one from local binaries, and fails under CI=true when none ca
 
 from __future__ import annotations
 
-import importlib.util  # TEMPORARY-LEAD
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -16,9 +15,7 @@ import pytest
 import pydantic_toast
 from pydantic_toast.backends.memory import MemoryBackend
 
-pytest_plugins = [
-    p for p in ["fixtures.postgresql", "fixtures.redis"] if importlib.util.find_spec(p)
-]  # TEMPORARY-LEAD
+pytest_plugins = ["fixtures.postgresql", "fixtures.redis"]
 
 
 @pytest.fixture
