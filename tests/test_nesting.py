@@ -8,7 +8,9 @@ from uuid import UUID
 import pytest
 from pydantic import BaseModel, Field, TypeAdapter
 
+import pydantic_toast
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError
+from pydantic_toast.url import StorageURL
 
 
 def models(storage: str) -> tuple[Any, Any]:
@@ -96,6 +98,24 @@ def test_an_instance_that_contains_itself_fails_fast_instead_of_looping(storage_
     # cycle is fine (see the shared-child test above).
     with pytest.raises(StorageValidationError, match="contains itself"):
         node.model_dump()
+
+
+def test_a_cycle_through_another_instance_is_refused(storage_url: str) -> None:
+    class Loop(ExternalBaseModel):
+        label: str
+        peers: list[Loop] = Field(default_factory=list)
+        model_config = ExternalConfigDict(storage=storage_url)
+
+    first, second = Loop(label="a"), Loop(label="b")
+    first.peers.append(second)
+    second.peers.append(first)
+    with pytest.raises(StorageValidationError, match="contains itself"):
+        first.model_dump()
+    before = pydantic_toast.stats().get(StorageURL.parse(storage_url).masked, {}).get("records_written", 0)
+    with pytest.raises(StorageValidationError, match="contains itself"):
+        Loop(label="root", peers=[first]).model_dump()
+    after = pydantic_toast.stats().get(StorageURL.parse(storage_url).masked, {}).get("records_written", 0)
+    assert after == before  # nothing of a refused dump is written
 
 
 def test_inline_context_dumps_full_data_without_storing(memory_url: str) -> None:

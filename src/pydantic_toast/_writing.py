@@ -83,25 +83,23 @@ class WriteSet:
         self._shallow = shallow
         # One instant for the whole dump: every record it writes shares its updated_at.
         self._now = datetime.now(UTC)
-        # id(model) -> entry; `_done` lists them as their serialization ends, so a record always
+        # id(model) -> entry; `_done` lists them leaves first, so a record always
         # comes after the records it points at.
         self._entries: dict[int, _Pending] = {}
         self._done: list[_Pending] = []
+        self._placed: set[int] = set()  # id(model) of the entries in `_done` (or being placed)
         self._open: list[_Pending] = []  # being serialized, innermost last
+        # Nested models met while serializing another one: serialized afterwards, from a loop,
+        # so that how deeply models nest never becomes how deeply Python recurses.
+        self._queued: list[_Pending] = []
 
     def add(self, model: ExternalBaseModel, *, force: bool = False) -> ExternalReference:
         """Collect `model`'s record; `force` writes it even if its data did not change."""
         parent = self._open[-1] if self._open else None
         entry = self._entries.get(id(model))
         if entry is not None:
-            if entry.data is None:
-                raise _remember(
-                    StorageValidationError(
-                        f"this {type(model).__name__} contains itself; a stored model cannot be loaded back "
-                        "into an object cycle, so it is refused when dumped",
-                        actual=type(model).__name__,
-                    )
-                )
+            if entry is parent:
+                raise _contains_itself(model)
             if parent is not None:
                 parent.points_at.append(id(model))
             entry.write = entry.write or force
@@ -116,21 +114,56 @@ class WriteSet:
         entry = _Pending(model, state.reference(settings.storage_name), settings, state, [])
         # Registered before serializing the data, so a model reachable from itself is caught.
         self._entries[id(model)] = entry
+        if state.created_at is None:
+            state.created_at = self._now
         if parent is not None:
             parent.points_at.append(id(model))
+            self._queued.append(entry)
+            return entry.reference
+        self._serialize(entry)
+        while self._queued:
+            self._serialize(self._queued.pop())
+        entry.write = entry.write or force
+        self._done.extend(self._leaves_first(entry))
+        return entry.reference
+
+    def _serialize(self, entry: _Pending) -> None:
         self._open.append(entry)
         try:
-            data = _stored_data(cls, model)
+            data = _stored_data(type(entry.model), entry.model)
         finally:
             self._open.pop()
         entry.data = data
         entry.digest = digest(data)
-        unchanged = state.holds(data, entry.digest)
-        entry.write = force or not unchanged
-        if state.created_at is None:
-            state.created_at = self._now
-        self._done.append(entry)
-        return entry.reference
+        entry.write = not entry.state.holds(data, entry.digest)
+
+    def _leaves_first(self, root: _Pending) -> list[_Pending]:
+        """The records newly reached from `root`, each after every record it points at.
+
+        An iterative depth-first walk: a chain of any length is ordered without recursion, and a
+        record met again while its own subtree is being walked is an object cycle.
+        """
+        placed = self._placed
+        placed.add(id(root.model))
+        walking: set[int] = set()
+        ordered: list[_Pending] = []
+        stack: list[tuple[_Pending, int]] = [(root, 0)]
+        walking.add(id(root.model))
+        while stack:
+            entry, position = stack.pop()
+            if position < len(entry.points_at):
+                stack.append((entry, position + 1))
+                key = entry.points_at[position]
+                if key in walking:
+                    raise _contains_itself(self._entries[key].model)
+                if key not in placed:
+                    placed.add(key)
+                    walking.add(key)
+                    stack.append((self._entries[key], 0))
+                continue
+            walking.discard(id(entry.model))
+            ordered.append(entry)
+        return ordered
 
     @property
     def has_writes(self) -> bool:
@@ -224,6 +257,16 @@ class WriteSet:
     @property
     def timeout(self) -> float:
         return max((entry.settings.timeout for entry in self._done), default=DEFAULT_TIMEOUT)
+
+
+def _contains_itself(model: ExternalBaseModel) -> BaseException:
+    return _remember(
+        StorageValidationError(
+            f"this {type(model).__name__} contains itself; a stored model cannot be loaded back "
+            "into an object cycle, so it is refused when dumped",
+            actual=type(model).__name__,
+        )
+    )
 
 
 def _record_of(entry: _Pending, now: datetime) -> StoredRecord:
