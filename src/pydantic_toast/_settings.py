@@ -106,22 +106,11 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
                 expected="timedelta > 0",
                 actual=ttl,
             )
-        _claim_storage_name(cls, url, storage_name)
-        write_back = config.get("upgrade_write_back", False)
-        if not isinstance(write_back, bool):
-            raise StorageValidationError(
-                f"upgrade_write_back must be True or False, got {write_back!r}",
-                expected="bool",
-                actual=write_back,
-            )
+        write_back = _flag(config, "upgrade_write_back")
+        optimistic = _flag(config, "optimistic_concurrency")
         codec = codecs.pipeline_for(config)
-        optimistic = config.get("optimistic_concurrency", False)
-        if not isinstance(optimistic, bool):
-            raise StorageValidationError(
-                f"optimistic_concurrency must be True or False, got {optimistic!r}",
-                expected="bool",
-                actual=optimistic,
-            )
+        # Last: a class refused for another reason must not keep the name claimed.
+        _claim_storage_name(cls, url, storage_name)
     except StorageValidationError as exc:
         raise StorageValidationError(f"{name}: {exc}", expected=exc.expected, actual=exc.actual) from None
     return ModelSettings(
@@ -135,6 +124,15 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         optimistic_concurrency=optimistic,
         dict_references="class_name" not in cls.__pydantic_fields__,
     )
+
+
+def _flag(config: Mapping[str, Any], key: str) -> bool:
+    value = config.get(key, False)
+    if not isinstance(value, bool):
+        raise StorageValidationError(
+            f"{key} must be True or False, got {value!r}", expected="bool", actual=value
+        )
+    return value
 
 
 _claims_lock = forksafe.Lock()

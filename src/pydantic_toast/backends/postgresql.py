@@ -49,6 +49,7 @@ from .base import (
     RevisionConflict,
     StoredRecord,
     check_revision,
+    last_per_id,
     refuse_other_class,
 )
 
@@ -434,16 +435,7 @@ class PostgreSQLBackend(RecordStorageBackend):
         else:
             unique = _deduplicated(records)
             texts = [_stored_text(r) for r in unique]
-            columns: list[list[Any]] = [
-                [r.id for r in unique],
-                [r.class_name for r in unique],
-                texts,
-                [r.schema_version for r in unique],
-                [r.created_at for r in unique],
-                [r.updated_at for r in unique],
-                [r.expires_at for r in unique],
-                [r.revision for r in unique],
-            ]
+            columns = _columns(unique, texts)
             statement = self._save_many
             if None in texts:
                 statement = self._save_many_bytes
@@ -475,14 +467,7 @@ class PostgreSQLBackend(RecordStorageBackend):
         unique = _deduplicated(records)
         texts = [_stored_text(r) for r in unique]
         arguments = (
-            [r.id for r in unique],
-            [r.class_name for r in unique],
-            texts,
-            [r.schema_version for r in unique],
-            [r.created_at for r in unique],
-            [r.updated_at for r in unique],
-            [r.expires_at for r in unique],
-            [r.revision for r in unique],
+            *_columns(unique, texts),
             [r.payload if text is None else None for r, text in zip(unique, texts, strict=True)],
             [r.encoding for r in unique],
             len(unique),
@@ -717,13 +702,21 @@ def _stored_text(record: StoredRecord) -> str | None:
 
 def _deduplicated(records: Sequence[StoredRecord]) -> list[StoredRecord]:
     """The last record per id, sorted by id so concurrent batches lock rows in the same order."""
-    latest: dict[UUID, StoredRecord] = {}
-    for record in records:
-        previous = latest.get(record.id)
-        if previous is not None and previous.class_name != record.class_name:
-            raise refuse_other_class(record.id, previous.class_name, record.class_name, batch=True)
-        latest[record.id] = record
-    return [latest[id] for id in sorted(latest)]
+    return sorted(last_per_id(records), key=lambda record: record.id)
+
+
+def _columns(records: Sequence[StoredRecord], texts: list[str | None]) -> list[list[Any]]:
+    """The per-column arrays a batch statement unnests, in the table's column order."""
+    return [
+        [r.id for r in records],
+        [r.class_name for r in records],
+        texts,
+        [r.schema_version for r in records],
+        [r.created_at for r in records],
+        [r.updated_at for r in records],
+        [r.expires_at for r in records],
+        [r.revision for r in records],
+    ]
 
 
 _CONFLICT_MARKER = "pydantic_toast_revision_conflict"
