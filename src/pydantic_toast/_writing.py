@@ -145,6 +145,8 @@ class WriteSet:
         """
         placed = self._placed
         placed.add(id(root.model))
+        if not root.points_at:
+            return [root]  # the common case: a model holding no external model
         walking: set[int] = set()
         ordered: list[_Pending] = []
         stack: list[tuple[_Pending, int]] = [(root, 0)]
@@ -355,8 +357,9 @@ def _required_fields(cls: type[ExternalBaseModel]) -> frozenset[str]:
 
 def _stored_data(cls: type[ExternalBaseModel], model: ExternalBaseModel) -> bytes:
     """The model's own data as stored, refusing what would not load back."""
-    missing = sorted(_required_fields(cls) - model.__dict__.keys())
-    if missing:
+    required = _required_fields(cls)
+    if not required.issubset(model.__dict__.keys()):
+        missing = sorted(required - model.__dict__.keys())
         raise _remember(
             StorageValidationError(
                 f"{cls.__qualname__} cannot be stored: required field(s) {', '.join(map(repr, missing))} "
