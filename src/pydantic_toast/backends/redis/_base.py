@@ -11,11 +11,13 @@ import re
 from abc import abstractmethod
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
 from ...exceptions import MissingDependencyError, StorageConnectionError, StorageValidationError
 from ...url import StorageURL, mask_secrets
+from .._errors import ErrorRow, ErrorTable, map_driver_errors
 from ..base import (
     Capability,
     RecordKey,
@@ -84,6 +86,7 @@ class _RedisBase(RecordStorageBackend):
         self._settings = _settings(parsed, cluster=self._cluster)
         self._key_head = f"{self._settings.prefix}:".encode()
         self._driver_errors: tuple[type[BaseException], ...] = ()
+        self._errors = ErrorTable((), default=lambda exc: "")
         self._in_flight = asyncio.Semaphore(self._settings.max_connections)
         # Set at connect when the server evicts keys that have a time to live; the first save
         # of such a key logs the warning (records without ttl are not at risk then).
@@ -112,6 +115,7 @@ class _RedisBase(RecordStorageBackend):
         # OSError covers the socket-level failures redis-py lets through (and asyncio timeouts);
         # the cluster client's own errors (no reachable seed, uncovered slots) are no RedisError.
         self._driver_errors = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
+        self._errors = self._error_table(redis.exceptions)
 
     def _client_kwargs(self) -> dict[str, Any]:
         settings = self._settings
@@ -169,57 +173,63 @@ class _RedisBase(RecordStorageBackend):
         and with decode_responses=False they are always bytes.
         """
         try:
-            # A burst of tasks waits here for a free connection instead of failing with "too many
-            # connections"; the model's `timeout` bounds the wait like any other.
-            async with self._in_flight:
-                return await operation
-        except self._driver_errors as exc:
-            failure = self._failure(action, exc)
+            with map_driver_errors(self._driver_errors, lambda exc: self._failure(action, exc)):
+                # A burst of tasks waits here for a free connection instead of failing with "too
+                # many connections"; the model's `timeout` bounds the wait like any other.
+                async with self._in_flight:
+                    return await operation
         except BaseException:
             # Cancelled while waiting for a slot: the operation never started and must not be
-            # reported as a coroutine that was never awaited.
+            # reported as a coroutine that was never awaited (closing a finished one is a no-op).
             close = getattr(operation, "close", None)
             if close is not None:
                 close()
             raise
-        # Raised outside the except block so neither __cause__ nor __context__ carries the driver
-        # exception, whose attributes could hold connection details.
-        raise failure
 
-    def _failure(self, action: str, exc: BaseException) -> StorageConnectionError:
-        from redis import exceptions as errors
-
+    def _error_table(self, errors: ModuleType) -> ErrorTable:
+        """redis-py's failures, most specific first, with the cause and fix to name."""
         settings = self._settings
-        text = str(exc)
-        if isinstance(exc, errors.AuthenticationError | errors.AuthenticationWrongNumberOfArgsError) or (
-            "WRONGPASS" in text or "NOAUTH" in text
-        ):
+
+        def credentials(exc: BaseException) -> str:
             if settings.password is None:
-                hint = (
+                return (
                     "the server requires a password; put it in the storage URL as "
                     "'redis://[username]:password@host:port/db'"
                 )
-            else:
-                user = f"user {settings.username!r}" if settings.username else "the default user"
-                hint = f"the server refused the credentials of {user}; check the username and password"
-        elif isinstance(exc, errors.NoPermissionError):
-            hint = (
-                f"the ACL user lacks permission; allow GET, SET, MGET, DEL and SCAN (and EVAL and GETRANGE "
-                f"for optimistic_concurrency) on keys "
-                f"'{settings.prefix}:*'"
-            )
-        elif isinstance(exc, errors.TimeoutError | TimeoutError):
-            hint = (
-                f"no answer within socket_timeout={settings.socket_timeout:g} s "
-                f"(connect: {settings.socket_connect_timeout:g} s) after {settings.retries} retries; "
-                "the server may be down, overloaded or unreachable"
-            )
-        elif isinstance(exc, errors.ResponseError):
-            hint = "the server refused the command"
-        else:
-            hint = (
-                f"check that the server is running and reachable (gave up after {settings.retries} retries)"
-            )
+            user = f"user {settings.username!r}" if settings.username else "the default user"
+            return f"the server refused the credentials of {user}; check the username and password"
+
+        permission = (
+            f"the ACL user lacks permission; allow GET, SET, MGET, DEL and SCAN (and EVAL and GETRANGE "
+            f"for optimistic_concurrency) on keys '{settings.prefix}:*'"
+        )
+        timeout = (
+            f"no answer within socket_timeout={settings.socket_timeout:g} s "
+            f"(connect: {settings.socket_connect_timeout:g} s) after {settings.retries} retries; "
+            "the server may be down, overloaded or unreachable"
+        )
+        unreachable = (
+            f"check that the server is running and reachable (gave up after {settings.retries} retries)"
+        )
+        return ErrorTable(
+            [
+                # A refused password also arrives as a plain error that only its text names.
+                ErrorRow(
+                    (errors.AuthenticationError, errors.AuthenticationWrongNumberOfArgsError),
+                    credentials,
+                    words=("WRONGPASS", "NOAUTH"),
+                ),
+                ErrorRow((errors.NoPermissionError,), lambda exc: permission),
+                ErrorRow((errors.TimeoutError, TimeoutError), lambda exc: timeout),
+                ErrorRow((errors.ResponseError,), lambda exc: "the server refused the command"),
+            ],
+            default=lambda exc: unreachable,
+        )
+
+    def _failure(self, action: str, exc: BaseException) -> StorageConnectionError:
+        settings = self._settings
+        text = str(exc)
+        hint = self._errors.hint(exc)
         detail = mask_secrets(
             f"{type(exc).__name__}: {text}" if text else type(exc).__name__, settings.password
         )
