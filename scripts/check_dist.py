@@ -55,7 +55,7 @@ def check_contents(dist_dir: Path, pyproject: Path) -> None:
     strays = [n for n in names if not n.startswith(("pydantic_toast/", dist_info))]
     if strays:
         fail(f"the wheel holds files outside the package: {strays}")
-    for required in ("__init__.py", "py.typed", "cli.py", "backends/sqlite.py", "backends/redis.py"):
+    for required in ("__init__.py", "py.typed", "cli.py", "backends/sqlite.py", "backends/redis/__init__.py"):
         if f"pydantic_toast/{required}" not in names:
             fail(f"the wheel lacks {required}")
     extras = set(re.findall(r"^Provides-Extra: (\S+)$", metadata, flags=re.MULTILINE))

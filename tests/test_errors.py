@@ -123,3 +123,17 @@ def test_unknown_serialization_context_mode_is_refused(memory_url: str) -> None:
 def test_every_library_exception_shares_one_base() -> None:
     for exc_type in (StorageConnectionError, RecordNotFoundError, StorageValidationError):
         assert issubclass(exc_type, ExternalStorageError)
+
+
+async def test_a_driver_failure_is_translated_without_chaining_the_driver_exception(tmp_path: Path) -> None:
+    # The chaining policy of backends/_errors.py: the message says what the driver said, and no
+    # driver exception (which may hold connection details) rides along as cause or context.
+    from pydantic_toast.backends.sqlite import SQLiteBackend
+
+    path = tmp_path / "not-a-database.db"
+    path.write_bytes(b"this is no SQLite file" * 100)
+    backend = SQLiteBackend(f"sqlite:///{path}")
+    with pytest.raises(StorageConnectionError, match=r"SQLite prepare failed on .*not a database") as caught:
+        await backend.connect()
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None

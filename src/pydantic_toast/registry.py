@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import inspect
 import re
+import sys
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from types import MappingProxyType
@@ -158,7 +159,9 @@ def _check_driver(scheme: str, backend: type[StorageBackend]) -> None:
     driver = _DRIVERS.get(extra or "")
     if driver is None:
         return
-    if f"{backend.__module__}:{backend.__qualname__}" != path:
+    module_name, class_name = path.split(":")
+    # By identity, not by __module__: a built-in class may live in a submodule of the named one.
+    if getattr(sys.modules.get(module_name), class_name, None) is not backend:
         return  # replaced with register_backend(..., replace=True): no longer our driver
     if importlib.util.find_spec(driver) is None:
         raise MissingDependencyError(

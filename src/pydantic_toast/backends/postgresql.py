@@ -41,6 +41,7 @@ from uuid import UUID
 from .. import runtime
 from ..exceptions import MissingDependencyError, StorageConnectionError, StorageValidationError
 from ..url import StorageURL, mask_secrets
+from ._errors import ErrorRow, ErrorTable, map_driver_errors
 from ._options import URLOptions
 from .base import (
     Capability,
@@ -238,40 +239,34 @@ class PostgreSQLBackend(RecordStorageBackend):
             ConnectionError,
         )
         settings = self._settings
-        error: StorageConnectionError | None = None
         pool: Any = None
         wait = _SlotWait(settings.connect_timeout)
         try:
-            async with asyncio.timeout(settings.connect_timeout + settings.command_timeout):
-                pool = await driver.create_pool(
-                    settings.dsn,
-                    min_size=settings.min_size,
-                    max_size=settings.max_size,
-                    command_timeout=settings.command_timeout,
-                    statement_cache_size=settings.statement_cache_size,
-                    timeout=settings.connect_timeout,
-                )
-                while True:
-                    try:
-                        await self._prepare_table(pool)
-                        break
-                    except self._full:
-                        pause = wait.next_pause()
-                        if pause is None:
-                            raise
-                    await asyncio.sleep(pause)
-        except Exception as exc:  # noqa: BLE001 - every driver failure becomes one library error below
-            error = self._error("connect", exc, waited=wait.waited)
+            # Every failure becomes one library error (and a cancellation stays one).
+            with map_driver_errors((Exception,), lambda exc: self._error("connect", exc, waited=wait.waited)):
+                async with asyncio.timeout(settings.connect_timeout + settings.command_timeout):
+                    pool = await driver.create_pool(
+                        settings.dsn,
+                        min_size=settings.min_size,
+                        max_size=settings.max_size,
+                        command_timeout=settings.command_timeout,
+                        statement_cache_size=settings.statement_cache_size,
+                        timeout=settings.connect_timeout,
+                    )
+                    while True:
+                        try:
+                            await self._prepare_table(pool)
+                            break
+                        except self._full:
+                            pause = wait.next_pause()
+                            if pause is None:
+                                raise
+                        await asyncio.sleep(pause)
         except BaseException:
-            # Cancelled (the caller's timeout): no half-prepared pool may outlive this call.
+            # No half-prepared pool may outlive this call, whatever stopped it.
             if pool is not None:
                 pool.terminate()
             raise
-        if error is not None:
-            # Raised outside the handler: no chained driver exception can carry the password.
-            if pool is not None:
-                pool.terminate()
-            raise error
         self._pool = pool
         self._loop = asyncio.get_running_loop()
 
@@ -369,34 +364,33 @@ class PostgreSQLBackend(RecordStorageBackend):
         """
         retried = False
         wait: _SlotWait | None = None
-        while True:
-            error: StorageConnectionError | None = None
-            pause: float | None = None
-            try:
-                return await call(*args)
-            except self._full as exc:
-                # The pool wanted one more connection and the server is at max_connections:
-                # wait for one of the pool's own connections to come free, or a server slot.
-                wait = wait or _SlotWait(self._settings.connect_timeout)
-                pause = wait.next_pause()
-                if pause is None:
-                    error = self._error(action, exc, waited=wait.waited)
-            except self._retryable as exc:
-                if retried:
-                    error = self._error(action, exc)
-                else:
+
+        def translate(exc: BaseException) -> StorageConnectionError:
+            return self._error(action, exc, waited=None if wait is None else wait.waited)
+
+        with map_driver_errors((Exception,), translate):
+            while True:
+                pause: float | None = None
+                try:
+                    return await call(*args)
+                except self._full:
+                    # The pool wanted one more connection and the server is at max_connections:
+                    # wait for one of the pool's own connections to come free, or a server slot.
+                    wait = wait or _SlotWait(self._settings.connect_timeout)
+                    pause = wait.next_pause()
+                    if pause is None:
+                        raise
+                except self._retryable as exc:
+                    if retried:
+                        raise
                     retried = True
                     if self._pool is not None and not isinstance(exc, self._deadlock):
                         # Every pooled connection predates the failure: replace them all, not one
                         # per call.
                         await self._pool.expire_connections()
-            except Exception as exc:  # noqa: BLE001 - translated below, outside the handler
-                error = self._error(action, exc)
-            if error is not None:
-                raise error
-            self.stats.add()
-            if pause:
-                await asyncio.sleep(pause)
+                self.stats.add()
+                if pause:
+                    await asyncio.sleep(pause)
 
     def _pool_or_raise(self) -> Any:
         pool = self._pool
@@ -600,52 +594,96 @@ class PostgreSQLBackend(RecordStorageBackend):
     ) -> StorageConnectionError:
         """One library error per driver failure, naming the server and never the password."""
         settings = self._settings
-        driver = self._driver
-        reason = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, TimeoutError):
-            reason = (
-                f"no answer within the time limit (connect_timeout={settings.connect_timeout:g} s, "
-                f"command_timeout={settings.command_timeout:g} s); check that the server is up and "
-                "not blocked by a lock, or raise the limits in the URL"
-            )
-        elif isinstance(exc, socket.gaierror):
-            reason = f"the host name could not be resolved ({exc.strerror}); check the host in the URL"
-        elif isinstance(exc, ConnectionRefusedError) or "Connect call failed" in str(exc):
-            reason = "connection refused; check that PostgreSQL is running and listens on that host and port"
-        elif isinstance(exc, ssl.SSLCertVerificationError):
-            reason = (
-                f"the server's certificate was not accepted ({exc.verify_message}); check sslrootcert "
-                "and that the host name matches the certificate (sslmode=verify-ca / verify-full)"
-            )
-        elif driver is not None and isinstance(exc, driver.PostgresError):
-            sqlstate = getattr(exc, "sqlstate", None)
-            reason = f"{type(exc).__name__} [{sqlstate}]: {exc}"
-            if isinstance(exc, driver.InvalidPasswordError):
-                reason += "; check the user name and password in the URL"
-            elif isinstance(exc, driver.InvalidAuthorizationSpecificationError):
-                reason += "; check the user name, and that pg_hba.conf allows this client"
-            elif isinstance(exc, driver.InvalidCatalogNameError):
-                reason += "; create the database (createdb) or fix its name in the URL"
-            elif isinstance(exc, driver.QueryCanceledError):
-                reason += "; the statement hit the server's statement_timeout or was cancelled"
-            elif isinstance(exc, driver.InsufficientPrivilegeError):
-                reason += f"; grant this user access to {settings.qualified} (or to CREATE it)"
-            elif isinstance(exc, driver.TooManyConnectionsError):
-                reason += (
-                    "; every connection slot of the server is taken"
-                    + (f" and none came free within {waited:.1f} s" if waited is not None else "")
-                    + ". Raise max_connections on the server (or lower its superuser_reserved_connections "
-                    f"/ reserved_connections), lower max_size in the URL (now {settings.max_size}, per "
-                    "event loop and process), or share connections through PgBouncer"
-                )
-        elif driver is not None and isinstance(exc, driver.InternalClientError):
-            reason += (
-                "; the connection broke in the middle of a statement (terminated by the server, or "
-                "a network failure) and the retry on a new connection failed too"
-            )
+        reason = self._error_table(waited).hint(exc)
         secrets = settings.secrets
         message = mask_secrets(f"PostgreSQL {action} failed on {settings.where}: {reason}", *secrets)
         return StorageConnectionError(message, url=settings.shown)
+
+    def _error_table(self, waited: float | None) -> ErrorTable:
+        """asyncpg's failures (and the network's), most specific first, with the cause and fix
+        to name. Built per failure: the full-server hint says how long the call waited."""
+        settings = self._settings
+        driver = self._driver
+
+        def plain(exc: BaseException) -> str:
+            return f"{type(exc).__name__}: {exc}"
+
+        def certificate(exc: BaseException) -> str:
+            verify_message = getattr(exc, "verify_message", "")
+            return (
+                f"the server's certificate was not accepted ({verify_message}); check sslrootcert "
+                "and that the host name matches the certificate (sslmode=verify-ca / verify-full)"
+            )
+
+        rows = [
+            ErrorRow(
+                (TimeoutError,),
+                lambda exc: (
+                    f"no answer within the time limit (connect_timeout={settings.connect_timeout:g} s, "
+                    f"command_timeout={settings.command_timeout:g} s); check that the server is up and "
+                    "not blocked by a lock, or raise the limits in the URL"
+                ),
+            ),
+            ErrorRow(
+                (socket.gaierror,),
+                lambda exc: (
+                    f"the host name could not be resolved ({getattr(exc, 'strerror', exc)}); "
+                    "check the host in the URL"
+                ),
+            ),
+            ErrorRow(
+                (ConnectionRefusedError,),
+                lambda exc: (
+                    "connection refused; check that PostgreSQL is running and listens on that host and port"
+                ),
+                words=("Connect call failed",),
+            ),
+            ErrorRow((ssl.SSLCertVerificationError,), certificate),
+        ]
+        if driver is not None:
+
+            def server(fix: str) -> Callable[[BaseException], str]:
+                return lambda exc: f"{type(exc).__name__} [{getattr(exc, 'sqlstate', None)}]: {exc}{fix}"
+
+            full = (
+                "; every connection slot of the server is taken"
+                + (f" and none came free within {waited:.1f} s" if waited is not None else "")
+                + ". Raise max_connections on the server (or lower its superuser_reserved_connections "
+                f"/ reserved_connections), lower max_size in the URL (now {settings.max_size}, per "
+                "event loop and process), or share connections through PgBouncer"
+            )
+            broken = (
+                "; the connection broke in the middle of a statement (terminated by the server, or "
+                "a network failure) and the retry on a new connection failed too"
+            )
+            rows += [
+                ErrorRow(
+                    (driver.InvalidPasswordError,), server("; check the user name and password in the URL")
+                ),
+                ErrorRow(
+                    (driver.InvalidAuthorizationSpecificationError,),
+                    server("; check the user name, and that pg_hba.conf allows this client"),
+                ),
+                ErrorRow(
+                    (driver.InvalidCatalogNameError,),
+                    server("; create the database (createdb) or fix its name in the URL"),
+                ),
+                ErrorRow(
+                    (driver.QueryCanceledError,),
+                    server("; the statement hit the server's statement_timeout or was cancelled"),
+                ),
+                ErrorRow(
+                    (driver.InsufficientPrivilegeError,),
+                    server(f"; grant this user access to {settings.qualified} (or to CREATE it)"),
+                ),
+                ErrorRow((driver.TooManyConnectionsError,), server(full)),
+                ErrorRow((driver.PostgresError,), server("")),
+                ErrorRow(
+                    (driver.InternalClientError,),
+                    lambda exc: plain(exc) + broken,
+                ),
+            ]
+        return ErrorTable(rows, default=plain)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -27,6 +27,7 @@ from uuid import UUID
 from .. import forksafe
 from ..exceptions import StorageConnectionError, StorageValidationError
 from ..url import StorageURL
+from ._errors import ErrorRow, ErrorTable, map_driver_errors, raise_unchained
 from ._options import URLOptions
 from .base import (
     Capability,
@@ -81,6 +82,15 @@ class SQLiteBackend(RecordStorageBackend):
         super().__init__(url)
         parsed = StorageURL.parse(url)
         self._path, self._table, self._busy_timeout = _settings(parsed)
+        locked = (
+            f"; another connection held the write lock for longer than busy_timeout="
+            f"{self._busy_timeout:g} s: raise busy_timeout in the URL, or shorten the other "
+            "writer's transactions"
+        )
+        # sqlite3 raises one OperationalError for many causes: only its text tells them apart.
+        self._errors = ErrorTable(
+            [ErrorRow((), lambda exc: f"{exc}{locked}", words=("database is locked",))], default=str
+        )
         self._shown = parsed.masked
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
@@ -114,11 +124,13 @@ class SQLiteBackend(RecordStorageBackend):
                 check_same_thread=False,
             )
         except sqlite3.Error as exc:
-            raise StorageConnectionError(
-                f"cannot open SQLite database {self._path!r} ({exc}); check that the directory "
-                "exists and is writable",
-                url=self._shown,
-            ) from exc
+            raise_unchained(
+                StorageConnectionError(
+                    f"cannot open SQLite database {self._path!r} ({exc}); check that the directory "
+                    "exists and is writable",
+                    url=self._shown,
+                )
+            )
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             table = self._table
@@ -135,7 +147,7 @@ class SQLiteBackend(RecordStorageBackend):
             )
         except sqlite3.Error as exc:
             connection.close()
-            raise self._error("prepare", exc) from exc
+            raise_unchained(self._error("prepare", exc))
         return connection
 
     async def disconnect(self) -> None:
@@ -153,15 +165,18 @@ class SQLiteBackend(RecordStorageBackend):
             _FORK_GATE.run(connection.close)
         executor.shutdown(wait=False)
 
-    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, action: str, work: Callable[[sqlite3.Connection], T]) -> T:
         connection, executor = self._connection, self._executor
         if connection is None or executor is None:
             raise StorageConnectionError(f"the SQLite backend for {self._shown!r} is closed", url=self._shown)
-        return await asyncio.get_running_loop().run_in_executor(executor, _FORK_GATE.run, work, connection)
+        with map_driver_errors((sqlite3.Error,), lambda exc: self._error(action, exc)):
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, _FORK_GATE.run, work, connection
+            )
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         if records:
-            await self._run(lambda connection: self._write(connection, records))
+            await self._run("save", lambda connection: self._write(connection, records))
             self.stats.add(written=len(records))
 
     def _write(self, connection: sqlite3.Connection, records: Sequence[StoredRecord]) -> None:
@@ -169,10 +184,7 @@ class SQLiteBackend(RecordStorageBackend):
         upsert = _UPSERT.format(table=self._table) + " WHERE class_name = excluded.class_name"
         if len(rows) == 1:
             # One statement is atomic on its own: no explicit transaction, half the round trips.
-            try:
-                changed = connection.execute(upsert, rows[0]).rowcount
-            except sqlite3.Error as exc:
-                raise self._error("save", exc) from exc
+            changed = connection.execute(upsert, rows[0]).rowcount
             if changed != 1:
                 raise self._other_class(connection, records)
             return
@@ -185,16 +197,16 @@ class SQLiteBackend(RecordStorageBackend):
                 connection.execute("ROLLBACK")
                 raise refusal
             connection.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except sqlite3.Error:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            raise self._error("save", exc) from exc
+            raise
 
     async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
         if not records:
             return []
         latest = last_per_id(records)
-        conflicts = await self._run(lambda connection: self._write_checked(connection, latest))
+        conflicts = await self._run("save", lambda connection: self._write_checked(connection, latest))
         if not conflicts:
             self.stats.add(written=len(latest))
         return conflicts
@@ -243,10 +255,10 @@ class SQLiteBackend(RecordStorageBackend):
                 connection.execute("ROLLBACK")
                 raise
             connection.execute("ROLLBACK" if conflicts else "COMMIT")
-        except sqlite3.Error as exc:
+        except sqlite3.Error:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            raise self._error("save", exc) from exc
+            raise
         return conflicts
 
     def _other_class(
@@ -267,7 +279,7 @@ class SQLiteBackend(RecordStorageBackend):
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         if not keys:
             return []
-        found = await self._run(lambda connection: self._read(connection, keys))
+        found = await self._run("load", lambda connection: self._read(connection, keys))
         self.stats.add(read=len(found))
         return [found.get(key) for key in keys]
 
@@ -279,41 +291,35 @@ class SQLiteBackend(RecordStorageBackend):
         for id, class_name in keys:
             by_class.setdefault(class_name, []).append(str(id))
         found: dict[RecordKey, StoredRecord] = {}
-        try:
-            for class_name, ids in by_class.items():
-                unique = list(dict.fromkeys(ids))
-                for start in range(0, len(unique), _MAX_IDS_PER_SELECT):
-                    chunk = unique[start : start + _MAX_IDS_PER_SELECT]
-                    marks = ",".join("?" * len(chunk))
-                    rows = connection.execute(
-                        f"SELECT {_COLUMNS} "
-                        f'FROM "{self._table}" WHERE class_name = ? AND id IN ({marks}) '
-                        "AND (expires_at IS NULL OR expires_at > ?)",
-                        (class_name, *chunk, now),
-                    ).fetchall()
-                    for row in rows:
-                        record = _record_from_row(row)
-                        found[record.key] = record
-        except sqlite3.Error as exc:
-            raise self._error("load", exc) from exc
+        for class_name, ids in by_class.items():
+            unique = list(dict.fromkeys(ids))
+            for start in range(0, len(unique), _MAX_IDS_PER_SELECT):
+                chunk = unique[start : start + _MAX_IDS_PER_SELECT]
+                marks = ",".join("?" * len(chunk))
+                rows = connection.execute(
+                    f"SELECT {_COLUMNS} "
+                    f'FROM "{self._table}" WHERE class_name = ? AND id IN ({marks}) '
+                    "AND (expires_at IS NULL OR expires_at > ?)",
+                    (class_name, *chunk, now),
+                ).fetchall()
+                for row in rows:
+                    record = _record_from_row(row)
+                    found[record.key] = record
         return found
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         def remove(connection: sqlite3.Connection) -> bool:
             where = f'DELETE FROM "{self._table}" WHERE id = ? AND class_name = ?'
-            try:
-                # Live first, to answer like load would; then an expired leftover goes too.
-                live = connection.execute(
-                    f"{where} AND (expires_at IS NULL OR expires_at > ?)",
-                    (str(id), class_name, format_timestamp(datetime.now(UTC))),
-                ).rowcount
-                if not live:
-                    connection.execute(where, (str(id), class_name))
-            except sqlite3.Error as exc:
-                raise self._error("delete", exc) from exc
+            # Live first, to answer like load would; then an expired leftover goes too.
+            live = connection.execute(
+                f"{where} AND (expires_at IS NULL OR expires_at > ?)",
+                (str(id), class_name, format_timestamp(datetime.now(UTC))),
+            ).rowcount
+            if not live:
+                connection.execute(where, (str(id), class_name))
             return live > 0
 
-        existed = await self._run(remove)
+        existed = await self._run("delete", remove)
         self.stats.add()
         return existed
 
@@ -331,28 +337,22 @@ class SQLiteBackend(RecordStorageBackend):
         query = f'SELECT {_COLUMNS} FROM "{self._table}" WHERE {" AND ".join(conditions)} ORDER BY id LIMIT ?'
 
         def read(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            try:
-                return connection.execute(query, (*parameters, limit)).fetchall()
-            except sqlite3.Error as exc:
-                raise self._error("scan", exc) from exc
+            return connection.execute(query, (*parameters, limit)).fetchall()
 
-        rows = await self._run(read)
+        rows = await self._run("scan", read)
         self.stats.add(read=len(rows))
         page = [_record_from_row(row) for row in rows]
         return page, (str(page[-1].id) if len(page) == limit else None)
 
     async def find_record(self, id: UUID) -> StoredRecord | None:
         def read(connection: sqlite3.Connection) -> tuple[Any, ...] | None:
-            try:
-                row: tuple[Any, ...] | None = connection.execute(
-                    f'SELECT {_COLUMNS} FROM "{self._table}" WHERE id = ?',
-                    (str(id),),
-                ).fetchone()
-            except sqlite3.Error as exc:
-                raise self._error("load", exc) from exc
+            row: tuple[Any, ...] | None = connection.execute(
+                f'SELECT {_COLUMNS} FROM "{self._table}" WHERE id = ?',
+                (str(id),),
+            ).fetchone()
             return row
 
-        row = await self._run(read)
+        row = await self._run("load", read)
         self.stats.add(read=row is not None)
         return None if row is None else _record_from_row(row)
 
@@ -360,20 +360,19 @@ class SQLiteBackend(RecordStorageBackend):
         now = format_timestamp(datetime.now(UTC))
 
         def purge(connection: sqlite3.Connection) -> int:
-            try:
-                cursor = connection.execute(
-                    f'DELETE FROM "{self._table}" WHERE expires_at IS NOT NULL AND expires_at <= ?', (now,)
-                )
-            except sqlite3.Error as exc:
-                raise self._error("purge", exc) from exc
+            cursor = connection.execute(
+                f'DELETE FROM "{self._table}" WHERE expires_at IS NOT NULL AND expires_at <= ?', (now,)
+            )
             return cursor.rowcount
 
-        purged = await self._run(purge)
+        purged = await self._run("purge", purge)
         self.stats.add()
         return purged
 
-    def _error(self, action: str, exc: sqlite3.Error) -> StorageConnectionError:
-        return StorageConnectionError(f"SQLite {action} failed on {self._path!r}: {exc}", url=self._shown)
+    def _error(self, action: str, exc: BaseException) -> StorageConnectionError:
+        return StorageConnectionError(
+            f"SQLite {action} failed on {self._path!r}: {self._errors.hint(exc)}", url=self._shown
+        )
 
 
 def _disown_after_fork() -> None:

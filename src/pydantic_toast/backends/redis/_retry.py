@@ -1,0 +1,54 @@
+"""redis-py's Retry with this library's backoff, minus retries of refused credentials."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from redis.asyncio.retry import Retry
+
+# The n-th retry waits a random time up to min(1 s, 50 ms * 2**n): a restart or failover is ridden
+# out within about a second with the default 3 retries, and a dead server is reported quickly.
+_BACKOFF_BASE = 0.05
+_BACKOFF_CAP = 1.0
+
+
+def _retry(retries: int) -> Retry:
+    from redis.backoff import ExponentialWithJitterBackoff
+
+    # Connection errors and timeouts (redis-py's default set): every command we send (SET, GET,
+    # MGET, DEL, SCAN, PTTL) is safe to send twice.
+    return _retry_class()(ExponentialWithJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), retries)
+
+
+@functools.cache
+def _retry_class() -> type[Retry]:
+    from redis.asyncio.retry import Retry
+    from redis.exceptions import AuthenticationError, AuthorizationError
+
+    class _Final(Exception):  # noqa: N818 - a carrier, never seen outside this function
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+    class RetryExceptCredentials(Retry):
+        """Retries like redis-py's Retry, except refused credentials: asking again with the same
+        password only delays the error and floods the server's ACL log.
+
+        The refusal travels through the retry loop in a carrier it does not catch; wrapping `do`
+        works with every redis-py version's `call_with_retry` signature.
+        """
+
+        async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+            async def attempt() -> Any:
+                try:
+                    return await do()
+                except (AuthenticationError, AuthorizationError) as exc:
+                    raise _Final(exc) from exc
+
+            try:
+                return await super().call_with_retry(attempt, fail, *args, **kwargs)
+            except _Final as final:
+                raise final.error from None
+
+    return RetryExceptCredentials

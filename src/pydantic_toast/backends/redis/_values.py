@@ -1,0 +1,152 @@
+"""How a record is laid out in one Redis string value, and read back (see the package docstring)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+import pydantic_core
+
+from ...exceptions import StorageValidationError
+from ..base import (
+    StoredRecord,
+    format_timestamp,
+    parse_timestamp,
+)
+
+if TYPE_CHECKING:
+    pass
+
+_ENVELOPE_HEAD = b'{"data":'
+_BINARY_HEAD = b"\x00"
+_TAIL_MARKER = b',"schema_version":'
+# The metadata tail this module writes after the data. Anything else falls back to a full parse.
+_TAIL = re.compile(
+    rb',"schema_version":(\d{1,18}),"created_at":"([0-9:.TZ+-]{20,40})","updated_at":"([0-9:.TZ+-]{20,40})"'
+    rb'(?:,"revision":(\d{1,18}))?}\Z'
+)
+
+
+# How much of a value a check reads to find its revision and updated_at: a JSON envelope's end,
+# a binary record's start (its header, which holds the revision first; every header this module
+# writes fits in _HEAD_BYTES).
+_TAIL_BYTES = 64
+_HEAD_BYTES = 256
+_REVISION_TAIL = re.compile(rb',"revision":(\d{1,18})}\Z')
+_REVISION_HEAD = re.compile(rb'\x00{"revision":(\d{1,18}),')
+
+
+# --------------------------------------------------------------------------- envelope codec
+
+
+def _encode(record: StoredRecord) -> bytes:
+    if record.encoding != "json":
+        # The revision comes first here, so that a script reads it with GETRANGE on the value's
+        # head (see _CHECKED_WRITE): the payload after the header has no bounded length.
+        head = b"\x00{" if record.revision is None else b'\x00{"revision":%d,' % record.revision
+        return head + b'"encoding":%b,"schema_version":%d,"created_at":"%b","updated_at":"%b"}\n%b' % (
+            pydantic_core.to_json(record.encoding),
+            record.schema_version,
+            format_timestamp(record.created_at).encode(),
+            format_timestamp(record.updated_at).encode(),
+            record.payload,
+        )
+    value = b'{"data":%b,"schema_version":%d,"created_at":"%b","updated_at":"%b"}' % (
+        record.payload,
+        record.schema_version,
+        format_timestamp(record.created_at).encode(),
+        format_timestamp(record.updated_at).encode(),
+    )
+    if record.revision is not None:
+        # Last, so that a script reads it with GETRANGE on the value's tail (see _CHECKED_WRITE).
+        value = value[:-1] + b',"revision":%d}' % record.revision
+    return value
+
+
+def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord:
+    if value.startswith(_ENVELOPE_HEAD):
+        # The data is JSON written before the tail; a "schema_version" key inside the data comes
+        # before ours, so the last marker is the tail's.
+        cut = value.rfind(_TAIL_MARKER)
+        match = _TAIL.match(value, cut) if cut > len(_ENVELOPE_HEAD) else None
+        if match is not None and value[cut - 1 : cut] == b"}" and value[len(_ENVELOPE_HEAD)] == 0x7B:
+            try:
+                return StoredRecord(
+                    id=id,
+                    class_name=class_name,
+                    payload=value[len(_ENVELOPE_HEAD) : cut],
+                    schema_version=int(match[1]),
+                    created_at=parse_timestamp(match[2].decode()),
+                    updated_at=parse_timestamp(match[3].decode()),
+                    revision=None if match[4] is None else int(match[4]),
+                )
+            except ValueError:
+                pass  # an impossible date; the full parse below reports it properly
+    elif value.startswith(_BINARY_HEAD):
+        header, _, payload = value[1:].partition(b"\n")
+        try:
+            parsed = pydantic_core.from_json(header)
+        except ValueError:
+            parsed = None
+        return _binary_record(id, class_name, parsed, payload, key)
+    try:
+        envelope = pydantic_core.from_json(value)
+    except ValueError:
+        envelope = None
+    if not isinstance(envelope, dict):
+        raise StorageValidationError(
+            f"Redis key {key.decode(errors='replace')!r} does not hold a JSON envelope "
+            "{'data': {...}, 'schema_version': …, 'created_at': …, 'updated_at': …}; was it written "
+            "by something other than pydantic-toast?",
+            expected="envelope",
+            actual=f"{len(value)} bytes of another format",  # never the stored bytes themselves
+        )
+    return StoredRecord.from_envelope(id, class_name, envelope)
+
+
+def _check_mark(value: bytes) -> bytes:
+    """The part of a value that a check reads: it holds the revision and the updated_at."""
+    return value[:_HEAD_BYTES] if value.startswith(_BINARY_HEAD) else value[-_TAIL_BYTES:]
+
+
+def _found_revision(mark: bytes) -> int | None:
+    """The revision a value's mark holds, as a check counts it; None for a missing key."""
+    if not mark:
+        return None
+    binary = mark.startswith(_BINARY_HEAD)
+    match = _REVISION_HEAD.match(mark) if binary else _REVISION_TAIL.search(mark)
+    return 0 if match is None else int(match[1])
+
+
+def _binary_record(id: UUID, class_name: str, header: object, payload: bytes, key: bytes) -> StoredRecord:
+    if isinstance(header, dict):
+        encoding, version = header.get("encoding"), header.get("schema_version")
+        created, updated = header.get("created_at"), header.get("updated_at")
+        revision = header.get("revision")
+        if (
+            isinstance(encoding, str)
+            and isinstance(version, int)
+            and isinstance(created, str)
+            and isinstance(updated, str)
+            and (revision is None or (isinstance(revision, int) and not isinstance(revision, bool)))
+        ):
+            with contextlib.suppress(ValueError):  # an impossible date
+                return StoredRecord(
+                    id,
+                    class_name,
+                    payload,
+                    version,
+                    parse_timestamp(created),
+                    parse_timestamp(updated),
+                    encoding=encoding,
+                    revision=revision,
+                )
+    raise StorageValidationError(
+        f"Redis key {key.decode(errors='replace')!r} holds a binary record whose header is not "
+        '{"encoding": str, "schema_version": int, "created_at": str, "updated_at": str} with an '
+        'optional leading "revision": int; was it written by something other than pydantic-toast?',
+        expected="binary record header",
+        actual=type(header).__name__,
+    )

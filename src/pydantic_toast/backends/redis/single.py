@@ -1,0 +1,72 @@
+"""The single-server Redis backend: redis://, rediss:// and unix://."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, cast
+
+from ._base import _RedisBase
+from ._config import _COMMON_OPTIONS, _TLS_OPTIONS
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+
+class RedisBackend(_RedisBase):
+    """`redis://`, `rediss://` and `unix://`: one server, one connection pool per backend instance."""
+
+    url_options = (*_COMMON_OPTIONS, "db", *_TLS_OPTIONS)
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._client: Redis | None = None
+
+    async def connect(self) -> None:
+        if self._client is not None:
+            return
+        self._load_driver()
+        from redis.asyncio import Connection, ConnectionPool, Redis, SSLConnection
+        from redis.asyncio.connection import UnixDomainSocketConnection
+
+        settings = self._settings
+        kwargs = self._client_kwargs()
+        kwargs["db"] = settings.db
+        if settings.kind == "unix":
+            kwargs["path"] = settings.socket_path
+            connection_class: type[Connection | UnixDomainSocketConnection] = UnixDomainSocketConnection
+        else:
+            kwargs["host"], kwargs["port"] = settings.nodes[0]
+            connection_class = Connection if settings.tls is None else SSLConnection
+        # Bounded by the semaphore in _guard rather than by a BlockingConnectionPool, whose
+        # condition variable costs more per command than a whole uncontended semaphore.
+        pool = ConnectionPool(connection_class=connection_class, **kwargs)
+        # Connections open on first use: the first command reports an unreachable server with
+        # the same retries and messages as any later one (the eviction check skips it quietly).
+        self._client = Redis.from_pool(pool)
+        await self._check_eviction()
+
+    async def _memory_configs(self) -> list[tuple[str, dict[Any, Any]]]:
+        return [(self._settings.where, await self._require().config_get("maxmemory*"))]
+
+    async def disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            # A connection that is already broken needs no goodbye.
+            with contextlib.suppress(*self._driver_errors):
+                await client.aclose()
+
+    def _require(self) -> Redis:
+        return cast("Redis", self._client_or_raise())
+
+    def _pipeline(self) -> Any:
+        return self._require().pipeline(transaction=False)
+
+    async def _get_many(self, names: list[bytes]) -> list[bytes | None]:
+        values: list[bytes | None] = await self._guard("load", self._require().mget(names))
+        return values
+
+    async def _scan_step(self, node: Any, cursor: int, pattern: bytes, count: int) -> tuple[int, list[bytes]]:
+        next_cursor, names = await self._guard(
+            "scan", self._require().scan(cursor, match=pattern, count=count)
+        )
+        return int(next_cursor), names
