@@ -349,3 +349,21 @@ def test_expired_records_are_not_returned(storage_url: str) -> None:
     time.sleep(1.3)
     with pytest.raises(RecordNotFoundError):
         Session.model_validate(reference)
+
+
+def test_a_record_state_pickled_by_an_older_version_still_unpickles() -> None:
+    from datetime import UTC, datetime
+    from uuid import uuid4
+
+    from pydantic_toast._record_state import RecordState
+
+    record_id, created = uuid4(), datetime.now(UTC)
+    state = RecordState.__new__(RecordState)
+    state.__setstate__([record_id, created, None])  # 0.1.0 pickled three fields
+    assert (state.id, state.created_at, state.revision, state.stored_digest) == (
+        record_id,
+        created,
+        None,
+        None,
+    )
+    assert pickle.loads(pickle.dumps(state)).id == record_id

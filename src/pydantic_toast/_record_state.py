@@ -8,7 +8,7 @@ unchanged data writes nothing.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
@@ -73,6 +73,17 @@ class RecordState:
         return isinstance(other, RecordState)
 
     __hash__ = None  # type: ignore[assignment]
+
+    def __getstate__(self) -> list[object]:
+        return [getattr(self, field.name) for field in fields(self)]
+
+    def __setstate__(self, state: list[object]) -> None:
+        # Pickles made by an older version carry fewer fields (the first ones, in order): the
+        # fields added since start from their defaults, so such a model still unpickles.
+        for field in fields(self):
+            object.__setattr__(self, field.name, field.default)
+        for field, value in zip(fields(self), state, strict=False):
+            object.__setattr__(self, field.name, value)
 
 
 def digest(data: bytes) -> bytes:
