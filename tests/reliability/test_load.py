@@ -130,3 +130,33 @@ async def test_mixed_workload_from_tasks_and_threads_loses_nothing(storage_url: 
     assert not any(runtime._slots.values()), "backends still open after aclose()"
     # The library keeps one I/O thread at most (plus one worker per open SQLite connection, closed now).
     assert threading.active_count() <= threads_before + 1
+
+
+def test_connections_opening_a_new_sqlite_file_together_all_succeed(tmp_path: object) -> None:
+    # Two connections preparing a fresh file each hold a shared lock and want the exclusive one;
+    # SQLite answers one "database is locked" at once, busy_timeout notwithstanding. Before the
+    # fix a few starts in a hundred failed this way.
+    from pydantic_toast.backends.sqlite import SQLiteBackend
+
+    def open_and_close(url: str, start: threading.Barrier, failures: list[BaseException]) -> None:
+        async def main() -> None:
+            backend = SQLiteBackend(url)
+            start.wait()
+            await backend.connect()
+            await backend.disconnect()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            failures.append(exc)
+
+    failures: list[BaseException] = []
+    for attempt in range(300):
+        url = f"sqlite:///{tmp_path}/fresh-{attempt}.db?busy_timeout=2"
+        start = threading.Barrier(4)
+        threads = [threading.Thread(target=open_and_close, args=(url, start, failures)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []

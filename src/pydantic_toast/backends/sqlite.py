@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -131,24 +132,26 @@ class SQLiteBackend(RecordStorageBackend):
                     url=self._shown,
                 )
             )
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            table = self._table
-            connection.execute(
-                f'CREATE TABLE IF NOT EXISTS "{table}" ('
-                "id TEXT PRIMARY KEY, class_name TEXT NOT NULL, data TEXT NOT NULL, "
-                "schema_version INTEGER NOT NULL DEFAULT 1, created_at TEXT NOT NULL, "
-                "updated_at TEXT NOT NULL, expires_at TEXT, encoding TEXT NOT NULL DEFAULT 'json', "
-                "revision INTEGER)"
-            )
-            _add_missing_columns(connection, table)
-            connection.execute(
-                f'CREATE INDEX IF NOT EXISTS "idx_{table}_class_name" ON "{table}" (class_name)'
-            )
-        except sqlite3.Error as exc:
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.005
+        while True:
+            try:
+                _prepare(connection, self._table)
+            except sqlite3.OperationalError as exc:
+                # Connections preparing a new file together each hold a shared lock and want the
+                # exclusive one: SQLite answers one of them "locked" at once, without waiting out
+                # busy_timeout (that would deadlock). Once the other is done, ours goes through.
+                if "locked" in str(exc) and time.monotonic() + pause < deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.1)
+                    continue
+                failure: sqlite3.Error = exc
+            except sqlite3.Error as exc:
+                failure = exc
+            else:
+                return connection
             connection.close()
-            raise_unchained(self._error("prepare", exc))
-        return connection
+            raise_unchained(self._error("prepare", failure))
 
     async def disconnect(self) -> None:
         connection, executor = self._connection, self._executor
@@ -399,6 +402,19 @@ def _close_quietly(connection: sqlite3.Connection, executor: ThreadPoolExecutor)
 # Columns later versions added, with their definitions. `encoding`: the codec stage (rows of
 # earlier tables are JSON); `revision`: optimistic concurrency (rows without one count as 0).
 _ADDED_COLUMNS = (("encoding", "TEXT NOT NULL DEFAULT 'json'"), ("revision", "INTEGER"))
+
+
+def _prepare(connection: sqlite3.Connection, table: str) -> None:
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute(
+        f'CREATE TABLE IF NOT EXISTS "{table}" ('
+        "id TEXT PRIMARY KEY, class_name TEXT NOT NULL, data TEXT NOT NULL, "
+        "schema_version INTEGER NOT NULL DEFAULT 1, created_at TEXT NOT NULL, "
+        "updated_at TEXT NOT NULL, expires_at TEXT, encoding TEXT NOT NULL DEFAULT 'json', "
+        "revision INTEGER)"
+    )
+    _add_missing_columns(connection, table)
+    connection.execute(f'CREATE INDEX IF NOT EXISTS "idx_{table}_class_name" ON "{table}" (class_name)')
 
 
 def _add_missing_columns(connection: sqlite3.Connection, table: str) -> None:
