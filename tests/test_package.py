@@ -25,6 +25,7 @@ DOCUMENTED_NAMES = {
     "ExternalReference",
     "ExternalStorageError",
     "MissingDependencyError",
+    "RecordIntegrityError",
     "RecordNotFoundError",
     "ReferenceLike",
     "StorageBackend",

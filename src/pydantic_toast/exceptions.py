@@ -5,6 +5,7 @@
     ├── RecordNotFoundError              no record for (class_name, id)               also a ValueError
     ├── StorageValidationError           bad configuration or bad reference            also a ValueError
     ├── StoredDataError                  a stored record no longer validates as its model
+    │   └── RecordIntegrityError         a record failed its hash or authentication check
     ├── ConcurrentUpdateError            another writer changed the record since it was loaded
     ├── UnsupportedOperationError        the backend lacks an optional capability
     ├── MissingDependencyError           the backend's driver is not installed          also an ImportError
@@ -30,6 +31,7 @@ __all__ = [
     "ConcurrentUpdateError",
     "ExternalStorageError",
     "MissingDependencyError",
+    "RecordIntegrityError",
     "RecordNotFoundError",
     "StorageConnectionError",
     "StorageValidationError",
@@ -115,6 +117,25 @@ def _rebuild_stored_data_error(
     message: str, class_name: str, id: UUID, errors: list[dict[str, object]]
 ) -> StoredDataError:
     return StoredDataError(message, class_name=class_name, id=id, errors=errors)
+
+
+class RecordIntegrityError(StoredDataError):
+    """A stored record failed an integrity check: its content hash does not match its id, its
+    authentication tag does not verify (wrong key, flipped byte), it is bound to another identity
+    (copied to another id or class), or it is stored in plain text where encryption is required.
+
+    The record is refused, never returned. Like every `StoredDataError`, nothing stored appears in
+    the message or the attributes; `errors` holds one `{"loc": (), "type": <check>}` entry.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild_integrity_error, (str(self), self.class_name, self.id, self.errors)
+
+
+def _rebuild_integrity_error(
+    message: str, class_name: str, id: UUID, errors: list[dict[str, object]]
+) -> RecordIntegrityError:
+    return RecordIntegrityError(message, class_name=class_name, id=id, errors=errors)
 
 
 class ConcurrentUpdateError(ExternalStorageError):
