@@ -7,6 +7,7 @@ import base64
 import copy
 import logging
 import pickle
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -483,3 +484,20 @@ async def test_no_key_in_logs_or_errors_on_any_path(
     text = "\n".join(messages) + "\n".join(r.getMessage() for r in log_everything.records)
     assert_no_secret(text)
     assert LONG[:30] not in text
+
+
+def test_cryptography_is_imported_only_by_models_that_encrypt() -> None:
+    code = (
+        "import sys\n"
+        "from pydantic_toast import ExternalBaseModel, ExternalConfigDict, KeySet\n"
+        "class Plain(ExternalBaseModel):\n"
+        "    x: int\n"
+        "    model_config = ExternalConfigDict(storage='memory://plain', compression='zlib')\n"
+        "keys = KeySet({'k1': bytes(32)})\n"
+        "assert 'cryptography' not in sys.modules\n"
+        "class Secret(ExternalBaseModel):\n"
+        "    x: int\n"
+        "    model_config = ExternalConfigDict(storage='memory://secret', encryption=keys)\n"
+        "assert 'cryptography' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
