@@ -501,3 +501,13 @@ def test_cryptography_is_imported_only_by_models_that_encrypt() -> None:
         "assert 'cryptography' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_a_planted_encoding_tag_is_not_echoed(memory_url: str) -> None:
+    model = vault(memory_url, KeySet({"k1": K1}))
+    reference = await model(text="x").save()
+    record = await stored(memory_url, reference.id)
+    await put(memory_url, replace(record, encoding="json+<planted TEXT>"))
+    error = await refused(model, reference.id)
+    assert error.errors[0]["type"] == "not_encrypted"
+    assert "planted" not in str(error)

@@ -68,6 +68,7 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 _AAD_PREFIX = b"pydantic-toast/aesgcm\x00"
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TAG = re.compile(r"^[a-z0-9_+-]{1,100}$")
 _ENV_FORMAT = "'id:base64key[,id:base64key...]' (the first key is the current one)"
 
 
@@ -341,9 +342,12 @@ def open_payload(keys: KeySet | None, record: StoredRecord, inner: str) -> bytes
 
 def not_encrypted(record: StoredRecord) -> RecordIntegrityError:
     """The refusal of a record stored without encryption where the model requires it."""
+    # The tag is stored metadata that anyone with write access chooses: shown only if tag-shaped.
+    tag = record.encoding
+    shown = repr(tag) if _TAG.match(tag) else "a malformed tag"
     return _integrity(
         record,
-        f"it is not encrypted (encoding {record.encoding!r}) but the model requires encryption, so it "
+        f"it is not encrypted (encoding {shown}) but the model requires encryption, so it "
         "is refused: anyone who can write to the store could have put it there. If you are encrypting "
         "an existing store, set ExternalConfigDict(encryption_required=False) until 'pydantic-toast "
         "rotate-keys' has encrypted every record",
