@@ -20,7 +20,7 @@ from peers import Peer
 from pydantic import BaseModel
 from timing import Contender
 
-from pydantic_toast import ExternalBaseModel, ExternalReference
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, ExternalReference, KeySet
 
 __all__ = ["Counts", "Env", "Scenario", "scenarios"]
 
@@ -160,6 +160,48 @@ def _single_load(kind: str, with_peers: bool) -> Build:
             if await _works(env, peer, _peer_round_trip(peer, instance, plain)):
                 contenders.append(Contender(peer.name, "peer", _bind(peer.load, key)))
         return contenders
+
+    return build
+
+
+# ---------------------------------------------------------------------------- encryption
+
+# A fixed key: benchmark data only. The cost measured is AES-256-GCM's, not the key's.
+_BENCH_KEYS = KeySet({"bench": bytes(range(32))})
+
+
+def _encrypted_payload(env: Env) -> type[ExternalBaseModel]:
+    """The payload model again, encrypted (same module and name on each call: a redefinition)."""
+    namespace: dict[str, Any] = {
+        "__annotations__": {"title": str, "body": str},
+        "__module__": __name__,
+        "__qualname__": "EncryptedPayload",
+        "model_config": ExternalConfigDict(
+            storage=env.models.payload.__toast_settings__.url.raw, encryption=_BENCH_KEYS
+        ),
+    }
+    return type("EncryptedPayload", (ExternalBaseModel,), namespace)
+
+
+def _encryption(operation: str, size: int) -> Build:
+    """pydantic-toast with encryption against pydantic-toast without: the ratio is its cost."""
+
+    async def build(env: Env) -> list[Contender]:
+        encrypted_cls = _encrypted_payload(env)
+        plain_cls = env.models.payload
+        values = payload_values(size, env.next_seed())
+        encrypted, plain = encrypted_cls(**values), plain_cls(**values)
+        if operation == "save":
+            return [
+                Contender("pydantic-toast", "toast", encrypted.save),
+                Contender("unencrypted", "baseline", plain.save),
+            ]
+        encrypted_ref, plain_ref = await encrypted.save(), await plain.save()
+        _check(encrypted, await encrypted_cls.load(encrypted_ref), "pydantic-toast encrypted")
+        return [
+            Contender("pydantic-toast", "toast", _bind(encrypted_cls.load, encrypted_ref)),
+            Contender("unencrypted", "baseline", _bind(plain_cls.load, plain_ref)),
+        ]
 
     return build
 
@@ -429,6 +471,20 @@ def scenarios(counts: Counts, *, peers: bool) -> list[Scenario]:
         result.append(
             Scenario(f"load {label}", "payload", 1, iterations, _single_load(str(size), False), targets)
         )
+    encryption_note = "no target: the ratio is the cost of AES-256-GCM (vs the same model unencrypted)"
+    for size, iterations in zip(counts.payloads, counts.payload_iterations, strict=True):
+        label = _size(size)
+        for operation in ("save", "load"):
+            result.append(
+                Scenario(
+                    f"encrypted {operation} {label}",
+                    "encryption",
+                    1,
+                    iterations,
+                    _encryption(operation, size),
+                    note=encryption_note,
+                )
+            )
     sync_note = "no target: hand-written = the async baseline through a hand-made loop thread"
     result += [
         Scenario("sync dump (plain code)", "sync", 1, single, _no_build, mode="sync", note=sync_note),

@@ -24,6 +24,7 @@ DOCUMENTED_NAMES = {
     "ExternalConfigDict",
     "ExternalReference",
     "ExternalStorageError",
+    "KeySet",
     "MissingDependencyError",
     "RecordIntegrityError",
     "RecordNotFoundError",

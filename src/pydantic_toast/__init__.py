@@ -11,6 +11,7 @@ from ._stats import stats
 from ._writing import CONTEXT_KEY, adump, dump
 from .backends.base import StorageBackend
 from .base import ExternalBaseModel, ExternalConfigDict, ReferenceLike
+from .encryption import KeySet
 from .exceptions import (
     ConcurrentUpdateError,
     ExternalStorageError,
@@ -35,6 +36,7 @@ __all__ = [
     "ExternalConfigDict",
     "ExternalReference",
     "ExternalStorageError",
+    "KeySet",
     "MissingDependencyError",
     "RecordIntegrityError",
     "RecordNotFoundError",

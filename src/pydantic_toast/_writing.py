@@ -278,7 +278,13 @@ def _record_of(entry: _Pending, now: datetime) -> StoredRecord:
     assert state.created_at is not None
     assert entry.data is not None
     # The codec stage: the one place where stored bytes are made from a model's JSON.
-    payload, encoding = codecs.encode(settings.codec, entry.data)
+    payload, encoding = codecs.encode(
+        settings.codec,
+        entry.data,
+        class_name=settings.storage_name,
+        id=state.id,
+        schema_version=settings.schema_version,
+    )
     return StoredRecord(
         id=state.id,
         class_name=settings.storage_name,

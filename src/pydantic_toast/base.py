@@ -32,6 +32,7 @@ from pydantic_core import CoreSchema, PydanticSerializationError
 from . import _loading, _pydantic_internals, _writing
 from ._record_state import RecordState, reset_state, state_of
 from ._settings import ModelSettings, coerce_reference, settings_for, storage_names
+from .encryption import KeySet
 from .exceptions import ExternalStorageError, StorageValidationError
 from .reference import ExternalReference
 from .upgrades import UpgradeFunction, collect_upgrades
@@ -74,6 +75,14 @@ class ExternalConfigDict(ConfigDict, total=False):
     optimistic_concurrency: bool
     """Keep a revision number per record and refuse a save that would overwrite a change made since
     the instance loaded (or last wrote) it: `ConcurrentUpdateError`. Default False."""
+
+    encryption: KeySet | None
+    """Encrypt stored payloads with AES-256-GCM under this key set's current key (the
+    `[encryption]` extra); every key of the set decrypts. Default None. See docs/security.md."""
+
+    encryption_required: bool
+    """With `encryption`: refuse a record stored without encryption (`RecordIntegrityError`).
+    Default True; False only while an existing store is being encrypted with `rotate-keys`."""
 
 
 _M = TypeVar("_M", bound="ExternalBaseModel")

@@ -6,6 +6,7 @@
     copy SRC DST [--class NAME]        copy records between any two backends, resumable
     purge-expired URL                  delete expired records now
     upgrade URL --model module:Class   rewrite stored records at the model's current schema_version
+    rotate-keys URL --model module:Class  re-encrypt every record of the model under its current key
 
 `--import MODULE` imports a module first, so backends it registers in code serve their schemes.
 Every error is one line on stderr; exit status 1 means the store failed, 2 a usage error (see
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -33,7 +35,7 @@ from typing import Any, TextIO
 
 import pydantic_core
 
-from . import __version__, codecs
+from . import __version__, codecs, encryption
 from ._loading import load_many
 from ._settings import coerce_reference
 from ._writing import save_many_shallow
@@ -42,6 +44,7 @@ from .base import ExternalBaseModel
 from .demo import demo
 from .exceptions import (
     ExternalStorageError,
+    RecordIntegrityError,
     StorageConnectionError,
     StorageValidationError,
     UnsupportedOperationError,
@@ -195,8 +198,18 @@ class Progress:
 # --------------------------------------------------------------------------- commands
 
 
-async def inspect_record(url: str, record_id: str, class_name: str | None, out: TextIO) -> int:
+async def inspect_record(
+    url: str,
+    record_id: str,
+    class_name: str | None,
+    out: TextIO,
+    *,
+    decrypt: bool = False,
+    model_path: str | None = None,
+) -> int:
     identifier = parse_id(record_id)
+    # Keys come only from the model's configuration, never from the command line.
+    pipeline = _decrypting_pipeline(model_path) if decrypt else None
     # Without a class name the record is found by id: a backend's own find_record, or a scan.
     by_id = class_name is None and backend_class(StorageURL.parse(url).scheme).find_record is (
         StorageBackend.find_record
@@ -220,10 +233,47 @@ async def inspect_record(url: str, record_id: str, class_name: str | None, out: 
         "expires_at": None if record.expires_at is None else format_timestamp(record.expires_at),
         "encoding": record.encoding,
         "stored_bytes": len(record.payload),
-        "data": pydantic_core.from_json(codecs.decode(record)),
     }
+    if _encrypted(record):
+        info = encryption.envelope_info(record.payload)
+        envelope["encryption"] = {
+            "algorithm": encryption.ALGORITHM,
+            "format_version": None if info is None else info.format_version,
+            "key_id": None if info is None else info.key_id,
+            "nonce_bytes": None if info is None else info.nonce_bytes,
+            "ciphertext_bytes": None if info is None else info.ciphertext_bytes,
+        }
+        if pipeline is None:
+            envelope["data"] = "<encrypted: pass --decrypt --model module:Class to show it>"
+        else:
+            envelope["data"] = pydantic_core.from_json(codecs.decode(record, pipeline))
+    else:
+        envelope["data"] = pydantic_core.from_json(codecs.decode(record))
     out.write(json.dumps(envelope, indent=2, ensure_ascii=False) + "\n")
     return 0
+
+
+def _encrypted(record: StoredRecord) -> bool:
+    return record.encoding.rsplit("+", 1)[-1] == encryption.STEP
+
+
+def _decrypting_pipeline(model_path: str | None) -> codecs.Pipeline:
+    if model_path is None:
+        raise StorageValidationError(
+            "--decrypt needs --model module:Class: the keys come from that model's configuration",
+            expected="--model",
+            actual=None,
+        )
+    model = import_model(model_path)
+    pipeline: codecs.Pipeline | None = model.__toast_settings__.codec
+    if pipeline is None or pipeline.encryption is None:
+        raise StorageValidationError(
+            f"{model_path} has no encryption configured, so it holds no keys to decrypt with; set "
+            "ExternalConfigDict(encryption=KeySet(...)) on it",
+            expected="a model with encryption",
+            actual=model_path,
+        )
+    return pipeline
 
 
 @dataclass
@@ -485,6 +535,142 @@ async def upgrade_records(
     return 0
 
 
+@dataclass
+class Rotation:
+    """What `rotate-keys` did and found."""
+
+    rotated: int = 0
+    already: int = 0
+    changed_meanwhile: int = 0
+    refused: list[str] = field(default_factory=list)
+    verified: int = 0
+    stale: int = 0
+    unreadable: int = 0
+
+
+async def rotate_keys(
+    url: str, model: Any, *, batch: int, out: TextIO, err: TextIO, stop_after_batches: int | None = None
+) -> int:
+    """Re-encrypt every record of `model` under its key set's current key, then verify them all.
+
+    Records already under the current key are skipped, so running it again resumes an interrupted
+    rotation. Where the backend keeps revisions each rewrite is a compare-and-swap on the revision
+    the scan saw: a record another writer changed meanwhile is left as that writer stored it.
+    A record the model would refuse (failing authentication, or stored in plain text where
+    encryption is required) is never rewritten: re-encrypting it would make it look legitimate.
+    """
+    settings = model.__toast_settings__
+    parsed = StorageURL.parse(url)
+    if parsed.raw != settings.url.raw:
+        raise StorageValidationError(
+            f"{model.__qualname__} stores in {settings.url.masked!r}, not {parsed.masked!r}; pass the "
+            "model's own storage URL",
+            expected=settings.url.masked,
+            actual=parsed.masked,
+        )
+    pipeline: codecs.Pipeline | None = settings.codec
+    if pipeline is None or pipeline.encryption is None:
+        raise StorageValidationError(
+            f"{model.__qualname__} has no encryption configured; set ExternalConfigDict("
+            "encryption=KeySet(...)) with the new key as current (and the old ones) first",
+            expected="a model with encryption",
+            actual=model.__qualname__,
+        )
+    current = pipeline.encryption.current
+    result = Rotation()
+    async with open_backend(url, Capability.SCAN) as backend:
+        checked = backend.supports(Capability.REVISIONS)
+        batches = 0
+        with Progress(f"re-encrypting under key {current!r}", None, err) as progress:
+            async for page in scan_all(backend, class_name=settings.storage_name, batch=batch):
+                rewrites: list[StoredRecord] = []
+                for record in page:
+                    if _key_id(record) == current:
+                        result.already += 1
+                        continue
+                    try:
+                        data = codecs.decode(record, pipeline)
+                    except RecordIntegrityError:
+                        result.refused.append(str(record.id))
+                        continue
+                    payload, encoding = codecs.encode(
+                        pipeline,
+                        data,
+                        class_name=record.class_name,
+                        id=record.id,
+                        schema_version=record.schema_version,
+                    )
+                    # The data, its timestamps and expiry stay as they were: only the bytes change.
+                    revision = (record.revision or 0) + 1 if checked else record.revision
+                    rewrites.append(
+                        dataclasses.replace(record, payload=payload, encoding=encoding, revision=revision)
+                    )
+                if rewrites:
+                    written = await _write_rotated(backend, rewrites, checked)
+                    result.rotated += written
+                    result.changed_meanwhile += len(rewrites) - written
+                progress.advance(len(page))
+                batches += 1
+                if stop_after_batches is not None and batches >= stop_after_batches:
+                    return 3
+        async for page in scan_all(backend, class_name=settings.storage_name, batch=batch):
+            for record in page:
+                result.verified += 1
+                if _key_id(record) != current:
+                    result.stale += 1
+                    continue
+                try:
+                    codecs.decode(record, pipeline)
+                except RecordIntegrityError:
+                    result.unreadable += 1
+    refused = ""
+    if result.refused:
+        shown = ", ".join(result.refused[:10]) + (" ..." if len(result.refused) > 10 else "")
+        refused = (
+            f"; {len(result.refused)} refused and left untouched (they fail authentication or are not "
+            f"encrypted; 'pydantic-toast inspect' one to see why): {shown}"
+        )
+    out.write(
+        f"re-encrypted {result.rotated} {settings.storage_name} records under key {current!r}; "
+        f"{result.already} already were; {result.changed_meanwhile} were changed by another writer "
+        f"meanwhile and left as written{refused}. Verified {result.verified}: {result.stale} not under "
+        f"key {current!r}, {result.unreadable} failing authentication\n"
+    )
+    if result.stale or result.unreadable:
+        err.write(
+            "pydantic-toast rotate-keys: some records are not under the current key yet; run the same "
+            "command again (records already rotated are skipped), and check that every writer has the "
+            f"new key set (current={current!r})\n"
+        )
+        return 1
+    return 0
+
+
+def _key_id(record: StoredRecord) -> str | None:
+    if not _encrypted(record):
+        return None
+    info = encryption.envelope_info(record.payload)
+    return None if info is None else info.key_id
+
+
+async def _write_rotated(backend: StorageBackend, records: list[StoredRecord], checked: bool) -> int:
+    """Write re-encrypted records; how many were written (the others changed meanwhile)."""
+    if not checked:
+        # No revisions to compare: a save landing between this batch's scan and this write is
+        # overwritten with the data scanned (docs/security.md, "Rotating keys").
+        await backend.save_records(records)
+        return len(records)
+    pending = records
+    while pending:
+        conflicts = await backend.save_records_checked(pending)
+        if not conflicts:
+            return len(pending)
+        # A batch with a conflict writes nothing: drop the records changed meanwhile, try the rest.
+        changed = {(conflict.id, conflict.class_name) for conflict in conflicts}
+        pending = [record for record in pending if record.key not in changed]
+    return 0
+
+
 def _batch_size(text: str) -> int:
     try:
         value = int(text)
@@ -575,6 +761,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the record's class name (its reference's 'class_name'); without it every class is searched",
     )
+    inspect_parser.add_argument(
+        "--decrypt",
+        action="store_true",
+        help="show the data of an encrypted record, decrypted with the keys of --model's configuration "
+        "(without it, only the encryption metadata is shown)",
+    )
+    inspect_parser.add_argument(
+        "--model", dest="model", metavar="MODULE:CLASS", help="with --decrypt: the model whose keys to use"
+    )
 
     stats_parser = _command(
         commands,
@@ -643,6 +838,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"records read and rewritten per round trip (default {DEFAULT_BATCH})",
     )
+
+    rotate_parser = _command(
+        commands,
+        "rotate-keys",
+        "re-encrypt a model's records under its current key",
+        "Re-encrypt every record of the model under the current key of its ExternalConfigDict("
+        "encryption=KeySet(...)), in batches, then check that every record is under that key and "
+        "authenticates. Records already under the current key are skipped, so running the command "
+        "again resumes an interrupted rotation. Loads and saves keep working meanwhile; see "
+        "docs/security.md for the procedure and for writers without optimistic_concurrency.",
+    )
+    _url_argument(rotate_parser, "url", "the model's storage URL")
+    rotate_parser.add_argument(
+        "--model",
+        required=True,
+        metavar="MODULE:CLASS",
+        help="the model, e.g. 'myapp.models:UserProfile' (importable from the current directory); its "
+        "configuration holds the keys",
+    )
+    rotate_parser.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=DEFAULT_BATCH,
+        metavar="N",
+        help=f"records read and rewritten per round trip (default {DEFAULT_BATCH})",
+    )
     return parser
 
 
@@ -659,7 +880,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pydantic-toast {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        again = "; run the same command again to resume" if args.command == "copy" else ""
+        again = "; run the same command again to resume" if args.command in ("copy", "rotate-keys") else ""
         print(f"pydantic-toast {args.command}: interrupted{again}", file=sys.stderr)
         return 130
 
@@ -669,7 +890,14 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         demo(args.storage)
         return 0
     if args.command == "inspect":
-        return asyncio.run(inspect_record(args.url, args.id, args.class_name, out))
+        return asyncio.run(
+            inspect_record(
+                args.url, args.id, args.class_name, out, decrypt=args.decrypt, model_path=args.model
+            )
+        )
+    if args.command == "rotate-keys":
+        model = import_model(args.model)
+        return asyncio.run(rotate_keys(args.url, model, batch=args.batch_size, out=out, err=err))
     if args.command == "stats":
         return asyncio.run(print_stats(args.url, args.json, out))
     if args.command == "copy":

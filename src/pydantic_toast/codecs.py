@@ -13,6 +13,12 @@ process does not have is refused with an error naming the tag and the fix, never
 This is the only module that transforms payloads: the write set encodes here (`encode`) before
 records reach a backend, and every reader (model loads, upgrades, `pydantic-toast inspect`)
 decodes here (`decode`). Backends store payload and tag as given; `copy` moves them unchanged.
+
+Encryption (`pydantic_toast.encryption`) is the last step when a model has a key set: the tag
+ends in `+aesgcm` (`json+aesgcm`, `json+zlib+aesgcm`: compressed, then encrypted). Unlike the
+other steps it needs the record's identity (bound into the ciphertext) and the reader's keys, so
+`encode` takes the identity and `decode` the reader's pipeline, whose policy also refuses a record
+stored without encryption where encryption is required.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+from uuid import UUID
 
+from . import encryption
+from .encryption import KeySet
 from .exceptions import StorageValidationError, StoredDataError
 
 if TYPE_CHECKING:
@@ -89,10 +98,10 @@ def register_codec(codec: Codec) -> None:
     first would no longer decode.
     """
     name = getattr(codec, "name", None)
-    if not isinstance(name, str) or not _NAME.match(name) or name == JSON:
+    if not isinstance(name, str) or not _NAME.match(name) or name in (JSON, encryption.STEP):
         raise StorageValidationError(
             f"codec name {name!r} must be 1-32 lowercase letters, digits, '_' or '-', starting with a "
-            f"letter, and not {JSON!r}",
+            f"letter, and not {JSON!r} or {encryption.STEP!r}",
             expected="codec name",
             actual=name,
         )
@@ -119,9 +128,13 @@ def codec_names(*, compressing: bool = False) -> list[str]:
 class Pipeline:
     """What a model's records go through on save: validated once, when the class is defined."""
 
-    compression: Codec
+    compression: Codec | None
     compression_min_size: int
     compressed_encoding: str
+    encryption: KeySet | None = None
+    """Encrypt every payload (last step) under the key set's current key."""
+    encryption_required: bool = False
+    """Refuse, on read, a record stored without encryption (only with `encryption`)."""
 
 
 def pipeline_for(config: Mapping[str, Any]) -> Pipeline | None:
@@ -129,8 +142,14 @@ def pipeline_for(config: Mapping[str, Any]) -> Pipeline | None:
 
     `compression`: a registered compressing codec's name, or None. `compression_min_size`: JSON
     shorter than this many bytes is stored uncompressed, where compression gains nothing and
-    costs time on every save and load.
+    costs time on every save and load. `encryption`: a `KeySet`, or None. `encryption_required`
+    (default True with `encryption`): refuse records stored without encryption on read; False
+    reads them while an existing store is being encrypted (`pydantic-toast rotate-keys`).
+
+    A `Toast(...)` field's options go through this same function, so a field gets encryption by
+    passing `{"encryption": key_set}` in the mapping.
     """
+    keys, required = _encryption_options(config)
     name = config.get("compression")
     min_size = config.get("compression_min_size", DEFAULT_COMPRESSION_MIN_SIZE)
     if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
@@ -140,7 +159,9 @@ def pipeline_for(config: Mapping[str, Any]) -> Pipeline | None:
             actual=min_size,
         )
     if name is None:
-        return None
+        if keys is None:
+            return None
+        return Pipeline(None, min_size, JSON, keys, required)
     codec = _codecs.get(name) if isinstance(name, str) else None
     if codec is None or not codec.compresses:
         known = codec_names(compressing=True)
@@ -150,31 +171,88 @@ def pipeline_for(config: Mapping[str, Any]) -> Pipeline | None:
             expected=known,
             actual=name,
         )
-    return Pipeline(codec, min_size, f"{JSON}+{codec.name}")
+    return Pipeline(codec, min_size, f"{JSON}+{codec.name}", keys, required)
 
 
-def encode(pipeline: Pipeline | None, data: bytes) -> tuple[bytes, str]:
+def _encryption_options(config: Mapping[str, Any]) -> tuple[KeySet | None, bool]:
+    keys = config.get("encryption")
+    if keys is not None and not isinstance(keys, KeySet):
+        # Named by type only: a mistake here is typically raw key bytes.
+        raise StorageValidationError(
+            f"encryption must be a pydantic_toast.KeySet or None, got a {type(keys).__name__}; e.g. "
+            "encryption=KeySet.from_env('TOAST_KEYS')",
+            expected="KeySet",
+            actual=type(keys).__name__,
+        )
+    required = config.get("encryption_required", keys is not None)
+    if not isinstance(required, bool):
+        raise StorageValidationError(
+            f"encryption_required must be True or False, got {required!r}", expected="bool", actual=required
+        )
+    if required and keys is None:
+        raise StorageValidationError(
+            "encryption_required=True needs encryption=KeySet(...): without keys no record could be read",
+            expected="KeySet",
+            actual=None,
+        )
+    if keys is not None:
+        keys.check()  # a missing `cryptography` fails here, when the class is defined
+    return keys, required
+
+
+def encode(
+    pipeline: Pipeline | None,
+    data: bytes,
+    *,
+    class_name: str | None = None,
+    id: UUID | None = None,
+    schema_version: int = 1,
+) -> tuple[bytes, str]:
     """(payload, encoding tag) to store for a model's JSON `data`.
 
     Without a pipeline the payload is `data` itself. A payload that compression does not make
-    smaller is stored as plain JSON: reading it back then costs nothing.
+    smaller is stored uncompressed: reading it back then costs nothing. With encryption the
+    record's identity (`class_name`, `id`, `schema_version`) is required: it is bound into the
+    ciphertext, so the payload decodes only as that record.
     """
-    if pipeline is None or len(data) < pipeline.compression_min_size:
+    if pipeline is None:
         return data, JSON
-    packed = pipeline.compression.encode(data)
-    if len(packed) >= len(data):
-        return data, JSON
-    return packed, pipeline.compressed_encoding
+    payload, encoding = data, JSON
+    if pipeline.compression is not None and len(data) >= pipeline.compression_min_size:
+        packed = pipeline.compression.encode(data)
+        if len(packed) < len(data):
+            payload, encoding = packed, pipeline.compressed_encoding
+    if pipeline.encryption is None:
+        return payload, encoding
+    if class_name is None or id is None:
+        raise TypeError("encode() with encryption needs the record's class_name and id")
+    sealed = encryption.seal(
+        pipeline.encryption, payload, encoding, class_name=class_name, id=id, schema_version=schema_version
+    )
+    return sealed, f"{encoding}+{encryption.STEP}"
 
 
-def decode(record: StoredRecord) -> bytes:
-    """The model JSON a stored record holds, undoing the steps its encoding tag names."""
+def decode(record: StoredRecord, pipeline: Pipeline | None = None) -> bytes:
+    """The model JSON a stored record holds, undoing the steps its encoding tag names.
+
+    `pipeline` is the reader's (the model's): its key set decrypts, and where it requires
+    encryption a record stored without it is refused (`RecordIntegrityError`). Without one, an
+    encrypted record cannot be read.
+    """
     encoding = record.encoding
+    required = pipeline is not None and pipeline.encryption is not None and pipeline.encryption_required
     if encoding == JSON:
+        if required:
+            raise encryption.not_encrypted(record)
         return record.payload
     base, *steps = encoding.split("+")
     if base != JSON:
         raise _unknown(record, base)
+    encrypted = steps[-1] == encryption.STEP
+    if encrypted:
+        steps.pop()
+    elif required:
+        raise encryption.not_encrypted(record)
     codecs: list[Codec] = []
     for name in steps:
         codec = _codecs.get(name)
@@ -182,6 +260,9 @@ def decode(record: StoredRecord) -> bytes:
             raise _unknown(record, name)
         codecs.append(codec)
     data = record.payload
+    if encrypted:
+        keys = None if pipeline is None else pipeline.encryption
+        data = encryption.open_payload(keys, record, "+".join((base, *steps)))
     failed: str | None = None
     for codec in reversed(codecs):
         try:
@@ -203,8 +284,11 @@ def decode(record: StoredRecord) -> bytes:
 
 
 def _unknown(record: StoredRecord, name: str) -> StorageValidationError:
-    known = [JSON, *codec_names()]
-    if name == JSON or _NAME.match(name) is None:
+    known = [JSON, *codec_names(), encryption.STEP]
+    if name == encryption.STEP:
+        reason = f"{name!r} may only be the last step"
+        fix = "repair or delete the record"
+    elif name == JSON or _NAME.match(name) is None:
         # Not a step any pydantic-toast writes: an edited or foreign record, not a missing codec.
         reason = f"{name!r} is not a codec name"
         fix = "repair or delete the record"

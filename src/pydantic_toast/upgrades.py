@@ -92,7 +92,7 @@ def upgraded_data(cls: type[ExternalBaseModel], record: StoredRecord) -> bytes:
     current = settings.schema_version
     stored = record.schema_version
     if stored == current:
-        return codecs.decode(record)
+        return codecs.decode(record, settings.codec)
     if stored > current:
         raise StorageValidationError(
             f"stored {record.class_name} record {record.id} has schema_version {stored}, newer than "
@@ -110,7 +110,7 @@ def upgraded_data(cls: type[ExternalBaseModel], record: StoredRecord) -> bytes:
             expected=current,
             actual=stored,
         )
-    data_json = codecs.decode(record)  # its own errors are not "no JSON object"
+    data_json = codecs.decode(record, settings.codec)  # its own errors are not "no JSON object"
     try:
         data: Any = pydantic_core.from_json(data_json)
     except ValueError:
