@@ -58,9 +58,12 @@ def validate(
         # Python mode breaks JSON-only semantics (strict datetimes, base64 bytes): re-validate
         # as JSON with the schema below this hook (pydantic runs the validators above it).
         options = json_options.get() or {}
-        return core_validator(cls).validate_json(
-            pydantic_core.to_json(value), context=info.context, **options
-        )
+        model = core_validator(cls).validate_json(pydantic_core.to_json(value), context=info.context, **options)
+        if model.__pydantic_private__ is None:
+            # Built without post-init (see _pydantic_internals._build_inner), which materialize()
+            # makes up for on stored data; data from the caller is a new, unsaved record.
+            object.__setattr__(model, "__pydantic_private__", {STATE: RecordState()})
+        return model
     return keep_record(value, handler(value))
 
 
@@ -441,7 +444,7 @@ def _rewrite(models: list[ExternalBaseModel]) -> WriteSet:
     """Upgraded models, to store again at their current schema_version."""
     with collecting_writes() as write_set:
         for model in models:
-            write_set.add(model)
+            write_set.store(model)  # stored again whatever its offload_threshold
     return write_set
 
 

@@ -62,7 +62,7 @@ class _Pending:
     """One record of a write set."""
 
     model: ExternalBaseModel  # kept alive, so its id() stays unique while the set exists
-    reference: ExternalReference
+    reference: ExternalReference | None  # None while inline (see `WriteSet.add`)
     settings: ModelSettings
     state: RecordState
     # id() of the models this record's data refers to: they are written before it.
@@ -70,6 +70,7 @@ class _Pending:
     data: bytes | None = None  # None while the model's data is being serialized
     digest: bytes = b""
     write: bool = False
+    inline: bool = False  # at or below offload_threshold: in its parent's data, never written
 
 
 class WriteSet:
@@ -93,8 +94,13 @@ class WriteSet:
         # so that how deeply models nest never becomes how deeply Python recurses.
         self._queued: list[_Pending] = []
 
-    def add(self, model: ExternalBaseModel, *, force: bool = False) -> ExternalReference:
-        """Collect `model`'s record; `force` writes it even if its data did not change."""
+    def add(self, model: ExternalBaseModel, *, force: bool = False) -> ExternalReference | None:
+        """Collect `model`'s record; `force` writes it even if its data did not change.
+
+        None: the model stays inline, its JSON being at or below its `offload_threshold` (`force`,
+        an explicit save, stores it whatever its size); nothing of it is written, but the models
+        its data refers to are, before the record that holds its data.
+        """
         parent = self._open[-1] if self._open else None
         entry = self._entries.get(id(model))
         if entry is not None:
@@ -102,6 +108,11 @@ class WriteSet:
                 raise _contains_itself(model)
             if parent is not None:
                 parent.points_at.append(id(model))
+            if entry.inline:
+                if not force:
+                    return None
+                entry.inline = False
+                self._identify(entry)
             entry.write = entry.write or force
             return entry.reference
         cls = type(model)
@@ -109,13 +120,12 @@ class WriteSet:
         state = state_of(model)
         if self._shallow and parent is not None and state.id is not None:
             return state.reference(settings.storage_name)
-        if state.id is None:
-            state.id = uuid4()
-        entry = _Pending(model, state.reference(settings.storage_name), settings, state, [])
+        entry = _Pending(model, None, settings, state, [])
         # Registered before serializing the data, so a model reachable from itself is caught.
         self._entries[id(model)] = entry
-        if state.created_at is None:
-            state.created_at = self._now
+        if settings.offload_threshold is not None and not force:
+            return self._add_measured(entry, parent)
+        self._identify(entry)
         if parent is not None:
             parent.points_at.append(id(model))
             self._queued.append(entry)
@@ -125,6 +135,42 @@ class WriteSet:
             self._serialize(self._queued.pop())
         entry.write = entry.write or force
         self._done.extend(self._leaves_first(entry))
+        return entry.reference
+
+    def store(self, model: ExternalBaseModel) -> ExternalReference:
+        """Collect `model`'s record to be written whatever its size and whether it changed."""
+        reference = self.add(model, force=True)
+        assert reference is not None  # forced: never left inline
+        return reference
+
+    def _identify(self, entry: _Pending) -> None:
+        """Give a model to be stored its record id (on its first save) and reference."""
+        state = entry.state
+        if state.id is None:
+            state.id = uuid4()
+        if state.created_at is None:
+            state.created_at = self._now
+        entry.reference = state.reference(entry.settings.storage_name)
+
+    def _add_measured(self, entry: _Pending, parent: _Pending | None) -> ExternalReference | None:
+        """`add` for a model with an `offload_threshold`: its size decides, so its data is
+        serialized now (its parent's data holds either that data or its reference)."""
+        threshold = entry.settings.offload_threshold
+        assert threshold is not None
+        self._serialize(entry)
+        assert entry.data is not None
+        if len(entry.data) <= threshold:
+            entry.inline, entry.write = True, False
+        else:
+            self._identify(entry)
+        if parent is not None:
+            parent.points_at.append(id(entry.model))
+            # What an inline model refers to, its parent's record refers to: written before it.
+            parent.points_at.extend(entry.points_at if entry.inline else ())
+        else:
+            while self._queued:
+                self._serialize(self._queued.pop())
+            self._done.extend(self._leaves_first(entry))
         return entry.reference
 
     def _serialize(self, entry: _Pending) -> None:
@@ -188,7 +234,7 @@ class WriteSet:
             if entry.write:
                 for key in entry.points_at:
                     child = self._entries[key]
-                    if not child.write and child.settings.ttl is not None:
+                    if not child.write and not child.inline and child.settings.ttl is not None:
                         child.write = True
         return [entry for entry in self._done if entry.write]
 
@@ -410,25 +456,7 @@ def serialize(
             _inline_model.reset(token)
     mode = _context_mode(info.context)
     if mode == "inline":
-        token = _inline_model.set(model)
-        try:
-            # The caller's filters apply to the full data exactly as to a plain model's.
-            return type(model).__pydantic_serializer__.to_python(
-                model,
-                mode=info.mode,
-                by_alias=info.by_alias,
-                round_trip=info.round_trip,
-                context=info.context,
-                include=cast(Any, info.include),
-                exclude=cast(Any, info.exclude),
-                exclude_unset=info.exclude_unset,
-                exclude_defaults=info.exclude_defaults,
-                exclude_none=info.exclude_none,
-                exclude_computed_fields=info.exclude_computed_fields,
-                serialize_as_any=info.serialize_as_any,
-            )
-        finally:
-            _inline_model.reset(token)
+        return _inline_data(model, info)
     if mode == "reference":
         record_id = state_of(model).id
         if record_id is None:
@@ -441,15 +469,41 @@ def serialize(
         return {"class_name": _settings_of(type(model)).storage_name, "id": str(record_id)}
     write_set = _write_set.get()
     if write_set is not None:
-        return write_set.add(model).as_dict()
+        reference = write_set.add(model)
+        return _inline_data(model, info) if reference is None else reference.as_dict()
     with collecting_writes() as write_set:
         reference = write_set.add(model)
+        # Inline (offload_threshold): serialized inside the set, where its nested models are known.
+        result = _inline_data(model, info) if reference is None else reference.as_dict()
     try:
         _flush_sync(write_set)
     except ExternalStorageError as exc:
         _remember(exc)
         raise
-    return reference.as_dict()
+    return result
+
+
+def _inline_data(model: ExternalBaseModel, info: SerializationInfo) -> Any:
+    """The model's full data where its reference would be, as the caller asked for it."""
+    token = _inline_model.set(model)
+    try:
+        # The caller's filters apply to the full data exactly as to a plain model's.
+        return type(model).__pydantic_serializer__.to_python(
+            model,
+            mode=info.mode,
+            by_alias=info.by_alias,
+            round_trip=info.round_trip,
+            context=info.context,
+            include=cast(Any, info.include),
+            exclude=cast(Any, info.exclude),
+            exclude_unset=info.exclude_unset,
+            exclude_defaults=info.exclude_defaults,
+            exclude_none=info.exclude_none,
+            exclude_computed_fields=info.exclude_computed_fields,
+            serialize_as_any=info.serialize_as_any,
+        )
+    finally:
+        _inline_model.reset(token)
 
 
 def _context_mode(context: object) -> object:
@@ -514,7 +568,7 @@ async def save_many(models: Sequence[ExternalBaseModel], *, shallow: bool = Fals
     when their data changed, as in a dump.
     """
     with collecting_writes(shallow=shallow) as write_set:
-        references = [write_set.add(model, force=True) for model in models]
+        references = [write_set.store(model) for model in models]
     await write_set.flush()
     return references
 

@@ -66,10 +66,16 @@ class ExternalConfigDict(ConfigDict, total=False):
     """Store a record again at the current schema_version after upgrading it on load. Default False."""
 
     compression: str | None
-    """Compress stored payloads with this codec ("zlib"). Default None: plain JSON."""
+    """Compress stored payloads with this codec ("zlib", or "zstd" with the `[zstd]` extra).
+    Default None: plain JSON."""
 
     compression_min_size: int
     """With `compression`: payloads under this many bytes of JSON stay uncompressed. Default 512."""
+
+    offload_threshold: int | None
+    """Bytes of the model's JSON (before compression) at or below which a dump leaves the model
+    inline, as its ordinary data, and writes nothing; above it the model is stored and dumps to its
+    reference. An explicit `save()` always stores. Default None: always stored."""
 
     optimistic_concurrency: bool
     """Keep a revision number per record and refuse a save that would overwrite a change made since
@@ -177,8 +183,13 @@ class ExternalBaseModel(BaseModel):
             "required": ["class_name", "id"],
             "additionalProperties": False,
         }
+        settings: ModelSettings | None = cls.__dict__.get("__toast_settings__")
         if handler.mode == "serialization":
-            return {**reference, "title": title}
+            if settings is None or settings.offload_threshold is None:
+                return {**reference, "title": title}
+            # offload_threshold: a small model dumps to its own data.
+            data = handler.resolve_ref_schema(handler(_pydantic_internals.data_schema(core_schema)))
+            return {"anyOf": [{**reference, "title": f"{title}Reference"}, dict(data)], "title": title}
         full = handler.resolve_ref_schema(handler(core_schema))
         if "__toast_settings__" not in cls.__dict__:
             return full  # an abstract base (no storage) validates from full data only
