@@ -34,14 +34,15 @@ __all__ = ["CODECS", "compression_rows", "format_rows", "transcript"]
 
 CODECS: tuple[str | None, ...] = (None, "zlib", "zstd")
 
-_WORDS = (
+_TEXT = (
     "the model returns a reference instead of the full data so that queues and responses stay small "
     "while the record lives in the store we checked the function and it raises when the id is not a "
     "uuid you can retry the request after the connection pool is ready please summarise the document "
     "below and list the open questions then propose a plan with three steps each step names the file "
     "it changes and the test that covers it the user asked for a shorter answer with fewer examples "
     "latency budget throughput batch upsert transaction isolation index schema migration version"
-).split()
+)
+_WORDS = tuple(_TEXT.split())
 _TOOLS = ("search_docs", "read_file", "run_tests", "query_database", "http_get")
 
 
@@ -58,7 +59,9 @@ def _code(rng: random.Random) -> str:
     name = rng.choice(_WORDS)
     lines = [f"def {name}_{rng.randint(0, 999)}(value: int) -> int:"]
     for _ in range(rng.randint(3, 12)):
-        lines.append(f"    value = value * {rng.randint(2, 97)} + {rng.randint(0, 10_000)}  # {rng.choice(_WORDS)}")
+        lines.append(
+            f"    value = value * {rng.randint(2, 97)} + {rng.randint(0, 10_000)}  # {rng.choice(_WORDS)}"
+        )
     lines.append("    return value")
     return "```python\n" + "\n".join(lines) + "\n```"
 
@@ -73,8 +76,10 @@ def _message(rng: random.Random, index: int) -> dict[str, Any]:
     }
     if role == "tool":
         message["tool_call_id"] = f"call_{rng.getrandbits(48):012x}"
-        rows = [{"id": rng.randint(1, 10**6), "score": round(rng.random(), 4), "title": _sentence(rng)}
-                for _ in range(rng.randint(1, 8))]
+        rows = [
+            {"id": rng.randint(1, 10**6), "score": round(rng.random(), 4), "title": _sentence(rng)}
+            for _ in range(rng.randint(1, 8))
+        ]
         message["content"] = {"status": "ok", "rows": rows}
     elif role == "assistant" and rng.random() < 0.4:
         message["content"] = _paragraph(rng)
@@ -204,7 +209,9 @@ def format_rows(rows: list[Row]) -> str:
             save += f" ({row.save_median / base.save_median:.2f}x)"
             load += f" ({row.load_median / base.load_median:.2f}x)"
         ratio = row.stored_bytes / row.raw_bytes if row.raw_bytes else 0.0
-        lines.append(f"{row.codec:<8} {row.raw_bytes:>11} {row.stored_bytes:>13} {ratio:>7.3f} {save:>10} {load:>10}")
+        lines.append(
+            f"{row.codec:<8} {row.raw_bytes:>11} {row.stored_bytes:>13} {ratio:>7.3f} {save:>10} {load:>10}"
+        )
     return "\n".join(lines)
 
 
@@ -235,7 +242,9 @@ def _levels(data: bytes) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="100 KB payload, 2 rounds")
     parser.add_argument("--levels", action="store_true", help="also compare zstd levels on the codec alone")
     args = parser.parse_args(argv)

@@ -559,7 +559,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{len(results)} scenarios, {len(crashed)} failed, {seconds:.0f} s")
 
     if args.json:
-        data = {**to_json(results, reports, options, seconds), "compression": [asdict(r) for r in compression]}
+        data = {
+            **to_json(results, reports, options, seconds),
+            "compression": [asdict(r) for r in compression],
+        }
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(markdown(results, reports, options))

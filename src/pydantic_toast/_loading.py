@@ -58,7 +58,9 @@ def validate(
         # Python mode breaks JSON-only semantics (strict datetimes, base64 bytes): re-validate
         # as JSON with the schema below this hook (pydantic runs the validators above it).
         options = json_options.get() or {}
-        model = core_validator(cls).validate_json(pydantic_core.to_json(value), context=info.context, **options)
+        model = core_validator(cls).validate_json(
+            pydantic_core.to_json(value), context=info.context, **options
+        )
         if model.__pydantic_private__ is None:
             # Built without post-init (see _pydantic_internals._build_inner), which materialize()
             # makes up for on stored data; data from the caller is a new, unsaved record.

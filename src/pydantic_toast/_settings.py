@@ -111,7 +111,9 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         optimistic = _flag(config, "optimistic_concurrency")
         codec = codecs.pipeline_for(config)
         threshold = config.get("offload_threshold")
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0):
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0
+        ):
             raise StorageValidationError(
                 f"offload_threshold must be an integer number of bytes >= 0 or None, got {threshold!r}",
                 expected="int >= 0 or None",

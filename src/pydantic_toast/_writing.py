@@ -23,6 +23,7 @@ from . import codecs, runtime
 from ._pydantic_internals import inner_serializer, serializer_error_fields
 from ._record_state import RecordState, digest, state_of
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
+from ._stats import counters_for
 from .backends.base import StoredRecord
 from .exceptions import ConcurrentUpdateError, ExternalStorageError, StorageValidationError
 from .reference import ExternalReference
@@ -287,10 +288,12 @@ class WriteSet:
     async def _write(self, entries: list[_Pending]) -> None:
         # Two instances of one record (a revalidated copy, say) in one dump: the last one wins.
         records: dict[UUID, StoredRecord] = {}
+        raw: dict[UUID, int] = {}
         checked = False
         for entry in entries:
             record = _record_of(entry, self._now)
             records[record.id] = record
+            raw[record.id] = len(entry.data or b"")
             checked = checked or record.revision is not None
         batch = list(records.values())
         url = entries[0].settings.url
@@ -299,6 +302,11 @@ class WriteSet:
             await _write_checked(url, timeout, batch, entries)
         else:
             await runtime.execute(url, timeout, lambda backend: backend.save_records(batch))
+        counters_for(url).add(
+            round_trips=0,
+            bytes_written=sum(len(record.payload) for record in batch),
+            raw_bytes_written=sum(raw.values()),
+        )
         for entry in entries:
             entry.state.wrote(entry.digest)
 

@@ -3,7 +3,8 @@
 Every record carries an encoding tag next to its payload, so any reader can decode any record
 whatever the writer's configuration. The tag is the base format followed by the steps applied to
 it, in order, joined by `+`: `json` (today's records and the default: the payload is the model's
-JSON itself), `json+zlib` / `json+zstd` (that JSON compressed with zlib or Zstandard). Decoding undoes the steps in reverse.
+JSON itself), `json+zlib` / `json+zstd` (that JSON compressed with zlib or Zstandard). Decoding
+undoes the steps in reverse.
 
 A step's name stands for one byte format forever: a codec whose output format changes is
 registered under a new name (`zlib2`), and the old one stays registered so that earlier records
@@ -68,7 +69,7 @@ class Codec(ABC):
     def decode(self, data: bytes) -> bytes:
         """Undo `encode`; raise any exception for bytes that `encode` did not produce."""
 
-    def require(self) -> None:
+    def require(self) -> None:  # noqa: B027 - most codecs need nothing: not abstract on purpose
         """Raise `MissingDependencyError` if a package this codec needs is not installed."""
 
 
