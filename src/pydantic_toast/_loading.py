@@ -35,7 +35,16 @@ from .upgrades import upgraded_data
 if TYPE_CHECKING:
     from .base import ExternalBaseModel
 
-__all__ = ["TreeLoader", "json_options", "load", "load_many", "load_sync", "materialize", "validate"]
+__all__ = [
+    "TreeLoader",
+    "json_options",
+    "load",
+    "load_blocking",
+    "load_many",
+    "load_sync",
+    "materialize",
+    "validate",
+]
 
 M = TypeVar("M", bound="ExternalBaseModel")
 T = TypeVar("T")
@@ -405,6 +414,11 @@ def load_sync(cls: type[M], reference: ExternalReference, context: Any = None) -
 
 async def load(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
     return await _drive(_load_one(resolve_class(cls, reference), reference, True, context))
+
+
+def load_blocking(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
+    """`load` for sync callers: the same steps, driven through the library's I/O thread."""
+    return _drive_sync(_load_one(resolve_class(cls, reference), reference, True, context))
 
 
 async def load_many(cls: type[M], references: Sequence[ExternalReference], context: Any = None) -> list[M]:

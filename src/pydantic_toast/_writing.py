@@ -44,6 +44,7 @@ __all__ = [
     "save",
     "save_many",
     "save_many_shallow",
+    "save_sync",
     "serialize",
 ]
 
@@ -575,10 +576,24 @@ async def save_many(models: Sequence[ExternalBaseModel], *, shallow: bool = Fals
     The models passed are always written (that refreshes their ttl); the models they hold only
     when their data changed, as in a dump.
     """
-    with collecting_writes(shallow=shallow) as write_set:
-        references = [write_set.store(model) for model in models]
+    write_set, references = _collect_saves(models, shallow)
     await write_set.flush()
     return references
+
+
+def save_sync(model: ExternalBaseModel) -> ExternalReference:
+    """`save` for sync callers: collected here, written by the library's I/O thread."""
+    write_set, [reference] = _collect_saves([model], False)
+    _flush_sync(write_set)
+    return reference
+
+
+def _collect_saves(
+    models: Sequence[ExternalBaseModel], shallow: bool
+) -> tuple[WriteSet, list[ExternalReference]]:
+    with collecting_writes(shallow=shallow) as write_set:
+        references = [write_set.store(model) for model in models]
+    return write_set, references
 
 
 def dump(value: Any, **kwargs: Any) -> Any:

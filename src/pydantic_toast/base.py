@@ -34,6 +34,7 @@ from ._record_state import RecordState, reset_state, state_of
 from ._settings import ModelSettings, coerce_reference, settings_for, storage_names
 from .exceptions import ExternalStorageError, StorageValidationError
 from .reference import ExternalReference
+from .reference import is_external_reference as _is_reference
 from .upgrades import UpgradeFunction, collect_upgrades
 from .url import MaskedURL
 
@@ -236,6 +237,34 @@ class ExternalBaseModel(BaseModel):
         return await _loading.load_many(cls, [coerce_reference(cls, ref) for ref in references], context)
 
     delete: ClassVar[_DeleteMethod[Any]] = _DeleteMethod()
+
+    # ------------------------------------------------------------------ the upstream project's API
+    # nurikk/pydantic-toast's explicit calls, so its users switch by changing an import. Thin
+    # wrappers over save/load above; their references are plain dicts, as there.
+
+    async def save_external(self) -> dict[str, str]:
+        """Store this model (always, whatever its size) and return its reference as a plain dict:
+        `{"class_name": ..., "id": "<uuid>"}`, ready for `json.dumps`."""
+        return (await _writing.save(self)).as_dict()
+
+    def save_external_sync(self) -> dict[str, str]:
+        """`save_external` for sync code (also inside a running event loop)."""
+        return _writing.save_sync(self).as_dict()
+
+    @classmethod
+    async def load_external(cls, reference: ReferenceLike, *, context: Any = None) -> Self:
+        """Load the model a reference (dict, `ExternalReference`, UUID or id text) points at."""
+        return await cls.load(reference, context=context)
+
+    @classmethod
+    def load_external_sync(cls, reference: ReferenceLike, *, context: Any = None) -> Self:
+        """`load_external` for sync code (also inside a running event loop)."""
+        return _loading.load_blocking(cls, coerce_reference(cls, reference), context)
+
+    @staticmethod
+    def is_external_reference(data: object) -> bool:
+        """Whether `data` has a reference's shape (`pydantic_toast.is_external_reference`)."""
+        return _is_reference(data)
 
     @property
     def external_reference(self) -> ExternalReference | None:
