@@ -22,15 +22,17 @@ import zipfile
 from pathlib import Path
 from typing import NoReturn
 
-DRIVERS = ("asyncpg", "redis", "hiredis", "rich")
+DRIVERS = ("asyncpg", "redis", "hiredis", "rich", "backports.zstd")
+# [zstd] installs the backport before Python 3.14 only (compression.zstd is standard from 3.14).
+_ZSTD = {"backports.zstd"} if sys.version_info < (3, 14) else set()
 EXTRA_DRIVERS = {
     "core": set(),
     "postgresql": {"asyncpg"},
     "redis": {"redis"},
     "cli": {"rich"},
-    "all": {"asyncpg", "redis", "hiredis", "rich"},
+    "all": {"asyncpg", "redis", "hiredis", "rich", *_ZSTD},
 }
-DECLARED_EXTRAS = {"postgresql", "redis", "hiredis", "cli", "all"}
+DECLARED_EXTRAS = {"postgresql", "redis", "hiredis", "cli", "zstd", "all"}
 
 
 def fail(message: str) -> NoReturn:
