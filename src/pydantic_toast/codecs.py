@@ -18,6 +18,7 @@ decodes here (`decode`). Backends store payload and tag as given; `copy` moves t
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 import zlib
@@ -116,16 +117,17 @@ _zstd_module: ModuleType | None = None
 def _zstd() -> ModuleType:
     global _zstd_module
     if _zstd_module is None:
+        name = "compression.zstd" if sys.version_info >= (3, 14) else "backports.zstd"
         try:
-            if sys.version_info >= (3, 14):
-                from compression import zstd
-            else:
-                from backports import zstd
+            zstd = importlib.import_module(name)
         except ImportError:
+            if name == "compression.zstd":  # a Python 3.14+ built without libzstd
+                fix = "use a Python build that includes the standard library's compression.zstd"
+            else:
+                fix = "install it with: pip install 'pydantic-toast[zstd]'"
             raise MissingDependencyError(
-                "compression 'zstd' needs the 'backports.zstd' package on Python < 3.14, which is not "
-                "installed; install it with: pip install 'pydantic-toast[zstd]'",
-                package="backports.zstd",
+                f"compression 'zstd' needs the {name!r} module, which is not available; {fix}",
+                package=name,
                 extra="zstd",
             ) from None
         _zstd_module = zstd
