@@ -329,3 +329,12 @@ def test_json_schemas_show_both_shapes(memory_url: str) -> None:
 
     schema = Holder.model_json_schema(mode="serialization")
     assert len(schema["$defs"]["Note"]["anyOf"]) == 2
+
+
+def test_full_json_data_validates_into_a_model_that_can_be_stored(memory_url: str) -> None:
+    # Without a threshold too: a model built from JSON data is a new, unsaved record.
+    note = note_class(memory_url, offload_threshold=None)
+    item = note.model_validate_json('{"text": "from json"}')
+    assert item.external_reference is None
+    reference = item.model_dump()
+    assert note.model_validate(reference) == item
