@@ -338,3 +338,21 @@ def test_full_json_data_validates_into_a_model_that_can_be_stored(memory_url: st
     assert item.external_reference is None
     reference = item.model_dump()
     assert note.model_validate(reference) == item
+
+
+async def test_upgraded_records_are_written_back_whatever_their_size(memory_url: str) -> None:
+    from fixtures.stored import store_raw, stored_version
+
+    class Note(ExternalBaseModel):
+        body: str
+        model_config = ExternalConfigDict(
+            storage=memory_url, offload_threshold=THRESHOLD, schema_version=2, upgrade_write_back=True
+        )
+
+        @pydantic_toast.upgrade(from_version=1)
+        def _rename(data: dict[str, Any]) -> dict[str, Any]:
+            return {"body": data["text"]}
+
+    record_id = await store_raw(memory_url, "Note", {"text": "old"})
+    assert (await Note.load(record_id)).body == "old"
+    assert await stored_version(memory_url, "Note", record_id) == 2
