@@ -35,6 +35,7 @@ from baselines import (
     SQLiteBaseline,
     delete_redis_prefix,
 )
+from bench_compression import compression_rows, format_rows
 from bench_models import model_set
 from peers import UNAVAILABLE, Peer, redis_peers
 from scenarios import Counts, Env, Scenario, peer_target_for, scenarios, sync_plain_contenders
@@ -534,10 +535,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  not run: {report.reason}", file=sys.stderr)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    # Codecs on one payload, not per backend: selected by the word "compression" (or by default).
+    compression = compression_rows(smoke=args.smoke) if not only or "compression" in only else []
     seconds = time.perf_counter() - started
 
     print(table(results, thresholds=not args.smoke))
     print()
+    if compression:
+        print(format_rows(compression) + "\n")
     for report in reports:
         line = f"{report.name}: {'ran' if report.ran else 'not run: ' + report.reason}"
         print(line)
@@ -554,7 +559,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{len(results)} scenarios, {len(crashed)} failed, {seconds:.0f} s")
 
     if args.json:
-        Path(args.json).write_text(json.dumps(to_json(results, reports, options, seconds), indent=2) + "\n")
+        data = {
+            **to_json(results, reports, options, seconds),
+            "compression": [asdict(r) for r in compression],
+        }
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(markdown(results, reports, options))
     if args.plot:

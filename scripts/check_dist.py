@@ -22,15 +22,17 @@ import zipfile
 from pathlib import Path
 from typing import NoReturn
 
-DRIVERS = ("asyncpg", "redis", "hiredis", "rich")
+DRIVERS = ("asyncpg", "redis", "hiredis", "rich", "backports.zstd")
+# [zstd] installs the backport before Python 3.14 only (compression.zstd is standard from 3.14).
+_ZSTD = {"backports.zstd"} if sys.version_info < (3, 14) else set()
 EXTRA_DRIVERS = {
     "core": set(),
     "postgresql": {"asyncpg"},
     "redis": {"redis"},
     "cli": {"rich"},
-    "all": {"asyncpg", "redis", "hiredis", "rich"},
+    "all": {"asyncpg", "redis", "hiredis", "rich", *_ZSTD},
 }
-DECLARED_EXTRAS = {"postgresql", "redis", "hiredis", "cli", "all"}
+DECLARED_EXTRAS = {"postgresql", "redis", "hiredis", "cli", "zstd", "all"}
 
 
 def fail(message: str) -> NoReturn:
@@ -82,6 +84,13 @@ def assert_no_driver_imported(when: str) -> None:
         fail(f"{when}, the core imported {loaded}: a driver must only be imported by its backend")
 
 
+def _found(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is absent
+        return False
+
+
 def check_installed(readme: Path, version: str, extra: str) -> None:
     import pydantic_toast
 
@@ -92,7 +101,7 @@ def check_installed(readme: Path, version: str, extra: str) -> None:
         fail(f"pydantic_toast.__version__ is {pydantic_toast.__version__!r}, the wheel is {version!r}")
     assert_no_driver_imported("after `import pydantic_toast`")
 
-    installed = {name for name in DRIVERS if importlib.util.find_spec(name) is not None}
+    installed = {name for name in DRIVERS if _found(name)}
     if installed != EXTRA_DRIVERS[extra]:
         fail(f"[{extra}] installed the drivers {sorted(installed)}, expected {sorted(EXTRA_DRIVERS[extra])}")
 

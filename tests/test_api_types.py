@@ -27,6 +27,8 @@ if TYPE_CHECKING:
         assert_type(await profile.delete(), bool)
         assert_type(await Profile.delete(reference), bool)
         assert_type(await pydantic_toast.adump(profile), Any)
+        assert_type(await profile.save_external(), dict[str, str])
+        assert_type(await Profile.load_external(raw), Profile)
         await pydantic_toast.aclose()
 
     def sync_api(profile: Profile) -> None:
@@ -38,6 +40,10 @@ if TYPE_CHECKING:
         assert_type(pydantic_toast.stats(), dict[str, dict[str, int]])
         reference = ExternalReference(class_name="Profile", id=UUID(int=0))
         assert_type(reference.as_dict(), dict[str, str])
+        assert_type(profile.save_external_sync(), dict[str, str])
+        assert_type(Profile.load_external_sync(reference), Profile)
+        assert_type(pydantic_toast.is_external_reference({}), bool)
+        assert_type(Profile.is_external_reference({}), bool)
         pydantic_toast.close()
 
     def backend_registration(backend: type[StorageBackend]) -> None:

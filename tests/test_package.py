@@ -39,6 +39,7 @@ DOCUMENTED_NAMES = {
     "adump",
     "close",
     "dump",
+    "is_external_reference",
     "register_backend",
     "stats",
     "upgrade",

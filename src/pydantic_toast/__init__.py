@@ -24,7 +24,7 @@ from .exceptions import (
     UnsupportedEventLoopError,
     UnsupportedOperationError,
 )
-from .reference import ExternalReference
+from .reference import ExternalReference, is_external_reference
 from .registry import register_backend
 from .runtime import aclose, close
 from .upgrades import upgrade
@@ -51,6 +51,7 @@ __all__ = [
     "adump",
     "close",
     "dump",
+    "is_external_reference",
     "register_backend",
     "stats",
     "upgrade",

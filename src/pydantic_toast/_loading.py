@@ -35,7 +35,16 @@ from .upgrades import upgraded_data
 if TYPE_CHECKING:
     from .base import ExternalBaseModel
 
-__all__ = ["TreeLoader", "json_options", "load", "load_many", "load_sync", "materialize", "validate"]
+__all__ = [
+    "TreeLoader",
+    "json_options",
+    "load",
+    "load_blocking",
+    "load_many",
+    "load_sync",
+    "materialize",
+    "validate",
+]
 
 M = TypeVar("M", bound="ExternalBaseModel")
 T = TypeVar("T")
@@ -58,9 +67,14 @@ def validate(
         # Python mode breaks JSON-only semantics (strict datetimes, base64 bytes): re-validate
         # as JSON with the schema below this hook (pydantic runs the validators above it).
         options = json_options.get() or {}
-        return core_validator(cls).validate_json(
+        model = core_validator(cls).validate_json(
             pydantic_core.to_json(value), context=info.context, **options
         )
+        if model.__pydantic_private__ is None:
+            # Built without post-init (see _pydantic_internals._build_inner), which materialize()
+            # makes up for on stored data; data from the caller is a new, unsaved record.
+            object.__setattr__(model, "__pydantic_private__", {STATE: RecordState()})
+        return model
     return keep_record(value, handler(value))
 
 
@@ -402,6 +416,11 @@ async def load(cls: type[M], reference: ExternalReference, context: Any = None) 
     return await _drive(_load_one(resolve_class(cls, reference), reference, True, context))
 
 
+def load_blocking(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
+    """`load` for sync callers: the same steps, driven through the library's I/O thread."""
+    return _drive_sync(_load_one(resolve_class(cls, reference), reference, True, context))
+
+
 async def load_many(cls: type[M], references: Sequence[ExternalReference], context: Any = None) -> list[M]:
     """Load models in order; every missing id is reported in one RecordNotFoundError."""
     roots: list[tuple[type[ExternalBaseModel], ExternalReference, bool]] = [
@@ -441,7 +460,7 @@ def _rewrite(models: list[ExternalBaseModel]) -> WriteSet:
     """Upgraded models, to store again at their current schema_version."""
     with collecting_writes() as write_set:
         for model in models:
-            write_set.add(model)
+            write_set.store(model)  # stored again whatever its offload_threshold
     return write_set
 
 

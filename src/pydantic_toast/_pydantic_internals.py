@@ -28,7 +28,13 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from pydantic_core import PydanticSerializationError, SchemaSerializer, SchemaValidator, core_schema
+from pydantic_core import (
+    CoreSchema,
+    PydanticSerializationError,
+    SchemaSerializer,
+    SchemaValidator,
+    core_schema,
+)
 
 from . import forksafe
 from ._record_state import STATE
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "core_validator",
+    "data_schema",
     "holds_references",
     "inner_serializer",
     "inner_validator",
@@ -244,6 +251,15 @@ def _build_inner(cls: type[ExternalBaseModel]) -> tuple[SchemaValidator, SchemaS
     type.__setattr__(cls, "__toast_read_traits__", (holds, not user_code_below, not user_code_above))
     type.__setattr__(cls, "__toast_inner_serializer__", serializer)
     return validator, serializer
+
+
+def data_schema(schema: CoreSchema) -> CoreSchema:
+    """A copy of an external class's core schema that describes its data when serialized:
+    without our wrap serializer (pydantic shows a wrap serializer's output as any value), its
+    reference (the class's own definition is the reference-or-data schema being generated) and
+    its metadata (the JSON schema hook that is asking)."""
+    node = _model_node_without(cast(dict[str, Any], schema), "serialization")
+    return cast(CoreSchema, {key: value for key, value in node.items() if key not in ("ref", "metadata")})
 
 
 def _only_our_private_state(cls: type[ExternalBaseModel]) -> bool:

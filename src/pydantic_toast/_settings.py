@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID
 
 from . import codecs, forksafe
-from .exceptions import StorageValidationError
+from .exceptions import MissingDependencyError, StorageValidationError
 from .reference import ExternalReference, parse_id, parse_reference
 from .registry import backend_class, known_schemes
 from .url import StorageURL
@@ -51,6 +51,7 @@ class ModelSettings:
     dict_references: bool = True
     codec: codecs.Pipeline | None = None
     optimistic_concurrency: bool = False
+    offload_threshold: int | None = None
 
 
 def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
@@ -109,10 +110,21 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         write_back = _flag(config, "upgrade_write_back")
         optimistic = _flag(config, "optimistic_concurrency")
         codec = codecs.pipeline_for(config)
+        threshold = config.get("offload_threshold")
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0
+        ):
+            raise StorageValidationError(
+                f"offload_threshold must be an integer number of bytes >= 0 or None, got {threshold!r}",
+                expected="int >= 0 or None",
+                actual=threshold,
+            )
         # Last: a class refused for another reason must not keep the name claimed.
         _claim_storage_name(cls, url, storage_name)
     except StorageValidationError as exc:
         raise StorageValidationError(f"{name}: {exc}", expected=exc.expected, actual=exc.actual) from None
+    except MissingDependencyError as exc:
+        raise MissingDependencyError(f"{name}: {exc}", package=exc.package, extra=exc.extra) from None
     return ModelSettings(
         url=url,
         storage_name=storage_name,
@@ -122,6 +134,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         upgrade_write_back=write_back,
         codec=codec,
         optimistic_concurrency=optimistic,
+        offload_threshold=threshold,
         dict_references="class_name" not in cls.__pydantic_fields__,
     )
 

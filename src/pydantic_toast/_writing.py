@@ -23,6 +23,7 @@ from . import codecs, runtime
 from ._pydantic_internals import inner_serializer, serializer_error_fields
 from ._record_state import RecordState, digest, state_of
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
+from ._stats import counters_for
 from .backends.base import StoredRecord
 from .exceptions import ConcurrentUpdateError, ExternalStorageError, StorageValidationError
 from .reference import ExternalReference
@@ -43,6 +44,7 @@ __all__ = [
     "save",
     "save_many",
     "save_many_shallow",
+    "save_sync",
     "serialize",
 ]
 
@@ -62,7 +64,7 @@ class _Pending:
     """One record of a write set."""
 
     model: ExternalBaseModel  # kept alive, so its id() stays unique while the set exists
-    reference: ExternalReference
+    reference: ExternalReference | None  # None while inline (see `WriteSet.add`)
     settings: ModelSettings
     state: RecordState
     # id() of the models this record's data refers to: they are written before it.
@@ -70,6 +72,7 @@ class _Pending:
     data: bytes | None = None  # None while the model's data is being serialized
     digest: bytes = b""
     write: bool = False
+    inline: bool = False  # at or below offload_threshold: in its parent's data, never written
 
 
 class WriteSet:
@@ -93,8 +96,13 @@ class WriteSet:
         # so that how deeply models nest never becomes how deeply Python recurses.
         self._queued: list[_Pending] = []
 
-    def add(self, model: ExternalBaseModel, *, force: bool = False) -> ExternalReference:
-        """Collect `model`'s record; `force` writes it even if its data did not change."""
+    def add(self, model: ExternalBaseModel, *, force: bool = False) -> ExternalReference | None:
+        """Collect `model`'s record; `force` writes it even if its data did not change.
+
+        None: the model stays inline, its JSON being at or below its `offload_threshold` (`force`,
+        an explicit save, stores it whatever its size); nothing of it is written, but the models
+        its data refers to are, before the record that holds its data.
+        """
         parent = self._open[-1] if self._open else None
         entry = self._entries.get(id(model))
         if entry is not None:
@@ -102,6 +110,11 @@ class WriteSet:
                 raise _contains_itself(model)
             if parent is not None:
                 parent.points_at.append(id(model))
+            if entry.inline:
+                if not force:
+                    return None
+                entry.inline = False
+                self._identify(entry)
             entry.write = entry.write or force
             return entry.reference
         cls = type(model)
@@ -109,13 +122,12 @@ class WriteSet:
         state = state_of(model)
         if self._shallow and parent is not None and state.id is not None:
             return state.reference(settings.storage_name)
-        if state.id is None:
-            state.id = uuid4()
-        entry = _Pending(model, state.reference(settings.storage_name), settings, state, [])
+        entry = _Pending(model, None, settings, state, [])
         # Registered before serializing the data, so a model reachable from itself is caught.
         self._entries[id(model)] = entry
-        if state.created_at is None:
-            state.created_at = self._now
+        if settings.offload_threshold is not None and not force:
+            return self._add_measured(entry, parent)
+        self._identify(entry)
         if parent is not None:
             parent.points_at.append(id(model))
             self._queued.append(entry)
@@ -125,6 +137,42 @@ class WriteSet:
             self._serialize(self._queued.pop())
         entry.write = entry.write or force
         self._done.extend(self._leaves_first(entry))
+        return entry.reference
+
+    def store(self, model: ExternalBaseModel) -> ExternalReference:
+        """Collect `model`'s record to be written whatever its size and whether it changed."""
+        reference = self.add(model, force=True)
+        assert reference is not None  # forced: never left inline
+        return reference
+
+    def _identify(self, entry: _Pending) -> None:
+        """Give a model to be stored its record id (on its first save) and reference."""
+        state = entry.state
+        if state.id is None:
+            state.id = uuid4()
+        if state.created_at is None:
+            state.created_at = self._now
+        entry.reference = state.reference(entry.settings.storage_name)
+
+    def _add_measured(self, entry: _Pending, parent: _Pending | None) -> ExternalReference | None:
+        """`add` for a model with an `offload_threshold`: its size decides, so its data is
+        serialized now (its parent's data holds either that data or its reference)."""
+        threshold = entry.settings.offload_threshold
+        assert threshold is not None
+        self._serialize(entry)
+        assert entry.data is not None
+        if len(entry.data) <= threshold:
+            entry.inline, entry.write = True, False
+        else:
+            self._identify(entry)
+        if parent is not None:
+            parent.points_at.append(id(entry.model))
+            # What an inline model refers to, its parent's record refers to: written before it.
+            parent.points_at.extend(entry.points_at if entry.inline else ())
+        else:
+            while self._queued:
+                self._serialize(self._queued.pop())
+            self._done.extend(self._leaves_first(entry))
         return entry.reference
 
     def _serialize(self, entry: _Pending) -> None:
@@ -188,7 +236,7 @@ class WriteSet:
             if entry.write:
                 for key in entry.points_at:
                     child = self._entries[key]
-                    if not child.write and child.settings.ttl is not None:
+                    if not child.write and not child.inline and child.settings.ttl is not None:
                         child.write = True
         return [entry for entry in self._done if entry.write]
 
@@ -241,10 +289,12 @@ class WriteSet:
     async def _write(self, entries: list[_Pending]) -> None:
         # Two instances of one record (a revalidated copy, say) in one dump: the last one wins.
         records: dict[UUID, StoredRecord] = {}
+        raw: dict[UUID, int] = {}
         checked = False
         for entry in entries:
             record = _record_of(entry, self._now)
             records[record.id] = record
+            raw[record.id] = len(entry.data or b"")
             checked = checked or record.revision is not None
         batch = list(records.values())
         url = entries[0].settings.url
@@ -253,6 +303,11 @@ class WriteSet:
             await _write_checked(url, timeout, batch, entries)
         else:
             await runtime.execute(url, timeout, lambda backend: backend.save_records(batch))
+        counters_for(url).add(
+            round_trips=0,
+            bytes_written=sum(len(record.payload) for record in batch),
+            raw_bytes_written=sum(raw.values()),
+        )
         for entry in entries:
             entry.state.wrote(entry.digest)
 
@@ -416,25 +471,7 @@ def serialize(
             _inline_model.reset(token)
     mode = _context_mode(info.context)
     if mode == "inline":
-        token = _inline_model.set(model)
-        try:
-            # The caller's filters apply to the full data exactly as to a plain model's.
-            return type(model).__pydantic_serializer__.to_python(
-                model,
-                mode=info.mode,
-                by_alias=info.by_alias,
-                round_trip=info.round_trip,
-                context=info.context,
-                include=cast(Any, info.include),
-                exclude=cast(Any, info.exclude),
-                exclude_unset=info.exclude_unset,
-                exclude_defaults=info.exclude_defaults,
-                exclude_none=info.exclude_none,
-                exclude_computed_fields=info.exclude_computed_fields,
-                serialize_as_any=info.serialize_as_any,
-            )
-        finally:
-            _inline_model.reset(token)
+        return _inline_data(model, info)
     if mode == "reference":
         record_id = state_of(model).id
         if record_id is None:
@@ -447,15 +484,41 @@ def serialize(
         return {"class_name": _settings_of(type(model)).storage_name, "id": str(record_id)}
     write_set = _write_set.get()
     if write_set is not None:
-        return write_set.add(model).as_dict()
+        reference = write_set.add(model)
+        return _inline_data(model, info) if reference is None else reference.as_dict()
     with collecting_writes() as write_set:
         reference = write_set.add(model)
+        # Inline (offload_threshold): serialized inside the set, where its nested models are known.
+        result = _inline_data(model, info) if reference is None else reference.as_dict()
     try:
         _flush_sync(write_set)
     except ExternalStorageError as exc:
         _remember(exc)
         raise
-    return reference.as_dict()
+    return result
+
+
+def _inline_data(model: ExternalBaseModel, info: SerializationInfo) -> Any:
+    """The model's full data where its reference would be, as the caller asked for it."""
+    token = _inline_model.set(model)
+    try:
+        # The caller's filters apply to the full data exactly as to a plain model's.
+        return type(model).__pydantic_serializer__.to_python(
+            model,
+            mode=info.mode,
+            by_alias=info.by_alias,
+            round_trip=info.round_trip,
+            context=info.context,
+            include=cast(Any, info.include),
+            exclude=cast(Any, info.exclude),
+            exclude_unset=info.exclude_unset,
+            exclude_defaults=info.exclude_defaults,
+            exclude_none=info.exclude_none,
+            exclude_computed_fields=info.exclude_computed_fields,
+            serialize_as_any=info.serialize_as_any,
+        )
+    finally:
+        _inline_model.reset(token)
 
 
 def _context_mode(context: object) -> object:
@@ -519,10 +582,24 @@ async def save_many(models: Sequence[ExternalBaseModel], *, shallow: bool = Fals
     The models passed are always written (that refreshes their ttl); the models they hold only
     when their data changed, as in a dump.
     """
-    with collecting_writes(shallow=shallow) as write_set:
-        references = [write_set.add(model, force=True) for model in models]
+    write_set, references = _collect_saves(models, shallow)
     await write_set.flush()
     return references
+
+
+def save_sync(model: ExternalBaseModel) -> ExternalReference:
+    """`save` for sync callers: collected here, written by the library's I/O thread."""
+    write_set, [reference] = _collect_saves([model], False)
+    _flush_sync(write_set)
+    return reference
+
+
+def _collect_saves(
+    models: Sequence[ExternalBaseModel], shallow: bool
+) -> tuple[WriteSet, list[ExternalReference]]:
+    with collecting_writes(shallow=shallow) as write_set:
+        references = [write_set.store(model) for model in models]
+    return write_set, references
 
 
 def dump(value: Any, **kwargs: Any) -> Any:

@@ -35,6 +35,7 @@ from ._settings import ModelSettings, coerce_reference, settings_for, storage_na
 from .encryption import KeySet
 from .exceptions import ExternalStorageError, StorageValidationError
 from .reference import ExternalReference
+from .reference import is_external_reference as _is_reference
 from .upgrades import UpgradeFunction, collect_upgrades
 from .url import MaskedURL
 
@@ -67,10 +68,16 @@ class ExternalConfigDict(ConfigDict, total=False):
     """Store a record again at the current schema_version after upgrading it on load. Default False."""
 
     compression: str | None
-    """Compress stored payloads with this codec ("zlib"). Default None: plain JSON."""
+    """Compress stored payloads with this codec ("zlib", or "zstd" with the `[zstd]` extra).
+    Default None: plain JSON."""
 
     compression_min_size: int
     """With `compression`: payloads under this many bytes of JSON stay uncompressed. Default 512."""
+
+    offload_threshold: int | None
+    """Bytes of the model's JSON (before compression) at or below which a dump leaves the model
+    inline, as its ordinary data, and writes nothing; above it the model is stored and dumps to its
+    reference. An explicit `save()` always stores. Default None: always stored."""
 
     optimistic_concurrency: bool
     """Keep a revision number per record and refuse a save that would overwrite a change made since
@@ -186,8 +193,13 @@ class ExternalBaseModel(BaseModel):
             "required": ["class_name", "id"],
             "additionalProperties": False,
         }
+        settings: ModelSettings | None = cls.__dict__.get("__toast_settings__")
         if handler.mode == "serialization":
-            return {**reference, "title": title}
+            if settings is None or settings.offload_threshold is None:
+                return {**reference, "title": title}
+            # offload_threshold: a small model dumps to its own data.
+            data = handler.resolve_ref_schema(handler(_pydantic_internals.data_schema(core_schema)))
+            return {"anyOf": [{**reference, "title": f"{title}Reference"}, dict(data)], "title": title}
         full = handler.resolve_ref_schema(handler(core_schema))
         if "__toast_settings__" not in cls.__dict__:
             return full  # an abstract base (no storage) validates from full data only
@@ -234,6 +246,34 @@ class ExternalBaseModel(BaseModel):
         return await _loading.load_many(cls, [coerce_reference(cls, ref) for ref in references], context)
 
     delete: ClassVar[_DeleteMethod[Any]] = _DeleteMethod()
+
+    # ------------------------------------------------------------------ the upstream project's API
+    # nurikk/pydantic-toast's explicit calls, so its users switch by changing an import. Thin
+    # wrappers over save/load above; their references are plain dicts, as there.
+
+    async def save_external(self) -> dict[str, str]:
+        """Store this model (always, whatever its size) and return its reference as a plain dict:
+        `{"class_name": ..., "id": "<uuid>"}`, ready for `json.dumps`."""
+        return (await _writing.save(self)).as_dict()
+
+    def save_external_sync(self) -> dict[str, str]:
+        """`save_external` for sync code (also inside a running event loop)."""
+        return _writing.save_sync(self).as_dict()
+
+    @classmethod
+    async def load_external(cls, reference: ReferenceLike, *, context: Any = None) -> Self:
+        """Load the model a reference (dict, `ExternalReference`, UUID or id text) points at."""
+        return await cls.load(reference, context=context)
+
+    @classmethod
+    def load_external_sync(cls, reference: ReferenceLike, *, context: Any = None) -> Self:
+        """`load_external` for sync code (also inside a running event loop)."""
+        return _loading.load_blocking(cls, coerce_reference(cls, reference), context)
+
+    @staticmethod
+    def is_external_reference(data: object) -> bool:
+        """Whether `data` has a reference's shape (`pydantic_toast.is_external_reference`)."""
+        return _is_reference(data)
 
     @property
     def external_reference(self) -> ExternalReference | None:

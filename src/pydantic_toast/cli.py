@@ -246,9 +246,13 @@ async def inspect_record(
         if pipeline is None:
             envelope["data"] = "<encrypted: pass --decrypt --model module:Class to show it>"
         else:
-            envelope["data"] = pydantic_core.from_json(codecs.decode(record, pipeline))
+            data = codecs.decode(record, pipeline)
+            envelope["raw_bytes"] = len(data)  # the JSON before the codec stage
+            envelope["data"] = pydantic_core.from_json(data)
     else:
-        envelope["data"] = pydantic_core.from_json(codecs.decode(record))
+        data = codecs.decode(record)
+        envelope["raw_bytes"] = len(data)
+        envelope["data"] = pydantic_core.from_json(data)
     out.write(json.dumps(envelope, indent=2, ensure_ascii=False) + "\n")
     return 0
 
@@ -280,6 +284,7 @@ def _decrypting_pipeline(model_path: str | None) -> codecs.Pipeline:
 class ClassStats:
     records: int = 0
     data_bytes: int = 0
+    raw_bytes: int = 0  # the payloads' JSON before the codec stage (stored size if undecodable)
     expired: int = 0
     encodings: dict[str, int] = field(default_factory=dict)
     oldest: datetime | None = None
@@ -288,6 +293,10 @@ class ClassStats:
     def add(self, record: StoredRecord, now: datetime) -> None:
         self.records += 1
         self.data_bytes += len(record.payload)
+        try:
+            self.raw_bytes += len(codecs.decode(record))
+        except ExternalStorageError:  # `inspect` names what is wrong with it; stats only counts
+            self.raw_bytes += len(record.payload)
         self.encodings[record.encoding] = self.encodings.get(record.encoding, 0) + 1
         if record.expires_at is not None and record.expires_at <= now:
             self.expired += 1
@@ -313,6 +322,7 @@ async def print_stats(url: str, as_json: bool, out: TextIO) -> int:
         name: {
             "records": stats.records,
             "bytes": stats.data_bytes,
+            "raw_bytes": stats.raw_bytes,
             "encodings": dict(sorted(stats.encodings.items())),
             "expired": stats.expired,
             "oldest": None if stats.oldest is None else format_timestamp(stats.oldest),
@@ -324,11 +334,14 @@ async def print_stats(url: str, as_json: bool, out: TextIO) -> int:
         out.write(json.dumps(rows, indent=2) + "\n")
         return 0
     out.write(f"{StorageURL.parse(url).masked}\n")
-    header = f"{'class':<30} {'records':>9} {'bytes':>12} {'expired':>8}  {'oldest':<27} {'newest':<27}\n"
+    header = (
+        f"{'class':<30} {'records':>9} {'bytes':>12} {'raw bytes':>12} {'expired':>8}  "
+        f"{'oldest':<27} {'newest':<27}\n"
+    )
     out.write(header)
     for name, row in rows.items():
         out.write(
-            f"{name:<30} {row['records']:>9} {row['bytes']:>12} {row['expired']:>8}  "
+            f"{name:<30} {row['records']:>9} {row['bytes']:>12} {row['raw_bytes']:>12} {row['expired']:>8}  "
             f"{row['oldest'] or '-':<27} {row['newest'] or '-':<27}\n"
         )
     total = sum(stats.records for stats in per_class.values())

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, field_serializer
 
 from .exceptions import StorageValidationError
 
-__all__ = ["ExternalReference", "parse_reference"]
+__all__ = ["ExternalReference", "is_external_reference", "parse_reference"]
 
 _MAX_SHOWN = 80
 _REFERENCE_KEYS = frozenset({"class_name", "id"})
@@ -47,6 +47,23 @@ def looks_like_reference(value: object) -> bool:
     return isinstance(value, ExternalReference) or (
         isinstance(value, Mapping) and "class_name" in value and "id" in value
     )
+
+
+def is_external_reference(data: object) -> bool:
+    """Whether `data` is a well-formed reference: an `ExternalReference`, or a mapping with exactly
+    the keys 'class_name' (a string) and 'id' (a UUID or its text). No I/O, never raises; whether
+    a record exists, and for which model, is for `load` to find out."""
+    if isinstance(data, ExternalReference):
+        return True
+    if not isinstance(data, Mapping) or len(data) != 2 or not looks_like_reference(data):
+        return False
+    if not isinstance(data["class_name"], str):
+        return False
+    try:
+        parse_id(data["id"])
+    except StorageValidationError:
+        return False
+    return True
 
 
 def parse_reference(value: object, *, expected_class: str | None = None) -> ExternalReference:

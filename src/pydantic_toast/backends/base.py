@@ -246,23 +246,44 @@ class BackendStats:
     """Counters a backend keeps about its own traffic, shared by every instance of one URL.
 
     `round_trips` counts requests that waited for the server (a pipeline or a multi-row statement
-    is one), so N+1 patterns show up as counts, not as timings.
+    is one), so N+1 patterns show up as counts, not as timings. `bytes_written` counts payload
+    bytes as stored, `raw_bytes_written` the same records' JSON before the codec stage: their
+    ratio is what compression saves (counted by the library's write path, not by backends).
     """
 
-    __slots__ = ("_lock", "records_read", "records_written", "round_trips")
+    __slots__ = (
+        "_lock",
+        "bytes_written",
+        "raw_bytes_written",
+        "records_read",
+        "records_written",
+        "round_trips",
+    )
 
     def __init__(self) -> None:
         self._lock = forksafe.Lock()
         self.round_trips = 0
         self.records_written = 0
         self.records_read = 0
+        self.bytes_written = 0
+        self.raw_bytes_written = 0
 
-    def add(self, *, round_trips: int = 1, written: int = 0, read: int = 0) -> None:
+    def add(
+        self,
+        *,
+        round_trips: int = 1,
+        written: int = 0,
+        read: int = 0,
+        bytes_written: int = 0,
+        raw_bytes_written: int = 0,
+    ) -> None:
         # Sync calls count on the I/O thread while async calls count on the caller's.
         with self._lock:
             self.round_trips += round_trips
             self.records_written += written
             self.records_read += read
+            self.bytes_written += bytes_written
+            self.raw_bytes_written += raw_bytes_written
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
@@ -270,6 +291,8 @@ class BackendStats:
                 "round_trips": self.round_trips,
                 "records_written": self.records_written,
                 "records_read": self.records_read,
+                "bytes_written": self.bytes_written,
+                "raw_bytes_written": self.raw_bytes_written,
             }
 
 
