@@ -58,7 +58,7 @@ def summarize(report: Report) -> Summary:
 
 
 @app.task(bind=True, pydantic=True, max_retries=3, default_retry_delay=0)
-def flaky_summarize(self: Task, report: Report) -> Summary:  # type: ignore[type-arg]
+def flaky_summarize(self: Task, report: Report) -> Summary:
     if self.request.retries < 2:
         raise self.retry()
     return Summary(title=report.title, words=len(report.body.split()))

@@ -45,9 +45,21 @@ def celery_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]
     log = (directory / "worker.log").open("w")
     worker = subprocess.Popen(
         [
-            sys.executable, "-m", "celery", "-A", "integrations.celery_app", "worker",
-            "--pool", "solo", "--queues", env["TOAST_CELERY_QUEUE"],
-            "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel", "WARNING",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "integrations.celery_app",
+            "worker",
+            "--pool",
+            "solo",
+            "--queues",
+            env["TOAST_CELERY_QUEUE"],
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "WARNING",
         ],
         cwd=TESTS,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)])},
@@ -100,9 +112,10 @@ def test_the_message_on_the_broker_holds_the_reference_not_the_data(celery_app: 
             without = channel.basic_get(inspect_queue, no_ack=True)
         finally:
             connection.default_channel.queue_delete(inspect_queue)
-    assert with_adapter is not None and without is not None
+    assert with_adapter is not None
+    assert without is not None
     body, plain = (m.body if isinstance(m.body, bytes) else m.body.encode() for m in (with_adapter, without))
-    assert str(report.external_reference.id).encode() in body  # type: ignore[union-attr]
+    assert str(report.external_reference.id).encode() in body
     assert b"lorem ipsum" not in body
     assert len(body) < 1024 < len(BODY) < len(plain)
     print(f"celery message body: {len(body)} B with the adapter, {len(plain)} B without")
@@ -120,18 +133,18 @@ def test_a_real_worker_resolves_arguments_and_returns_a_model(celery_app: Module
     # The result backend holds the reference too.
     raw = redis.Redis.from_url(celery_app.app.conf.result_backend).get(f"celery-task-meta-{result.id}")
     assert raw is not None
-    assert str(summary.external_reference.id).encode() in raw  # type: ignore[union-attr]
+    assert str(summary.external_reference.id).encode() in raw
     assert len(raw) < 1024
 
 
 def test_a_retried_task_does_not_store_its_arguments_again(celery_app: ModuleType) -> None:
     report = celery_app.Report(title="retried", body=BODY)
     report.model_dump()
-    before = stored_row(celery_app, report.external_reference.id)  # type: ignore[union-attr]
+    before = stored_row(celery_app, report.external_reference.id)
     summary = celery_app.Summary.model_validate(celery_app.flaky_summarize.delay(report).get(timeout=30))
     assert summary.title == "retried"
     # Two retries re-sent the argument the worker had loaded: unchanged, so never written again.
-    assert stored_row(celery_app, report.external_reference.id) == before  # type: ignore[union-attr]
+    assert stored_row(celery_app, report.external_reference.id) == before
 
 
 def test_a_reference_to_a_missing_record_fails_the_task(celery_app: ModuleType) -> None:
@@ -139,6 +152,6 @@ def test_a_reference_to_a_missing_record_fails_the_task(celery_app: ModuleType) 
     result = celery_app.summarize.delay(missing)
     # Celery's JSON results rebuild only exceptions it can construct from a message: it reports
     # this one as an Exception naming it.
-    with pytest.raises(Exception, match="RecordNotFoundError.*no stored Report record"):
+    with pytest.raises(Exception, match=r"RecordNotFoundError.*no stored Report record"):
         result.get(timeout=30)
     assert result.state == "FAILURE"

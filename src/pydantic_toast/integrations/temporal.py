@@ -130,7 +130,9 @@ def toast_data_converter(
     the references in a history.
     """
     converter = base if base is not None else _pydantic_default()
-    return dataclasses.replace(converter, external_storage=toast_external_storage(storage, threshold=threshold))
+    return dataclasses.replace(
+        converter, external_storage=toast_external_storage(storage, threshold=threshold)
+    )
 
 
 def _pydantic_default() -> DataConverter:
