@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ async def test_async_batch_puts_each_distinct_blob_once(tmp_path: Path) -> None:
 def test_a_blob_edited_in_the_store_is_refused(tmp_path: Path) -> None:
     store = BlobStore(f"sqlite:///{tmp_path / 'blobs.db'}")
     record_id = store.put(b"original bytes")
-    with sqlite3.connect(tmp_path / "blobs.db") as connection:
+    with closing(sqlite3.connect(tmp_path / "blobs.db")) as connection, connection:
         [data] = connection.execute(
             "SELECT data FROM external_models WHERE id = ?", (str(record_id),)
         ).fetchone()

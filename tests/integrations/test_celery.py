@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -51,8 +52,12 @@ def celery_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]
             "-A",
             "integrations.celery_app",
             "worker",
+            # Celery's default pool: the task runs in a forked child of the process that
+            # imported the app (and pydantic-toast) before forking.
             "--pool",
-            "solo",
+            "prefork",
+            "--concurrency",
+            "1",
             "--queues",
             env["TOAST_CELERY_QUEUE"],
             "--without-heartbeat",
@@ -90,7 +95,7 @@ def celery_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]
 
 def stored_row(app: ModuleType, record_id: Any) -> tuple[str, str]:
     path = app.STORAGE.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as connection:
+    with closing(sqlite3.connect(path)) as connection, connection:
         row = connection.execute(
             "SELECT created_at, updated_at FROM external_models WHERE id = ?", (str(record_id),)
         ).fetchone()

@@ -6,6 +6,7 @@ import operator
 import sqlite3
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -16,6 +17,7 @@ from pydantic_toast import stats
 pytest.importorskip("langgraph.checkpoint.sqlite")
 
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, START, StateGraph
@@ -68,7 +70,10 @@ def blob_url(tmp_path: Path) -> str:
 def test_sqlite_saver_stores_a_repeated_value_once_and_restores_it(tmp_path: Path, blob_url: str) -> None:
     sizes = {}
     for label, serde in (("plain", None), ("toast", ToastSerializer(blob_url))):
-        with sqlite3.connect(tmp_path / f"{label}.db", check_same_thread=False) as connection:
+        with (
+            closing(sqlite3.connect(tmp_path / f"{label}.db", check_same_thread=False)) as connection,
+            connection,
+        ):
             saver = SqliteSaver(connection) if serde is None else SqliteSaver(connection, serde=serde)
             graph = build(8, saver)
             out = graph.invoke({"document": DOCUMENT, "notes": []}, config("t1"))
@@ -81,14 +86,17 @@ def test_sqlite_saver_stores_a_repeated_value_once_and_restores_it(tmp_path: Pat
     assert sizes["toast"] < len(DOCUMENT) // 10
     # Stored once per distinct value: the document, and the graph's input (a dict holding it).
     assert written(blob_url) == 2
-    with sqlite3.connect(tmp_path / "blobs.db") as blobs:
+    with closing(sqlite3.connect(tmp_path / "blobs.db")) as blobs, blobs:
         assert blobs.execute("SELECT count(*) FROM external_models").fetchone() == (2,)
     print(f"langgraph SQLite: {sizes['plain']} B plain, {sizes['toast']} B with the serializer")
 
 
 def test_a_second_thread_with_the_same_value_writes_nothing_new(tmp_path: Path, blob_url: str) -> None:
     serde = ToastSerializer(blob_url)
-    with sqlite3.connect(tmp_path / "checkpoints.db", check_same_thread=False) as connection:
+    with (
+        closing(sqlite3.connect(tmp_path / "checkpoints.db", check_same_thread=False)) as connection,
+        connection,
+    ):
         graph = build(3, SqliteSaver(connection, serde=serde))
         graph.invoke({"document": DOCUMENT, "notes": []}, config("a"))
         after_first = written(blob_url)
@@ -97,7 +105,10 @@ def test_a_second_thread_with_the_same_value_writes_nothing_new(tmp_path: Path, 
 
 
 def test_another_process_reads_the_checkpoints(tmp_path: Path, blob_url: str) -> None:
-    with sqlite3.connect(tmp_path / "checkpoints.db", check_same_thread=False) as connection:
+    with (
+        closing(sqlite3.connect(tmp_path / "checkpoints.db", check_same_thread=False)) as connection,
+        connection,
+    ):
         build(2, SqliteSaver(connection, serde=ToastSerializer(blob_url))).invoke(
             {"document": DOCUMENT, "notes": []}, config("t")
         )
@@ -107,7 +118,10 @@ def test_another_process_reads_the_checkpoints(tmp_path: Path, blob_url: str) ->
 
 
 def test_checkpoints_written_without_the_serializer_still_load(tmp_path: Path, blob_url: str) -> None:
-    with sqlite3.connect(tmp_path / "checkpoints.db", check_same_thread=False) as connection:
+    with (
+        closing(sqlite3.connect(tmp_path / "checkpoints.db", check_same_thread=False)) as connection,
+        connection,
+    ):
         build(2, SqliteSaver(connection)).invoke({"document": "small", "notes": []}, config("old"))
         graph = build(2, SqliteSaver(connection, serde=ToastSerializer(blob_url)))
         assert graph.get_state(config("old")).values == {"document": "small", "notes": ["step 0", "step 1"]}
@@ -188,3 +202,40 @@ def test_postgres_saver(postgres_saver_dsn: str, blob_url: str) -> None:
     print(
         f"langgraph PostgreSQL blobs+writes: {sizes['plain']} B plain, {sizes['toast']} B with the serializer"
     )
+
+
+class CountingSerializer(JsonPlusSerializer):
+    """LangGraph's serializer, counting how often it serializes the document."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.document_dumps = 0
+        self.checkpoints_holding_the_document = 0
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        if isinstance(obj, str) and obj == DOCUMENT:
+            self.document_dumps += 1
+        if isinstance(obj, dict) and DOCUMENT in obj.get("channel_values", {}).values():
+            self.checkpoints_holding_the_document += 1
+        return super().dumps_typed(obj)
+
+
+def test_each_value_is_serialized_once_per_save(tmp_path: Path, blob_url: str) -> None:
+    inner = CountingSerializer()
+    with (
+        closing(sqlite3.connect(tmp_path / "checkpoints.db", check_same_thread=False)) as connection,
+        connection,
+    ):
+        build(4, SqliteSaver(connection, serde=ToastSerializer(blob_url, inner=inner))).invoke(
+            {"document": DOCUMENT, "notes": []}, config("once")
+        )
+        saves = connection.execute(
+            "SELECT (SELECT count(*) FROM checkpoints WHERE checkpoint_id != "
+            "(SELECT min(checkpoint_id) FROM checkpoints)) + "
+            "(SELECT count(*) FROM writes WHERE channel = 'document')"
+        ).fetchone()[0]
+    # Once per checkpoint that holds it (every one after the input's) and once for its write;
+    # the checkpoint around it is serialized with a marker in its place, never with the value.
+    assert saves >= 5
+    assert inner.document_dumps == saves
+    assert inner.checkpoints_holding_the_document == 0

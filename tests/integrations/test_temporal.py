@@ -66,8 +66,9 @@ async def test_the_same_payload_encoded_again_is_stored_once(tmp_path: Path) -> 
     await toast_data_converter(url).encode([document])
     assert counters(url)["records_written"] == 2
     import sqlite3
+    from contextlib import closing
 
-    with sqlite3.connect(tmp_path / "temporal.db") as connection:
+    with closing(sqlite3.connect(tmp_path / "temporal.db")) as connection, connection:
         assert connection.execute("SELECT count(*) FROM external_models").fetchone() == (1,)
 
 
