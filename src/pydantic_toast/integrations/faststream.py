@@ -36,7 +36,7 @@ from faststream import BaseMiddleware  # noqa: E402
 from faststream.response import PublishCommand  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
-from .._writing import adump  # noqa: E402
+from .. import adump  # noqa: E402
 
 __all__ = ["ToastMiddleware"]
 
