@@ -43,8 +43,10 @@ __all__ = [
     "inner_serializer",
     "inner_validator",
     "install",
+    "json_schema_metadata",
     "model_serializers",
     "runs_no_user_code",
+    "schema_holds_references",
     "schema_names",
     "serializer_error_fields",
 ]
@@ -165,6 +167,17 @@ def holds_references(cls: type[ExternalBaseModel]) -> bool:
     return traits[0]
 
 
+def json_schema_metadata(function: Callable[..., Any]) -> dict[str, Any]:
+    """Core-schema metadata that makes `function(schema, handler)` give the schema's JSON schema
+    (pydantic's own key for it: what `__get_pydantic_json_schema__` of an annotation becomes)."""
+    return {"pydantic_js_functions": [function]}
+
+
+def schema_holds_references(schema: object) -> bool:
+    """Whether validating `schema` can meet an external model or a Toast value (our hooks)."""
+    return _scan(schema)[0]
+
+
 def runs_no_user_code(cls: type[ExternalBaseModel], full: bool) -> bool:
     """Whether validating `cls`'s data (with the validators above our hook: `full`) calls no code
     but pydantic-core's and our hook's: no validator, no custom __init__, no post-init."""
@@ -281,6 +294,12 @@ def _scan(schema: object) -> tuple[bool, bool]:
             function = node.get("function")
             if isinstance(function, dict) and getattr(function.get("function"), "__toast_hook__", False):
                 holds_hook = True
+                continue
+            if isinstance(function, dict) and getattr(function.get("function"), "__toast_value_hook__", False):
+                # A Toast field's validator: it may wait for a record like a nested model does,
+                # and runs no user code itself; the field's own type is scanned as usual.
+                holds_hook = True
+                pending.append(node.get("schema"))
                 continue
             if (
                 callable(function)
