@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _distribution_version
 
 from ._stats import stats
+from .adapter import ExternalTypeAdapter
 from ._writing import CONTEXT_KEY, adump, dump
 from .backends.base import StorageBackend
 from .base import ExternalBaseModel, ExternalConfigDict, ReferenceLike
@@ -26,6 +27,7 @@ from .exceptions import (
 from .reference import ExternalReference
 from .registry import register_backend
 from .runtime import aclose, close
+from .toast import Toast
 from .upgrades import upgrade
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "ExternalConfigDict",
     "ExternalReference",
     "ExternalStorageError",
+    "ExternalTypeAdapter",
     "MissingDependencyError",
     "RecordIntegrityError",
     "RecordNotFoundError",
@@ -43,6 +46,7 @@ __all__ = [
     "StorageConnectionError",
     "StorageValidationError",
     "StoredDataError",
+    "Toast",
     "UnsupportedEventLoopError",
     "UnsupportedOperationError",
     "aclose",

@@ -216,22 +216,28 @@ class ToastField:
             timeout=float(toast.timeout),
             codec=toast._codec,  # noqa: SLF001
         )
-        self._adapter: TypeAdapter[Any] | None = None
+        self._stored: tuple[TypeAdapter[Any], bool] | None = None
         self._holds: bool | None = None
 
     @property
     def adapter(self) -> TypeAdapter[Any]:
-        """The field's type on its own: what a stored value is written and read with (built on
-        first use, when the type's forward references are resolved)."""
-        adapter = self._adapter
-        if adapter is None:
+        """The field's type on its own (built on first use, when forward references resolve)."""
+        return self._storage()[0]
+
+    def _storage(self) -> tuple[TypeAdapter[Any], bool]:
+        """The adapter stored values are written and read with, and whether it holds the type one
+        level down (in a one-item list)."""
+        storage = self._stored
+        if storage is None:
             try:
-                adapter = TypeAdapter(self.source, config=_ROUND_TRIP)
+                storage = (TypeAdapter(self.source, config=_ROUND_TRIP), False)
             except PydanticUserError:
-                # Models, dataclasses and TypedDicts bring their own config.
-                adapter = TypeAdapter(self.source)
-            self._adapter = adapter
-        return adapter
+                # Models, dataclasses and TypedDicts refuse a config given for them; one level down,
+                # dataclasses and TypedDicts without a config of their own take it (models keep theirs).
+                listed: Any = list
+                storage = (TypeAdapter(listed[self.source], config=_ROUND_TRIP), True)
+            self._stored = storage
+        return storage
 
     def json_schema(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         # Describe the wire: a reference, or the value itself where it may travel inline.
@@ -247,7 +253,10 @@ class ToastField:
         """The value's JSON as stored; a value that does not match the type is refused."""
         _writing.clear_serializer_error()
         try:
-            return self.adapter.serializer.to_json(value, round_trip=True, warnings="error")
+            adapter, listed = self._storage()
+            if listed:
+                return adapter.serializer.to_json([value], round_trip=True, warnings="error")[1:-1]
+            return adapter.serializer.to_json(value, round_trip=True, warnings="error")
         except PydanticSerializationError:
             if _writing.pending_serializer_error():
                 raise  # a nested external model's own error, re-raised by the entry point
@@ -308,7 +317,7 @@ class ToastField:
             if not is_reference(value):
                 return handler(value)
             reference, expected = self.parse(value[MARKER])
-            loaded = _loading.load_value_sync(_Reader(self, expected), reference, info.context)
+            loaded = _loading.load_value_sync(self.reader(expected), reference, info.context)
             if loaded is _loading.PENDING:
                 return loaded
             # The stored value was read with the type alone; the constraints around it apply too.
@@ -348,9 +357,16 @@ class ToastField:
                 ) from None
         return ExternalReference.trusted(self.name, parse_id(value["id"])), expected
 
+    def reader(self, expected: bytes | None) -> _Reader:
+        """What the loader reads one reference's record with (`expected`: the digest it carries)."""
+        return _Reader(self, expected)
+
     def read(self, record: StoredRecord, context: Any, expected: bytes | None = None) -> Any:
         raw = self.verified_json(record, expected)
-        return self.adapter.validate_json(raw, by_alias=False, by_name=True, context=context)
+        adapter, listed = self._storage()
+        if listed:
+            return adapter.validate_json(b"[" + raw + b"]", by_alias=False, by_name=True, context=context)[0]
+        return adapter.validate_json(raw, by_alias=False, by_name=True, context=context)
 
     def verified_json(self, record: StoredRecord, expected: bytes | None) -> bytes:
         """The value's JSON a record holds, checked against its content id (and digest)."""
