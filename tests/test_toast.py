@@ -3,20 +3,18 @@
 No `from __future__ import annotations`: the models below are defined in functions, around local URLs.
 """
 
-
 import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 import pytest
-from fixtures.traffic import traffic
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from typing_extensions import TypedDict
 
 import pydantic_toast
-from pydantic_toast.backends.memory import MemoryBackend
+from fixtures.traffic import traffic
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
@@ -24,15 +22,20 @@ from pydantic_toast import (
     StorageValidationError,
     Toast,
 )
+from pydantic_toast.backends.memory import MemoryBackend
 
 BIG = "a transcript line. " * 400  # about 7.6 kB of JSON
 
 
 def is_reference(value: object) -> bool:
-    return isinstance(value, dict) and list(value) == ["$toast"] and set(value["$toast"]) == {"class_name", "id", "digest"}
+    return (
+        isinstance(value, dict)
+        and list(value) == ["$toast"]
+        and set(value["$toast"]) == {"class_name", "id", "digest"}
+    )
 
 
-def document_model(storage: str, threshold: int | None = 4096) -> type[BaseModel]:
+def document_model(storage: str, threshold: int | None = 4096) -> Any:
     class Document(BaseModel):
         title: str
         content: Annotated[str, Toast(storage=storage, threshold=threshold)]
@@ -193,11 +196,11 @@ def test_a_toast_value_is_written_before_the_model_that_points_at_it(storage_url
         written.append(url.raw)
         return await original_execute(url, seconds, operation)
 
-    runtime.execute = recording  # type: ignore[assignment]
+    runtime.execute = recording
     try:
         Holder(blob="x" * 100).model_dump()
     finally:
-        runtime.execute = original_execute  # type: ignore[assignment]
+        runtime.execute = original_execute
     MemoryBackend.clear(models_url.removeprefix("memory://"))
     assert written == [storage_url, models_url]
 
@@ -217,7 +220,8 @@ def test_a_legitimate_value_shaped_like_a_reference_round_trips(storage_url: str
     original = Settings.model_construct(options=dict(other), anything=lookalike)
     dumped = original.model_dump(mode="json")
     # Shaped like a reference: stored whatever the threshold, so the dump is a real reference...
-    assert is_reference(dumped["options"]) and is_reference(dumped["anything"])
+    assert is_reference(dumped["options"])
+    assert is_reference(dumped["anything"])
     # ... and the value comes back as itself, never misread.
     assert Settings.model_validate_json(json.dumps(dumped)) == original
     # Ordinary small dicts stay inline, including ones with a "$toast" key among others.
@@ -287,7 +291,9 @@ def test_json_schema_shows_both_shapes(memory_url: str) -> None:
     assert reference["required"] == ["$toast"]
     assert reference["properties"]["$toast"]["properties"]["class_name"] == {"type": "string", "const": "str"}
     assert value == {"type": "string"}
-    assert validation["blob"]["anyOf"][0]["properties"]["$toast"]["properties"]["class_name"]["const"] == "Blob"
+    assert (
+        validation["blob"]["anyOf"][0]["properties"]["$toast"]["properties"]["class_name"]["const"] == "Blob"
+    )
     serialization = Inline.model_json_schema(mode="serialization")["properties"]
     assert "anyOf" in serialization["text"]  # inline at or below the threshold
     assert serialization["blob"]["required"] == ["$toast"]  # always a reference

@@ -7,11 +7,11 @@ and the models are built per backend inside a function.
 from typing import Annotated, Any
 
 from fastapi import FastAPI
-from fixtures.traffic import traffic
 from httpx import ASGITransport, AsyncClient
 from pydantic import BaseModel
 
 import pydantic_toast
+from fixtures.traffic import traffic
 from pydantic_toast import Toast
 
 TRANSCRIPT = "user: hello\nassistant: hi there\n" * 200
@@ -85,7 +85,9 @@ async def test_the_batched_response_is_one_round_trip(storage_url: str) -> None:
 async def test_a_bad_reference_in_a_request_is_a_422_without_io(storage_url: str) -> None:
     app, _ = build_app(storage_url)
     bad = body()
-    bad["messages"][1]["content"] = {"$toast": {"class_name": "str", "id": "00000000-0000-8000-8000-000000000000"}}
+    bad["messages"][1]["content"] = {
+        "$toast": {"class_name": "str", "id": "00000000-0000-8000-8000-000000000000"}
+    }
     wrong_class = body()
     wrong_class["messages"][1]["content"] = {"$toast": {"class_name": "bytes", "id": "not-an-id"}}
     async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client:

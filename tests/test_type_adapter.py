@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, NamedTuple
 
 import pytest
-from fixtures.traffic import traffic
 from pydantic import BaseModel, TypeAdapter
 from typing_extensions import TypedDict
 
 import pydantic_toast
+from fixtures.traffic import traffic
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
@@ -69,7 +69,7 @@ def test_type_adapter_with_toast_stores_any_type(storage_url: str, type_: Any, v
 
 @pytest.mark.parametrize(("type_", "value", "name"), CASES, ids=[case[2] for case in CASES])
 async def test_external_type_adapter_async(storage_url: str, type_: Any, value: Any, name: str) -> None:
-    adapter = ExternalTypeAdapter(type_, storage_url)
+    adapter: ExternalTypeAdapter[Any] = ExternalTypeAdapter(type_, storage_url)
     assert adapter.type_name == name
     reference = await adapter.save_external(value)
     # A plain dict, as upstream's: JSON-ready, indexable.
@@ -80,7 +80,7 @@ async def test_external_type_adapter_async(storage_url: str, type_: Any, value: 
 
 
 def test_external_type_adapter_sync(storage_url: str) -> None:
-    adapter = ExternalTypeAdapter(list[Product], storage_url)
+    adapter: ExternalTypeAdapter[Any] = ExternalTypeAdapter(list[Product], storage_url)
     products = [Product(name="a", price=1.0)]
     reference = adapter.save_external_sync(products)
     assert adapter.load_external_sync(reference) == products
@@ -94,21 +94,21 @@ def test_external_type_adapter_sync(storage_url: str) -> None:
 
 
 async def test_sync_calls_work_inside_a_running_loop(memory_url: str) -> None:
-    adapter = ExternalTypeAdapter(User, memory_url)
+    adapter: ExternalTypeAdapter[Any] = ExternalTypeAdapter(User, memory_url)
     reference = adapter.save_external_sync({"name": "Bob", "id": 2})
     assert adapter.load_external_sync(reference) == {"name": "Bob", "id": 2}
 
 
 async def test_a_reference_from_a_bare_class_name_and_id_loads(memory_url: str) -> None:
-    adapter = ExternalTypeAdapter(int, memory_url)
+    adapter: ExternalTypeAdapter[Any] = ExternalTypeAdapter(int, memory_url)
     reference = await adapter.save_external(7)
     assert await adapter.load_external({"class_name": "int", "id": reference["id"]}) == 7
 
 
 async def test_errors(memory_url: str) -> None:
-    adapter = ExternalTypeAdapter(User, memory_url)
+    adapter: ExternalTypeAdapter[Any] = ExternalTypeAdapter(User, memory_url)
     with pytest.raises(StorageValidationError) as invalid:
-        await adapter.save_external({"name": "secret-name"})  # type: ignore[typeddict-item]
+        await adapter.save_external({"name": "secret-name"})
     assert "secret-name" not in str(invalid.value)
     reference = await adapter.save_external({"name": "a", "id": 1})
     with pytest.raises(StorageValidationError, match="'Other'"):
@@ -123,7 +123,7 @@ async def test_errors(memory_url: str) -> None:
 
 
 def test_a_name_of_its_own(memory_url: str) -> None:
-    adapter = ExternalTypeAdapter(list[int], memory_url, name="Scores")
+    adapter: ExternalTypeAdapter[Any] = ExternalTypeAdapter(list[int], memory_url, name="Scores")
     reference = adapter.save_external_sync([1, 2])
     assert reference["class_name"] == adapter.type_name == "Scores"
 

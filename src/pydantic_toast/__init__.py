@@ -8,8 +8,8 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _distribution_version
 
 from ._stats import stats
-from .adapter import ExternalTypeAdapter
 from ._writing import CONTEXT_KEY, adump, dump
+from .adapter import ExternalTypeAdapter
 from .backends.base import StorageBackend
 from .base import ExternalBaseModel, ExternalConfigDict, ReferenceLike
 from .exceptions import (

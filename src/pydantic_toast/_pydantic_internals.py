@@ -295,7 +295,9 @@ def _scan(schema: object) -> tuple[bool, bool]:
             if isinstance(function, dict) and getattr(function.get("function"), "__toast_hook__", False):
                 holds_hook = True
                 continue
-            if isinstance(function, dict) and getattr(function.get("function"), "__toast_value_hook__", False):
+            if isinstance(function, dict) and getattr(
+                function.get("function"), "__toast_value_hook__", False
+            ):
                 # A Toast field's validator: it may wait for a record like a nested model does,
                 # and runs no user code itself; the field's own type is scanned as usual.
                 holds_hook = True

@@ -136,7 +136,9 @@ class WriteSet:
         self._done.extend(self._leaves_first(entry))
         return entry.reference
 
-    def add_value(self, settings: ModelSettings, encode: Callable[[], tuple[UUID, bytes]]) -> ExternalReference:
+    def add_value(
+        self, settings: ModelSettings, encode: Callable[[], tuple[UUID, bytes]]
+    ) -> ExternalReference:
         """Collect a content-addressed value's record; `encode` returns its id and stored data.
 
         Like a model's, it is written before the record that holds its reference, and after the
@@ -146,7 +148,9 @@ class WriteSet:
         parent = self._open[-1] if self._open else None
         holder = ContentValue()
         state = RecordState(created_at=self._now)
-        entry = _Pending(holder, ExternalReference.trusted(settings.storage_name, UUID(int=0)), settings, state, [])
+        entry = _Pending(
+            holder, ExternalReference.trusted(settings.storage_name, UUID(int=0)), settings, state, []
+        )
         self._entries[id(holder)] = entry
         if parent is not None:
             parent.points_at.append(id(holder))

@@ -33,10 +33,11 @@ class ExternalTypeAdapter(Generic[T]):
     """
 
     def __init__(
-        self, type_: Any, storage_url: str, *, name: str | None = None, compression: str | None = None
+        self, type_: type[T], storage_url: str, *, name: str | None = None, compression: str | None = None
     ) -> None:
         self._toast = Toast(storage=storage_url, name=name, compression=compression)
-        self._adapter: TypeAdapter[T] = TypeAdapter(Annotated[type_, self._toast])
+        annotated: Any = Annotated[type_, self._toast]
+        self._adapter: TypeAdapter[T] = TypeAdapter(annotated)
         self._field = ToastField(self._toast, type_)
         self._plain: TypeAdapter[Any] = TypeAdapter(type_)
 

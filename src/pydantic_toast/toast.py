@@ -41,8 +41,12 @@ from .registry import backend_class
 from .url import StorageURL
 
 if TYPE_CHECKING:
-    from pydantic import SerializationInfo, SerializerFunctionWrapHandler, ValidationInfo
-    from pydantic.functional_validators import ValidatorFunctionWrapHandler
+    from pydantic import (
+        SerializationInfo,
+        SerializerFunctionWrapHandler,
+        ValidationInfo,
+        ValidatorFunctionWrapHandler,
+    )
 
     from .backends.base import StoredRecord
 
@@ -88,14 +92,20 @@ class Toast:
             if callable(check_url):
                 check_url(url)
             threshold = self.threshold
-            if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0):
+            if threshold is not None and (
+                isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0
+            ):
                 raise StorageValidationError(
                     f"threshold must be an integer number of bytes >= 0 or None, got {threshold!r}",
                     expected="int >= 0 or None",
                     actual=threshold,
                 )
             timeout = self.timeout
-            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
+            if (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, int | float)
+                or not 0 < timeout < float("inf")
+            ):
                 raise StorageValidationError(
                     f"timeout must be a positive number of seconds, got {timeout!r}",
                     expected="seconds > 0",
@@ -105,14 +115,21 @@ class Toast:
                 _check_name(self.name)
             codec = codecs.pipeline_for({"compression": self.compression})
         except StorageValidationError as exc:
-            raise StorageValidationError(f"Toast(...): {exc}", expected=exc.expected, actual=exc.actual) from None
+            raise StorageValidationError(
+                f"Toast(...): {exc}", expected=exc.expected, actual=exc.actual
+            ) from None
         object.__setattr__(self, "_url", url)
         object.__setattr__(self, "_codec", codec)
 
     def __repr__(self) -> str:
-        return f"Toast(storage={self._url.masked!r}, threshold={self.threshold!r}, compression={self.compression!r})"
+        return (
+            f"Toast(storage={self._url.masked!r}, threshold={self.threshold!r}, "
+            f"compression={self.compression!r}, name={self.name!r})"
+        )
 
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
         inner = handler(source)
         toast_field = ToastField(self, source)
         return core_schema.with_info_wrap_validator_function(
@@ -193,7 +210,12 @@ def is_reference(value: object) -> bool:
         return False
     assert isinstance(value, Mapping)
     inner = value[MARKER]
-    return isinstance(inner, Mapping) and "class_name" in inner and "id" in inner and inner.keys() <= _REFERENCE_KEYS
+    return (
+        isinstance(inner, Mapping)
+        and "class_name" in inner
+        and "id" in inner
+        and inner.keys() <= _REFERENCE_KEYS
+    )
 
 
 class ToastField:
@@ -210,11 +232,11 @@ class ToastField:
             ) from None
         self.name = name
         self.settings = ModelSettings(
-            url=toast._url,  # noqa: SLF001 - its own dataclass's derived field
+            url=toast._url,
             storage_name=name,
             schema_version=1,
             timeout=float(toast.timeout),
-            codec=toast._codec,  # noqa: SLF001
+            codec=toast._codec,
         )
         self._stored: tuple[TypeAdapter[Any], bool] | None = None
         self._holds: bool | None = None
@@ -330,7 +352,8 @@ class ToastField:
         """Check an untrusted reference before any I/O."""
         if not isinstance(value, Mapping):
             raise StorageValidationError(
-                f"a Toast reference is {{'class_name': ..., 'id': ..., 'digest': ...}}, got {type(value).__name__}",
+                "a Toast reference is {'class_name': ..., 'id': ..., 'digest': ...}, "
+                f"got {type(value).__name__}",
                 expected=sorted(_REFERENCE_KEYS),
                 actual=type(value).__name__,
             )
@@ -374,7 +397,7 @@ class ToastField:
         try:
             text = pydantic_core.from_json(data)[_VALUE_KEY]
             if not isinstance(text, str):
-                raise TypeError  # noqa: TRY301 - one refusal for every malformed shape
+                raise TypeError
         except (ValueError, TypeError, KeyError):
             raise StoredDataError(
                 f"stored {record.class_name} record {record.id} is not a Toast value record "
@@ -390,7 +413,10 @@ class ToastField:
 
     def failure(self, record: StoredRecord, exc: pydantic_core.ValidationError) -> StoredDataError:
         errors = [
-            {"loc": tuple(part if isinstance(part, int) else "<key>" for part in line["loc"]), "type": line["type"]}
+            {
+                "loc": tuple(part if isinstance(part, int) else "<key>" for part in line["loc"]),
+                "type": line["type"],
+            }
             for line in exc.errors(include_url=False, include_input=False, include_context=False)
         ]
         kinds = ", ".join(sorted({str(error["type"]) for error in errors}))
