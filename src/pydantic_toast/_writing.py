@@ -163,7 +163,7 @@ class WriteSet:
         state.id = record_id
         entry.reference = state.reference(settings.storage_name)
         entry.data = data
-        entry.digest = digest(data)
+        # No digest of the data: the id is the content's, and "unchanged" is "already stored".
         entry.write = not _content.is_known((settings.url.raw, record_id.int, settings.storage_name))
         if parent is None:
             while self._queued:
