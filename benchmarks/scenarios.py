@@ -15,8 +15,8 @@ from typing import Any, Literal
 from uuid import UUID, uuid4
 
 from baselines import Baseline, LoopThread
-from bench_toast import toast_dump, toast_load, toast_redump_unchanged
 from bench_models import FLAT10, WIDE100, ModelSet, payload_values, values_for
+from bench_toast import toast_dump, toast_load, toast_redump_unchanged
 from peers import Peer
 from pydantic import BaseModel
 from timing import Contender
@@ -434,8 +434,22 @@ def scenarios(counts: Counts, *, peers: bool) -> list[Scenario]:
     toast_label = _size(toast_size)
     hand_note = "no target: hand-written = the text saved as its own record under a new UUID"
     result += [
-        Scenario(f"Toast field dump {toast_label}", "toast", 1, single, toast_dump(toast_size), note=hand_note),
-        Scenario(f"Toast value load {toast_label}", "toast", 1, single, toast_load(toast_size), note=hand_note),
+        Scenario(
+            f"Toast field dump {toast_label}",
+            "toast",
+            1,
+            single,
+            toast_dump(toast_size),
+            note=hand_note,
+        ),
+        Scenario(
+            f"Toast value load {toast_label}",
+            "toast",
+            1,
+            single,
+            toast_load(toast_size),
+            note=hand_note,
+        ),
         Scenario(
             f"Toast field re-dump unchanged {toast_label}",
             "toast",
