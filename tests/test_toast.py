@@ -20,6 +20,7 @@ from pydantic_toast import (
     ExternalConfigDict,
     RecordNotFoundError,
     StorageValidationError,
+    StoredDataError,
     Toast,
 )
 from pydantic_toast.backends.memory import MemoryBackend
@@ -342,3 +343,56 @@ def test_a_value_that_does_not_match_its_type_is_refused_without_its_content(mem
     with pytest.raises(StorageValidationError) as caught:
         pydantic_toast.dump(numbers)
     assert "secret-value" not in str(caught.value)
+
+
+def test_a_value_holding_external_models_inside_an_external_model(storage_url: str) -> None:
+    class Customer(ExternalBaseModel):
+        name: str
+        model_config = ExternalConfigDict(storage=storage_url)
+
+    class Order(ExternalBaseModel):
+        number: int
+        # Over the threshold: stored, with the customers it refers to written before it.
+        customers: Annotated[list[Customer], Toast(storage=storage_url, threshold=10)]
+        model_config = ExternalConfigDict(storage=storage_url)
+
+    order = Order(number=1, customers=[Customer(name=f"c{i}") for i in range(4)])
+    with traffic(storage_url) as writing:
+        reference = order.model_dump()
+    assert writing.round_trips == 1
+    assert writing.written == 6  # four customers, the list, the order
+
+    pydantic_toast.Toast.forget_stored()
+    with traffic(storage_url) as reading:
+        loaded = Order.model_validate(reference)
+    assert loaded == order
+    # The order; the list; the customers the list refers to.
+    assert reading.round_trips == 3
+
+    small = Order(number=2, customers=[])
+    assert small.model_dump() != {}  # the order itself is a reference; its empty list stayed inline
+    assert Order.model_validate(small.model_dump()).customers == []
+
+
+def test_a_stored_value_that_no_longer_validates_names_no_value(storage_url: str) -> None:
+    class Before(BaseModel):
+        value: Annotated[list[str], Toast(storage=storage_url, name="Values")]
+
+    class After(BaseModel):
+        value: Annotated[list[int], Toast(storage=storage_url, name="Values")]
+
+    class Holder(ExternalBaseModel):
+        value: Annotated[list[int], Toast(storage=storage_url, name="Values")]
+        model_config = ExternalConfigDict(storage=storage_url)
+
+    dumped = Before(value=["secret-word"]).model_dump()
+    with pytest.raises(StoredDataError) as caught:
+        After.model_validate(dumped)
+    assert "secret-word" not in str(caught.value)
+    assert caught.value.errors[0]["loc"] == (0,)
+
+    holder_reference = Holder(value=[1]).model_dump()
+    holder = Holder.model_validate(holder_reference)
+    holder.value = ["secret-word"]  # type: ignore[list-item]
+    with pytest.raises(StorageValidationError):
+        pydantic_toast.dump(holder)

@@ -66,7 +66,9 @@ def validate(
     if _is_reference(cls, value):
         reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
         return load_sync(cls, reference, info.context)
-    if info.mode == "json":
+    if info.mode == "json" and not isinstance(value, cls):
+        # (An instance in JSON mode was built already and handed on by a validator around this
+        # one, such as a Toast field's: it is not JSON input.)
         # A wrap validator hands JSON input over as Python objects, and validating those in
         # Python mode breaks JSON-only semantics (strict datetimes, base64 bytes): re-validate
         # as JSON with the schema below this hook (pydantic runs the validators above it).
