@@ -5,7 +5,7 @@ No `from __future__ import annotations`: the types below are defined in function
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, assert_type
 
 import pytest
 from pydantic import BaseModel, TypeAdapter
@@ -144,3 +144,24 @@ def test_a_whole_value_holding_external_models(storage_url: str) -> None:
     with traffic(storage_url) as writing:
         assert pydantic_toast.dump(customers) == [customer.model_dump() for customer in customers]
     assert writing.written == 0
+
+
+def test_default_names_of_types(memory_url: str) -> None:
+    names = {
+        "int | None": int | None,
+        "tuple[int, ...]": tuple[int, ...],
+        "list[dict[str, Any]]": list[dict[str, Any]],
+        "Literal['a', 1]": Literal["a", 1],
+    }
+    for name, type_ in names.items():
+        assert ExternalTypeAdapter(type_, memory_url).type_name == name
+    with pytest.raises(StorageValidationError, match="name="):
+        ExternalTypeAdapter(Literal["a:b"], memory_url)
+    assert ExternalTypeAdapter(Literal["a:b"], memory_url, name="Choice").type_name == "Choice"
+
+
+def test_the_adapter_is_typed(memory_url: str) -> None:
+    assert_type(ExternalTypeAdapter(int, memory_url), ExternalTypeAdapter[int])
+    assert_type(ExternalTypeAdapter(int | None, memory_url), ExternalTypeAdapter[Any])
+    numbers = ExternalTypeAdapter(int, memory_url)
+    assert assert_type(numbers.load_external_sync(numbers.save_external_sync(3)), int) == 3

@@ -9,7 +9,7 @@ returns is the plain dict inside a Toast field's reference (`json.dumps(ref)`, `
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Generic, TypeVar, cast
+from typing import Annotated, Any, Generic, TypeVar, cast, overload
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -32,8 +32,23 @@ class ExternalTypeAdapter(Generic[T]):
     name, such as "list[Product]"); `compression` as for `Toast`.
     """
 
+    @overload
     def __init__(
         self, type_: type[T], storage_url: str, *, name: str | None = None, compression: str | None = None
+    ) -> None: ...
+
+    @overload
+    def __init__(  # unions, Literal, Annotated: forms that are not `type[T]` to a type checker
+        self: ExternalTypeAdapter[Any],
+        type_: Any,
+        storage_url: str,
+        *,
+        name: str | None = None,
+        compression: str | None = None,
+    ) -> None: ...
+
+    def __init__(
+        self, type_: Any, storage_url: str, *, name: str | None = None, compression: str | None = None
     ) -> None:
         self._toast = Toast(storage=storage_url, name=name, compression=compression)
         annotated: Any = Annotated[type_, self._toast]

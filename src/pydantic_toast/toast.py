@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, get_args, get_origin
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 from uuid import UUID
 
 import pydantic_core
@@ -181,11 +182,21 @@ def _check_name(name: object) -> str:
 
 
 def type_name(tp: Any) -> str:
-    """A readable name for a type: 'str', 'list[Product]', 'dict[str, Product]'."""
+    """A readable name for a type: 'str', 'list[Product]', 'dict[str, Product]', 'int | None'."""
+    if tp is None or tp is type(None):
+        return "None"
+    if tp is Ellipsis:
+        return "..."
     origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is Annotated:
+        return type_name(args[0])
+    if origin is Union or origin is UnionType:
+        return " | ".join(type_name(arg) for arg in args)
+    if origin is Literal:
+        return f"Literal[{', '.join(map(repr, args))}]"
     if origin is None:
         return str(getattr(tp, "__name__", None) or repr(tp))
-    args = get_args(tp)
     base = str(getattr(origin, "__name__", None) or repr(origin))
     if not args:
         return base
