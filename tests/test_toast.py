@@ -5,11 +5,12 @@ No `from __future__ import annotations`: the models below are defined in functio
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 import pytest
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from typing_extensions import TypedDict
 
@@ -396,3 +397,24 @@ def test_a_stored_value_that_no_longer_validates_names_no_value(storage_url: str
     holder.value = ["secret-word"]  # type: ignore[list-item]
     with pytest.raises(StorageValidationError):
         pydantic_toast.dump(holder)
+
+
+def test_inline_values_keep_their_json_meaning(storage_url: str) -> None:
+    class Signed(ExternalBaseModel):
+        # ExternalBaseModel writes bytes as base64: an inline value must be read back as base64.
+        signature: Annotated[bytes, Toast(storage=storage_url, threshold=1000)]
+        model_config = ExternalConfigDict(storage=storage_url)
+
+    class Strict(BaseModel):
+        model_config = ConfigDict(strict=True, ser_json_bytes="base64", val_json_bytes="base64")
+        data: Annotated[bytes, Toast(storage=storage_url, threshold=1000)]
+        when: Annotated[datetime, Toast(storage=storage_url, threshold=1000)]
+        stored_when: Annotated[datetime, Toast(storage=storage_url)]
+
+    signed = Signed(signature=b"\x00\x01\xfe\xff")
+    assert Signed.model_validate(signed.model_dump()) == signed
+    now = datetime.now(UTC)
+    strict = Strict(data=b"\x00\xff", when=now, stored_when=now)
+    dumped = strict.model_dump_json()
+    assert '"data":"AP8="' in dumped
+    assert Strict.model_validate_json(dumped) == strict

@@ -49,6 +49,7 @@ __all__ = [
     "schema_holds_references",
     "schema_names",
     "serializer_error_fields",
+    "surrounding_json_config",
 ]
 
 # --------------------------------------------------------------------------- discriminated unions
@@ -171,6 +172,30 @@ def json_schema_metadata(function: Callable[..., Any]) -> dict[str, Any]:
     """Core-schema metadata that makes `function(schema, handler)` give the schema's JSON schema
     (pydantic's own key for it: what `__get_pydantic_json_schema__` of an annotation becomes)."""
     return {"pydantic_js_functions": [function]}
+
+
+# Keys of the config around a field that change what its value's JSON means.
+_JSON_CONFIG_KEYS = (
+    "strict",
+    "ser_json_bytes",
+    "val_json_bytes",
+    "ser_json_inf_nan",
+    "ser_json_timedelta",
+    "ser_json_temporal",
+    "val_temporal_unit",
+    "coerce_numbers_to_str",
+    "regex_engine",
+)
+
+
+def surrounding_json_config(handler: Any) -> dict[str, Any]:
+    """The JSON-relevant config keys in force where a `GetCoreSchemaHandler` builds a schema (the
+    model, dataclass or TypeAdapter a field belongs to); empty if pydantic hides them."""
+    wrapper = getattr(getattr(handler, "_generate_schema", None), "_config_wrapper", None)
+    config = getattr(wrapper, "config_dict", None)
+    if not isinstance(config, dict):
+        return {}
+    return {key: config[key] for key in _JSON_CONFIG_KEYS if key in config}
 
 
 def schema_holds_references(schema: object) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import UnionType
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, cast, get_args, get_origin
 from uuid import UUID
 
 import pydantic_core
@@ -34,7 +34,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticSerializationError, core_schema
 
 from . import _content, _loading, _writing, codecs
-from ._pydantic_internals import json_schema_metadata, schema_holds_references
+from ._pydantic_internals import json_schema_metadata, schema_holds_references, surrounding_json_config
 from ._settings import DEFAULT_TIMEOUT, ModelSettings
 from .exceptions import StorageValidationError, StoredDataError
 from .reference import ExternalReference, parse_id
@@ -132,7 +132,7 @@ class Toast:
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
         inner = handler(source)
-        toast_field = ToastField(self, source)
+        toast_field = ToastField(self, source, surrounding_json_config(handler))
         return core_schema.with_info_wrap_validator_function(
             toast_field.validator(),
             inner,
@@ -232,9 +232,12 @@ def is_reference(value: object) -> bool:
 class ToastField:
     """One `Toast(...)` applied to one type: its records' settings, and the hooks pydantic calls."""
 
-    def __init__(self, toast: Toast, source: Any) -> None:
+    def __init__(self, toast: Toast, source: Any, config: dict[str, Any] | None = None) -> None:
         self.toast = toast
         self.source = source
+        # The config around the field: what inline values' JSON means (see `_inline_value`).
+        self._config = cast(ConfigDict, dict(config or {}))
+        self._inline: tuple[TypeAdapter[Any], bool] | None = None
         try:
             name = toast.name if toast.name is not None else _check_name(type_name(source))
         except StorageValidationError as exc:
@@ -262,15 +265,24 @@ class ToastField:
         level down (in a one-item list)."""
         storage = self._stored
         if storage is None:
-            try:
-                storage = (TypeAdapter(self.source, config=_ROUND_TRIP), False)
-            except PydanticUserError:
-                # Models, dataclasses and TypedDicts refuse a config given for them; one level down,
-                # dataclasses and TypedDicts without a config of their own take it (models keep theirs).
-                listed: Any = list
-                storage = (TypeAdapter(listed[self.source], config=_ROUND_TRIP), True)
-            self._stored = storage
+            storage = self._stored = _adapter_for(self.source, _ROUND_TRIP)
         return storage
+
+    def _inline_value(self, value: Any, context: Any) -> Any:
+        """An inline value met in JSON mode, validated as JSON with the config around the field.
+
+        A wrap validator is handed JSON input as Python objects, and validating those in Python
+        mode would change what the JSON means (base64 bytes read as text, strict datetimes
+        refused); the typed result then goes through the field's schema like a loaded value.
+        """
+        inline = self._inline
+        if inline is None:
+            inline = self._inline = _adapter_for(self.source, self._config)
+        adapter, listed = inline
+        data = pydantic_core.to_json(value)
+        if listed:
+            return adapter.validate_json(b"[" + data + b"]", context=context)[0]
+        return adapter.validate_json(data, context=context)
 
     def json_schema(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         # Describe the wire: a reference, or the value itself where it may travel inline.
@@ -348,6 +360,8 @@ class ToastField:
     def validator(self) -> Any:
         def validate_toast(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
             if not is_reference(value):
+                if info.mode == "json":
+                    value = self._inline_value(value, info.context)
                 return handler(value)
             reference, expected = self.parse(value[MARKER])
             loaded = _loading.load_value_sync(self.reader(expected), reference, info.context)
@@ -439,6 +453,20 @@ class ToastField:
             id=record.id,
             errors=errors,
         )
+
+
+def _adapter_for(source: Any, config: ConfigDict) -> tuple[TypeAdapter[Any], bool]:
+    """A TypeAdapter of `source` with `config`, and whether it holds `source` one level down.
+
+    Models, dataclasses and TypedDicts refuse a config given for them; one level down (in a
+    one-item list), dataclasses and TypedDicts without a config of their own take it, and models
+    keep theirs, as they do inside any other model.
+    """
+    try:
+        return TypeAdapter(source, config=config), False
+    except PydanticUserError:
+        listed: Any = list
+        return TypeAdapter(listed[source], config=config), True
 
 
 class _Reader:
