@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 
 from baselines import Baseline, LoopThread
 from bench_models import FLAT10, WIDE100, ModelSet, payload_values, values_for
+from bench_toast import toast_dump, toast_load, toast_redump_unchanged
 from peers import Peer
 from pydantic import BaseModel
 from timing import Contender
@@ -485,6 +486,35 @@ def scenarios(counts: Counts, *, peers: bool) -> list[Scenario]:
                     note=encryption_note,
                 )
             )
+    toast_size = counts.payloads[1]
+    toast_label = _size(toast_size)
+    hand_note = "no target: hand-written = the text saved as its own record under a new UUID"
+    result += [
+        Scenario(
+            f"Toast field dump {toast_label}",
+            "toast",
+            1,
+            single,
+            toast_dump(toast_size),
+            note=hand_note,
+        ),
+        Scenario(
+            f"Toast value load {toast_label}",
+            "toast",
+            1,
+            single,
+            toast_load(toast_size),
+            note=hand_note,
+        ),
+        Scenario(
+            f"Toast field re-dump unchanged {toast_label}",
+            "toast",
+            1,
+            single,
+            toast_redump_unchanged(toast_size),
+            note="0 records written (checked before timing); hand-written = writing it again",
+        ),
+    ]
     sync_note = "no target: hand-written = the async baseline through a hand-made loop thread"
     result += [
         Scenario("sync dump (plain code)", "sync", 1, single, _no_build, mode="sync", note=sync_note),

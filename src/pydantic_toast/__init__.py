@@ -9,6 +9,7 @@ from importlib.metadata import version as _distribution_version
 
 from ._stats import stats
 from ._writing import CONTEXT_KEY, adump, dump
+from .adapter import ExternalTypeAdapter
 from .backends.base import StorageBackend
 from .base import ExternalBaseModel, ExternalConfigDict, ReferenceLike
 from .encryption import KeySet
@@ -27,6 +28,7 @@ from .exceptions import (
 from .reference import ExternalReference, is_external_reference
 from .registry import register_backend
 from .runtime import aclose, close
+from .toast import Toast
 from .upgrades import upgrade
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "ExternalReference",
     "ExternalStorageError",
     "KeySet",
+    "ExternalTypeAdapter",
     "MissingDependencyError",
     "RecordIntegrityError",
     "RecordNotFoundError",
@@ -45,6 +48,7 @@ __all__ = [
     "StorageConnectionError",
     "StorageValidationError",
     "StoredDataError",
+    "Toast",
     "UnsupportedEventLoopError",
     "UnsupportedOperationError",
     "aclose",

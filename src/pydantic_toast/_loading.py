@@ -36,13 +36,18 @@ if TYPE_CHECKING:
     from .base import ExternalBaseModel
 
 __all__ = [
+    "PENDING",
+    "ContentReader",
     "TreeLoader",
+    "fetch_record",
     "json_options",
     "load",
     "load_blocking",
     "load_many",
     "load_sync",
+    "load_value_sync",
     "materialize",
+    "read_value",
     "validate",
 ]
 
@@ -62,7 +67,9 @@ def validate(
     if _is_reference(cls, value):
         reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
         return load_sync(cls, reference, info.context)
-    if info.mode == "json":
+    if info.mode == "json" and not isinstance(value, cls):
+        # (An instance in JSON mode was built already and handed on by a validator around this
+        # one, such as a Toast field's: it is not JSON input.)
         # A wrap validator hands JSON input over as Python objects, and validating those in
         # Python mode breaks JSON-only semantics (strict datetimes, base64 bytes): re-validate
         # as JSON with the schema below this hook (pydantic runs the validators above it).
@@ -382,6 +389,32 @@ class TreeLoader:
                 raise _NotBuiltYetError
         raise RecordNotFoundError(reference.class_name, reference.id)
 
+    def resolve_value(self, reader: ContentReader, reference: ExternalReference) -> Any:
+        """Called by a `Toast` value's validator for a reference met while a record of this tree is
+        validated: the value once its record is fetched; until then the reference joins the next
+        fetch, one batch per backend with the models of the same level."""
+        settings = reader.settings
+        key = (settings.url.raw, reference.id.int, reference.class_name)
+        record = self._records.get(key)
+        if record is None:
+            if key in self._missing:
+                raise RecordNotFoundError(reference.class_name, reference.id)
+            self._wanted[key] = (settings, reference.id)
+            self._blocked_on_fetch = True
+            if self._placeholders:
+                return _PENDING
+            raise _NotBuiltYetError
+        try:
+            return reader.read(record, self._context)
+        except pydantic_core.ValidationError as exc:
+            if self._blocked or self._blocked_on_fetch:
+                # The value refers to models not built yet: validated again once they are.
+                if self._placeholders:
+                    return _PENDING
+                raise _NotBuiltYetError from None
+            failure = reader.failure(record, exc)
+        raise failure
+
     def write_back(self) -> WriteSet | None:
         """The upgraded models of this load, to store at their new version, if any."""
         if not self._upgraded:
@@ -454,6 +487,47 @@ async def _fetch_one(settings: ModelSettings, reference: ExternalReference) -> S
     if record is None:
         raise RecordNotFoundError(reference.class_name, reference.id)
     return record
+
+
+PENDING = _PENDING
+
+
+class ContentReader(Protocol):
+    """How a content-addressed value (a `Toast` field) reads its record: see `load_value_sync`."""
+
+    @property
+    def settings(self) -> ModelSettings: ...
+
+    def read(self, record: StoredRecord, context: Any) -> Any:
+        """The value a record holds, checked; raises pydantic's ValidationError for bad data."""
+
+    def failure(self, record: StoredRecord, exc: pydantic_core.ValidationError) -> StoredDataError:
+        """`exc` (from `read`) without a stored value in it."""
+
+
+def load_value_sync(reader: ContentReader, reference: ExternalReference, context: Any) -> Any:
+    """A content-addressed value's reference, resolved: batched with the rest of the tree when a
+    record is being loaded (`PENDING` may come back then), else fetched at once."""
+    loader = _tree_loader.get()
+    if loader is not None:
+        return loader.resolve_value(reader, reference)
+    settings = reader.settings
+    record = runtime.run_sync(fetch_record(settings, reference), settings.timeout)
+    return read_value(reader, record, context)
+
+
+def read_value(reader: ContentReader, record: StoredRecord, context: Any) -> Any:
+    failure: StoredDataError | None = None
+    try:
+        return reader.read(record, context)
+    except pydantic_core.ValidationError as exc:
+        failure = reader.failure(record, exc)
+    raise failure  # outside the except block: the ValidationError holds stored values
+
+
+async def fetch_record(settings: ModelSettings, reference: ExternalReference) -> StoredRecord:
+    """One record, or RecordNotFoundError."""
+    return await _fetch_one(settings, reference)
 
 
 def _rewrite(models: list[ExternalBaseModel]) -> WriteSet:

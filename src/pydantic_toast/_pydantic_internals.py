@@ -50,10 +50,13 @@ __all__ = [
     "inner_serializer",
     "inner_validator",
     "install",
+    "json_schema_metadata",
     "model_serializers",
     "runs_no_user_code",
+    "schema_holds_references",
     "schema_names",
     "serializer_error_fields",
+    "surrounding_json_config",
 ]
 
 # --------------------------------------------------------------------------- discriminated unions
@@ -170,6 +173,41 @@ def holds_references(cls: type[ExternalBaseModel]) -> bool:
     # On the hot path of loading a tree (once per reference and pass): the cache is read inline.
     traits: tuple[bool, bool, bool] = cls.__dict__.get("__toast_read_traits__") or _read_traits(cls)
     return traits[0]
+
+
+def json_schema_metadata(function: Callable[..., Any]) -> dict[str, Any]:
+    """Core-schema metadata that makes `function(schema, handler)` give the schema's JSON schema
+    (pydantic's own key for it: what `__get_pydantic_json_schema__` of an annotation becomes)."""
+    return {"pydantic_js_functions": [function]}
+
+
+# Keys of the config around a field that change what its value's JSON means.
+_JSON_CONFIG_KEYS = (
+    "strict",
+    "ser_json_bytes",
+    "val_json_bytes",
+    "ser_json_inf_nan",
+    "ser_json_timedelta",
+    "ser_json_temporal",
+    "val_temporal_unit",
+    "coerce_numbers_to_str",
+    "regex_engine",
+)
+
+
+def surrounding_json_config(handler: Any) -> dict[str, Any]:
+    """The JSON-relevant config keys in force where a `GetCoreSchemaHandler` builds a schema (the
+    model, dataclass or TypeAdapter a field belongs to); empty if pydantic hides them."""
+    wrapper = getattr(getattr(handler, "_generate_schema", None), "_config_wrapper", None)
+    config = getattr(wrapper, "config_dict", None)
+    if not isinstance(config, dict):
+        return {}
+    return {key: config[key] for key in _JSON_CONFIG_KEYS if key in config}
+
+
+def schema_holds_references(schema: object) -> bool:
+    """Whether validating `schema` can meet an external model or a Toast value (our hooks)."""
+    return _scan(schema)[0]
 
 
 def runs_no_user_code(cls: type[ExternalBaseModel], full: bool) -> bool:
@@ -297,6 +335,14 @@ def _scan(schema: object) -> tuple[bool, bool]:
             function = node.get("function")
             if isinstance(function, dict) and getattr(function.get("function"), "__toast_hook__", False):
                 holds_hook = True
+                continue
+            if isinstance(function, dict) and getattr(
+                function.get("function"), "__toast_value_hook__", False
+            ):
+                # A Toast field's validator: it may wait for a record like a nested model does,
+                # and runs no user code itself; the field's own type is scanned as usual.
+                holds_hook = True
+                pending.append(node.get("schema"))
                 continue
             if (
                 callable(function)

@@ -8,7 +8,7 @@ whose data did not change is not written again (see `RecordState.holds`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -19,7 +19,7 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
-from . import codecs, runtime
+from . import _content, codecs, runtime
 from ._pydantic_internals import inner_serializer, serializer_error_fields
 from ._record_state import RecordState, digest, state_of
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
@@ -36,9 +36,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTEXT_KEY",
+    "ContentValue",
     "WriteSet",
     "adump",
     "collecting_writes",
+    "context_mode",
     "delete",
     "dump",
     "save",
@@ -46,6 +48,7 @@ __all__ = [
     "save_many_shallow",
     "save_sync",
     "serialize",
+    "store_value",
 ]
 
 CONTEXT_KEY = "pydantic_toast"
@@ -63,7 +66,7 @@ _serializer_error: ContextVar[BaseException | None] = ContextVar(
 class _Pending:
     """One record of a write set."""
 
-    model: ExternalBaseModel  # kept alive, so its id() stays unique while the set exists
+    model: ExternalBaseModel | ContentValue  # kept alive, so its id() stays unique while the set exists
     reference: ExternalReference | None  # None while inline (see `WriteSet.add`)
     settings: ModelSettings
     state: RecordState
@@ -73,6 +76,12 @@ class _Pending:
     digest: bytes = b""
     write: bool = False
     inline: bool = False  # at or below offload_threshold: in its parent's data, never written
+
+
+class ContentValue:
+    """Stands for one content-addressed value (a `Toast` value) in a write set, as a model does."""
+
+    __slots__ = ()
 
 
 class WriteSet:
@@ -175,10 +184,46 @@ class WriteSet:
             self._done.extend(self._leaves_first(entry))
         return entry.reference
 
+    def add_value(
+        self, settings: ModelSettings, encode: Callable[[], tuple[UUID, bytes]]
+    ) -> ExternalReference:
+        """Collect a content-addressed value's record; `encode` returns its id and stored data.
+
+        Like a model's, it is written before the record that holds its reference, and after the
+        external models its own data refers to. A record this process already wrote or verified
+        is not written again: its id is its content.
+        """
+        parent = self._open[-1] if self._open else None
+        holder = ContentValue()
+        state = RecordState(created_at=self._now)
+        entry = _Pending(
+            holder, ExternalReference.trusted(settings.storage_name, UUID(int=0)), settings, state, []
+        )
+        self._entries[id(holder)] = entry
+        if parent is not None:
+            parent.points_at.append(id(holder))
+        # Open while encoding: external models inside the value are its children.
+        self._open.append(entry)
+        try:
+            record_id, data = encode()
+        finally:
+            self._open.pop()
+        state.id = record_id
+        reference = entry.reference = state.reference(settings.storage_name)
+        entry.data = data
+        # No digest of the data: the id is the content's, and "unchanged" is "already stored".
+        entry.write = not _content.is_known((settings.url.raw, record_id.int, settings.storage_name))
+        if parent is None:
+            while self._queued:
+                self._serialize(self._queued.pop())
+            self._done.extend(self._leaves_first(entry))
+        return reference
+
     def _serialize(self, entry: _Pending) -> None:
         self._open.append(entry)
         try:
-            data = _stored_data(type(entry.model), entry.model)
+            model = cast("ExternalBaseModel", entry.model)  # values are encoded by add_value
+            data = _stored_data(type(model), model)
         finally:
             self._open.pop()
         entry.data = data
@@ -310,13 +355,20 @@ class WriteSet:
         )
         for entry in entries:
             entry.state.wrote(entry.digest)
+        stored = [
+            (url.raw, entry.state.id.int, entry.settings.storage_name)
+            for entry in entries
+            if isinstance(entry.model, ContentValue) and entry.state.id is not None
+        ]
+        if stored:
+            _content.remember(stored)
 
     @property
     def timeout(self) -> float:
         return max((entry.settings.timeout for entry in self._done), default=DEFAULT_TIMEOUT)
 
 
-def _contains_itself(model: ExternalBaseModel) -> BaseException:
+def _contains_itself(model: object) -> BaseException:
     return _remember(
         StorageValidationError(
             f"this {type(model).__name__} contains itself; a stored model cannot be loaded back "
@@ -521,6 +573,26 @@ def _inline_data(model: ExternalBaseModel, info: SerializationInfo) -> Any:
         _inline_model.reset(token)
 
 
+def store_value(settings: ModelSettings, encode: Callable[[], tuple[UUID, bytes]]) -> ExternalReference:
+    """Collect a content-addressed value in the current dump's write set, or write it now."""
+    write_set = _write_set.get()
+    if write_set is not None:
+        return write_set.add_value(settings, encode)
+    with collecting_writes() as write_set:
+        reference = write_set.add_value(settings, encode)
+    try:
+        _flush_sync(write_set)
+    except ExternalStorageError as exc:
+        _remember(exc)
+        raise
+    return reference
+
+
+def context_mode(context: object) -> object:
+    """The pydantic_toast serialization mode the caller asked for: 'inline', 'reference' or None."""
+    return _context_mode(context)
+
+
 def _context_mode(context: object) -> object:
     if isinstance(context, Mapping):
         mode = context.get(CONTEXT_KEY)
@@ -558,6 +630,11 @@ def _settings_of(cls: type[ExternalBaseModel]) -> ModelSettings:
 
 def clear_serializer_error() -> None:
     _serializer_error.set(None)
+
+
+def pending_serializer_error() -> bool:
+    """Whether a hook's own error is waiting for the entry point to re-raise it."""
+    return _serializer_error.get() is not None
 
 
 def take_serializer_error() -> BaseException | None:
