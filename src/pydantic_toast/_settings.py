@@ -51,6 +51,8 @@ class ModelSettings:
     dict_references: bool = True
     codec: codecs.Pipeline | None = None
     optimistic_concurrency: bool = False
+    warn_size: int | None = None
+    max_size: int | None = None
 
 
 def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
@@ -109,6 +111,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         write_back = _flag(config, "upgrade_write_back")
         optimistic = _flag(config, "optimistic_concurrency")
         codec = codecs.pipeline_for(config)
+        warn_size, max_size = _size(config, "warn_size"), _size(config, "max_size")
         # Last: a class refused for another reason must not keep the name claimed.
         _claim_storage_name(cls, url, storage_name)
     except StorageValidationError as exc:
@@ -122,8 +125,21 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         upgrade_write_back=write_back,
         codec=codec,
         optimistic_concurrency=optimistic,
+        warn_size=warn_size,
+        max_size=max_size,
         dict_references="class_name" not in cls.__pydantic_fields__,
     )
+
+
+def _size(config: Mapping[str, Any], key: str) -> int | None:
+    value = config.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise StorageValidationError(
+            f"{key} must be a whole number of bytes (>= 1) or None, got {value!r}",
+            expected="int >= 1",
+            actual=value,
+        )
+    return value
 
 
 def _flag(config: Mapping[str, Any], key: str) -> bool:

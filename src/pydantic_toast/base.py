@@ -75,6 +75,15 @@ class ExternalConfigDict(ConfigDict, total=False):
     """Keep a revision number per record and refuse a save that would overwrite a change made since
     the instance loaded (or last wrote) it: `ConcurrentUpdateError`. Default False."""
 
+    warn_size: int | None
+    """Log a WARNING (logger 'pydantic_toast') when a save stores a record whose data, as JSON before
+    compression or encryption, is larger than this many bytes. Default None: no warning."""
+
+    max_size: int | None
+    """Refuse to save a record whose data, as JSON before compression or encryption, is larger than
+    this many bytes: `StorageValidationError` before any I/O, and nothing of that dump is written.
+    Default None: no limit."""
+
 
 _M = TypeVar("_M", bound="ExternalBaseModel")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,8 +47,17 @@ def _retry_class() -> type[Retry]:
                 except (AuthenticationError, AuthorizationError) as exc:
                     raise _Final(exc) from exc
 
+            async def failed(error: Exception, *count: int) -> None:
+                # Called after each failed attempt, the last one included: a WARNING per attempt.
+                from ... import observability
+
+                observability.retrying("redis", "command", error, last_maybe=True)
+                outcome = fail(error, *count)
+                if inspect.isawaitable(outcome):
+                    await outcome
+
             try:
-                return await super().call_with_retry(attempt, fail, *args, **kwargs)
+                return await super().call_with_retry(attempt, failed, *args, **kwargs)
             except _Final as final:
                 raise final.error from None
 
