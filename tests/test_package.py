@@ -37,6 +37,7 @@ DOCUMENTED_NAMES = {
     "aclose",
     "adump",
     "close",
+    "delete",
     "dump",
     "register_backend",
     "stats",

@@ -23,6 +23,7 @@ from .exceptions import (
     UnsupportedEventLoopError,
     UnsupportedOperationError,
 )
+from .lifecycle import delete
 from .reference import ExternalReference
 from .registry import register_backend
 from .runtime import aclose, close
@@ -48,6 +49,7 @@ __all__ = [
     "aclose",
     "adump",
     "close",
+    "delete",
     "dump",
     "register_backend",
     "stats",

@@ -1,0 +1,322 @@
+"""Records that refer to records: finding the references a stored record holds, cascade delete, gc.
+
+`references_in(cls, record)` is the one answer to "which records does this stored record point
+at?". It reads the references with the model's own schema, not by searching the JSON for
+look-alikes: the record's data is validated as it would be when loaded, while a collector stands
+in for the tree loader and notes every nested reference instead of loading it. Other kinds of
+reference (a `Toast(...)` field's own records) join through `register_reference_finder`.
+
+`delete_tree` deletes a record and everything it refers to, level by level, parents first: a
+failure half-way leaves records nobody points at (orphans, which `gc` collects), never a parent
+pointing at a deleted child.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
+
+import pydantic_core
+from pydantic import BaseModel
+
+from . import _writing, runtime
+from ._loading import TreeLoader, _NotBuiltYetError, _tree_loader, json_options
+from ._pydantic_internals import core_validator, holds_references
+from ._record_state import state_of
+from ._settings import coerce_reference, resolve_class
+from .backends.base import RecordKey, StoredRecord
+from .exceptions import StorageValidationError
+from .reference import ExternalReference
+from .upgrades import upgraded_data
+from .url import StorageURL
+
+if TYPE_CHECKING:
+    from .base import ExternalBaseModel
+
+__all__ = [
+    "StoredReference",
+    "adelete",
+    "delete",
+    "delete_tree",
+    "delete_tree_sync",
+    "forget",
+    "reference_finders",
+    "references_in",
+    "register_reference_finder",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReference:
+    """A record that a stored record points at."""
+
+    url: StorageURL
+    class_name: str
+    id: UUID
+    model: type[ExternalBaseModel] | None
+    """The class that reads it (its references are followed); None: a leaf record of another kind."""
+    shared: bool = False
+    """Possibly pointed at by other records too (content-addressed values): a cascade delete leaves
+    it, and only `gc`, which sees every record, may delete it."""
+
+    @property
+    def key(self) -> tuple[str, UUID, str]:
+        return (self.url.raw, self.id, self.class_name)
+
+
+ReferenceFinder = Callable[["type[ExternalBaseModel]", StoredRecord, bytes], Iterable[StoredReference]]
+"""(model class, its stored record, the record's data as JSON, upgraded) -> the references it holds."""
+
+_finders: list[ReferenceFinder] = []
+
+
+def register_reference_finder(finder: ReferenceFinder) -> None:
+    """Add a source of references (e.g. the records of `Toast(...)` fields); idempotent."""
+    if finder not in _finders:
+        _finders.append(finder)
+
+
+def reference_finders() -> tuple[ReferenceFinder, ...]:
+    return (_external_models, *_finders)
+
+
+class _Collector(TreeLoader):
+    """Stands in for the tree loader while a record is validated: notes each nested reference and
+    reports it "not built yet", so pydantic goes on to the next field and finds them all."""
+
+    def __init__(self) -> None:  # none of the loader's state is needed: no super().__init__()
+        self.found: list[tuple[type[ExternalBaseModel], ExternalReference]] = []
+
+    def resolve(self, cls: Any, target: Any, reference: ExternalReference) -> Any:
+        self.found.append((target, reference))
+        raise _NotBuiltYetError
+
+
+def _external_models(
+    cls: type[ExternalBaseModel], record: StoredRecord, data: bytes
+) -> list[StoredReference]:
+    """The external models a record refers to, read with the class's schema."""
+    if not holds_references(cls):
+        return []
+    collector = _Collector()
+    loader_token = _tree_loader.set(collector)
+    options_token = json_options.set(None)
+    try:
+        core_validator(cls).validate_json(data, by_alias=False, by_name=True)
+    except pydantic_core.ValidationError:
+        pass  # expected: every reference was reported "not built yet"
+    finally:
+        json_options.reset(options_token)
+        _tree_loader.reset(loader_token)
+    return [
+        StoredReference(target.__toast_settings__.url, reference.class_name, reference.id, target)
+        for target, reference in collector.found
+    ]
+
+
+def references_in(cls: type[ExternalBaseModel], record: StoredRecord) -> list[StoredReference]:
+    """Every record that `record` (a stored record of `cls`) points at, each once, in order."""
+    data = upgraded_data(cls, record)
+    found: dict[tuple[str, UUID, str], StoredReference] = {}
+    for finder in reference_finders():
+        for reference in finder(cls, record, data):
+            found.setdefault(reference.key, reference)
+    return list(found.values())
+
+
+# --------------------------------------------------------------------------- cascade delete
+
+# A delete as the I/O it needs, one step at a time (as loads are, in _loading): each step yields a
+# coroutine and the seconds it may take, and receives its result. `delete_tree` awaits the steps;
+# the sync API runs each on the I/O thread with its own bound.
+_Steps = Generator[tuple[Coroutine[Any, Any, Any], float], Any, bool]
+
+
+def _delete_steps(cls: type[ExternalBaseModel], reference: ExternalReference) -> _Steps:
+    root = resolve_class(cls, reference)
+    level: list[StoredReference] = [
+        StoredReference(root.__toast_settings__.url, reference.class_name, reference.id, root)
+    ]
+    seen = {level[0].key}
+    root_existed: bool | None = None
+    while level:
+        records: list[StoredRecord | None] = yield _load_level(level), _timeout(level)
+        children: list[StoredReference] = []
+        for item, record in zip(level, records, strict=True):
+            if record is None or item.model is None:
+                continue
+            for child in references_in(item.model, record):
+                if not child.shared and child.key not in seen:
+                    seen.add(child.key)
+                    children.append(child)
+        deleted: int = yield _delete_level(level), _timeout(level)
+        if root_existed is None:
+            root_existed = deleted > 0
+        level = children
+    return bool(root_existed)
+
+
+async def delete_tree(cls: type[ExternalBaseModel], reference: ExternalReference) -> bool:
+    """Delete a record and, level by level, every record it refers to; whether the root existed.
+
+    Each level costs one read and one delete per backend. Parents go first: deleting children
+    first would leave, after a failure half-way, a parent that no longer loads; this order leaves
+    at worst records nobody points at, which `pydantic-toast gc` collects. References marked
+    `shared` (content-addressed values) are not followed.
+    """
+    steps = _delete_steps(cls, reference)
+    try:
+        coroutine, _ = next(steps)
+        while True:
+            coroutine, _ = steps.send(await coroutine)
+    except StopIteration as done:
+        return cast(bool, done.value)
+
+
+def delete_tree_sync(cls: type[ExternalBaseModel], reference: ExternalReference) -> bool:
+    """`delete_tree` for sync callers: each step on the library's I/O thread."""
+    steps = _delete_steps(cls, reference)
+    try:
+        coroutine, seconds = next(steps)
+        while True:
+            coroutine, seconds = steps.send(runtime.run_sync(coroutine, seconds))
+    except StopIteration as done:
+        return cast(bool, done.value)
+
+
+def _by_backend(level: Sequence[StoredReference]) -> dict[str, list[StoredReference]]:
+    groups: dict[str, list[StoredReference]] = {}
+    for item in level:
+        groups.setdefault(item.url.raw, []).append(item)
+    return groups
+
+
+def _timeout(items: Sequence[StoredReference]) -> float:
+    return max(
+        (item.model.__toast_settings__.timeout for item in items if item.model is not None), default=30.0
+    )
+
+
+async def _load_level(level: list[StoredReference]) -> list[StoredRecord | None]:
+    """The records of one level: one `load_records` per backend, concurrently."""
+    found: dict[tuple[str, UUID, str], StoredRecord | None] = {}
+
+    async def load(items: list[StoredReference]) -> None:
+        # Leaves of another kind (no model to read them with) need not be read.
+        readable = [item for item in items if item.model is not None]
+        if not readable:
+            return
+        keys: list[RecordKey] = [(item.id, item.class_name) for item in readable]
+        records = await runtime.execute(
+            readable[0].url, _timeout(readable), lambda backend: backend.load_records(keys)
+        )
+        for item, record in zip(readable, records, strict=True):
+            found[item.key] = record
+
+    await runtime.gather_all(load(items) for items in _by_backend(level).values())
+    return [found.get(item.key) for item in level]
+
+
+async def _delete_level(level: list[StoredReference]) -> int:
+    """Delete one level: one `delete_records` per backend; the live records deleted, in all."""
+    counts: list[int] = []
+
+    async def delete(items: list[StoredReference]) -> None:
+        keys: list[RecordKey] = [(item.id, item.class_name) for item in items]
+        counts.append(
+            await runtime.execute(items[0].url, _timeout(items), lambda backend: backend.delete_records(keys))
+        )
+
+    await runtime.gather_all(delete(items) for items in _by_backend(level).values())
+    return sum(counts)
+
+
+# --------------------------------------------------------------------------- the model-side API
+
+
+def forget(model: ExternalBaseModel) -> ExternalReference | None:
+    """The reference of the record `model` is, its bookkeeping reset so that its next dump writes
+    it again (changed or not) as a first save; None if it was never saved or loaded."""
+    state = state_of(model)
+    record_id = state.id
+    if record_id is None:
+        return None
+    state.stored_digest = state.loaded_json = None
+    state.revision = None  # and with optimistic_concurrency it is a first save again
+    return ExternalReference(class_name=type(model).__toast_settings__.storage_name, id=record_id)
+
+
+async def adelete(target: Any, reference: Any = None, *, cascade: bool = False) -> bool:
+    """Delete a record: `adelete(model)` or `adelete(Model, ref_or_id)`; whether it existed.
+
+    `cascade`: also the external models it refers to, at every depth (see `delete_tree`).
+    """
+    cls, key = _target(target, reference, cascade=cascade)
+    if key is None:
+        return False
+    if cascade:
+        return await delete_tree(cls, key)
+    return await _writing.delete(cls, key)
+
+
+def delete(target: Any, reference: Any = None, *, cascade: bool = False) -> bool:
+    """Sync twin of `adelete`, usable anywhere the sync API is (inside a running loop too)."""
+    cls, key = _target(target, reference, cascade=cascade)
+    if key is None:
+        return False
+    if cascade:
+        return delete_tree_sync(cls, key)
+    return runtime.run_sync(_writing.delete(cls, key), cls.__toast_settings__.timeout)
+
+
+def _target(
+    target: Any, reference: Any, *, cascade: bool
+) -> tuple[type[ExternalBaseModel], ExternalReference | None]:
+    from .base import ExternalBaseModel
+
+    if isinstance(target, ExternalBaseModel):
+        if cascade:
+            # The instances it holds are deleted too: their next dump must write them again.
+            for held in _held_models(target):
+                forget(held)
+        if reference is not None:
+            raise StorageValidationError(
+                "delete(model) takes no reference: the model is the record; use delete(Model, ref) "
+                "to delete by reference",
+                expected="delete(model) or delete(Model, reference)",
+                actual="a model and a reference",
+            )
+        return type(target), forget(target)
+    if isinstance(target, type) and issubclass(target, ExternalBaseModel) and reference is not None:
+        return target, coerce_reference(target, reference)
+    raise StorageValidationError(
+        f"delete() takes an external model instance, or an external model class and a reference; got "
+        f"{type(target).__name__}",
+        expected="delete(model) or delete(Model, reference)",
+        actual=type(target).__name__,
+    )
+
+
+def _held_models(model: BaseModel) -> list[ExternalBaseModel]:
+    """The external models held by `model` at any depth (fields, containers, plain models)."""
+    from .base import ExternalBaseModel
+
+    found: list[ExternalBaseModel] = []
+    seen = {id(model)}
+    stack: list[object] = list(model.__dict__.values())
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str | bytes | int | float | bool | None) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, BaseModel):
+            if isinstance(value, ExternalBaseModel):
+                found.append(value)
+            stack.extend(value.__dict__.values())
+        elif isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple | set | frozenset):
+            stack.extend(value)
+    return found
