@@ -69,7 +69,9 @@ def slow_threshold() -> Iterator[None]:
 
 def toast_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
     return [
-        span for span in exporter.get_finished_spans() if span.instrumentation_scope.name == "pydantic_toast"
+        span
+        for span in exporter.get_finished_spans()
+        if span.instrumentation_scope is not None and span.instrumentation_scope.name == "pydantic_toast"
     ]
 
 
