@@ -337,7 +337,7 @@ def test_import_option_makes_backends_registered_in_code_usable(sqlite_url: str,
 def test_every_argument_of_every_command_has_help_text() -> None:
     parser = build_parser()
     [commands] = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
-    assert set(commands.choices) == {"demo", "inspect", "stats", "copy", "purge-expired", "upgrade"}
+    assert set(commands.choices) == {"demo", "inspect", "stats", "copy", "purge-expired", "upgrade", "gc"}
     for name, command in commands.choices.items():
         assert command.description, name
         assert "exit status" in (command.epilog or ""), name

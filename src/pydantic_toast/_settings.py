@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TIMEOUT",
     "ModelSettings",
+    "classes_in",
     "coerce_reference",
     "resolve_class",
     "settings_for",
@@ -176,6 +177,12 @@ def _claim_storage_name(cls: type[ExternalBaseModel], url: StorageURL, storage_n
                 actual=storage_name,
             )
         _claims[(url.raw, storage_name)] = cls
+
+
+def classes_in(url: StorageURL) -> dict[str, type[ExternalBaseModel]]:
+    """The classes this process defined that store in `url` (the same URL text), by storage name."""
+    with _claims_lock:
+        return {name: cls for (raw, name), cls in _claims.items() if raw == url.raw}
 
 
 def _declared_name(base: type) -> str | None:
