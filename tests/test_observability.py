@@ -321,7 +321,9 @@ from pydantic_toast import ExternalBaseModel, ExternalConfigDict
 class Item(ExternalBaseModel):
     text: str
     model_config = ExternalConfigDict(storage="sqlite:///{tmp_path / "t.db"}")
+from pydantic_toast import observability
 Item(text="before").model_dump()  # the tracer is looked up before any provider is set
+assert not observability.enabled()  # the API alone: no span is made at all
 exporter = InMemorySpanExporter()
 provider = TracerProvider()
 provider.add_span_processor(SimpleSpanProcessor(exporter))

@@ -19,6 +19,7 @@ Cost when nobody listens: DEBUG off and OpenTelemetry not installed, `runtime.ex
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -37,8 +38,8 @@ __all__ = [
     "logger",
     "observed",
     "retrying",
-    "slow_threshold",
-    "warn_if_slow",
+    "slow_seconds",
+    "warn_slow",
 ]
 
 T = TypeVar("T")
@@ -49,12 +50,16 @@ logger = logging.getLogger("pydantic_toast")
 logger.addHandler(logging.NullHandler())
 
 _DEFAULT_SLOW_SECONDS = 1.0
-_slow_seconds: float | None = _DEFAULT_SLOW_SECONDS
+slow_seconds: float | None = _DEFAULT_SLOW_SECONDS
+"""The slow-operation threshold in seconds (None: no warning); set it with `configure`."""
 
-# The OpenTelemetry tracer, looked up once: _UNSET until the first operation, None when
-# opentelemetry-api is not installed.
+# The OpenTelemetry tracer: _UNSET until the first operation looks it up; None when
+# opentelemetry-api is not installed; _WAITING while it is installed but no TracerProvider is set
+# (the API alone makes only no-op spans, which would still cost a context switch per operation).
 _UNSET: Any = object()
+_WAITING: Any = object()
 _tracer: Any = _UNSET
+_trace_api: Any = None  # the opentelemetry.trace module, once imported
 
 
 def configure(*, slow_threshold: float | None = _DEFAULT_SLOW_SECONDS) -> None:
@@ -62,7 +67,7 @@ def configure(*, slow_threshold: float | None = _DEFAULT_SLOW_SECONDS) -> None:
 
     Default 1 second. The operation still finishes; the warning only tells that it took long.
     """
-    global _slow_seconds
+    global slow_seconds
     if slow_threshold is not None and (
         isinstance(slow_threshold, bool) or not isinstance(slow_threshold, int | float) or slow_threshold < 0
     ):
@@ -71,47 +76,56 @@ def configure(*, slow_threshold: float | None = _DEFAULT_SLOW_SECONDS) -> None:
             expected="seconds >= 0, or None",
             actual=repr(slow_threshold),
         )
-    _slow_seconds = None if slow_threshold is None else float(slow_threshold)
+    slow_seconds = None if slow_threshold is None else float(slow_threshold)
 
 
-def slow_threshold() -> float | None:
-    """The current slow-operation threshold in seconds (None: no warning)."""
-    return _slow_seconds
-
-
-def _load_tracer() -> Any:
-    global _tracer
+def _load_tracer() -> None:
+    global _tracer, _trace_api
     try:
         from opentelemetry import trace
     except ImportError:
         _tracer = None
-        return None
-    from . import __version__
+        return
+    _trace_api = trace
+    if "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:
+        trace.get_tracer_provider()  # sets the provider named by the environment, once
+    _tracer = _WAITING
 
-    # A proxy tracer: it follows a TracerProvider the application sets later.
-    _tracer = trace.get_tracer("pydantic_toast", __version__)
-    return _tracer
+
+def _active_tracer() -> Any:
+    """The tracer to make spans with, or None: not installed, or no TracerProvider set yet."""
+    global _tracer
+    tracer = _tracer
+    if tracer is _WAITING:
+        # A read of the API's global rather than get_tracer_provider(), which reads os.environ on
+        # every call. Should the attribute ever go away, spans are made unconditionally.
+        if getattr(_trace_api, "_TRACER_PROVIDER", True) is None:
+            return None
+        from . import __version__
+
+        tracer = _tracer = _trace_api.get_tracer("pydantic_toast", __version__)
+    elif tracer is _UNSET:
+        _load_tracer()
+        return _active_tracer()
+    return tracer
 
 
 def enabled() -> bool:
     """Whether anything listens beyond the slow-operation warning: DEBUG logging or OpenTelemetry."""
-    tracer = _tracer if _tracer is not _UNSET else _load_tracer()
-    return tracer is not None or logger.isEnabledFor(logging.DEBUG)
+    return logger.isEnabledFor(logging.DEBUG) or (_tracer is not None and _active_tracer() is not None)
 
 
-def warn_if_slow(url: StorageURL, started: float) -> None:
-    """The unobserved path's check: a WARNING when the operation begun at `started` took too long."""
-    elapsed = time.perf_counter() - started
-    if _slow_seconds is not None and elapsed >= _slow_seconds:
-        logger.warning(
-            "pydantic-toast: slow storage operation on %s (%s): %.3f s (threshold %g s); "
-            "enable DEBUG on the 'pydantic_toast' logger to see each operation",
-            url.masked,
-            _system_name(url.scheme),
-            elapsed,
-            _slow_seconds,
-            extra={"toast_system": _system_name(url.scheme), "toast_duration_s": elapsed},
-        )
+def warn_slow(url: StorageURL, elapsed: float) -> None:
+    """The unobserved path's warning: an operation took `elapsed` seconds, above the threshold."""
+    logger.warning(
+        "pydantic-toast: slow storage operation on %s (%s): %.3f s (threshold %g s); "
+        "enable DEBUG on the 'pydantic_toast' logger to see each operation",
+        _shown(url),
+        _system_name(url.scheme),
+        elapsed,
+        slow_seconds,
+        extra={"toast_system": _system_name(url.scheme), "toast_duration_s": elapsed},
+    )
 
 
 def retrying(system: str, action: str, error: BaseException, *, last_maybe: bool = False) -> None:
@@ -155,6 +169,19 @@ _SYSTEMS = {
     "redis+cluster": "redis",
     "rediss+cluster": "redis",
 }
+
+
+_masked: dict[str, str] = {}
+
+
+def _shown(url: StorageURL) -> str:
+    """The masked URL, computed once per URL (masking runs regular expressions)."""
+    shown = _masked.get(url.raw)
+    if shown is None:
+        if len(_masked) > 1000:  # URLs built on the fly must not grow this without bound
+            _masked.clear()
+        shown = _masked[url.raw] = url.masked
+    return shown
 
 
 def _system_name(scheme: str) -> str:
@@ -242,7 +269,7 @@ async def observed(
     def recording(backend: StorageBackend) -> Awaitable[T]:
         return operation(cast("StorageBackend", _Recorder(backend, call)))
 
-    tracer = _tracer if _tracer is not _UNSET else _load_tracer()
+    tracer = _active_tracer()
     system = _system_name(url.scheme)
     started = time.perf_counter()
     if tracer is None:
@@ -314,7 +341,7 @@ async def _traced(
 
 
 def _log(url: StorageURL, system: str, call: _Call, elapsed: float, error: BaseException | None) -> None:
-    slow = _slow_seconds is not None and elapsed >= _slow_seconds
+    slow = slow_seconds is not None and elapsed >= slow_seconds
     level = logging.WARNING if slow and error is None else logging.DEBUG
     if not logger.isEnabledFor(level):
         return
@@ -331,13 +358,13 @@ def _log(url: StorageURL, system: str, call: _Call, elapsed: float, error: BaseE
         call.bytes_out,
         call.bytes_in,
         ",".join(sorted(call.class_names)) or "-",
-        url.masked,
+        _shown(url),
         elapsed * 1000,
         outcome,
         extra={
             "toast_system": system,
             "toast_operation": operation,
-            "toast_url": url.masked,
+            "toast_url": _shown(url),
             "toast_records": call.records,
             "toast_bytes_out": call.bytes_out,
             "toast_bytes_in": call.bytes_in,

@@ -198,8 +198,8 @@ async def _execute(
         if deadlines.leave(task):
             # The deadline fired but the operation swallowed its cancel: withdraw it all the same.
             task.uncancel()
-    if timed:
-        observability.warn_if_slow(url, started)
+    if timed and (slow := observability.slow_seconds) is not None and time.perf_counter() - started >= slow:
+        observability.warn_slow(url, time.perf_counter() - started)
     return result
 
 
