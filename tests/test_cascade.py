@@ -109,9 +109,11 @@ async def test_references_in_lists_each_reference_once() -> None:
     [record] = await _load_records(root)
     assert record is not None
     found = references_in(root_type, record)
-    assert [(item.class_name, item.id, item.model) for item in found] == [
-        ("Leaf", leaf.external_reference.id, leaf_type)
+    assert [(item.class_name, item.id, item.shared) for item in found] == [
+        ("Leaf", leaf.external_reference.id, False)
     ]
+    # A leaf's records hold no references; a root's do.
+    assert references_in(leaf_type, record) == []
 
 
 async def _load_records(model: Any) -> list[StoredRecord | None]:

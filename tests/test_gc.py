@@ -193,7 +193,7 @@ def test_records_of_undefined_classes_stop_the_deletion(
 
     status, _, err = gc(capsys, sqlite_url, "--roots", roots, "--grace", "0s", "--yes")
     assert status == 2
-    assert "holds records of classes this process does not define: Stranger (1)" in err
+    assert "found records of classes this process does not define: Stranger (1)" in err
     assert "deletes nothing" in err
     assert stored(orphan)
     assert asyncio.run(_exists(sqlite_url, stranger, "Stranger"))

@@ -509,6 +509,8 @@ async def collect_garbage(
     out.write(f"{found.young} written within the grace period ({_duration_text(found.grace)})\n")
     for name, count in sorted(found.unknown.items()):
         out.write(f"  class {name!r} is not defined by the imported modules: {count} records\n")
+    for name in sorted(found.unread):
+        out.write(f"  live records of class {name} are not defined by the imported modules\n")
     if found.garbage:
         out.write(f"  {'class':<30} {'records':>9} {'bytes':>12}\n")
         for name, totals in sorted(found.garbage.items()):

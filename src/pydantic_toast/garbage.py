@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
 from . import runtime
-from ._settings import DEFAULT_TIMEOUT, classes_in, storage_names
+from ._settings import DEFAULT_TIMEOUT, storage_names
 from .backends.base import Capability, RecordKey, StoredRecord
 from .exceptions import StorageValidationError, UnsupportedOperationError
-from .lifecycle import StoredReference, references_in
+from .lifecycle import Follow, StoredReference, kinds_in
 from .registry import backend_class
 from .url import StorageURL
 
@@ -74,8 +74,11 @@ class Collection:
     garbage: dict[str, ClassTotals] = field(default_factory=dict)
     """Per class: the records no root reaches, older than the grace period."""
     unknown: dict[str, int] = field(default_factory=dict)
-    """Per class name: records of classes this process does not define (their references cannot
+    """Per class name: records of classes this process does not define (what they refer to cannot
     be read, so nothing is deleted while there are any)."""
+    unread: set[str] = field(default_factory=set)
+    """Live records in other stores whose classes this process does not define (nothing is
+    deleted while there are any)."""
     deleted: int | None = None
     """Records deleted; None for a dry run (or a refused one)."""
 
@@ -127,30 +130,32 @@ async def collect(
     young_after = started - grace
     candidates: dict[RecordKey, int] = {}
 
+    def live(url: StorageURL, known: dict[str, Follow | None], record: StoredRecord) -> None:
+        if record.class_name in known:
+            marker.follow(url, known[record.class_name], record)
+        elif url.raw != store.raw:
+            # Live, in another store, and what it refers to cannot be read.
+            result.unread.add(f"{record.class_name} (in {url.masked})")
+
     # Scan: roots and young records are live, and their references are followed; the store's
     # other records are candidates.
     for each in stores.values():
-        known = classes_in(each)
+        known = kinds_in(each)
         names = root_names.get(each.raw, set())
         in_store = each.raw == store.raw
-        async for page in _pages(
-            each, batch, progress, "scanning" if in_store else f"scanning {each.masked}"
-        ):
+        label = "scanning" if in_store else f"scanning {each.masked}"
+        async for page in _pages(each, batch, progress, label):
             for record in page:
-                found = known.get(record.class_name)
-                live = record.class_name in names or record.updated_at > young_after
+                is_root = record.class_name in names
+                young = record.updated_at > young_after
                 if in_store:
                     result.scanned += 1
-                    if found is None:
+                    result.roots += is_root
+                    result.young += young and not is_root
+                    if record.class_name not in known:
                         result.unknown[record.class_name] = result.unknown.get(record.class_name, 0) + 1
-                if live:
-                    if in_store:
-                        if record.class_name in names:
-                            result.roots += 1
-                        else:
-                            result.young += 1
-                    if found is not None:
-                        marker.follow(each, found, record)
+                if is_root or young:
+                    live(each, known, record)
                 elif in_store:
                     candidates[record.key] = len(record.payload)
     await marker.mark()
@@ -159,12 +164,11 @@ async def collect(
     # marking ran (a record rewritten meanwhile may point at something new), and those of stores
     # only reached through references (a dump in progress there, its parent not written yet).
     for each in {**stores, **marker.stores}.values():
-        known = classes_in(each)
+        known = kinds_in(each)
         async for page in _pages(each, batch, progress, f"rechecking {each.masked}"):
             for record in page:
-                found = known.get(record.class_name)
-                if record.updated_at > young_after and found is not None:
-                    marker.follow(each, found, record)
+                if record.updated_at > young_after:
+                    live(each, known, record)
     await marker.mark()
 
     garbage: list[RecordKey] = []
@@ -178,14 +182,16 @@ async def collect(
         if delete:
             result.deleted = 0
         return result
-    if result.unknown:
-        listed = ", ".join(f"{name} ({count})" for name, count in sorted(result.unknown.items()))
+    if result.unknown or result.unread:
+        listed = ", ".join(
+            [f"{name} ({count})" for name, count in sorted(result.unknown.items())] + sorted(result.unread)
+        )
         raise StorageValidationError(
-            f"{store.masked} holds records of classes this process does not define: {listed}; gc cannot "
-            "tell what they refer to, so it deletes nothing. Import the modules that define them "
+            f"gc of {store.masked} found records of classes this process does not define: {listed}; it "
+            "cannot tell what they refer to, so it deletes nothing. Import the modules that define them "
             "(--import myapp.models), or pass them with --roots if they are roots",
             expected="every stored class defined",
-            actual=sorted(result.unknown),
+            actual=sorted([*result.unknown, *result.unread]),
         )
     result.deleted = await _delete(store, garbage, batch, progress)
     return result
@@ -249,10 +255,14 @@ class _Marker:
     def seen_key(self, key: _Key) -> bool:
         return key in self._seen
 
-    def follow(self, url: StorageURL, model: type[ExternalBaseModel], record: StoredRecord) -> None:
+    def follow(self, url: StorageURL, follow: Follow | None, record: StoredRecord) -> None:
         """`record` is live: so is everything it refers to."""
         self._seen.add((url.raw, record.id, record.class_name))
-        self._pending.extend(references_in(model, record))
+        if follow is not None:
+            self._pending.extend(follow(record))
+
+    def seen(self, url: StorageURL, record: StoredRecord) -> bool:
+        return (url.raw, record.id, record.class_name) in self._seen
 
     async def mark(self) -> None:
         """Load the pending references level by level (one batch per store) until none is left."""
@@ -261,26 +271,23 @@ class _Marker:
             for reference in self._pending:
                 if reference.key not in self._seen:
                     self._seen.add(reference.key)
-                    if reference.model is not None:
+                    self.stores.setdefault(reference.url.raw, reference.url)
+                    if reference.follow is not None:
                         level.setdefault(reference.url.raw, []).append(reference)
-                        self.stores.setdefault(reference.url.raw, reference.url)
             self._pending = []
             for references in level.values():
                 await self._load(references)
 
     async def _load(self, references: list[StoredReference]) -> None:
         url = references[0].url
-        timeout = max(
-            (ref.model.__toast_settings__.timeout for ref in references if ref.model is not None),
-            default=DEFAULT_TIMEOUT,
-        )
+        timeout = max(reference.timeout for reference in references)
         for start in range(0, len(references), self._batch):
             chunk = references[start : start + self._batch]
-            keys: list[RecordKey] = [(ref.id, ref.class_name) for ref in chunk]
+            keys: list[RecordKey] = [(reference.id, reference.class_name) for reference in chunk]
             records = await _load_records(url, timeout, keys)
             for reference, record in zip(chunk, records, strict=True):
-                if record is not None and reference.model is not None:
-                    self._pending.extend(references_in(reference.model, record))
+                if record is not None and reference.follow is not None:
+                    self._pending.extend(reference.follow(record))
 
 
 async def _scan_page(

@@ -3,8 +3,9 @@
 `references_in(cls, record)` is the one answer to "which records does this stored record point
 at?". It reads the references with the model's own schema, not by searching the JSON for
 look-alikes: the record's data is validated as it would be when loaded, while a collector stands
-in for the tree loader and notes every nested reference instead of loading it. Other kinds of
-reference (a `Toast(...)` field's own records) join through `register_reference_finder`.
+in for the tree loader and notes every nested reference instead of loading it. Any reference
+whose validator asks the tree loader is found the same way (`_Collector`); records of kinds other
+than models are made known to `gc` with `register_stored_kind`.
 
 `delete_tree` deletes a record and everything it refers to, level by level, parents first: a
 failure half-way leaves records nobody points at (orphans, which `gc` collects), never a parent
@@ -13,7 +14,8 @@ pointing at a deleted child.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
@@ -25,7 +27,7 @@ from . import _writing, runtime
 from ._loading import TreeLoader, _NotBuiltYetError, _tree_loader, json_options
 from ._pydantic_internals import core_validator, holds_references
 from ._record_state import state_of
-from ._settings import coerce_reference, resolve_class
+from ._settings import DEFAULT_TIMEOUT, classes_in, coerce_reference, resolve_class
 from .backends.base import RecordKey, StoredRecord
 from .exceptions import StorageValidationError
 from .reference import ExternalReference
@@ -42,10 +44,16 @@ __all__ = [
     "delete_tree",
     "delete_tree_sync",
     "forget",
-    "reference_finders",
+    "collect_references",
+    "follower",
+    "kinds_in",
     "references_in",
-    "register_reference_finder",
+    "register_stored_kind",
 ]
+
+
+Follow = Callable[[StoredRecord], "list[StoredReference]"]
+"""Reads the references a stored record holds (see `references_in`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +63,10 @@ class StoredReference:
     url: StorageURL
     class_name: str
     id: UUID
-    model: type[ExternalBaseModel] | None
-    """The class that reads it (its references are followed); None: a leaf record of another kind."""
+    follow: Follow | None
+    """How to read the references it holds in turn; None: it holds none."""
+    timeout: float = DEFAULT_TIMEOUT
+    """What one operation on its store may take (its model's `timeout`)."""
     shared: bool = False
     """Possibly pointed at by other records too (content-addressed values): a cascade delete leaves
     it, and only `gc`, which sees every record, may delete it."""
@@ -66,64 +76,96 @@ class StoredReference:
         return (self.url.raw, self.id, self.class_name)
 
 
-ReferenceFinder = Callable[["type[ExternalBaseModel]", StoredRecord, bytes], Iterable[StoredReference]]
-"""(model class, its stored record, the record's data as JSON, upgraded) -> the references it holds."""
-
-_finders: list[ReferenceFinder] = []
-
-
-def register_reference_finder(finder: ReferenceFinder) -> None:
-    """Add a source of references (e.g. the records of `Toast(...)` fields); idempotent."""
-    if finder not in _finders:
-        _finders.append(finder)
-
-
-def reference_finders() -> tuple[ReferenceFinder, ...]:
-    return (_external_models, *_finders)
-
-
 class _Collector(TreeLoader):
-    """Stands in for the tree loader while a record is validated: notes each nested reference and
-    reports it "not built yet", so pydantic goes on to the next field and finds them all."""
+    """Stands in for the tree loader while stored data is validated: notes each nested reference
+    and reports it "not built yet", so pydantic goes on to the next field and finds them all.
+
+    Every kind of reference whose validator asks the tree loader is found this way: external
+    models (`resolve`) and, once `Toast(...)` fields exist, their content-addressed values, which
+    call `resolve_value(reader, reference)`: those are noted as `shared`, followed by validating
+    the value's record with the same collector in place.
+    """
 
     def __init__(self) -> None:  # none of the loader's state is needed: no super().__init__()
-        self.found: list[tuple[type[ExternalBaseModel], ExternalReference]] = []
+        self.found: list[StoredReference] = []
 
     def resolve(self, cls: Any, target: Any, reference: ExternalReference) -> Any:
-        self.found.append((target, reference))
+        settings = target.__toast_settings__
+        self.found.append(
+            StoredReference(
+                settings.url, reference.class_name, reference.id, follower(target), settings.timeout
+            )
+        )
+        raise _NotBuiltYetError
+
+    def resolve_value(self, reader: Any, reference: ExternalReference) -> Any:
+        settings = reader.settings
+
+        def follow(record: StoredRecord) -> list[StoredReference]:
+            return collect_references(lambda: reader.read(record, None))
+
+        self.found.append(
+            StoredReference(
+                settings.url, reference.class_name, reference.id, follow, settings.timeout, shared=True
+            )
+        )
         raise _NotBuiltYetError
 
 
-def _external_models(
-    cls: type[ExternalBaseModel], record: StoredRecord, data: bytes
-) -> list[StoredReference]:
-    """The external models a record refers to, read with the class's schema."""
-    if not holds_references(cls):
-        return []
+def collect_references(validate: Callable[[], object]) -> list[StoredReference]:
+    """The references met while `validate()` validates stored data, each once, in order."""
     collector = _Collector()
     loader_token = _tree_loader.set(collector)
     options_token = json_options.set(None)
     try:
-        core_validator(cls).validate_json(data, by_alias=False, by_name=True)
+        validate()
     except pydantic_core.ValidationError:
         pass  # expected: every reference was reported "not built yet"
     finally:
         json_options.reset(options_token)
         _tree_loader.reset(loader_token)
-    return [
-        StoredReference(target.__toast_settings__.url, reference.class_name, reference.id, target)
-        for target, reference in collector.found
-    ]
+    found: dict[tuple[str, UUID, str], StoredReference] = {}
+    for reference in collector.found:
+        found.setdefault(reference.key, reference)
+    return list(found.values())
 
 
 def references_in(cls: type[ExternalBaseModel], record: StoredRecord) -> list[StoredReference]:
-    """Every record that `record` (a stored record of `cls`) points at, each once, in order."""
+    """Every record that `record` (a stored record of `cls`) points at, each once, in order.
+
+    Read with the class's own schema, as a load would read it (after its upgrade steps): a dict
+    that merely looks like a reference in a `dict[str, Any]` field is data, not a reference.
+    """
+    if not holds_references(cls):
+        return []
     data = upgraded_data(cls, record)
-    found: dict[tuple[str, UUID, str], StoredReference] = {}
-    for finder in reference_finders():
-        for reference in finder(cls, record, data):
-            found.setdefault(reference.key, reference)
-    return list(found.values())
+    validator = core_validator(cls)
+    return collect_references(lambda: validator.validate_json(data, by_alias=False, by_name=True))
+
+
+def follower(cls: type[ExternalBaseModel]) -> Follow:
+    """`references_in` for records of `cls`."""
+    return functools.partial(references_in, cls)
+
+
+# Records that are not models' but hold references or are referred to (a Toast field's values):
+# (store URL, class_name) -> how to read their references. The library's own kinds register here.
+_kinds: dict[tuple[str, str], Follow | None] = {}
+
+
+def register_stored_kind(url: StorageURL, class_name: str, follow: Follow | None) -> None:
+    """Make `gc` recognise records of `class_name` in `url` that no model class defines."""
+    _kinds[(url.raw, class_name)] = follow
+
+
+def kinds_in(url: StorageURL) -> dict[str, Follow | None]:
+    """Every kind of record this process knows in `url`, by class name, with how to follow it."""
+    known: dict[str, Follow | None] = {
+        name: follow for (raw, name), follow in _kinds.items() if raw == url.raw
+    }
+    for name, cls in classes_in(url).items():
+        known[name] = follower(cls)
+    return known
 
 
 # --------------------------------------------------------------------------- cascade delete
@@ -136,8 +178,9 @@ _Steps = Generator[tuple[Coroutine[Any, Any, Any], float], Any, bool]
 
 def _delete_steps(cls: type[ExternalBaseModel], reference: ExternalReference) -> _Steps:
     root = resolve_class(cls, reference)
-    level: list[StoredReference] = [
-        StoredReference(root.__toast_settings__.url, reference.class_name, reference.id, root)
+    settings = root.__toast_settings__
+    level = [
+        StoredReference(settings.url, reference.class_name, reference.id, follower(root), settings.timeout)
     ]
     seen = {level[0].key}
     root_existed: bool | None = None
@@ -145,9 +188,9 @@ def _delete_steps(cls: type[ExternalBaseModel], reference: ExternalReference) ->
         records: list[StoredRecord | None] = yield _load_level(level), _timeout(level)
         children: list[StoredReference] = []
         for item, record in zip(level, records, strict=True):
-            if record is None or item.model is None:
+            if record is None or item.follow is None:
                 continue
-            for child in references_in(item.model, record):
+            for child in item.follow(record):
                 if not child.shared and child.key not in seen:
                     seen.add(child.key)
                     children.append(child)
@@ -194,9 +237,7 @@ def _by_backend(level: Sequence[StoredReference]) -> dict[str, list[StoredRefere
 
 
 def _timeout(items: Sequence[StoredReference]) -> float:
-    return max(
-        (item.model.__toast_settings__.timeout for item in items if item.model is not None), default=30.0
-    )
+    return max((item.timeout for item in items), default=DEFAULT_TIMEOUT)
 
 
 async def _load_level(level: list[StoredReference]) -> list[StoredRecord | None]:
@@ -204,8 +245,8 @@ async def _load_level(level: list[StoredReference]) -> list[StoredRecord | None]
     found: dict[tuple[str, UUID, str], StoredRecord | None] = {}
 
     async def load(items: list[StoredReference]) -> None:
-        # Leaves of another kind (no model to read them with) need not be read.
-        readable = [item for item in items if item.model is not None]
+        # Records that hold no references need not be read.
+        readable = [item for item in items if item.follow is not None]
         if not readable:
             return
         keys: list[RecordKey] = [(item.id, item.class_name) for item in readable]
