@@ -303,7 +303,14 @@ async def adelete(target: Any, reference: Any = None, *, cascade: bool = False) 
 
 
 def delete(target: Any, reference: Any = None, *, cascade: bool = False) -> bool:
-    """Sync twin of `adelete`, usable anywhere the sync API is (inside a running loop too)."""
+    """Delete a record: `delete(model)` or `delete(Model, ref_or_id)`; return whether it existed.
+
+    The sync form of `await model.delete()` / `await Model.delete(ref)`, usable wherever
+    `model_dump()` is (inside a running event loop too). With `cascade=True` it also deletes the
+    external models the stored record refers to, at any depth, parents first (see
+    docs/operations.md); a model instance passed in, and the external models it holds, forget that
+    they were stored, so their next dump writes them again.
+    """
     cls, key = _target(target, reference, cascade=cascade)
     if key is None:
         return False
