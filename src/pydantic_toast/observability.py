@@ -1,7 +1,7 @@
 """What the library tells the outside about its storage traffic: log lines and OpenTelemetry spans.
 
 Every storage operation goes through `runtime.execute`, so this is the one place that observes
-them. The `pydantic_toast` logger (stdlib `logging`; the library installs only a `NullHandler`)
+them. The `pydantic_toast` logger (stdlib `logging`; the library installs no handler)
 gets a DEBUG line per round trip and a WARNING for slow operations and for retries; when
 `opentelemetry-api` is installed, each round trip is also a span following OpenTelemetry's
 database semantic conventions, a child of the caller's current span.
@@ -45,9 +45,9 @@ __all__ = [
 T = TypeVar("T")
 
 logger = logging.getLogger("pydantic_toast")
-# A library configures no output: without a handler of the application's, nothing is printed
-# (and Python's last-resort stderr handler stays out of it).
-logger.addHandler(logging.NullHandler())
+# No handler: where log lines go is the application's business. An application that configures
+# no logging at all sees the WARNINGs on stderr (Python's last-resort handler), as it sees the
+# Redis backend's eviction warning, and never a DEBUG line.
 
 _DEFAULT_SLOW_SECONDS = 1.0
 slow_seconds: float | None = _DEFAULT_SLOW_SECONDS
