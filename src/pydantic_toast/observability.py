@@ -128,17 +128,18 @@ def warn_slow(url: StorageURL, elapsed: float) -> None:
     )
 
 
-def retrying(system: str, action: str, error: BaseException, *, last_maybe: bool = False) -> None:
-    """A backend is about to send an operation again after `error` (a dead connection, say).
-
-    `last_maybe`: the backend's retry loop cannot tell whether attempts remain (redis-py's).
-    """
+def retrying(
+    system: str, action: str, error: BaseException, *, attempt: int | None = None, attempts: int | None = None
+) -> None:
+    """A backend is about to send an operation again after `error` (a dead connection, say);
+    `attempt` of `attempts` is the one about to be made, where the backend counts them."""
+    counted = f" (attempt {attempt} of {attempts})" if attempt is not None and attempts is not None else ""
     logger.warning(
-        "pydantic-toast: %s %s failed (%s); %s",
+        "pydantic-toast: %s %s failed (%s); retrying%s",
         system,
         action,
         type(error).__name__,
-        "retrying if attempts remain" if last_maybe else "retrying",
+        counted,
         extra={"toast_system": system, "toast_operation": action, "toast_error": type(error).__name__},
     )
 

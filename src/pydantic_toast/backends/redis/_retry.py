@@ -40,7 +40,13 @@ def _retry_class() -> type[Retry]:
         works with every redis-py version's `call_with_retry` signature.
         """
 
+        def __init__(self, backoff: Any, retries: int, *args: Any, **kwargs: Any) -> None:
+            super().__init__(backoff, retries, *args, **kwargs)
+            self.toast_retries = retries
+
         async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+            failures = 0
+
             async def attempt() -> Any:
                 try:
                     return await do()
@@ -48,10 +54,16 @@ def _retry_class() -> type[Retry]:
                     raise _Final(exc) from exc
 
             async def failed(error: Exception, *count: int) -> None:
-                # Called after each failed attempt, the last one included: a WARNING per attempt.
-                from ... import observability
+                # Called after each failed attempt, the last one too: a WARNING for those that
+                # another attempt follows.
+                nonlocal failures
+                failures += 1
+                if failures <= self.toast_retries:
+                    from ... import observability
 
-                observability.retrying("redis", "command", error, last_maybe=True)
+                    observability.retrying(
+                        "redis", "command", error, attempt=failures + 1, attempts=self.toast_retries + 1
+                    )
                 outcome = fail(error, *count)
                 if inspect.isawaitable(outcome):
                     await outcome
