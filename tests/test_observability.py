@@ -379,3 +379,34 @@ def test_size_options_are_checked() -> None:
         models("memory://sizes", max_size=0)
     with pytest.raises(StorageValidationError, match="warn_size must be a whole number of bytes"):
         models("memory://sizes", warn_size="1kB")
+
+
+@pytest.mark.postgresql
+async def test_postgresql_retries_are_warned(
+    postgresql_url: str, caplog: pytest.LogCaptureFixture, no_tracing: None
+) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+    from uuid import uuid4
+
+    from fixtures.postgresql import sql, with_options
+    from test_postgresql_failures import StaleMaker
+
+    parts = urlsplit(postgresql_url)
+    relay = StaleMaker(parts.hostname or "127.0.0.1", parts.port or 5432)
+    port = await relay.start()
+    table = f"t_{uuid4().hex[:16]}"
+    netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    url = with_options(urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{port}")), table=table)
+    try:
+        _, item_type = models(url)
+        reference = await item_type(text="x").save()
+        relay.cut()  # the pooled connection is now dead: the next call fails once, then retries
+        with caplog.at_level(logging.WARNING, logger="pydantic_toast"):
+            assert (await item_type.load(reference)).text == "x"
+        [line] = toast_lines(caplog)
+        assert line.getMessage().startswith("pydantic-toast: postgresql load failed (")
+        assert line.getMessage().endswith("); retrying")
+    finally:
+        await pydantic_toast.aclose()
+        await relay.close()
+        await sql(postgresql_url, f'DROP TABLE IF EXISTS "{table}"')
