@@ -233,3 +233,24 @@ def test_gc_never_creates_a_sqlite_database(
     assert status == 1
     assert "no SQLite database" in err
     assert not missing.exists()
+
+
+def test_live_records_of_undefined_classes_elsewhere_stop_the_deletion(
+    memory_url: str,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    m = define_models(tmp_path, monkeypatch, memory_url, root_storage=sqlite_url)
+    m.Root(branches=[]).model_dump()
+    stray = m.Leaf(text="stray")
+    stray.model_dump()
+    age(memory_url, [stray], timedelta(hours=2))
+    # Young, in the roots' store, of a class nobody here defines: it may point at the stray leaf.
+    asyncio.run(store_raw(sqlite_url, "Alien", {"leaf": stray.model_dump()}))
+
+    status, out, err = gc(capsys, memory_url, "--roots", f"{m.__name__}:Root", "--yes")
+    assert status == 2, out
+    assert "Alien (in sqlite:///" in err
+    assert stored(stray)

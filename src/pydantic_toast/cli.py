@@ -167,10 +167,12 @@ class Progress:
         self._rich: Any = None
         self._task: Any = None
         try:
+            from rich.console import Console
             from rich.progress import Progress as RichProgress
         except ImportError:
             return
-        self._rich = RichProgress(transient=False, console=None)
+        # On `stream` (stderr): stdout is the command's report, which scripts may parse.
+        self._rich = RichProgress(transient=False, console=Console(file=stream))
 
     def __enter__(self) -> Progress:
         if self._rich is not None:
