@@ -345,6 +345,7 @@ def test_every_argument_of_every_command_has_help_text() -> None:
         "purge-expired",
         "upgrade",
         "rotate-keys",
+        "gc",
     }
     for name, command in commands.choices.items():
         assert command.description, name

@@ -40,6 +40,7 @@ DOCUMENTED_NAMES = {
     "aclose",
     "adump",
     "close",
+    "delete",
     "dump",
     "is_external_reference",
     "register_backend",

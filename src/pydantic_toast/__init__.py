@@ -25,6 +25,7 @@ from .exceptions import (
     UnsupportedEventLoopError,
     UnsupportedOperationError,
 )
+from .lifecycle import delete
 from .reference import ExternalReference, is_external_reference
 from .registry import register_backend
 from .runtime import aclose, close
@@ -54,6 +55,7 @@ __all__ = [
     "aclose",
     "adump",
     "close",
+    "delete",
     "dump",
     "is_external_reference",
     "register_backend",

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TIMEOUT",
     "ModelSettings",
+    "classes_in",
     "coerce_reference",
     "resolve_class",
     "settings_for",
@@ -52,6 +53,8 @@ class ModelSettings:
     codec: codecs.Pipeline | None = None
     optimistic_concurrency: bool = False
     offload_threshold: int | None = None
+    warn_size: int | None = None
+    max_size: int | None = None
 
 
 def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
@@ -119,6 +122,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
                 expected="int >= 0 or None",
                 actual=threshold,
             )
+        warn_size, max_size = _size(config, "warn_size"), _size(config, "max_size")
         # Last: a class refused for another reason must not keep the name claimed.
         _claim_storage_name(cls, url, storage_name)
     except StorageValidationError as exc:
@@ -135,8 +139,21 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         codec=codec,
         optimistic_concurrency=optimistic,
         offload_threshold=threshold,
+        warn_size=warn_size,
+        max_size=max_size,
         dict_references="class_name" not in cls.__pydantic_fields__,
     )
+
+
+def _size(config: Mapping[str, Any], key: str) -> int | None:
+    value = config.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise StorageValidationError(
+            f"{key} must be a whole number of bytes (>= 1) or None, got {value!r}",
+            expected="int >= 1",
+            actual=value,
+        )
+    return value
 
 
 def _flag(config: Mapping[str, Any], key: str) -> bool:
@@ -173,6 +190,12 @@ def _claim_storage_name(cls: type[ExternalBaseModel], url: StorageURL, storage_n
                 actual=storage_name,
             )
         _claims[(url.raw, storage_name)] = cls
+
+
+def classes_in(url: StorageURL) -> dict[str, type[ExternalBaseModel]]:
+    """The classes this process defined that store in `url` (the same URL text), by storage name."""
+    with _claims_lock:
+        return {name: cls for (raw, name), cls in _claims.items() if raw == url.raw}
 
 
 def _declared_name(base: type) -> str | None:

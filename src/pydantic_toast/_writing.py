@@ -19,7 +19,7 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
-from . import _content, codecs, runtime
+from . import _content, codecs, observability, runtime
 from ._pydantic_internals import inner_serializer, serializer_error_fields
 from ._record_state import RecordState, digest, state_of
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
@@ -288,6 +288,10 @@ class WriteSet:
     def _stages(self) -> list[list[list[_Pending]]]:
         """Batches (one backend each) by stage; a stage runs only after the previous succeeded."""
         writes = self._planned()
+        for entry in writes:  # all checked before anything is written: a refusal writes nothing
+            if entry.settings.warn_size is not None or entry.settings.max_size is not None:
+                assert entry.data is not None
+                observability.check_size(type(entry.model).__qualname__, entry.settings, len(entry.data))
         groups: dict[str, list[_Pending]] = {}
         for entry in writes:
             groups.setdefault(entry.settings.url.raw, []).append(entry)

@@ -8,9 +8,9 @@ Python-level `model_dump` overrides, so an external model nested in a plain mode
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeAlias, TypeVar, overload
 from uuid import UUID
 
 from pydantic import (
@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticSerializationError
 
-from . import _loading, _pydantic_internals, _writing
+from . import _loading, _pydantic_internals, _writing, lifecycle
 from ._record_state import RecordState, reset_state, state_of
 from ._settings import ModelSettings, coerce_reference, settings_for, storage_names
 from .encryption import KeySet
@@ -90,38 +90,50 @@ class ExternalConfigDict(ConfigDict, total=False):
     encryption_required: bool
     """With `encryption`: refuse a record stored without encryption (`RecordIntegrityError`).
     Default True; False only while an existing store is being encrypted with `rotate-keys`."""
+    warn_size: int | None
+    """Log a WARNING (logger 'pydantic_toast') when a save stores a record whose data, as JSON before
+    compression or encryption, is larger than this many bytes. Default None: no warning."""
+
+    max_size: int | None
+    """Refuse to save a record whose data, as JSON before compression or encryption, is larger than
+    this many bytes: `StorageValidationError` before any I/O, and nothing of that dump is written.
+    Default None: no limit."""
 
 
 _M = TypeVar("_M", bound="ExternalBaseModel")
 
 
+class _DeleteByReference(Protocol):
+    def __call__(self, reference: ReferenceLike, /, *, cascade: bool = False) -> Awaitable[bool]: ...
+
+
+class _DeleteInstance(Protocol):
+    def __call__(self, *, cascade: bool = False) -> Awaitable[bool]: ...
+
+
 class _DeleteMethod(Generic[_M]):
-    """`await model.delete()` on an instance, `await Model.delete(ref_or_id)` on the class."""
+    """`await model.delete()` on an instance, `await Model.delete(ref_or_id)` on the class.
+
+    `cascade=True` also deletes the external models the stored record refers to, at every depth
+    (`lifecycle.delete_tree`).
+    """
 
     @overload
-    def __get__(self, instance: None, owner: type[_M]) -> Callable[[ReferenceLike], Awaitable[bool]]: ...
+    def __get__(self, instance: None, owner: type[_M]) -> _DeleteByReference: ...
 
     @overload
-    def __get__(self, instance: _M, owner: type[_M]) -> Callable[[], Awaitable[bool]]: ...
+    def __get__(self, instance: _M, owner: type[_M]) -> _DeleteInstance: ...
 
-    def __get__(self, instance: _M | None, owner: type[_M]) -> Callable[..., Awaitable[bool]]:
+    def __get__(self, instance: _M | None, owner: type[_M]) -> _DeleteByReference | _DeleteInstance:
         if instance is None:
 
-            async def delete_by_reference(reference: ReferenceLike) -> bool:
-                return await _writing.delete(owner, coerce_reference(owner, reference))
+            async def delete_by_reference(reference: ReferenceLike, *, cascade: bool = False) -> bool:
+                return await lifecycle.adelete(owner, reference, cascade=cascade)
 
             return delete_by_reference
 
-        async def delete_instance() -> bool:
-            state = state_of(instance)
-            record_id = state.id
-            if record_id is None:
-                return False
-            # Gone from the store: the next dump must write it again, changed or not.
-            state.stored_digest = state.loaded_json = None
-            state.revision = None  # and with optimistic_concurrency it is a first save again
-            reference = ExternalReference(class_name=owner.__toast_settings__.storage_name, id=record_id)
-            return await _writing.delete(type(instance), reference)
+        async def delete_instance(*, cascade: bool = False) -> bool:
+            return await lifecycle.adelete(instance, cascade=cascade)
 
         return delete_instance
 

@@ -7,6 +7,7 @@
     purge-expired URL                  delete expired records now
     upgrade URL --model module:Class   rewrite stored records at the model's current schema_version
     rotate-keys URL --model module:Class  re-encrypt every record of the model under its current key
+    gc URL --roots module:Class        delete records no root reaches (--grace 1h; a dry run unless --yes)
 
 `--import MODULE` imports a module first, so backends it registers in code serve their schemes.
 Every error is one line on stderr; exit status 1 means the store failed, 2 a usage error (see
@@ -22,20 +23,21 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import re
 import sqlite3
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
 import pydantic_core
 
-from . import __version__, codecs, encryption
+from . import __version__, codecs, encryption, garbage
 from ._loading import load_many
 from ._settings import coerce_reference
 from ._writing import save_many_shallow
@@ -168,10 +170,12 @@ class Progress:
         self._rich: Any = None
         self._task: Any = None
         try:
+            from rich.console import Console
             from rich.progress import Progress as RichProgress
         except ImportError:
             return
-        self._rich = RichProgress(transient=False, console=None)
+        # On `stream` (stderr): stdout is the command's report, which scripts may parse.
+        self._rich = RichProgress(transient=False, console=Console(file=stream))
 
     def __enter__(self) -> Progress:
         if self._rich is not None:
@@ -492,15 +496,15 @@ def import_module(name: str, *, option: str) -> ModuleType:
         ) from exc
 
 
-def import_model(path: str) -> Any:
+def import_model(path: str, *, option: str = "--model") -> Any:
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise StorageValidationError(
-            f"--model takes 'module:Class', e.g. 'myapp.models:UserProfile', got {path!r}",
+            f"{option} takes 'module:Class', e.g. 'myapp.models:UserProfile', got {path!r}",
             expected="module:Class",
             actual=path,
         )
-    model = getattr(import_module(module_name, option="--model"), attribute, None)
+    model = getattr(import_module(module_name, option=option), attribute, None)
     if not (isinstance(model, type) and issubclass(model, ExternalBaseModel)):
         raise StorageValidationError(
             f"{path} is not an ExternalBaseModel subclass", expected="ExternalBaseModel", actual=path
@@ -682,6 +686,66 @@ async def _write_rotated(backend: StorageBackend, records: list[StoredRecord], c
         changed = {(conflict.id, conflict.class_name) for conflict in conflicts}
         pending = [record for record in pending if record.key not in changed]
     return 0
+
+
+async def collect_garbage(
+    url: str, roots: Sequence[str], *, grace: timedelta, yes: bool, batch: int, out: TextIO, err: TextIO
+) -> int:
+    models = [import_model(path, option="--roots") for path in roots]
+    parsed = StorageURL.parse(url)
+    _require_sqlite_table(parsed, backend_class(parsed.scheme))
+    try:
+        found = await garbage.collect(
+            url,
+            models,
+            grace=grace,
+            delete=yes,
+            batch=batch,
+            progress=lambda label, total: Progress(label, total, err),
+        )
+    finally:
+        await aclose()
+    out.write(f"{found.url.masked}: {found.scanned} records scanned\n")
+    out.write(f"  kept: {found.roots} of the root classes, {found.reached} reached from them, ")
+    out.write(f"{found.young} written within the grace period ({_duration_text(found.grace)})\n")
+    for name, count in sorted(found.unknown.items()):
+        out.write(f"  class {name!r} is not defined by the imported modules: {count} records\n")
+    for name in sorted(found.unread):
+        out.write(f"  live records of class {name} are not defined by the imported modules\n")
+    if found.garbage:
+        out.write(f"  {'class':<30} {'records':>9} {'bytes':>12}\n")
+        for name, totals in sorted(found.garbage.items()):
+            out.write(f"  {name:<30} {totals.records:>9} {totals.bytes:>12}\n")
+    records, size = found.garbage_records, found.garbage_bytes
+    if found.deleted is None:
+        out.write(
+            f"dry run: {records} unreachable records ({size} bytes) would be deleted; run again with "
+            "--yes to delete them\n"
+        )
+    else:
+        out.write(f"deleted {found.deleted} unreachable records ({size} bytes)\n")
+    return 0
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"must be a number and a unit: s, m, h or d (e.g. 30m, 1h, 2d), got {text!r}"
+        )
+    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+
+
+def _duration_text(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def _batch_size(text: str) -> int:
@@ -877,6 +941,45 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"records read and rewritten per round trip (default {DEFAULT_BATCH})",
     )
+
+    gc_parser = _command(
+        commands,
+        "gc",
+        "delete records that no root record reaches (dry run unless --yes)",
+        "Find the records of the store that nothing live points at, and delete them with --yes. "
+        "Live: every record of a --roots class (and its subclasses), every record written within "
+        "the grace period, and every record these refer to, at any depth and in any store. The "
+        "others are garbage: children of parents deleted without cascade, replaced children, the "
+        "leftovers of failed dumps. Without --yes it only reports what it would delete, per class, "
+        "with their bytes. The grace period is what makes it safe while applications write: make it "
+        "longer than any dump takes, plus clock differences between machines. Every stored class "
+        "must be defined by the imported modules (--roots, --import), or nothing is deleted.",
+    )
+    _url_argument(gc_parser, "url", "storage URL to collect")
+    gc_parser.add_argument(
+        "--roots",
+        action="append",
+        required=True,
+        metavar="MODULE:CLASS",
+        help="a class whose records are live by themselves, e.g. 'myapp.models:Order' (repeatable)",
+    )
+    gc_parser.add_argument(
+        "--grace",
+        type=_duration,
+        default=timedelta(hours=1),
+        metavar="DURATION",
+        help="keep records written less than this long ago, and what they refer to: 30m, 1h, 2d (default 1h)",
+    )
+    mode = gc_parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="only report (the default)")
+    mode.add_argument("--yes", action="store_true", help="delete the unreachable records")
+    gc_parser.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=DEFAULT_BATCH,
+        metavar="N",
+        help=f"records read or deleted per round trip (default {DEFAULT_BATCH})",
+    )
     return parser
 
 
@@ -928,6 +1031,12 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
     if args.command == "purge-expired":
         return asyncio.run(purge_expired(args.url, out))
+    if args.command == "gc":
+        return asyncio.run(
+            collect_garbage(
+                args.url, args.roots, grace=args.grace, yes=args.yes, batch=args.batch_size, out=out, err=err
+            )
+        )
     return asyncio.run(
         upgrade_records(args.url, args.model, dry_run=args.dry_run, batch=args.batch_size, out=out, err=err)
     )

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import os
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import forksafe
+from . import forksafe, observability
 from ._backend_errors import raise_translated, timed_out
 from ._bridge import SHUTDOWN_TIMEOUT, Bridge
 from ._stats import counters_for
@@ -155,12 +157,25 @@ def _sweep_closed_loops() -> None:
                 closing.close()
 
 
-async def execute(url: StorageURL, seconds: float, operation: Callable[[StorageBackend], Awaitable[T]]) -> T:
-    """Run `operation` against the backend for `url` within `seconds`.
+def execute(
+    url: StorageURL, seconds: float, operation: Callable[[StorageBackend], Awaitable[T]]
+) -> Coroutine[Any, Any, T]:
+    """Run `operation` against the backend for `url` within `seconds` (await the result).
 
     Built-in backends raise the library's exceptions themselves; a custom backend's other
-    failures are translated (`_backend_errors.py`), so callers see one hierarchy.
+    failures are translated (`_backend_errors.py`), so callers see one hierarchy. Every operation
+    is observed here (`observability.py`): a log line and a span when someone listens, else only
+    the slow-operation check.
     """
+    if observability.enabled():
+        return observability.observed(url, operation, functools.partial(_execute, url, seconds, timed=False))
+    return _execute(url, seconds, operation, timed=True)
+
+
+async def _execute(
+    url: StorageURL, seconds: float, operation: Callable[[StorageBackend], Awaitable[T]], *, timed: bool
+) -> T:
+    started = time.perf_counter() if timed else 0.0
     loop = running_loop()
     deadlines = _deadlines.get(loop)
     if deadlines is None:
@@ -168,7 +183,7 @@ async def execute(url: StorageURL, seconds: float, operation: Callable[[StorageB
     task = deadlines.enter(seconds)
     cancelling = task.cancelling()
     try:
-        return await operation(await get_backend(url))
+        result = await operation(await get_backend(url))
     except asyncio.CancelledError:
         # As asyncio.timeout does: our deadline's cancel becomes the timeout error only when no
         # other cancel (the caller's task.cancel(), a TaskGroup, ...) landed with it.
@@ -183,6 +198,9 @@ async def execute(url: StorageURL, seconds: float, operation: Callable[[StorageB
         if deadlines.leave(task):
             # The deadline fired but the operation swallowed its cancel: withdraw it all the same.
             task.uncancel()
+    if timed and (slow := observability.slow_seconds) is not None and time.perf_counter() - started >= slow:
+        observability.warn_slow(url, time.perf_counter() - started)
+    return result
 
 
 def time_left() -> float | None:

@@ -33,7 +33,7 @@ from pydantic import ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, Pyd
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticSerializationError, core_schema
 
-from . import _content, _loading, _writing, codecs
+from . import _content, _loading, _writing, codecs, lifecycle
 from ._pydantic_internals import json_schema_metadata, schema_holds_references, surrounding_json_config
 from ._settings import DEFAULT_TIMEOUT, ModelSettings
 from .exceptions import StorageValidationError, StoredDataError
@@ -254,6 +254,11 @@ class ToastField:
         )
         self._stored: tuple[TypeAdapter[Any], bool] | None = None
         self._holds: bool | None = None
+        # `gc` must know these records (no model class names them) and what they refer to.
+        lifecycle.register_stored_kind(self.settings.url, name, self._references_in)
+
+    def _references_in(self, record: StoredRecord) -> list[lifecycle.StoredReference]:
+        return lifecycle.collect_references(lambda: self.read(record, None))
 
     @property
     def adapter(self) -> TypeAdapter[Any]:

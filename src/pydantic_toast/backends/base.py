@@ -437,6 +437,18 @@ class StorageBackend(ABC):
             "'async def delete(self, id: UUID, class_name: str) -> bool' in the backend"
         )
 
+    async def delete_records(self, keys: Sequence[RecordKey]) -> int:
+        """Delete several records; return how many live ones existed (a repeated key counts once).
+
+        Used by cascade delete and `gc`, one call per backend and level. Default: concurrent
+        `delete` calls, so a backend with `delete` has it; a backend may override it with one
+        round trip. Not atomic: a failure may leave some of the batch deleted, which a retry of
+        the same batch finishes.
+        """
+        unique = list(dict.fromkeys(keys))
+        existed = await asyncio.gather(*(self.delete(id, class_name) for id, class_name in unique))
+        return sum(existed)
+
     # Listing, for the operator commands (stats, copy, upgrade, inspect without a class name).
 
     async def scan_records(
@@ -500,6 +512,7 @@ _OPTIONAL_METHODS = (
     "save_records",
     "load_records",
     "delete",
+    "delete_records",
     "scan_records",
     "find_record",
     "purge_expired",

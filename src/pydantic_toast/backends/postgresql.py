@@ -38,7 +38,7 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
 from uuid import UUID
 
-from .. import runtime
+from .. import observability, runtime
 from ..exceptions import MissingDependencyError, StorageConnectionError, StorageValidationError
 from ..url import StorageURL, mask_secrets
 from ._errors import ErrorRow, ErrorTable, map_driver_errors
@@ -384,6 +384,7 @@ class PostgreSQLBackend(RecordStorageBackend):
                     if retried:
                         raise
                     retried = True
+                    observability.retrying("postgresql", action, exc)
                     if self._pool is not None and not isinstance(exc, self._deadlock):
                         # Every pooled connection predates the failure: replace them all, not one
                         # per call.

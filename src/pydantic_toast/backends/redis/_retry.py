@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,15 +40,36 @@ def _retry_class() -> type[Retry]:
         works with every redis-py version's `call_with_retry` signature.
         """
 
+        def __init__(self, backoff: Any, retries: int, *args: Any, **kwargs: Any) -> None:
+            super().__init__(backoff, retries, *args, **kwargs)
+            self.toast_retries = retries
+
         async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+            failures = 0
+
             async def attempt() -> Any:
                 try:
                     return await do()
                 except (AuthenticationError, AuthorizationError) as exc:
                     raise _Final(exc) from exc
 
+            async def failed(error: Exception, *count: int) -> None:
+                # Called after each failed attempt, the last one too: a WARNING for those that
+                # another attempt follows.
+                nonlocal failures
+                failures += 1
+                if failures <= self.toast_retries:
+                    from ... import observability
+
+                    observability.retrying(
+                        "redis", "command", error, attempt=failures + 1, attempts=self.toast_retries + 1
+                    )
+                outcome = fail(error, *count)
+                if inspect.isawaitable(outcome):
+                    await outcome
+
             try:
-                return await super().call_with_retry(attempt, fail, *args, **kwargs)
+                return await super().call_with_retry(attempt, failed, *args, **kwargs)
             except _Final as final:
                 raise final.error from None
 
