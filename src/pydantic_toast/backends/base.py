@@ -28,6 +28,7 @@ import pydantic_core
 from .. import forksafe
 from ..exceptions import StorageValidationError, UnsupportedOperationError
 from ..url import StorageURL
+from ._options import BackendOptions
 
 __all__ = [
     "BackendStats",
@@ -284,8 +285,9 @@ class StorageBackend(ABC):
     the library's exceptions leave a built-in backend.
     """
 
-    #: Names this backend's `check_url` accepts as query options; used in error messages only.
-    url_options: ClassVar[tuple[str, ...]] = ()
+    #: The backend's URL options as one frozen model (see `BackendOptions`): the default
+    #: `check_url` validates a URL's query string with it. None: the backend reads no options.
+    options_model: ClassVar[type[BackendOptions] | None] = None
 
     #: Capabilities that no method override can reveal (TTL, UNIQUE_IDS): declare them here.
     declared_capabilities: ClassVar[frozenset[Capability]] = frozenset()
@@ -357,9 +359,11 @@ class StorageBackend(ABC):
         """Validate backend options in `url` without connecting; raise `StorageValidationError`.
 
         Runs when a model class is defined, so a typo fails at import time, not at first save.
-        The default accepts every URL.
+        The default validates the query string with `options_model` when the class declares
+        one, and accepts every URL otherwise.
         """
-        return
+        if cls.options_model is not None:
+            cls.options_model.from_url(url)
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         """Store several records; where an id repeats, the last record wins.
@@ -498,6 +502,8 @@ class _Adapter(StorageBackend):
         check = getattr(cls.adapted, "check_url", None)
         if callable(check):
             check(url)
+        else:
+            super().check_url(url)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.backend!r})"
@@ -540,7 +546,7 @@ def adapt_backend(backend: type) -> type[StorageBackend]:
         "__module__": backend.__module__,
         "__qualname__": backend.__qualname__,
         "__doc__": backend.__doc__,
-        "url_options": tuple(getattr(backend, "url_options", ())),
+        "options_model": getattr(backend, "options_model", None),
         "declared_capabilities": frozenset(
             Capability(c) for c in getattr(backend, "declared_capabilities", ())
         ),

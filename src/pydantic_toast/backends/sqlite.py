@@ -5,7 +5,7 @@ one connection driven by one dedicated worker thread: calls never block the even
 SQLite's single-writer rule is respected without locks of our own. Several instances (one per
 event loop, or several processes) share the file safely through WAL mode and a busy timeout.
 
-Options (query string): `table` (default `external_models`), `busy_timeout` in seconds (default 5).
+Options (query string): `SQLiteOptions` below, listed in docs/backends/sqlite.md.
 
 `data` holds a record's payload: JSON as TEXT for the "json" encoding, a BLOB for any other
 (compressed) one, named in `encoding`. Tables of earlier versions gain that column at connect.
@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
+from pydantic import Field
+
 from .. import forksafe
 from ..exceptions import StorageConnectionError, StorageValidationError
 from ..url import StorageURL
 from ._errors import ErrorRow, ErrorTable, map_driver_errors, raise_unchained
-from ._options import URLOptions
+from ._options import BackendOptions, Identifier
 from .base import (
     Capability,
     RecordKey,
@@ -43,11 +45,21 @@ from .base import (
     refuse_other_class,
 )
 
-__all__ = ["SQLiteBackend"]
+__all__ = ["SQLiteBackend", "SQLiteOptions"]
 
 T = TypeVar("T")
 
-_OPTIONS = ("table", "busy_timeout")
+
+class SQLiteOptions(BackendOptions):
+    """The query options of a `sqlite:///` URL."""
+
+    backend = "sqlite"
+    table: Identifier = Field("external_models", description="table name, a plain identifier")
+    busy_timeout: float = Field(
+        5.0, ge=0, description="seconds a writer waits for another writer's lock before failing"
+    )
+
+
 # The encoding is NULL for TEXT data, which is JSON whatever the column says: a process of an
 # earlier version updating a compressed record writes JSON text and leaves the column alone.
 _COLUMNS = (
@@ -76,13 +88,14 @@ _connected: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
 
 
 class SQLiteBackend(RecordStorageBackend):
-    url_options = _OPTIONS
+    options_model = SQLiteOptions
     declared_capabilities = frozenset({Capability.TTL, Capability.UNIQUE_IDS})
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
         parsed = StorageURL.parse(url)
-        self._path, self._table, self._busy_timeout = _settings(parsed)
+        self._path, options = _settings(parsed)
+        self._table, self._busy_timeout = options.table, options.busy_timeout
         locked = (
             f"; another connection held the write lock for longer than busy_timeout="
             f"{self._busy_timeout:g} s: raise busy_timeout in the URL, or shorten the other "
@@ -466,9 +479,9 @@ def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
     )
 
 
-def _settings(url: StorageURL) -> tuple[str, str, float]:
-    options = URLOptions(url, backend="sqlite")
-    options.reject_unknown(_OPTIONS)
+def _settings(url: StorageURL) -> tuple[str, SQLiteOptions]:
+    """The database file's path and the URL's options, validated without opening anything."""
+    options = SQLiteOptions.from_url(url)
     if url.host or url.port:
         raise StorageValidationError(
             f"a SQLite URL names a file, not a host: write 'sqlite:///relative.db' or "
@@ -491,8 +504,4 @@ def _settings(url: StorageURL) -> tuple[str, str, float]:
             expected="sqlite:///path or memory://",
             actual=url.masked,
         )
-    return (
-        str(Path(path)),
-        options.identifier("table", "external_models"),
-        options.number("busy_timeout", 5.0),
-    )
+    return str(Path(path)), options

@@ -26,8 +26,16 @@ The package by job: _config (URL options), _values (the value layout above), _sc
 script of checked writes), _retry, _base (what both clients share), single and cluster.
 """
 
+from ._config import RedisClusterOptions, RedisClusterTLSOptions, RedisOptions, RedisTLSOptions
 from ._config import _settings as _settings
 from .cluster import RedisClusterBackend
 from .single import RedisBackend
 
-__all__ = ["RedisBackend", "RedisClusterBackend"]
+__all__ = [
+    "RedisBackend",
+    "RedisClusterBackend",
+    "RedisClusterOptions",
+    "RedisClusterTLSOptions",
+    "RedisOptions",
+    "RedisTLSOptions",
+]

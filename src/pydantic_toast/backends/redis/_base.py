@@ -84,10 +84,10 @@ class _RedisBase(RecordStorageBackend):
         parsed = StorageURL.parse(url)
         self._scheme = parsed.scheme
         self._settings = _settings(parsed, cluster=self._cluster)
-        self._key_head = f"{self._settings.prefix}:".encode()
+        self._key_head = f"{self._settings.options.prefix}:".encode()
         self._driver_errors: tuple[type[BaseException], ...] = ()
         self._errors = ErrorTable((), default=lambda exc: "")
-        self._in_flight = asyncio.Semaphore(self._settings.max_connections)
+        self._in_flight = asyncio.Semaphore(self._settings.options.max_connections)
         # Set at connect when the server evicts keys that have a time to live; the first save
         # of such a key logs the warning (records without ttl are not at risk then).
         self._volatile_eviction: str | None = None
@@ -101,7 +101,7 @@ class _RedisBase(RecordStorageBackend):
 
     @property
     def prefix(self) -> str:
-        return self._settings.prefix
+        return self._settings.options.prefix
 
     def key(self, id: UUID, class_name: str) -> bytes:
         """The Redis key of a record: `{prefix}:{class_name}:{uuid}`."""
@@ -122,10 +122,10 @@ class _RedisBase(RecordStorageBackend):
         kwargs: dict[str, Any] = {
             "username": settings.username,
             "password": settings.password,
-            "socket_timeout": settings.socket_timeout,
-            "socket_connect_timeout": settings.socket_connect_timeout,
-            "retry": _retry(settings.retries),
-            "client_name": settings.client_name,
+            "socket_timeout": settings.options.socket_timeout,
+            "socket_connect_timeout": settings.options.socket_connect_timeout,
+            "retry": _retry(settings.options.retries),
+            "client_name": settings.options.client_name,
             "decode_responses": False,
             # RESP2, on purpose. redis-py 8 defaults to RESP3, which turns on "maintenance
             # notifications", and with them on its pool stops checking a pooled connection
@@ -136,12 +136,12 @@ class _RedisBase(RecordStorageBackend):
             "protocol": 2,
         }
         if settings.tls is not None:
-            kwargs.update(settings.tls.kwargs())
+            kwargs.update(settings.tls.tls_kwargs())
         return kwargs
 
     def _writes(self, records: Sequence[StoredRecord]) -> list[tuple[bytes, bytes, int | None]]:
         """(key, value, expiry in ms) per record; refuses the whole batch if any value is too big."""
-        limit = self._settings.max_value_size
+        limit = self._settings.options.max_value_size
         now: datetime | None = None
         writes: list[tuple[bytes, bytes, int | None]] = []
         for record in records:
@@ -189,6 +189,7 @@ class _RedisBase(RecordStorageBackend):
     def _error_table(self, errors: ModuleType) -> ErrorTable:
         """redis-py's failures, most specific first, with the cause and fix to name."""
         settings = self._settings
+        options = settings.options
 
         def credentials(exc: BaseException) -> str:
             if settings.password is None:
@@ -201,15 +202,15 @@ class _RedisBase(RecordStorageBackend):
 
         permission = (
             f"the ACL user lacks permission; allow GET, SET, MGET, DEL and SCAN (and EVAL and GETRANGE "
-            f"for optimistic_concurrency) on keys '{settings.prefix}:*'"
+            f"for optimistic_concurrency) on keys '{options.prefix}:*'"
         )
         timeout = (
-            f"no answer within socket_timeout={settings.socket_timeout:g} s "
-            f"(connect: {settings.socket_connect_timeout:g} s) after {settings.retries} retries; "
+            f"no answer within socket_timeout={options.socket_timeout:g} s "
+            f"(connect: {options.socket_connect_timeout:g} s) after {options.retries} retries; "
             "the server may be down, overloaded or unreachable"
         )
         unreachable = (
-            f"check that the server is running and reachable (gave up after {settings.retries} retries)"
+            f"check that the server is running and reachable (gave up after {options.retries} retries)"
         )
         return ErrorTable(
             [
@@ -249,7 +250,7 @@ class _RedisBase(RecordStorageBackend):
         """
         skipped: tuple[type[BaseException], ...] = (*self._driver_errors, TimeoutError)
         try:
-            async with asyncio.timeout(min(_POLICY_CHECK_TIMEOUT, self._settings.socket_timeout)):
+            async with asyncio.timeout(min(_POLICY_CHECK_TIMEOUT, self._settings.options.socket_timeout)):
                 configs = await self._memory_configs()
         except skipped as exc:
             _log.debug(
@@ -400,7 +401,7 @@ class _RedisBase(RecordStorageBackend):
     def _pattern(self, class_name: str | None, id: UUID | None = None) -> bytes:
         middle = _glob_escape(class_name) if class_name is not None else "*"
         tail = str(id) if id is not None else "*"
-        return f"{_glob_escape(self._settings.prefix)}:{middle}:{tail}".encode()
+        return f"{_glob_escape(self._settings.options.prefix)}:{middle}:{tail}".encode()
 
     async def scan_records(
         self, *, cursor: str | None, limit: int, class_name: str | None = None, include_expired: bool = False
