@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
 import socket
 import ssl
@@ -71,14 +72,12 @@ _FULL_PAUSE_CAP = 0.25
 _FULL_MARGIN = 0.25
 
 _NUL_ESCAPE = b"\\u0000"
-_DATA = "CASE jsonb_typeof(data) WHEN 'string' THEN data #>> '{}' ELSE data::text END"
-# NULL unless the record is in `payload`; then its bytes and their encoding.
-_PAYLOAD = (
-    "CASE jsonb_typeof(data) WHEN 'null' THEN payload END, "
-    "CASE jsonb_typeof(data) WHEN 'null' THEN encoding END"
-)
+# The columns as stored: which of `data` and `payload` holds the record is decided in Python
+# (`_content`), from the first character of the text, instead of three `CASE jsonb_typeof(data)`
+# per row on the server.
 _COLUMNS = (
-    f"id, class_name, {_DATA}, schema_version, created_at, updated_at, expires_at, {_PAYLOAD}, revision"
+    "id, class_name, data::text, schema_version, created_at, updated_at, expires_at, payload, encoding, "
+    "revision"
 )
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
 # A batch's `data` text as jsonb, or JSON null where the record goes to `payload` as bytes.
@@ -226,6 +225,16 @@ class PostgreSQLBackend(RecordStorageBackend):
         # One statement for the whole batch. The NOT EXISTS keeps it all-or-nothing when an id
         # already belongs to another class; the ON CONFLICT filter covers a concurrent writer.
         # Batches of JSON records (the usual case) send no payload or encoding arrays.
+        # A batch whose records share everything but id and data (one class, one `now`, no
+        # expiry or the same one: what save_many of new models sends) goes as two arrays and six
+        # scalars. asyncpg encodes every array element on its own, so this halves the encoding.
+        self._save_many_shared = (
+            "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS u(id, data)) "
+            f"INSERT INTO {table} AS t ({columns}) SELECT id, $3::text, data::jsonb, $4::int4, "
+            "$5::timestamptz, $6::timestamptz, $7::timestamptz, $8::int8 "
+            f"FROM input WHERE NOT EXISTS (SELECT 1 FROM {table} AS o JOIN input AS i ON o.id = i.id "
+            f"WHERE o.class_name <> $3::text) {upsert}"
+        )
         self._save_many, self._save_many_bytes = (
             "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], "
             f"$5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::int8[]{arrays}) "
@@ -240,9 +249,8 @@ class PostgreSQLBackend(RecordStorageBackend):
             )
         )
         self._load_one = (
-            f"SELECT {_DATA}, schema_version, created_at, updated_at, expires_at, {_PAYLOAD}, revision "
-            f"FROM {table} "
-            f"WHERE id = $1 AND class_name = $2 AND {_LIVE}"
+            "SELECT data::text, schema_version, created_at, updated_at, expires_at, payload, encoding, "
+            f"revision FROM {table} WHERE id = $1 AND class_name = $2 AND {_LIVE}"
         )
         self._load_many = f"SELECT {_COLUMNS} FROM {table} WHERE id = ANY($1::uuid[]) AND {_LIVE}"
         # Removes an expired leftover too, but answers like a load would: was a live record there?
@@ -474,15 +482,20 @@ class PostgreSQLBackend(RecordStorageBackend):
         else:
             unique = _deduplicated(records)
             texts = [_stored_text(r) for r in unique]
-            columns = _columns(unique, texts)
-            statement = self._save_many
-            if None in texts:
-                statement = self._save_many_bytes
-                columns.append(
-                    [r.payload if text is None else None for r, text in zip(unique, texts, strict=True)]
-                )
-                columns.append([r.encoding for r in unique])
-            status = await self._run("save", pool.execute, statement, *columns)
+            shared = None if None in texts else _shared(unique)
+            if shared is not None:
+                ids = [r.id for r in unique]
+                status = await self._run("save", pool.execute, self._save_many_shared, ids, texts, *shared)
+            else:
+                columns = _columns(unique, texts)
+                statement = self._save_many
+                if None in texts:
+                    statement = self._save_many_bytes
+                    columns.append(
+                        [r.payload if text is None else None for r, text in zip(unique, texts, strict=True)]
+                    )
+                    columns.append([r.encoding for r in unique])
+                status = await self._run("save", pool.execute, statement, *columns)
         self.stats.add(written=len(unique))
         if _row_count(status) != len(unique):
             # The refused path only: one more query to name the class that owns the id.
@@ -558,16 +571,9 @@ class PostgreSQLBackend(RecordStorageBackend):
             if row is None:
                 return [None]
             data, version, created, updated, expires, payload, encoding, revision = row
-            if payload is not None:
-                return [
-                    StoredRecord(
-                        id, class_name, payload, version, created, updated, expires, encoding, revision
-                    )
-                ]
+            content, encoding = _content(data, payload, encoding)
             return [
-                StoredRecord(
-                    id, class_name, data.encode(), version, created, updated, expires, "json", revision
-                )
+                StoredRecord(id, class_name, content, version, created, updated, expires, encoding, revision)
             ]
         rows = await self._run("load", pool.fetch, self._load_many, list({id: None for id, _ in keys}))
         self.stats.add(read=len(rows))
@@ -575,14 +581,14 @@ class PostgreSQLBackend(RecordStorageBackend):
         records: list[StoredRecord | None] = []
         for id, class_name in keys:
             row = found.get((id, class_name))
+            if row is None:
+                records.append(None)
+                continue
+            data = row[2]
+            # Model data is a JSON object: '{' is every JSON record; the rest is the rare path.
+            content, encoding = (data.encode(), "json") if data[0] == "{" else _content(data, row[7], row[8])
             records.append(
-                None
-                if row is None
-                else StoredRecord(
-                    id, class_name, row[2].encode(), row[3], row[4], row[5], row[6], "json", row[9]
-                )
-                if row[7] is None
-                else StoredRecord(id, class_name, row[7], row[3], row[4], row[5], row[6], row[8], row[9])
+                StoredRecord(id, class_name, content, row[3], row[4], row[5], row[6], encoding, row[9])
             )
         return records
 
@@ -786,7 +792,26 @@ def _stored_text(record: StoredRecord) -> str | None:
 
 def _deduplicated(records: Sequence[StoredRecord]) -> list[StoredRecord]:
     """The last record per id, sorted by id so concurrent batches lock rows in the same order."""
-    return sorted(last_per_id(records), key=lambda record: record.id)
+    # By the integer: UUID's own comparison runs in Python (measured: most of a 1,000-record
+    # batch's Python time in this module).
+    return sorted(last_per_id(records), key=lambda record: record.id.int)
+
+
+def _shared(records: Sequence[StoredRecord]) -> tuple[object, ...] | None:
+    """What every record of the batch has in common beyond id and data, or None if they differ."""
+    first = records[0]
+    shared = (
+        first.class_name,
+        first.schema_version,
+        first.created_at,
+        first.updated_at,
+        first.expires_at,
+        first.revision,
+    )
+    for r in records:
+        if (r.class_name, r.schema_version, r.created_at, r.updated_at, r.expires_at, r.revision) != shared:
+            return None
+    return shared
 
 
 def _columns(records: Sequence[StoredRecord], texts: list[str | None]) -> list[list[Any]]:
@@ -860,10 +885,25 @@ def _row_count(status: str) -> int:
 
 def _record(row: Any) -> StoredRecord:
     uuid, class_name, data, version, created, updated, expires, payload, encoding, revision = row
-    id = UUID(int=uuid.int)
-    if payload is not None:
-        return StoredRecord(id, class_name, payload, version, created, updated, expires, encoding, revision)
-    return StoredRecord(id, class_name, data.encode(), version, created, updated, expires, "json", revision)
+    content, encoding = _content(data, payload, encoding)
+    return StoredRecord(
+        UUID(int=uuid.int), class_name, content, version, created, updated, expires, encoding, revision
+    )
+
+
+def _content(data: str, payload: bytes | None, encoding: str) -> tuple[bytes, str]:
+    """A row's payload and encoding from its `data` text (jsonb as text) and `payload` column.
+
+    JSON `null` in `data`: the record is in `payload`, in `encoding`. A JSON string: a row written
+    before the codec stage, wrapping the JSON text. Anything else is the record's JSON itself,
+    whatever `encoding` says (a process of an earlier version may have updated `data` alone).
+    """
+    if data == "null" and payload is not None:
+        return payload, encoding
+    if data.startswith('"'):
+        unwrapped: str = json.loads(data)
+        return unwrapped.encode(), "json"
+    return data.encode(), "json"
 
 
 def _settings(url: StorageURL) -> _Settings:

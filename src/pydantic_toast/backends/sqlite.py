@@ -312,14 +312,18 @@ class SQLiteBackend(RecordStorageBackend):
             for start in range(0, len(unique), _MAX_IDS_PER_SELECT):
                 chunk = unique[start : start + _MAX_IDS_PER_SELECT]
                 marks = ",".join("?" * len(chunk))
+                # `+class_name`: without the plus, SQLite's planner picks the class_name index
+                # for many ids and walks every record of the class (measured: 5x slower at
+                # 30,000 records) instead of one primary-key lookup per id.
                 rows = connection.execute(
                     f"SELECT {_COLUMNS} "
-                    f'FROM "{self._table}" WHERE class_name = ? AND id IN ({marks}) '
+                    f'FROM "{self._table}" WHERE +class_name = ? AND id IN ({marks}) '
                     "AND (expires_at IS NULL OR expires_at > ?)",
                     (class_name, *chunk, now),
                 ).fetchall()
+                parse = _timestamp_parser()
                 for row in rows:
-                    record = _record_from_row(row)
+                    record = _record_from_row(row, parse)
                     found[record.key] = record
         return found
 
@@ -447,6 +451,16 @@ def _add_missing_columns(connection: sqlite3.Connection, table: str) -> None:
 
 def _rows(records: Sequence[StoredRecord]) -> list[tuple[Any, ...]]:
     """`_UPSERT`'s parameters for each record."""
+    # The records of one batch share their timestamps (one `now` per write): each distinct
+    # instant is formatted once, not three times per record (formatting was ~40% of this loop).
+    texts: dict[datetime, str] = {}
+
+    def text(moment: datetime) -> str:
+        found = texts.get(moment)
+        if found is None:
+            found = texts[moment] = format_timestamp(moment)
+        return found
+
     return [
         (
             str(r.id),
@@ -454,9 +468,9 @@ def _rows(records: Sequence[StoredRecord]) -> list[tuple[Any, ...]]:
             # JSON stays TEXT, readable with SQLite's JSON functions; other encodings are BLOBs.
             r.payload.decode() if r.encoding == "json" else r.payload,
             r.schema_version,
-            format_timestamp(r.created_at),
-            format_timestamp(r.updated_at),
-            None if r.expires_at is None else format_timestamp(r.expires_at),
+            text(r.created_at),
+            text(r.updated_at),
+            None if r.expires_at is None else text(r.expires_at),
             r.encoding,
             r.revision,
         )
@@ -464,16 +478,31 @@ def _rows(records: Sequence[StoredRecord]) -> list[tuple[Any, ...]]:
     ]
 
 
-def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
+def _timestamp_parser() -> Callable[[str], datetime]:
+    """`parse_timestamp` remembering what it parsed: records saved together share timestamps."""
+    moments: dict[str, datetime] = {}
+
+    def parse(text: str) -> datetime:
+        found = moments.get(text)
+        if found is None:
+            found = moments[text] = parse_timestamp(text)
+        return found
+
+    return parse
+
+
+def _record_from_row(
+    row: tuple[Any, ...], parse: Callable[[str], datetime] = parse_timestamp
+) -> StoredRecord:
     id_text, class_name, data, version, created, updated, expires, encoding, revision = row
     return StoredRecord(
         UUID(id_text),
         class_name,
         data.encode() if encoding is None else data,
         version,
-        parse_timestamp(created),
-        parse_timestamp(updated),
-        None if expires is None else parse_timestamp(expires),
+        parse(created),
+        parse(updated),
+        None if expires is None else parse(expires),
         encoding or "json",
         revision,
     )
