@@ -79,17 +79,39 @@ _BY_METHOD: dict[Capability, tuple[str, ...]] = {
 }
 
 
+# The last timestamp formatted and parsed. Records written together share their timestamps (one
+# `now` per write, created_at == updated_at for a new record), so most calls repeat the previous
+# one: formatting was 13% of a Redis batch save's CPU. One tuple, replaced whole: thread-safe.
+_formatted: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")
+_parsed: tuple[str, datetime] = ("", datetime.min.replace(tzinfo=UTC))
+
+
 def format_timestamp(moment: datetime) -> str:
     """ISO 8601 in UTC with a `Z` suffix, as the envelope stores it.
 
     Always with microseconds, so the text sorts like the instant (SQLite compares it as text).
     """
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    global _formatted
+    last = _formatted
+    # Equal instants give equal UTC text whatever their offsets (a naive datetime never equals
+    # an aware one, so it is formatted as local time as before).
+    if last[0] == moment:
+        return last[1]
+    text = moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    _formatted = (moment, text)
+    return text
 
 
 def parse_timestamp(text: str) -> datetime:
+    global _parsed
+    last = _parsed
+    if last[0] == text:
+        return last[1]
     moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    _parsed = (text, moment)
+    return moment
 
 
 @dataclass(slots=True)

@@ -28,6 +28,7 @@ from ..base import (
 from ._config import _settings
 from ._retry import _retry
 from ._scripts import _CHECKED_WRITE, _conflicts_of, _script_arguments
+from ._slots import Slots
 from ._values import _decode, _encode
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class _RedisBase(RecordStorageBackend):
         self._key_head = f"{self._settings.options.prefix}:".encode()
         self._driver_errors: tuple[type[BaseException], ...] = ()
         self._errors = ErrorTable((), default=lambda exc: "")
-        self._in_flight = asyncio.Semaphore(self._settings.options.max_connections)
+        self._in_flight = Slots(self._settings.options.max_connections)
         # Set at connect when the server evicts keys that have a time to live; the first save
         # of such a key logs the warning (records without ttl are not at risk then).
         self._volatile_eviction: str | None = None
@@ -172,19 +173,24 @@ class _RedisBase(RecordStorageBackend):
         Typed Any: redis-py types replies as `bytes | str` (decode_responses is a runtime flag),
         and with decode_responses=False they are always bytes.
         """
+        slots = self._in_flight
+        # A burst of tasks waits here for a free connection instead of failing with "too many
+        # connections"; the model's `timeout` bounds the wait like any other.
+        if not slots.take_now():
+            try:
+                await slots.take()
+            except BaseException:
+                # Cancelled while waiting for a slot: the operation never started and must not
+                # be reported as a coroutine that was never awaited.
+                close = getattr(operation, "close", None)
+                if close is not None:
+                    close()
+                raise
         try:
             with map_driver_errors(self._driver_errors, lambda exc: self._failure(action, exc)):
-                # A burst of tasks waits here for a free connection instead of failing with "too
-                # many connections"; the model's `timeout` bounds the wait like any other.
-                async with self._in_flight:
-                    return await operation
-        except BaseException:
-            # Cancelled while waiting for a slot: the operation never started and must not be
-            # reported as a coroutine that was never awaited (closing a finished one is a no-op).
-            close = getattr(operation, "close", None)
-            if close is not None:
-                close()
-            raise
+                return await operation
+        finally:
+            slots.give()
 
     def _error_table(self, errors: ModuleType) -> ErrorTable:
         """redis-py's failures, most specific first, with the cause and fix to name."""
