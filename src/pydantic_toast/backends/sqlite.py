@@ -303,12 +303,13 @@ class SQLiteBackend(RecordStorageBackend):
         self, connection: sqlite3.Connection, keys: Sequence[RecordKey]
     ) -> dict[RecordKey, StoredRecord]:
         now = format_timestamp(datetime.now(UTC))
-        by_class: dict[str, list[str]] = {}
+        # Each id's text once, and back to the caller's UUID without parsing the row's text.
+        by_class: dict[str, dict[str, UUID]] = {}
         for id, class_name in keys:
-            by_class.setdefault(class_name, []).append(str(id))
+            by_class.setdefault(class_name, {})[str(id)] = id
         found: dict[RecordKey, StoredRecord] = {}
         for class_name, ids in by_class.items():
-            unique = list(dict.fromkeys(ids))
+            unique = list(ids)
             for start in range(0, len(unique), _MAX_IDS_PER_SELECT):
                 chunk = unique[start : start + _MAX_IDS_PER_SELECT]
                 marks = ",".join("?" * len(chunk))
@@ -323,8 +324,8 @@ class SQLiteBackend(RecordStorageBackend):
                 ).fetchall()
                 parse = _timestamp_parser()
                 for row in rows:
-                    record = _record_from_row(row, parse)
-                    found[record.key] = record
+                    id = ids[row[0]]
+                    found[id, class_name] = _record_from_row(row, parse, id)
         return found
 
     async def delete(self, id: UUID, class_name: str) -> bool:
@@ -492,11 +493,11 @@ def _timestamp_parser() -> Callable[[str], datetime]:
 
 
 def _record_from_row(
-    row: tuple[Any, ...], parse: Callable[[str], datetime] = parse_timestamp
+    row: tuple[Any, ...], parse: Callable[[str], datetime] = parse_timestamp, id: UUID | None = None
 ) -> StoredRecord:
     id_text, class_name, data, version, created, updated, expires, encoding, revision = row
     return StoredRecord(
-        UUID(id_text),
+        UUID(id_text) if id is None else id,
         class_name,
         data.encode() if encoding is None else data,
         version,
