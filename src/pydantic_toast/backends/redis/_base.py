@@ -86,6 +86,7 @@ class _RedisBase(RecordStorageBackend):
         self._scheme = parsed.scheme
         self._settings = _settings(parsed, cluster=self._cluster)
         self._key_head = f"{self._settings.options.prefix}:".encode()
+        self._class_heads: dict[str, bytes] = {}
         self._driver_errors: tuple[type[BaseException], ...] = ()
         self._errors = ErrorTable((), default=lambda exc: "")
         self._in_flight = Slots(self._settings.options.max_connections)
@@ -106,7 +107,11 @@ class _RedisBase(RecordStorageBackend):
 
     def key(self, id: UUID, class_name: str) -> bytes:
         """The Redis key of a record: `{prefix}:{class_name}:{uuid}`."""
-        return b"%b%b:%b" % (self._key_head, class_name.encode(), str(id).encode())
+        head = self._class_heads.get(class_name)
+        if head is None:
+            # `{prefix}:{class_name}:` once per class: batches build a key per record.
+            head = self._class_heads[class_name] = b"%b%b:" % (self._key_head, class_name.encode())
+        return head + str(id).encode()
 
     def _load_driver(self) -> None:
         try:
