@@ -180,16 +180,20 @@ class ShelfBackend:
 
 
 def test_a_third_party_options_model_is_checked_at_class_definition() -> None:
-    register_backend("shelf", ShelfBackend, replace=True)  # type: ignore[arg-type]
+    register_backend("optionshelf", ShelfBackend)  # type: ignore[arg-type]
     with pytest.raises(StorageValidationError, match=r"unknown shelf option\(s\) \['colour'\]"):
 
         class Refused(ExternalBaseModel):
             x: int
-            model_config = ExternalConfigDict(storage="shelf://x?colour=blue", storage_name=f"R{uuid4().hex}")
+            model_config = ExternalConfigDict(
+                storage="optionshelf://x?colour=blue", storage_name=f"R{uuid4().hex}"
+            )
 
     class Kept(ExternalBaseModel):
         x: int
-        model_config = ExternalConfigDict(storage="shelf://x?compact=yes", storage_name=f"K{uuid4().hex}")
+        model_config = ExternalConfigDict(
+            storage="optionshelf://x?compact=yes", storage_name=f"K{uuid4().hex}"
+        )
 
     assert Kept.model_validate(Kept(x=3).model_dump()).x == 3
 
