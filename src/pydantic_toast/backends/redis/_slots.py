@@ -39,7 +39,8 @@ class Slots:
             if waiter.done() and not waiter.cancelled():
                 # Handed a slot, then cancelled before running on: pass the slot on.
                 self.give()
-            else:
+            elif waiter in self._waiters:
+                # (`give` drops a cancelled waiter from the queue itself when it meets one.)
                 self._waiters.remove(waiter)
             raise
 
