@@ -114,7 +114,8 @@ def _require_sqlite_table(url: StorageURL, backend_type: type[StorageBackend]) -
 
     if not issubclass(backend_type, SQLiteBackend):
         return
-    path, table, _ = _settings(url)
+    path, options = _settings(url)
+    table = options.table
     file = Path(path)
     if not file.is_file():
         raise StorageConnectionError(

@@ -102,7 +102,10 @@ class ForkGate:
 
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
-        self._condition = threading.Condition(threading.Lock())
+        # `with self._lock` (C) rather than `with self._condition` (two Python calls): `run`
+        # wraps every SQLite call. The condition shares the lock, so holding one holds the other.
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
         self._active = 0
         self._forking = False
         if hasattr(os, "register_at_fork"):
@@ -114,16 +117,16 @@ class ForkGate:
             )
 
     def run(self, work: Callable[..., T], *args: Any) -> T:
-        with self._condition:
+        with self._lock:
             while self._forking:
                 self._condition.wait()
             self._active += 1
         try:
             return work(*args)
         finally:
-            with self._condition:
+            with self._lock:
                 self._active -= 1
-                if not self._active:
+                if not self._active and self._forking:
                     self._condition.notify_all()
 
     def _close(self) -> None:
@@ -137,7 +140,8 @@ class ForkGate:
             self._condition.notify_all()
 
     def _reset(self) -> None:
-        self._condition = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
         self._active = 0
         self._forking = False
 

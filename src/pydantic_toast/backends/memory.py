@@ -13,8 +13,8 @@ from typing import ClassVar
 from uuid import UUID
 
 from .. import forksafe
-from ..exceptions import StorageValidationError
 from ..url import StorageURL
+from ._options import BackendOptions
 from .base import (
     Capability,
     RecordKey,
@@ -26,10 +26,17 @@ from .base import (
     refuse_other_class,
 )
 
-__all__ = ["MemoryBackend"]
+__all__ = ["MemoryBackend", "MemoryOptions"]
+
+
+class MemoryOptions(BackendOptions):
+    """`memory://[name]` takes no options."""
+
+    backend = "memory"
 
 
 class MemoryBackend(RecordStorageBackend):
+    options_model = MemoryOptions
     declared_capabilities = frozenset({Capability.TTL, Capability.UNIQUE_IDS})
     _stores: ClassVar[dict[str, dict[UUID, StoredRecord]]] = {}
     _lock: ClassVar[threading.Lock] = forksafe.Lock()
@@ -41,15 +48,6 @@ class MemoryBackend(RecordStorageBackend):
         self.name = (parsed.host or "") + parsed.path
         with self._lock:
             self._records = self._stores.setdefault(self.name, {})
-
-    @classmethod
-    def check_url(cls, url: StorageURL) -> None:
-        if url.query:
-            raise StorageValidationError(
-                f"memory:// takes no options, got {sorted(url.options)} in {url.masked!r}",
-                expected="memory://[name]",
-                actual=url.masked,
-            )
 
     async def connect(self) -> None:
         pass

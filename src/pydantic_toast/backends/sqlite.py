@@ -5,7 +5,7 @@ one connection driven by one dedicated worker thread: calls never block the even
 SQLite's single-writer rule is respected without locks of our own. Several instances (one per
 event loop, or several processes) share the file safely through WAL mode and a busy timeout.
 
-Options (query string): `table` (default `external_models`), `busy_timeout` in seconds (default 5).
+Options (query string): `SQLiteOptions` below, listed in docs/backends/sqlite.md.
 
 `data` holds a record's payload: JSON as TEXT for the "json" encoding, a BLOB for any other
 (compressed) one, named in `encoding`. Tables of earlier versions gain that column at connect.
@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
+from pydantic import Field
+
 from .. import forksafe
 from ..exceptions import StorageConnectionError, StorageValidationError
 from ..url import StorageURL
 from ._errors import ErrorRow, ErrorTable, map_driver_errors, raise_unchained
-from ._options import URLOptions
+from ._options import BackendOptions, Identifier
 from .base import (
     Capability,
     RecordKey,
@@ -43,11 +45,21 @@ from .base import (
     refuse_other_class,
 )
 
-__all__ = ["SQLiteBackend"]
+__all__ = ["SQLiteBackend", "SQLiteOptions"]
 
 T = TypeVar("T")
 
-_OPTIONS = ("table", "busy_timeout")
+
+class SQLiteOptions(BackendOptions):
+    """The query options of a `sqlite:///` URL."""
+
+    backend = "sqlite"
+    table: Identifier = Field("external_models", description="table name, a plain identifier")
+    busy_timeout: float = Field(
+        5.0, ge=0, description="seconds a writer waits for another writer's lock before failing"
+    )
+
+
 # The encoding is NULL for TEXT data, which is JSON whatever the column says: a process of an
 # earlier version updating a compressed record writes JSON text and leaves the column alone.
 _COLUMNS = (
@@ -76,13 +88,14 @@ _connected: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
 
 
 class SQLiteBackend(RecordStorageBackend):
-    url_options = _OPTIONS
+    options_model = SQLiteOptions
     declared_capabilities = frozenset({Capability.TTL, Capability.UNIQUE_IDS})
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
         parsed = StorageURL.parse(url)
-        self._path, self._table, self._busy_timeout = _settings(parsed)
+        self._path, options = _settings(parsed)
+        self._table, self._busy_timeout = options.table, options.busy_timeout
         locked = (
             f"; another connection held the write lock for longer than busy_timeout="
             f"{self._busy_timeout:g} s: raise busy_timeout in the URL, or shorten the other "
@@ -290,24 +303,29 @@ class SQLiteBackend(RecordStorageBackend):
         self, connection: sqlite3.Connection, keys: Sequence[RecordKey]
     ) -> dict[RecordKey, StoredRecord]:
         now = format_timestamp(datetime.now(UTC))
-        by_class: dict[str, list[str]] = {}
+        # Each id's text once, and back to the caller's UUID without parsing the row's text.
+        by_class: dict[str, dict[str, UUID]] = {}
         for id, class_name in keys:
-            by_class.setdefault(class_name, []).append(str(id))
+            by_class.setdefault(class_name, {})[str(id)] = id
         found: dict[RecordKey, StoredRecord] = {}
         for class_name, ids in by_class.items():
-            unique = list(dict.fromkeys(ids))
+            unique = list(ids)
             for start in range(0, len(unique), _MAX_IDS_PER_SELECT):
                 chunk = unique[start : start + _MAX_IDS_PER_SELECT]
                 marks = ",".join("?" * len(chunk))
+                # `+class_name`: without the plus, SQLite's planner picks the class_name index
+                # for many ids and walks every record of the class (measured: 5x slower at
+                # 30,000 records) instead of one primary-key lookup per id.
                 rows = connection.execute(
                     f"SELECT {_COLUMNS} "
-                    f'FROM "{self._table}" WHERE class_name = ? AND id IN ({marks}) '
+                    f'FROM "{self._table}" WHERE +class_name = ? AND id IN ({marks}) '
                     "AND (expires_at IS NULL OR expires_at > ?)",
                     (class_name, *chunk, now),
                 ).fetchall()
+                parse = _timestamp_parser()
                 for row in rows:
-                    record = _record_from_row(row)
-                    found[record.key] = record
+                    id = ids[row[0]]
+                    found[id, class_name] = _record_from_row(row, parse, id)
         return found
 
     async def delete(self, id: UUID, class_name: str) -> bool:
@@ -434,6 +452,16 @@ def _add_missing_columns(connection: sqlite3.Connection, table: str) -> None:
 
 def _rows(records: Sequence[StoredRecord]) -> list[tuple[Any, ...]]:
     """`_UPSERT`'s parameters for each record."""
+    # The records of one batch share their timestamps (one `now` per write): each distinct
+    # instant is formatted once, not three times per record (formatting was ~40% of this loop).
+    texts: dict[datetime, str] = {}
+
+    def text(moment: datetime) -> str:
+        found = texts.get(moment)
+        if found is None:
+            found = texts[moment] = format_timestamp(moment)
+        return found
+
     return [
         (
             str(r.id),
@@ -441,9 +469,9 @@ def _rows(records: Sequence[StoredRecord]) -> list[tuple[Any, ...]]:
             # JSON stays TEXT, readable with SQLite's JSON functions; other encodings are BLOBs.
             r.payload.decode() if r.encoding == "json" else r.payload,
             r.schema_version,
-            format_timestamp(r.created_at),
-            format_timestamp(r.updated_at),
-            None if r.expires_at is None else format_timestamp(r.expires_at),
+            text(r.created_at),
+            text(r.updated_at),
+            None if r.expires_at is None else text(r.expires_at),
             r.encoding,
             r.revision,
         )
@@ -451,24 +479,39 @@ def _rows(records: Sequence[StoredRecord]) -> list[tuple[Any, ...]]:
     ]
 
 
-def _record_from_row(row: tuple[Any, ...]) -> StoredRecord:
+def _timestamp_parser() -> Callable[[str], datetime]:
+    """`parse_timestamp` remembering what it parsed: records saved together share timestamps."""
+    moments: dict[str, datetime] = {}
+
+    def parse(text: str) -> datetime:
+        found = moments.get(text)
+        if found is None:
+            found = moments[text] = parse_timestamp(text)
+        return found
+
+    return parse
+
+
+def _record_from_row(
+    row: tuple[Any, ...], parse: Callable[[str], datetime] = parse_timestamp, id: UUID | None = None
+) -> StoredRecord:
     id_text, class_name, data, version, created, updated, expires, encoding, revision = row
     return StoredRecord(
-        UUID(id_text),
+        UUID(id_text) if id is None else id,
         class_name,
         data.encode() if encoding is None else data,
         version,
-        parse_timestamp(created),
-        parse_timestamp(updated),
-        None if expires is None else parse_timestamp(expires),
+        parse(created),
+        parse(updated),
+        None if expires is None else parse(expires),
         encoding or "json",
         revision,
     )
 
 
-def _settings(url: StorageURL) -> tuple[str, str, float]:
-    options = URLOptions(url, backend="sqlite")
-    options.reject_unknown(_OPTIONS)
+def _settings(url: StorageURL) -> tuple[str, SQLiteOptions]:
+    """The database file's path and the URL's options, validated without opening anything."""
+    options = SQLiteOptions.from_url(url)
     if url.host or url.port:
         raise StorageValidationError(
             f"a SQLite URL names a file, not a host: write 'sqlite:///relative.db' or "
@@ -491,8 +534,4 @@ def _settings(url: StorageURL) -> tuple[str, str, float]:
             expected="sqlite:///path or memory://",
             actual=url.masked,
         )
-    return (
-        str(Path(path)),
-        options.identifier("table", "external_models"),
-        options.number("busy_timeout", 5.0),
-    )
+    return str(Path(path)), options

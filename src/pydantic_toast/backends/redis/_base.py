@@ -28,6 +28,7 @@ from ..base import (
 from ._config import _settings
 from ._retry import _retry
 from ._scripts import _CHECKED_WRITE, _conflicts_of, _script_arguments
+from ._slots import Slots
 from ._values import _decode, _encode
 
 if TYPE_CHECKING:
@@ -84,10 +85,11 @@ class _RedisBase(RecordStorageBackend):
         parsed = StorageURL.parse(url)
         self._scheme = parsed.scheme
         self._settings = _settings(parsed, cluster=self._cluster)
-        self._key_head = f"{self._settings.prefix}:".encode()
+        self._key_head = f"{self._settings.options.prefix}:".encode()
+        self._class_heads: dict[str, bytes] = {}
         self._driver_errors: tuple[type[BaseException], ...] = ()
         self._errors = ErrorTable((), default=lambda exc: "")
-        self._in_flight = asyncio.Semaphore(self._settings.max_connections)
+        self._in_flight = Slots(self._settings.options.max_connections)
         # Set at connect when the server evicts keys that have a time to live; the first save
         # of such a key logs the warning (records without ttl are not at risk then).
         self._volatile_eviction: str | None = None
@@ -101,11 +103,15 @@ class _RedisBase(RecordStorageBackend):
 
     @property
     def prefix(self) -> str:
-        return self._settings.prefix
+        return self._settings.options.prefix
 
     def key(self, id: UUID, class_name: str) -> bytes:
         """The Redis key of a record: `{prefix}:{class_name}:{uuid}`."""
-        return b"%b%b:%b" % (self._key_head, class_name.encode(), str(id).encode())
+        head = self._class_heads.get(class_name)
+        if head is None:
+            # `{prefix}:{class_name}:` once per class: batches build a key per record.
+            head = self._class_heads[class_name] = b"%b%b:" % (self._key_head, class_name.encode())
+        return head + str(id).encode()
 
     def _load_driver(self) -> None:
         try:
@@ -122,10 +128,10 @@ class _RedisBase(RecordStorageBackend):
         kwargs: dict[str, Any] = {
             "username": settings.username,
             "password": settings.password,
-            "socket_timeout": settings.socket_timeout,
-            "socket_connect_timeout": settings.socket_connect_timeout,
-            "retry": _retry(settings.retries),
-            "client_name": settings.client_name,
+            "socket_timeout": settings.options.socket_timeout,
+            "socket_connect_timeout": settings.options.socket_connect_timeout,
+            "retry": _retry(settings.options.retries),
+            "client_name": settings.options.client_name,
             "decode_responses": False,
             # RESP2, on purpose. redis-py 8 defaults to RESP3, which turns on "maintenance
             # notifications", and with them on its pool stops checking a pooled connection
@@ -136,12 +142,12 @@ class _RedisBase(RecordStorageBackend):
             "protocol": 2,
         }
         if settings.tls is not None:
-            kwargs.update(settings.tls.kwargs())
+            kwargs.update(settings.tls.tls_kwargs())
         return kwargs
 
     def _writes(self, records: Sequence[StoredRecord]) -> list[tuple[bytes, bytes, int | None]]:
         """(key, value, expiry in ms) per record; refuses the whole batch if any value is too big."""
-        limit = self._settings.max_value_size
+        limit = self._settings.options.max_value_size
         now: datetime | None = None
         writes: list[tuple[bytes, bytes, int | None]] = []
         for record in records:
@@ -172,23 +178,29 @@ class _RedisBase(RecordStorageBackend):
         Typed Any: redis-py types replies as `bytes | str` (decode_responses is a runtime flag),
         and with decode_responses=False they are always bytes.
         """
+        slots = self._in_flight
+        # A burst of tasks waits here for a free connection instead of failing with "too many
+        # connections"; the model's `timeout` bounds the wait like any other.
+        if not slots.take_now():
+            try:
+                await slots.take()
+            except BaseException:
+                # Cancelled while waiting for a slot: the operation never started and must not
+                # be reported as a coroutine that was never awaited.
+                close = getattr(operation, "close", None)
+                if close is not None:
+                    close()
+                raise
         try:
             with map_driver_errors(self._driver_errors, lambda exc: self._failure(action, exc)):
-                # A burst of tasks waits here for a free connection instead of failing with "too
-                # many connections"; the model's `timeout` bounds the wait like any other.
-                async with self._in_flight:
-                    return await operation
-        except BaseException:
-            # Cancelled while waiting for a slot: the operation never started and must not be
-            # reported as a coroutine that was never awaited (closing a finished one is a no-op).
-            close = getattr(operation, "close", None)
-            if close is not None:
-                close()
-            raise
+                return await operation
+        finally:
+            slots.give()
 
     def _error_table(self, errors: ModuleType) -> ErrorTable:
         """redis-py's failures, most specific first, with the cause and fix to name."""
         settings = self._settings
+        options = settings.options
 
         def credentials(exc: BaseException) -> str:
             if settings.password is None:
@@ -201,15 +213,15 @@ class _RedisBase(RecordStorageBackend):
 
         permission = (
             f"the ACL user lacks permission; allow GET, SET, MGET, DEL and SCAN (and EVAL and GETRANGE "
-            f"for optimistic_concurrency) on keys '{settings.prefix}:*'"
+            f"for optimistic_concurrency) on keys '{options.prefix}:*'"
         )
         timeout = (
-            f"no answer within socket_timeout={settings.socket_timeout:g} s "
-            f"(connect: {settings.socket_connect_timeout:g} s) after {settings.retries} retries; "
+            f"no answer within socket_timeout={options.socket_timeout:g} s "
+            f"(connect: {options.socket_connect_timeout:g} s) after {options.retries} retries; "
             "the server may be down, overloaded or unreachable"
         )
         unreachable = (
-            f"check that the server is running and reachable (gave up after {settings.retries} retries)"
+            f"check that the server is running and reachable (gave up after {options.retries} retries)"
         )
         return ErrorTable(
             [
@@ -249,7 +261,7 @@ class _RedisBase(RecordStorageBackend):
         """
         skipped: tuple[type[BaseException], ...] = (*self._driver_errors, TimeoutError)
         try:
-            async with asyncio.timeout(min(_POLICY_CHECK_TIMEOUT, self._settings.socket_timeout)):
+            async with asyncio.timeout(min(_POLICY_CHECK_TIMEOUT, self._settings.options.socket_timeout)):
                 configs = await self._memory_configs()
         except skipped as exc:
             _log.debug(
@@ -400,7 +412,7 @@ class _RedisBase(RecordStorageBackend):
     def _pattern(self, class_name: str | None, id: UUID | None = None) -> bytes:
         middle = _glob_escape(class_name) if class_name is not None else "*"
         tail = str(id) if id is not None else "*"
-        return f"{_glob_escape(self._settings.prefix)}:{middle}:{tail}".encode()
+        return f"{_glob_escape(self._settings.options.prefix)}:{middle}:{tail}".encode()
 
     async def scan_records(
         self, *, cursor: str | None, limit: int, class_name: str | None = None, include_expired: bool = False

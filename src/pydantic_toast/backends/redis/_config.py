@@ -1,71 +1,127 @@
-"""Redis URLs: every option of a redis://, unix:// or redis+cluster:// URL, validated once."""
+"""Redis URLs: every option of a redis://, unix:// or redis+cluster:// URL, validated once.
+
+The options are four models, one per kind of URL: single server or cluster, plain or TLS. A TLS
+option in a plain URL is refused with a hint to use the TLS scheme; the cluster takes `node` and
+no `db` (and no `ssl_ca_path`: redis-py's cluster client has no CA directory).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from ...exceptions import StorageValidationError
 from ...url import StorageURL
-from .._options import URLOptions
+from .._options import BackendOptions, Flag
 
-if TYPE_CHECKING:
-    pass
-
-DEFAULT_PREFIX = "pydantic_toast"
-DEFAULT_SOCKET_TIMEOUT = 5.0
-DEFAULT_CONNECT_TIMEOUT = 2.0
-DEFAULT_RETRIES = 3
-DEFAULT_MAX_CONNECTIONS = 50
-# Redis refuses bulk strings above proto-max-bulk-len, 512 MB unless the server is reconfigured.
-DEFAULT_MAX_VALUE_SIZE = 512 * 1024 * 1024
-
-_COMMON_OPTIONS = (
-    "prefix",
-    "socket_timeout",
-    "socket_connect_timeout",
-    "retries",
-    "max_connections",
-    "max_value_size",
-    "client_name",
-)
-_TLS_OPTIONS = (
-    "ssl_cert_reqs",
-    "ssl_ca_certs",
-    "ssl_ca_path",
-    "ssl_certfile",
-    "ssl_keyfile",
-    "ssl_check_hostname",
-)
-_CERT_REQS = ("none", "optional", "required")
 # Braces would make Redis Cluster hash only part of every key (a hash tag), piling all records
 # into one slot; whitespace and control characters make keys painful to use from redis-cli.
 _PREFIX = re.compile(r"^[^\s{}\x00-\x1f\x7f]{1,200}$")
 _HOST_PORT = re.compile(r"^(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:/\[\]@,]+))(?::(?P<port>\d{1,5}))?$")
 
 
-@dataclass(frozen=True, slots=True)
-class _TLSSettings:
-    cert_reqs: str
-    ca_certs: str | None
-    ca_path: str | None
-    certfile: str | None
-    keyfile: str | None
-    check_hostname: bool
+def _prefix(prefix: str) -> str:
+    if not _PREFIX.match(prefix):
+        raise ValueError(
+            "must be 1 to 200 characters without whitespace, control characters or braces (braces "
+            "would make Redis Cluster put every key in one slot)"
+        )
+    return prefix
 
-    def kwargs(self) -> dict[str, Any]:
+
+def _lower(raw: object) -> object:
+    return raw.lower() if isinstance(raw, str) else raw
+
+
+def _none_if_empty(raw: object) -> object:
+    return raw or None
+
+
+class _CommonOptions(BackendOptions):
+    """What every Redis URL takes."""
+
+    prefix: Annotated[str, AfterValidator(_prefix)] = Field(
+        "pydantic_toast", description="first part of every key"
+    )
+    socket_timeout: float = Field(5.0, ge=0.001, description="seconds to wait for one reply")
+    socket_connect_timeout: float = Field(
+        2.0, ge=0.001, description="seconds to wait for a connection and handshake"
+    )
+    retries: int = Field(3, ge=0, description="retries after a connection error or timeout")
+    max_connections: int = Field(50, ge=1, description="commands in flight at once per backend instance")
+    # Redis refuses bulk strings above proto-max-bulk-len, 512 MB unless the server is reconfigured.
+    max_value_size: int = Field(
+        512 * 1024 * 1024, ge=1, description="largest encoded envelope, in bytes, a save will send"
+    )
+    client_name: Annotated[str | None, BeforeValidator(_none_if_empty)] = Field(
+        None, description="CLIENT SETNAME for every connection"
+    )
+
+
+class RedisOptions(_CommonOptions):
+    """`redis://` and `unix://`."""
+
+    backend = "redis"
+    db: int = Field(0, ge=0, description="database number")
+
+
+class RedisClusterOptions(_CommonOptions):
+    """`redis+cluster://`."""
+
+    backend = "redis cluster"
+    node: tuple[str, ...] = Field((), description="more seed nodes, host:port, repeatable or comma-separated")
+
+
+class _TLSOptions(BackendOptions):
+    """What a TLS URL takes on top (rediss://, rediss+cluster://)."""
+
+    ssl_cert_reqs: Annotated[Literal["none", "optional", "required"], BeforeValidator(_lower)] = Field(
+        "required", description="whether the server's certificate is verified"
+    )
+    ssl_ca_certs: str | None = Field(None, description="CA bundle file")
+    ssl_certfile: str | None = Field(None, description="client certificate file")
+    ssl_keyfile: str | None = Field(None, description="client key file")
+    # None: true unless ssl_cert_reqs=none (a certificate not verified has no verified host name).
+    ssl_check_hostname: Flag | None = Field(None, description="match the certificate against the host name")
+
+    @model_validator(mode="after")
+    def _hostname_needs_verification(self) -> Self:
+        if self.ssl_check_hostname and self.ssl_cert_reqs == "none":
+            raise ValueError(
+                "ssl_check_hostname=true needs a verified certificate; set ssl_check_hostname=false "
+                "when ssl_cert_reqs=none (nothing is verified)"
+            )
+        return self
+
+    def tls_kwargs(self) -> dict[str, Any]:
         given = {
-            "ssl_cert_reqs": self.cert_reqs,
-            "ssl_ca_certs": self.ca_certs,
-            "ssl_ca_path": self.ca_path,
-            "ssl_certfile": self.certfile,
-            "ssl_keyfile": self.keyfile,
-            "ssl_check_hostname": self.check_hostname,
+            "ssl_cert_reqs": self.ssl_cert_reqs,
+            "ssl_ca_certs": self.ssl_ca_certs,
+            "ssl_ca_path": getattr(self, "ssl_ca_path", None),
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+            "ssl_check_hostname": (
+                self.ssl_cert_reqs != "none" if self.ssl_check_hostname is None else self.ssl_check_hostname
+            ),
         }
         # Only what the URL set: redis-py's cluster client does not take every TLS keyword.
         return {name: value for name, value in given.items() if value is not None}
+
+
+class RedisTLSOptions(RedisOptions, _TLSOptions):
+    """`rediss://`."""
+
+    ssl_ca_path: str | None = Field(None, description="directory of CA certificates")
+
+
+class RedisClusterTLSOptions(RedisClusterOptions, _TLSOptions):
+    """`rediss+cluster://`."""
+
+
+_Options = RedisOptions | RedisTLSOptions | RedisClusterOptions | RedisClusterTLSOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +133,13 @@ class _Settings:
     socket_path: str | None
     db: int
     username: str | None
-    password: str | None = dataclasses.field(repr=False)
-    tls: _TLSSettings | None
-    prefix: str
-    socket_timeout: float
-    socket_connect_timeout: float
-    retries: int
-    max_connections: int
-    max_value_size: int
-    client_name: str | None
+    password: str | None = field(repr=False)
+    options: _Options = field(repr=False)
     shown: str
+
+    @property
+    def tls(self) -> _TLSOptions | None:
+        return self.options if isinstance(self.options, _TLSOptions) else None
 
     @property
     def where(self) -> str:
@@ -104,35 +157,26 @@ def _host_port(host: str, port: int) -> str:
 
 
 def _settings(url: StorageURL, *, cluster: bool) -> _Settings:
-    backend = "redis cluster" if cluster else "redis"
-    options = URLOptions(url, backend=backend)
     tls = url.scheme in ("rediss", "rediss+cluster")
-    tls_options = tuple(name for name in _TLS_OPTIONS if not (cluster and name == "ssl_ca_path"))
-    known = _COMMON_OPTIONS + (tls_options if tls else ()) + (("node",) if cluster else ("db",))
-    stray_tls = sorted(set(options.values) & set(_TLS_OPTIONS)) if not tls else []
-    if stray_tls:
-        secure = "rediss+cluster" if cluster else "rediss"
-        raise StorageValidationError(
-            f"TLS option(s) {stray_tls} in {url.masked!r} need a TLS URL; use '{secure}://…'",
-            expected=f"{secure}://",
-            actual=url.scheme,
-        )
-    options.reject_unknown(known)
+    plain: type[RedisOptions | RedisClusterOptions] = RedisClusterOptions if cluster else RedisOptions
+    model: type[_Options] = (RedisClusterTLSOptions if cluster else RedisTLSOptions) if tls else plain
+    if not tls:
+        tls_only = set(RedisTLSOptions.option_fields()) - set(RedisOptions.option_fields())
+        stray_tls = sorted({name for name, _ in url.query} & tls_only)
+        if stray_tls:
+            secure = "rediss+cluster" if cluster else "rediss"
+            raise StorageValidationError(
+                f"TLS option(s) {stray_tls} in {url.masked!r} need a TLS URL; use '{secure}://…'",
+                expected=f"{secure}://",
+                actual=url.scheme,
+            )
+    options = model.from_url(url)
 
-    prefix = options.string("prefix", DEFAULT_PREFIX)
-    if not _PREFIX.match(prefix):
-        raise StorageValidationError(
-            f"redis option prefix={prefix!r} in {url.masked!r} must be 1 to 200 characters without "
-            "whitespace, control characters or braces (braces would make Redis Cluster put every key "
-            "in one slot)",
-            expected="key prefix",
-            actual=prefix,
-        )
     kind: Literal["tcp", "unix", "cluster"]
     socket_path: str | None = None
-    if cluster:
+    if isinstance(options, RedisClusterOptions):
         kind = "cluster"
-        nodes = _cluster_nodes(url)
+        nodes = _cluster_nodes(url, options.node)
         db = 0
         if url.path not in ("", "/", "/0"):
             raise StorageValidationError(
@@ -157,7 +201,7 @@ def _settings(url: StorageURL, *, cluster: bool) -> _Settings:
             )
         socket_path = url.path
         nodes = ()
-        db = options.integer("db", 0)
+        db = options.db
     else:
         kind = "tcp"
         if not url.host:
@@ -169,26 +213,6 @@ def _settings(url: StorageURL, *, cluster: bool) -> _Settings:
         nodes = ((url.host, url.port or 6379),)
         db = _database(url, options)
 
-    tls_settings: _TLSSettings | None = None
-    if tls:
-        cert_reqs = options.string("ssl_cert_reqs", "required").lower()
-        if cert_reqs not in _CERT_REQS:
-            raise _bad_option(url, "ssl_cert_reqs", cert_reqs, " or ".join(_CERT_REQS))
-        # A certificate that is not verified has no verified hostname either.
-        check_hostname = options.boolean("ssl_check_hostname", cert_reqs != "none")
-        if check_hostname and cert_reqs == "none":
-            raise _bad_option(
-                url, "ssl_check_hostname", "true", "false when ssl_cert_reqs=none (nothing is verified)"
-            )
-        tls_settings = _TLSSettings(
-            cert_reqs=cert_reqs,
-            ca_certs=options.values.get("ssl_ca_certs"),
-            ca_path=options.values.get("ssl_ca_path"),
-            certfile=options.values.get("ssl_certfile"),
-            keyfile=options.values.get("ssl_keyfile"),
-            check_hostname=check_hostname,
-        )
-
     return _Settings(
         kind=kind,
         nodes=nodes,
@@ -197,49 +221,33 @@ def _settings(url: StorageURL, *, cluster: bool) -> _Settings:
         # `redis://:password@host` means the default user, not a user named "".
         username=url.username or None,
         password=url.password or None,
-        tls=tls_settings,
-        prefix=prefix,
-        socket_timeout=options.number("socket_timeout", DEFAULT_SOCKET_TIMEOUT, minimum=0.001),
-        socket_connect_timeout=options.number(
-            "socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=0.001
-        ),
-        retries=options.integer("retries", DEFAULT_RETRIES),
-        max_connections=options.integer("max_connections", DEFAULT_MAX_CONNECTIONS, minimum=1),
-        max_value_size=options.integer("max_value_size", DEFAULT_MAX_VALUE_SIZE, minimum=1),
-        client_name=options.values.get("client_name") or None,
+        options=options,
         shown=url.masked,
     )
 
 
-def _bad_option(url: StorageURL, name: str, raw: str, wanted: str) -> StorageValidationError:
-    return StorageValidationError(
-        f"redis option {name}={raw!r} in {url.masked!r} must be {wanted}", expected=wanted, actual=raw
-    )
-
-
-def _database(url: StorageURL, options: URLOptions) -> int:
+def _database(url: StorageURL, options: RedisOptions) -> int:
     path = url.path.strip("/")
-    from_path: int | None = None
-    if path:
-        if not path.isdigit():
-            raise StorageValidationError(
-                f"the path of Redis URL {url.masked!r} must be a database number such as '/0', "
-                f"not {url.path!r}",
-                expected="/<db number>",
-                actual=url.path,
-            )
-        from_path = int(path)
-    db = options.integer("db", from_path if from_path is not None else 0)
-    if from_path is not None and db != from_path:
+    if not path:
+        return options.db
+    if not path.isdigit():
         raise StorageValidationError(
-            f"Redis URL {url.masked!r} names database {from_path} in its path and {db} in ?db=; keep one",
-            expected=from_path,
-            actual=db,
+            f"the path of Redis URL {url.masked!r} must be a database number such as '/0', not {url.path!r}",
+            expected="/<db number>",
+            actual=url.path,
         )
-    return db
+    from_path = int(path)
+    if "db" in options.model_fields_set and options.db != from_path:
+        raise StorageValidationError(
+            f"Redis URL {url.masked!r} names database {from_path} in its path and {options.db} "
+            "in ?db=; keep one",
+            expected=from_path,
+            actual=options.db,
+        )
+    return from_path
 
 
-def _cluster_nodes(url: StorageURL) -> tuple[tuple[str, int], ...]:
+def _cluster_nodes(url: StorageURL, seeds: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
     if not url.host:
         raise StorageValidationError(
             f"Redis Cluster URL {url.masked!r} names no seed node; write "
@@ -248,9 +256,7 @@ def _cluster_nodes(url: StorageURL) -> tuple[tuple[str, int], ...]:
             actual=url.masked,
         )
     nodes = [(url.host, url.port or 6379)]
-    for name, value in url.query:
-        if name != "node":
-            continue
+    for value in seeds:
         for item in value.split(","):
             match = _HOST_PORT.match(item.strip())
             port = int(match["port"]) if match and match["port"] else 6379

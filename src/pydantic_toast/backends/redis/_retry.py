@@ -28,6 +28,32 @@ def _retry_class() -> type[Retry]:
     from redis.asyncio.retry import Retry
     from redis.exceptions import AuthenticationError, AuthorizationError
 
+    credentials = (AuthenticationError, AuthorizationError)
+
+    def not_credentials(error: Exception) -> bool:
+        return not isinstance(error, credentials)
+
+    if "is_retryable" in inspect.signature(Retry.call_with_retry).parameters:
+
+        class RetryUnlessCredentials(Retry):
+            """Retries like redis-py's Retry, except refused credentials: asking again with the
+            same password only delays the error and floods the server's ACL log.
+
+            redis-py >= 6 asks `is_retryable` before retrying; this fills it in. A plain function
+            returning redis-py's own coroutine: no extra coroutine per command (every command
+            goes through here).
+            """
+
+            def call_with_retry(
+                self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
+            ) -> Any:
+                check = not_credentials
+                if is_retryable is not None:
+                    check = lambda error: not_credentials(error) and is_retryable(error)  # noqa: E731
+                return Retry.call_with_retry(self, do, fail, check, with_failure_count)
+
+        return RetryUnlessCredentials
+
     class _Final(Exception):  # noqa: N818 - a carrier, never seen outside this function
         def __init__(self, error: Exception) -> None:
             self.error = error
@@ -50,7 +76,7 @@ def _retry_class() -> type[Retry]:
             async def attempt() -> Any:
                 try:
                     return await do()
-                except (AuthenticationError, AuthorizationError) as exc:
+                except credentials as exc:
                     raise _Final(exc) from exc
 
             async def failed(error: Exception, *count: int) -> None:

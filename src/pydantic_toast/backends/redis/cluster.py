@@ -12,7 +12,7 @@ from ..base import (
     check_revision,
 )
 from ._base import _RedisBase
-from ._config import _COMMON_OPTIONS, _TLS_OPTIONS
+from ._config import RedisClusterOptions
 from ._scripts import _CHECKED_WRITE, _conflicts_of, _script_arguments
 from ._values import _BINARY_HEAD, _HEAD_BYTES, _TAIL_BYTES, _check_mark, _found_revision
 
@@ -30,8 +30,8 @@ class RedisClusterBackend(_RedisBase):
 
     _cluster = True
     _label = "Redis Cluster"
-    # redis-py's cluster client takes no CA directory, only a CA bundle.
-    url_options = (*_COMMON_OPTIONS, "node", *(name for name in _TLS_OPTIONS if name != "ssl_ca_path"))
+    # Its TLS URLs take RedisClusterTLSOptions (check_url picks by scheme).
+    options_model = RedisClusterOptions
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -48,7 +48,7 @@ class RedisClusterBackend(_RedisBase):
             kwargs["ssl"] = True
         client = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self._settings.nodes],
-            max_connections=self._settings.max_connections,
+            max_connections=self._settings.options.max_connections,
             **kwargs,
         )
         try:

@@ -6,7 +6,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any, cast
 
 from ._base import _RedisBase
-from ._config import _COMMON_OPTIONS, _TLS_OPTIONS
+from ._config import RedisOptions
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 class RedisBackend(_RedisBase):
     """`redis://`, `rediss://` and `unix://`: one server, one connection pool per backend instance."""
 
-    url_options = (*_COMMON_OPTIONS, "db", *_TLS_OPTIONS)
+    # Its TLS URLs take RedisTLSOptions (check_url picks by scheme).
+    options_model = RedisOptions
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
