@@ -50,7 +50,20 @@ def _retry_class() -> type[Retry]:
                 check = not_credentials
                 if is_retryable is not None:
                     check = lambda error: not_credentials(error) and is_retryable(error)  # noqa: E731
-                return Retry.call_with_retry(self, do, fail, check, with_failure_count)
+                retries = self._retries
+
+                async def failed(error: Exception, failures: int) -> None:
+                    # Called after each failed attempt, the last one too: a WARNING for those
+                    # that another attempt follows. Only runs on failures: free otherwise.
+                    if failures <= retries:
+                        from ... import observability
+
+                        observability.retrying(
+                            "redis", "command", error, attempt=failures + 1, attempts=retries + 1
+                        )
+                    await (fail(error, failures) if with_failure_count else fail(error))
+
+                return Retry.call_with_retry(self, do, failed, check, True)
 
         return RetryUnlessCredentials
 
