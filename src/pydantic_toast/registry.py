@@ -40,7 +40,7 @@ _BUILTIN: dict[str, tuple[str, str | None]] = {
     "redis+cluster": ("pydantic_toast.backends.redis:RedisClusterBackend", "redis"),
     "rediss+cluster": ("pydantic_toast.backends.redis:RedisClusterBackend", "redis"),
     "s3": ("pydantic_toast.backends.objectstore:S3Backend", "s3"),
-    "file": ("pydantic_toast.backends.objectstore:FileBackend", "s3"),
+    "file": ("pydantic_toast.backends.objectstore:FileStoreBackend", "s3"),
 }
 
 # extra -> the driver module it installs (checked, never imported, when a model class is defined)

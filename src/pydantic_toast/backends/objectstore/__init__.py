@@ -1,5 +1,5 @@
 """Object-store backends (obstore): `s3://` and `file://`. See backend.py."""
 
-from .backend import FileBackend, ObjectStoreBackend, S3Backend
+from .backend import FileStoreBackend, ObjectStoreBackend, S3Backend
 
-__all__ = ["FileBackend", "ObjectStoreBackend", "S3Backend"]
+__all__ = ["FileStoreBackend", "ObjectStoreBackend", "S3Backend"]

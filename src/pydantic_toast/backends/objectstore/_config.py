@@ -24,7 +24,8 @@ FILE_OPTIONS = ("concurrency",)
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_MAX_RETRIES = 2
-DEFAULT_CONCURRENCY = 32
+# Requests in flight per backend instance: a parent with a hundred children goes out in one wave.
+DEFAULT_CONCURRENCY = 128
 
 # Query keys that would carry a credential, whatever a user calls it.
 _SECRET_WORDS = ("secret", "password", "token", "access_key", "key_id", "credential", "signature")

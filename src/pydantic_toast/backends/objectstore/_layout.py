@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import re
+from datetime import datetime
 from uuid import UUID
 
 import pydantic_core
@@ -30,7 +31,9 @@ __all__ = ["SUFFIX", "check_class_name", "decode_object", "encode_object", "obje
 SUFFIX = ".json"
 # Storage names become one path segment: no '/', no '.'/'..', nothing a store would reinterpret.
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
-_KEY = re.compile(r"^(?P<name>[^/]+)/(?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.json$")
+_KEY = re.compile(
+    r"^(?P<name>[^/]+)/(?P<id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.json$"
+)
 
 
 def check_class_name(class_name: str) -> str:
@@ -76,20 +79,55 @@ def encode_object(record: StoredRecord) -> bytes:
 
 
 def decode_object(id: UUID, class_name: str, body: bytes) -> StoredRecord:
-    """The record an object holds; `StorageValidationError` (naming no stored value) if it is not one."""
+    """The record an object holds; `StorageValidationError` (naming no stored value) if it is not one.
+
+    `data` may be any JSON value: one that is not an object reaches the model, which refuses it
+    as a `StoredDataError` naming where, as the SQL backends' records do.
+    """
     try:
         envelope = pydantic_core.from_json(body)
         if not isinstance(envelope, dict):
-            raise TypeError("not a JSON object")
+            raise TypeError("the object is not a JSON object")
+        encoding = envelope.get("encoding", "json")
+        version = envelope.get("schema_version", 1)
+        revision = envelope.get("revision")
+        if not isinstance(encoding, str) or type(version) is not int:
+            raise TypeError("'encoding' must be a string and 'schema_version' an integer")
+        if revision is not None and type(revision) is not int:
+            raise TypeError("'revision' must be an integer")
+        if encoding == "json":
+            payload = pydantic_core.to_json(envelope["data"])
+        else:
+            text = envelope["payload"]
+            if not isinstance(text, str):
+                raise TypeError("'payload' must be base64 text")
+            payload = base64.b64decode(text, validate=True)
+        created = _timestamp(envelope.get("created_at"))
+        updated = _timestamp(envelope.get("updated_at", envelope.get("created_at")))
         expires = envelope.get("expires_at")
-        expires_at = None if expires is None else parse_timestamp(expires)
-    except (ValueError, TypeError):
+        return StoredRecord(
+            id=id,
+            class_name=class_name,
+            payload=payload,
+            schema_version=version,
+            created_at=created,
+            updated_at=updated,
+            expires_at=None if expires is None else _timestamp(expires),
+            encoding=encoding,
+            revision=revision,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, TypeError) else type(exc).__name__
         raise StorageValidationError(
-            f"the object of the stored {class_name} record {id} is not a JSON envelope; expected "
-            "{'data': {...}, 'schema_version': int, 'created_at': ..., 'updated_at': ...}",
+            f"the object of the stored {class_name} record {id} is not a valid envelope ({reason}); "
+            "expected {'data': ..., 'schema_version': int, 'created_at': ..., 'updated_at': ...}, or "
+            "'encoding' and base64 'payload' in place of 'data'",
             expected="envelope",
             actual="malformed object",
         ) from None
-    record = StoredRecord.from_envelope(id, class_name, envelope)
-    record.expires_at = expires_at
-    return record
+
+
+def _timestamp(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError("timestamps must be ISO 8601 strings")
+    return parse_timestamp(value)

@@ -17,6 +17,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
@@ -33,12 +34,13 @@ from ..base import (
 )
 from ._client import open_store
 from ._config import FILE_OPTIONS, S3_OPTIONS, StoreSettings, store_settings
+from ._filelock import directory_lock
 from ._layout import decode_object, encode_object, object_key, parse_key
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
-__all__ = ["FileBackend", "ObjectStoreBackend", "S3Backend"]
+__all__ = ["FileStoreBackend", "ObjectStoreBackend", "S3Backend"]
 
 T = TypeVar("T")
 
@@ -49,7 +51,7 @@ _LIST_CHUNK = 1000
 _ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
 
 
-class _Conflict(Exception):
+class _ConflictError(Exception):
     """A conditional put found another object than the one it was based on."""
 
 
@@ -79,17 +81,23 @@ class ObjectStoreBackend(RecordStorageBackend):
                 ),
                 ErrorRow(
                     _driver_types("PermissionDeniedError", "UnauthenticatedError"),
-                    lambda exc: f"the server refused the request ({_first_line(exc)}); check the "
-                    "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the "
-                    f"role) and that they may read and write the {where}",
+                    lambda exc: (
+                        f"the server refused the request ({_first_line(exc)}); check the "
+                        "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the "
+                        f"role) and that they may read and write the {where}"
+                    ),
                 ),
                 ErrorRow(
                     (),
-                    lambda exc: f"cannot reach the server ({_first_line(exc)}); check endpoint_url and "
-                    f"the network; requests give up after timeout={self._settings.timeout:g} s",
+                    lambda exc: (
+                        f"cannot reach the server ({_first_line(exc)}); check endpoint_url and "
+                        f"the network; requests give up after timeout={self._settings.timeout:g} s"
+                    ),
                     words=("error sending request", "timed out", "connection", "Connection"),
                 ),
-                ErrorRow((PermissionError,), lambda exc: f"no permission on the {where} ({_first_line(exc)})"),
+                ErrorRow(
+                    (PermissionError,), lambda exc: f"no permission on the {where} ({_first_line(exc)})"
+                ),
             ],
             default=_first_line,
         )
@@ -142,6 +150,11 @@ class ObjectStoreBackend(RecordStorageBackend):
                 )
             )
 
+    def _waves(self, requests: int) -> int:
+        """Round trips of `requests` sent concurrently: one per `concurrency` of them, since S3 has
+        no multi-object read or write and a batch waits for each wave, not for each request."""
+        return -(-requests // self._settings.concurrency)
+
     def _name(self) -> str:
         return "S3" if self._settings.kind == "s3" else "file store"
 
@@ -166,7 +179,7 @@ class ObjectStoreBackend(RecordStorageBackend):
             return await self._call("load", fetch)
 
     async def _put(self, key: str, body: bytes, mode: Any = None) -> None:
-        """Write one object; with a `mode` (a conditional put), `_Conflict` when its condition fails."""
+        """Write one object; with a `mode` (a conditional put), `_ConflictError` when its condition fails."""
         from obstore import put_async
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
@@ -181,7 +194,7 @@ class ObjectStoreBackend(RecordStorageBackend):
             except (AlreadyExistsError, PreconditionError):
                 if mode is None:
                     raise
-                raise _Conflict from None
+                raise _ConflictError from None
 
         async with gate:
             await self._call("save", put)
@@ -201,7 +214,7 @@ class ObjectStoreBackend(RecordStorageBackend):
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         latest = {record.key: record for record in records}
         await _all(self._put(object_key(*key), encode_object(record)) for key, record in latest.items())
-        self.stats.add(round_trips=len(latest), written=len(latest))
+        self.stats.add(round_trips=self._waves(len(latest)), written=len(latest))
 
     async def _read(self, key: RecordKey) -> tuple[StoredRecord | None, str | None]:
         """The stored record (expired ones too) and its ETag."""
@@ -215,7 +228,7 @@ class ObjectStoreBackend(RecordStorageBackend):
         found = await _gather_all(self._read(key) for key in unique)
         now = datetime.now(UTC)
         live = {key: _live(record, now) for key, (record, _) in zip(unique, found, strict=True)}
-        self.stats.add(round_trips=len(unique), read=sum(r is not None for r in live.values()))
+        self.stats.add(round_trips=self._waves(len(unique)), read=sum(r is not None for r in live.values()))
         return [live[key] for key in keys]
 
     async def delete(self, id: UUID, class_name: str) -> bool:
@@ -226,6 +239,32 @@ class ObjectStoreBackend(RecordStorageBackend):
         await self._delete([object_key(id, class_name)])
         self.stats.add(round_trips=2)
         return _live(record, datetime.now(UTC)) is not None
+
+    async def _check_revisions(
+        self, latest: Sequence[StoredRecord]
+    ) -> tuple[list[RevisionConflict], dict[RecordKey, str | None], set[RecordKey]]:
+        """Read the stored record of every checked record: the conflicts, each stored object's
+        ETag (None: no object), and the records already stored by this very write (a repeat)."""
+        checked = [record for record in latest if record.revision is not None]
+        stored = await _gather_all(self._read(record.key) for record in checked)
+        now = datetime.now(UTC)
+        conflicts: list[RevisionConflict] = []
+        etags: dict[RecordKey, str | None] = {}
+        done: set[RecordKey] = set()
+        for record, (found, etag) in zip(checked, stored, strict=True):
+            current = _live(found, now)
+            conflict = check_revision(
+                record,
+                None if current is None else current.revision or 0,
+                None if current is None else current.updated_at,
+            )
+            if conflict is not None:
+                conflicts.append(conflict)
+            elif current is not None and current.revision == record.revision:
+                done.add(record.key)
+            etags[record.key] = etag
+        self.stats.add(round_trips=self._waves(len(checked)))
+        return conflicts, etags, done
 
     # ------------------------------------------------------------------ listing
 
@@ -274,7 +313,7 @@ class ObjectStoreBackend(RecordStorageBackend):
             for record, _ in records
             if record is not None and (include_expired or _live(record, now) is not None)
         ]
-        self.stats.add(round_trips=1 + len(keys), read=len(page))
+        self.stats.add(round_trips=1 + self._waves(len(keys)), read=len(page))
         return page, (keys[-1] if more and keys else None)
 
     async def find_record(self, id: UUID) -> StoredRecord | None:
@@ -285,7 +324,7 @@ class ObjectStoreBackend(RecordStorageBackend):
         listing = await self._call("scan", list_with_delimiter_async, store)
         names = [prefix.rstrip("/").rsplit("/", 1)[-1] for prefix in listing["common_prefixes"]]
         found = await _gather_all(self._read((id, name)) for name in names)
-        self.stats.add(round_trips=1 + len(names))
+        self.stats.add(round_trips=1 + self._waves(len(names)))
         return next((record for record, _ in found if record is not None), None)
 
     async def purge_expired(self) -> int:
@@ -305,7 +344,7 @@ class ObjectStoreBackend(RecordStorageBackend):
                 for key, (record, _) in zip(keys, records, strict=True)
                 if record is not None and _live(record, now) is None
             )
-            self.stats.add(round_trips=1 + len(keys))
+            self.stats.add(round_trips=1 + self._waves(len(keys)))
             if not more or not keys:
                 break
             cursor = keys[-1]
@@ -326,56 +365,62 @@ class S3Backend(ObjectStoreBackend):
         conflict is reported, and the batch's other records may already be written.
         """
         latest = list({record.key: record for record in records}.values())
-        checked = [record for record in latest if record.revision is not None]
-        stored = await _gather_all(self._read(record.key) for record in checked)
-        now = datetime.now(UTC)
-        conflicts: list[RevisionConflict] = []
-        modes: dict[RecordKey, Any] = {}
-        done: set[RecordKey] = set()
-        for record, (found, etag) in zip(checked, stored, strict=True):
-            current = _live(found, now)
-            conflict = check_revision(
-                record,
-                None if current is None else current.revision or 0,
-                None if current is None else current.updated_at,
-            )
-            if conflict is not None:
-                conflicts.append(conflict)
-            elif current is not None and current.revision == record.revision:
-                done.add(record.key)  # this very write, repeated: it is stored already
-            # An expired leftover is replaced only if it is still the object that was read.
-            modes[record.key] = "create" if etag is None else {"e_tag": etag}
-        self.stats.add(round_trips=len(checked))
+        conflicts, etags, done = await self._check_revisions(latest)
         if conflicts:
             return conflicts
 
         async def write(record: StoredRecord) -> RevisionConflict | None:
+            if record.revision is None:
+                await self._put(object_key(*record.key), encode_object(record))
+                return None
+            etag = etags.get(record.key)
             try:
-                await self._put(object_key(*record.key), encode_object(record), modes.get(record.key))
-            except _Conflict:
+                # Replace only the object that was checked; create only if there was none.
+                mode = "create" if etag is None else {"e_tag": etag}
+                await self._put(object_key(*record.key), encode_object(record), mode)
+            except _ConflictError:
                 found, _ = await self._read(record.key)
                 current = _live(found, datetime.now(UTC))
-                assert record.revision is not None
-                return RevisionConflict(
-                    record.id, record.class_name, record.revision - 1, None if current is None else current.revision or 0
-                )
+                found_revision = None if current is None else current.revision or 0
+                return RevisionConflict(record.id, record.class_name, record.revision - 1, found_revision)
             return None
 
         pending = [record for record in latest if record.key not in done]
         results = await _gather_all(write(record) for record in pending)
-        self.stats.add(round_trips=len(pending), written=len(pending))
+        self.stats.add(round_trips=self._waves(len(pending)), written=len(pending))
         return [conflict for conflict in results if conflict is not None]
 
 
-class FileBackend(ObjectStoreBackend):
+class FileStoreBackend(ObjectStoreBackend):
     """`file:///abs/dir` or `file://relative/dir`: the same objects as files in a directory.
 
     Each file is written to a temporary name and renamed into place (obstore's LocalStore does
-    both), so a reader sees the old file or the new one, never a part. No revisions: a local
-    store has no conditional replace.
+    both), so a reader sees the old file or the new one, never a part. Revisions are checked
+    under a lock on the directory (`_filelock.py`), since a local store has no conditional replace.
     """
 
     url_options = FILE_OPTIONS
+
+    async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
+        """Check and write under the directory's lock (`_filelock.py`): atomic against every other
+        checked writer, in this process or another; nothing is written when a check fails."""
+        latest = list({record.key: record for record in records}.values())
+        lock = directory_lock(Path(self._settings.location), self._settings.timeout)
+        try:
+            async with lock:
+                conflicts, _, done = await self._check_revisions(latest)
+                if conflicts:
+                    return conflicts
+                pending = [record for record in latest if record.key not in done]
+                await _all(self._put(object_key(*r.key), encode_object(r)) for r in pending)
+        except (TimeoutError, OSError) as exc:
+            raise_unchained(
+                StorageConnectionError(
+                    f"file store save failed on {self._shown!r}: {_first_line(exc)}", url=self._shown
+                )
+            )
+        self.stats.add(round_trips=self._waves(len(pending)), written=len(pending))
+        return []
 
 
 def _live(record: StoredRecord | None, now: datetime) -> StoredRecord | None:
