@@ -48,6 +48,7 @@ T = TypeVar("T")
 _DELETE_CHUNK = 1000
 _LIST_CHUNK = 1000
 # Access key ids (not secrets, but nobody's business in a log) as AWS shapes them.
+_S3_CODE = re.compile(r"<Code>([A-Za-z]{1,64})</Code>")
 _ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
 
 
@@ -86,6 +87,7 @@ class ObjectStoreBackend(RecordStorageBackend):
                         "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the "
                         f"role) and that they may read and write the {where}"
                     ),
+                    words=("403 Forbidden", "401 Unauthorized"),
                 ),
                 ErrorRow(
                     (),
@@ -451,13 +453,13 @@ async def _all(awaitables: Iterable[Awaitable[object]]) -> None:
 
 async def _probe(stream: Any) -> None:
     """Read the first page of a listing; a principal allowed objects but not listings passes."""
-    from obstore.exceptions import PermissionDeniedError
+    from obstore.exceptions import BaseError
 
     try:
         await _next_chunk(stream)
-    except PermissionDeniedError as exc:
+    except BaseError as exc:
         # AccessDenied: a policy without s3:ListBucket. A bad signature or key id still fails.
-        if "AccessDenied" not in str(exc):
+        if _s3_code(exc) != "AccessDenied":
             raise
 
 
@@ -482,7 +484,15 @@ def _driver_types(*names: str) -> tuple[type[BaseException], ...]:
     return tuple(getattr(exceptions, name) for name in names)
 
 
+def _s3_code(exc: BaseException) -> str | None:
+    """The error code of S3's XML answer (`NoSuchBucket`, `SignatureDoesNotMatch`...), if any."""
+    found = _S3_CODE.search(str(exc))
+    return None if found is None else found[1]
+
+
 def _first_line(exc: BaseException) -> str:
-    """The driver's message, first line only (the rest is a debug dump), access key ids masked."""
-    text = str(exc).strip().split("\n", 1)[0]
-    return f"{type(exc).__name__}: {_ACCESS_KEY_ID.sub('***', text)[:400]}"
+    """The driver's message, first line only (the rest is the answer's body and a debug dump, which
+    may echo request details), plus S3's error code; access key ids masked."""
+    text = str(exc).strip().split("\n", 1)[0].removesuffix('<?xml version="1.0" encoding="utf-8"?>').strip()
+    code = _s3_code(exc)
+    return f"{type(exc).__name__}: {_ACCESS_KEY_ID.sub('***', text)[:400]}" + (f" [{code}]" if code else "")
