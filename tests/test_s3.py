@@ -37,10 +37,13 @@ SECRET = "Sentinel-secret_9b1e"
 
 
 def model(storage: str, **config: Any) -> Any:
+    settings = ExternalConfigDict(storage=storage, storage_name=f"Doc{uuid4().hex[:8]}")
+    settings.update(config)  # type: ignore[typeddict-item]  # test options, checked by the library
+
     class Document(ExternalBaseModel):
         title: str
         body: str = ""
-        model_config = ExternalConfigDict(storage=storage, storage_name=f"Doc{uuid4().hex[:8]}", **config)
+        model_config = settings
 
     return Document
 
@@ -143,8 +146,10 @@ async def test_objects_use_the_upstream_layout_and_hold_the_envelope(
     envelope = json.loads(stored["Body"].read())
     assert envelope["data"] == {"title": "hello", "body": ""}
     assert envelope["schema_version"] == 1
-    assert envelope["created_at"].endswith("Z") and envelope["updated_at"].endswith("Z")
-    assert "expires_at" not in envelope and "revision" not in envelope
+    assert envelope["created_at"].endswith("Z")
+    assert envelope["updated_at"].endswith("Z")
+    assert "expires_at" not in envelope
+    assert "revision" not in envelope
 
 
 async def test_compressed_payloads_share_the_key_and_are_base64_in_the_envelope(
@@ -157,7 +162,8 @@ async def test_compressed_payloads_share_the_key_and_are_base64_in_the_envelope(
     key = f"{prefix}/{document_type.__toast_settings__.storage_name}/{reference.id}.json"
     envelope = json.loads(s3_client(s3_server).get_object(Bucket=bucket, Key=key)["Body"].read())
     assert envelope["encoding"] == "json+zlib"
-    assert "data" not in envelope and isinstance(envelope["payload"], str)
+    assert "data" not in envelope
+    assert isinstance(envelope["payload"], str)
     assert (await document_type.load(reference)).body == document.body
 
 
@@ -281,7 +287,8 @@ async def test_a_write_between_the_check_and_the_put_is_a_conflict(s3_url: str) 
         [conflict] = await writer.save_records_checked([mine])
         assert (conflict.expected, conflict.found) == (1, 2)
         [stored] = await rival.load_records([first.key])
-        assert stored is not None and stored.payload == b'{"v":"rival"}'
+        assert stored is not None
+        assert stored.payload == b'{"v":"rival"}'
     finally:
         await writer.disconnect()
         await rival.disconnect()
@@ -315,7 +322,8 @@ def test_credentials_from_a_profile_in_the_shared_files(
 ) -> None:
     credentials = tmp_path / "credentials"
     credentials.write_text(
-        f"[toast]\naws_access_key_id = {s3_server.access_key}\naws_secret_access_key = {s3_server.secret_key}\n"
+        f"[toast]\naws_access_key_id = {s3_server.access_key}\n"
+        f"aws_secret_access_key = {s3_server.secret_key}\n"
     )
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -375,8 +383,7 @@ async def test_a_server_killed_mid_workload_gives_clear_errors_and_the_workload_
                 assert [d.title for d in loaded] == [d.title for d in documents]
                 outcomes.append("ok")
             except StorageConnectionError as exc:
-                assert "cannot reach the server" in str(exc) or "failed" in str(exc)
-                outcomes.append("error")
+                outcomes.append("error" if "failed on" in str(exc) else f"unclear error: {exc}")
                 await asyncio.sleep(0.05)
 
     stop = asyncio.Event()
@@ -388,11 +395,12 @@ async def test_a_server_killed_mid_workload_gives_clear_errors_and_the_workload_
     server.start()  # same port, an empty server again (moto keeps nothing): the bucket is made anew
     before = len(outcomes)
     deadline = time.monotonic() + 15
-    while outcomes[before:].count("ok") < 3 and time.monotonic() < deadline:
+    while outcomes[before:].count("ok") < 3 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a list
         await asyncio.sleep(0.1)
     stop.set()
     await asyncio.wait_for(asyncio.gather(*workers), 20)
 
+    assert not [outcome for outcome in outcomes if outcome.startswith("unclear")]
     assert "ok" in outcomes[:before]
     assert errors_while_down > 0
     assert outcomes[before:].count("ok") >= 3, "the workload did not recover after the restart"
