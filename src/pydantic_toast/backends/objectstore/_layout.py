@@ -78,6 +78,10 @@ def encode_object(record: StoredRecord) -> bytes:
     return head + tail + b"}"
 
 
+_DATA_HEAD = b'{"data":'
+_META_HEAD = b',"schema_version":'
+
+
 def decode_object(id: UUID, class_name: str, body: bytes) -> StoredRecord:
     """The record an object holds; `StorageValidationError` (naming no stored value) if it is not one.
 
@@ -85,37 +89,15 @@ def decode_object(id: UUID, class_name: str, body: bytes) -> StoredRecord:
     as a `StoredDataError` naming where, as the SQL backends' records do.
     """
     try:
-        envelope = pydantic_core.from_json(body)
-        if not isinstance(envelope, dict):
-            raise TypeError("the object is not a JSON object")
-        encoding = envelope.get("encoding", "json")
-        version = envelope.get("schema_version", 1)
-        revision = envelope.get("revision")
-        if not isinstance(encoding, str) or type(version) is not int:
-            raise TypeError("'encoding' must be a string and 'schema_version' an integer")
-        if revision is not None and type(revision) is not int:
-            raise TypeError("'revision' must be an integer")
-        if encoding == "json":
-            payload = pydantic_core.to_json(envelope["data"])
+        fast = _split_own_layout(body)
+        if fast is not None:
+            payload, envelope = fast
         else:
-            text = envelope["payload"]
-            if not isinstance(text, str):
-                raise TypeError("'payload' must be base64 text")
-            payload = base64.b64decode(text, validate=True)
-        created = _timestamp(envelope.get("created_at"))
-        updated = _timestamp(envelope.get("updated_at", envelope.get("created_at")))
-        expires = envelope.get("expires_at")
-        return StoredRecord(
-            id=id,
-            class_name=class_name,
-            payload=payload,
-            schema_version=version,
-            created_at=created,
-            updated_at=updated,
-            expires_at=None if expires is None else _timestamp(expires),
-            encoding=encoding,
-            revision=revision,
-        )
+            envelope = pydantic_core.from_json(body)
+            if not isinstance(envelope, dict):
+                raise TypeError("the object is not a JSON object")
+            payload = None
+        return _record(id, class_name, payload, envelope)
     except (KeyError, TypeError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, TypeError) else type(exc).__name__
         raise StorageValidationError(
@@ -125,6 +107,60 @@ def decode_object(id: UUID, class_name: str, body: bytes) -> StoredRecord:
             expected="envelope",
             actual="malformed object",
         ) from None
+
+
+def _split_own_layout(body: bytes) -> tuple[bytes, dict[str, object]] | None:
+    """(payload, metadata) of an object as `encode_object` writes it, without parsing the payload.
+
+    The metadata follows the data, so the last `,"schema_version":` starts it: inside the data
+    that text can only be a nested key, which comes earlier. Anything else (another writer's
+    key order or spacing) returns None and is parsed whole. Were a writer to put other keys
+    between the data and the metadata, the payload would end in text that is not JSON, refused
+    when the model validates it: never another value.
+    """
+    if not body.startswith(_DATA_HEAD):
+        return None
+    cut = body.rfind(_META_HEAD)
+    if cut <= len(_DATA_HEAD):
+        return None
+    metadata = pydantic_core.from_json(b"{" + body[cut + 1 :])
+    if (
+        not isinstance(metadata, dict)
+        or "created_at" not in metadata
+        or metadata.keys() & {"data", "encoding"}
+    ):
+        return None
+    return body[len(_DATA_HEAD) : cut], metadata
+
+
+def _record(id: UUID, class_name: str, payload: bytes | None, envelope: dict[str, object]) -> StoredRecord:
+    encoding = envelope.get("encoding", "json")
+    version = envelope.get("schema_version", 1)
+    revision = envelope.get("revision")
+    if not isinstance(encoding, str) or type(version) is not int:
+        raise TypeError("'encoding' must be a string and 'schema_version' an integer")
+    if revision is not None and type(revision) is not int:
+        raise TypeError("'revision' must be an integer")
+    if payload is None:
+        if encoding == "json":
+            payload = pydantic_core.to_json(envelope["data"])
+        else:
+            text = envelope["payload"]
+            if not isinstance(text, str):
+                raise TypeError("'payload' must be base64 text")
+            payload = base64.b64decode(text, validate=True)
+    expires = envelope.get("expires_at")
+    return StoredRecord(
+        id=id,
+        class_name=class_name,
+        payload=payload,
+        schema_version=version,
+        created_at=_timestamp(envelope.get("created_at")),
+        updated_at=_timestamp(envelope.get("updated_at", envelope.get("created_at"))),
+        expires_at=None if expires is None else _timestamp(expires),
+        encoding=encoding,
+        revision=revision,
+    )
 
 
 def _timestamp(value: object) -> datetime:
