@@ -119,7 +119,7 @@ class ObjectStoreBackend(RecordStorageBackend):
         store = await self._call("connect", asyncio.to_thread, open_store, self._settings)
         if self._settings.kind == "s3":
             # One listing request checks the bucket and the credentials now, not at first save.
-            # A principal allowed objects but not listings is refused here: that is not an error.
+            # A principal allowed objects but not listings (AccessDenied) still connects.
             from obstore import list as list_objects
 
             await self._call("connect", _probe, list_objects(store, None, chunk_size=1))
