@@ -386,21 +386,25 @@ async def test_a_server_killed_mid_workload_gives_clear_errors_and_the_workload_
                 outcomes.append("error" if "failed on" in str(exc) else f"unclear error: {exc}")
                 await asyncio.sleep(0.05)
 
+    async def until(condition: Callable[[], bool], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a list
+            await asyncio.sleep(0.05)
+
     stop = asyncio.Event()
     workers = [asyncio.create_task(worker(stop)) for _ in range(3)]
-    await asyncio.sleep(1.0)
+    await until(lambda: outcomes.count("ok") >= 2, 20)
     server.kill()
-    await asyncio.sleep(1.5)
-    errors_while_down = outcomes.count("error")
+    killed_at = len(outcomes)
+    await until(lambda: outcomes[killed_at:].count("error") >= 3, 20)
+    errors_while_down = outcomes[killed_at:].count("error")
     server.start()  # same port, an empty server again (moto keeps nothing): the bucket is made anew
     before = len(outcomes)
-    deadline = time.monotonic() + 15
-    while outcomes[before:].count("ok") < 3 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a list
-        await asyncio.sleep(0.1)
+    await until(lambda: outcomes[before:].count("ok") >= 3, 20)
     stop.set()
     await asyncio.wait_for(asyncio.gather(*workers), 20)
 
     assert not [outcome for outcome in outcomes if outcome.startswith("unclear")]
-    assert "ok" in outcomes[:before]
-    assert errors_while_down > 0
+    assert "ok" in outcomes[:killed_at]
+    assert errors_while_down >= 3
     assert outcomes[before:].count("ok") >= 3, "the workload did not recover after the restart"
