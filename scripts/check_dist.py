@@ -22,15 +22,16 @@ import zipfile
 from pathlib import Path
 from typing import NoReturn
 
-DRIVERS = ("asyncpg", "redis", "hiredis", "rich")
+DRIVERS = ("asyncpg", "redis", "hiredis", "rich", "obstore")
 EXTRA_DRIVERS = {
     "core": set(),
     "postgresql": {"asyncpg"},
     "redis": {"redis"},
     "cli": {"rich"},
-    "all": {"asyncpg", "redis", "hiredis", "rich"},
+    "s3": {"obstore"},
+    "all": {"asyncpg", "redis", "hiredis", "rich", "obstore"},
 }
-DECLARED_EXTRAS = {"postgresql", "redis", "hiredis", "cli", "all"}
+DECLARED_EXTRAS = {"postgresql", "redis", "hiredis", "cli", "s3", "all"}
 
 
 def fail(message: str) -> NoReturn:
