@@ -61,22 +61,28 @@ def open_store(settings: StoreSettings) -> ObjectStore:
 
 
 def _profile_credentials() -> Any:
-    """boto3's credential chain when credentials live in the shared files, else None (obstore's own)."""
+    """boto3's credential chain when credentials may live in the shared files, else None (obstore's).
+
+    Without boto3, only a profile asked for by name (AWS_PROFILE) or a credentials file is an
+    error; a config file alone (often just a region, beside an instance role) leaves obstore's
+    chain in charge.
+    """
     if os.environ.get("AWS_ACCESS_KEY_ID"):
         return None
-    files = (
-        os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
-        os.environ.get("AWS_CONFIG_FILE", "~/.aws/config"),
-    )
-    if not os.environ.get("AWS_PROFILE") and not any(Path(f).expanduser().is_file() for f in files):
+    credentials = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")).expanduser()
+    config = Path(os.environ.get("AWS_CONFIG_FILE", "~/.aws/config")).expanduser()
+    needed = bool(os.environ.get("AWS_PROFILE")) or credentials.is_file()
+    if not needed and not config.is_file():
         return None
     try:
         from obstore.auth.boto3 import Boto3CredentialProvider
     except ImportError:
+        if not needed:
+            return None
         raise MissingDependencyError(
-            "AWS credentials come from a profile (AWS_PROFILE or ~/.aws/config and credentials), "
-            "which the s3:// backend reads through boto3; install it with: pip install boto3 "
-            "(or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+            "AWS credentials come from a profile (AWS_PROFILE or ~/.aws/credentials), which the "
+            "s3:// backend reads through boto3; install it with: pip install boto3 (or set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
             package="boto3",
             extra="s3",
         ) from None
