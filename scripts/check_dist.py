@@ -22,7 +22,17 @@ import zipfile
 from pathlib import Path
 from typing import NoReturn
 
-DRIVERS = ("asyncpg", "redis", "hiredis", "rich", "backports.zstd")
+# Optional imports the extras bring, by import name; the core must import none of them.
+DRIVERS = (
+    "asyncpg",
+    "redis",
+    "hiredis",
+    "rich",
+    "obstore",
+    "backports.zstd",
+    "cryptography",
+    "opentelemetry",
+)
 # [zstd] installs the backport before Python 3.14 only (compression.zstd is standard from 3.14).
 _ZSTD = {"backports.zstd"} if sys.version_info < (3, 14) else set()
 EXTRA_DRIVERS = {
@@ -30,9 +40,24 @@ EXTRA_DRIVERS = {
     "postgresql": {"asyncpg"},
     "redis": {"redis"},
     "cli": {"rich"},
-    "all": {"asyncpg", "redis", "hiredis", "rich", *_ZSTD},
+    "s3": {"obstore"},
+    "all": {"asyncpg", "redis", "hiredis", "rich", "obstore", "cryptography", "opentelemetry", *_ZSTD},
 }
-DECLARED_EXTRAS = {"postgresql", "redis", "hiredis", "cli", "zstd", "all"}
+DECLARED_EXTRAS = {
+    "postgresql",
+    "redis",
+    "hiredis",
+    "cli",
+    "s3",
+    "zstd",
+    "encryption",
+    "otel",
+    "celery",
+    "temporal",
+    "langgraph",
+    "faststream",
+    "all",
+}
 
 
 def fail(message: str) -> NoReturn:

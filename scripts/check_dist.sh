@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the sdist and the wheel (the wheel from the sdist, as `python -m build` does), check their
 # metadata with `twine check --strict` and their contents, then install the wheel into fresh venvs
-# — no extra, and each of [postgresql], [redis], [cli], [all] — and, from an empty directory with
+# — no extra, and each of [postgresql], [redis], [cli], [s3], [all] — and, from an empty directory with
 # no source tree on the path, check the installed package: its version, which drivers each extra
 # brings, that the core imports none of them, and that the README quickstart and the demo run.
 # Work happens under $CHECK_DIST_DIR (default /tmp/pydantic-toast-dist); pip's cache is reused.
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 PYTHON="${PYTHON:-python3}"
 WORK="${CHECK_DIST_DIR:-/tmp/pydantic-toast-dist}"
-VARIANTS=(core postgresql redis cli all)
+VARIANTS=(core postgresql redis cli s3 all)
 PIP_QUIET=(--quiet --disable-pip-version-check)
 
 rm -rf "$WORK/dist" "$WORK/run"

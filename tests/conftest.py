@@ -15,7 +15,7 @@ import pytest
 import pydantic_toast
 from pydantic_toast.backends.memory import MemoryBackend
 
-pytest_plugins = ["fixtures.postgresql", "fixtures.redis"]
+pytest_plugins = ["fixtures.postgresql", "fixtures.redis", "fixtures.s3"]
 
 
 @pytest.fixture
@@ -36,6 +36,8 @@ def sqlite_url(tmp_path: Path) -> str:
         "sqlite",
         pytest.param("postgresql", marks=pytest.mark.postgresql),
         pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("s3", marks=pytest.mark.s3),
+        "file",
     ]
 )
 def storage_url(request: pytest.FixtureRequest) -> Iterator[str]:

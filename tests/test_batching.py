@@ -170,10 +170,10 @@ async def test_missing_child_record_is_reported(storage_url: str) -> None:
 
 
 def test_contract_only_backend_batches_fall_back_to_single_calls(tmp_path: Path) -> None:
-    import test_custom_backends  # registers the contract-only FileBackend as 'file'
+    import test_custom_backends  # registers the contract-only FileBackend as 'jsondir'
 
     assert test_custom_backends.FileBackend.__name__ == "FileBackend"
-    parent_type, child_type = tree_models(f"file://{tmp_path}")
+    parent_type, child_type = tree_models(f"jsondir://{tmp_path}")
     parent = parent_type(name="p", children=[child_type(index=i, payload="f") for i in range(5)])
     assert parent_type.model_validate(parent.model_dump()) == parent
 

@@ -107,6 +107,19 @@ class TestRedisCluster(BackendConformance):
             client.close()
 
 
+@pytest.mark.s3
+class TestS3(BackendConformance):
+    @pytest.fixture
+    def backend_url(self, s3_url: str) -> str:
+        return s3_url
+
+
+class TestFile(BackendConformance):
+    @pytest.fixture
+    def backend_url(self, file_url: str) -> str:
+        return file_url
+
+
 class TestPlainFourMethodClass(BackendConformance):
     @pytest.fixture
     def backend_url(self) -> Iterator[str]:

@@ -47,13 +47,13 @@ class FileBackend(StorageBackend):
         return loaded
 
 
-register_backend("file", FileBackend)
+register_backend("jsondir", FileBackend)
 
 
 def test_contract_backend_round_trips_sync_and_async(tmp_path: Path) -> None:
     class Note(ExternalBaseModel):
         text: str
-        model_config = ExternalConfigDict(storage=f"file://{tmp_path}")
+        model_config = ExternalConfigDict(storage=f"jsondir://{tmp_path}")
 
     note = Note(text="hello")
     reference = note.model_dump()
@@ -158,10 +158,10 @@ def test_taking_over_a_scheme_needs_replace() -> None:
         pass
 
     with pytest.raises(StorageValidationError, match="replace=True"):
-        register_backend("file", Other)
+        register_backend("jsondir", Other)
     with pytest.raises(StorageValidationError, match="replace=True"):
         register_backend("sqlite", Other)
-    register_backend("file", FileBackend)  # same class again: a no-op
+    register_backend("jsondir", FileBackend)  # same class again: a no-op
     register_backend("file-2", Other)
     register_backend("file-2", FileBackend, replace=True)
     assert registry.registered_backends["file-2"] is FileBackend

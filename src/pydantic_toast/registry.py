@@ -39,10 +39,12 @@ _BUILTIN: dict[str, tuple[str, str | None]] = {
     "unix": ("pydantic_toast.backends.redis:RedisBackend", "redis"),
     "redis+cluster": ("pydantic_toast.backends.redis:RedisClusterBackend", "redis"),
     "rediss+cluster": ("pydantic_toast.backends.redis:RedisClusterBackend", "redis"),
+    "s3": ("pydantic_toast.backends.objectstore:S3Backend", "s3"),
+    "file": ("pydantic_toast.backends.objectstore:FileStoreBackend", "s3"),
 }
 
 # extra -> the driver module it installs (checked, never imported, when a model class is defined)
-_DRIVERS = {"postgresql": "asyncpg", "redis": "redis"}
+_DRIVERS = {"postgresql": "asyncpg", "redis": "redis", "s3": "obstore"}
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
 _lock = forksafe.RLock()

@@ -8,13 +8,13 @@ before the fixture returns, if it is not a built-in:
     from pydantic_toast import register_backend
     from pydantic_toast.testing import BackendConformance
 
-    register_backend("file", FileBackend)
+    register_backend("jsondir", FileBackend)
 
 
     class TestFileBackend(BackendConformance):
         @pytest.fixture
         def backend_url(self, tmp_path):
-            return f"file://{tmp_path}"
+            return f"jsondir://{tmp_path}"
 
 Every test writes only records of class names of its own (random), so a store shared with other
 data is fine; a fresh store per test (as above) is simplest. Optional capabilities are
