@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import re
 from datetime import datetime
+from urllib.parse import unquote
 from uuid import UUID
 
 import pydantic_core
@@ -26,7 +27,7 @@ import pydantic_core
 from ...exceptions import StorageValidationError
 from ..base import StoredRecord, format_timestamp, parse_timestamp
 
-__all__ = ["SUFFIX", "check_class_name", "decode_object", "encode_object", "object_key", "parse_key"]
+__all__ = ["SUFFIX", "decode_object", "encode_object", "object_key", "parse_key", "segment"]
 
 SUFFIX = ".json"
 # Storage names become one path segment: no '/', no '.'/'..', nothing a store would reinterpret.
@@ -36,25 +37,39 @@ _KEY = re.compile(
 )
 
 
-def check_class_name(class_name: str) -> str:
-    if not _SEGMENT.match(class_name):
+def segment(class_name: str) -> str:
+    """The key segment of a storage name: the name itself when it is a plain segment, else the
+    name with every other character percent-encoded (`list[Product]` -> `list%5BProduct%5D`), so
+    type names of `Toast` values fit. A plain name never holds '%', so this is reversible."""
+    if _SEGMENT.match(class_name):
+        return class_name
+    encoded = "".join(
+        char
+        if char.isascii() and (char.isalnum() or char in "_-")
+        else "".join(f"%{b:02X}" for b in char.encode())
+        for char in class_name
+    )
+    if len(encoded) > 255:
         raise StorageValidationError(
-            f"storage name {class_name!r} cannot be one segment of an object key; object stores need "
-            "letters, digits, '_', '.' and '-' (set storage_name= in the model's configuration)",
-            expected="a key segment",
-            actual=class_name,
+            f"storage name {class_name[:40]!r}… is too long for one segment of an object key (at most "
+            "255 characters once encoded); set a shorter storage_name= (or Toast(name=...))",
+            expected="a storage name of at most 255 key characters",
+            actual=len(encoded),
         )
-    return class_name
+    return encoded
 
 
 def object_key(id: UUID, class_name: str) -> str:
-    return f"{check_class_name(class_name)}/{id}{SUFFIX}"
+    return f"{segment(class_name)}/{id}{SUFFIX}"
 
 
 def parse_key(key: str) -> tuple[UUID, str] | None:
     """(id, class_name) of a record's key, None for any other object (ours or not)."""
     found = _KEY.match(key)
-    return None if found is None else (UUID(found["id"]), found["name"])
+    if found is None:
+        return None
+    name = found["name"]
+    return UUID(found["id"]), unquote(name) if "%" in name else name
 
 
 def encode_object(record: StoredRecord) -> bytes:
