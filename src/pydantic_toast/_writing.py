@@ -19,7 +19,7 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
-from . import _content, codecs, observability, runtime
+from . import _content, _content_models, codecs, observability, runtime
 from ._pydantic_internals import inner_serializer, serializer_error_fields
 from ._record_state import RecordState, digest, state_of
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
@@ -115,7 +115,8 @@ class WriteSet:
         parent = self._open[-1] if self._open else None
         entry = self._entries.get(id(model))
         if entry is not None:
-            if entry is parent:
+            if entry is parent or (entry.reference is None and not entry.inline):
+                # (No reference yet: met again while its own data is being serialized.)
                 raise _contains_itself(model)
             if parent is not None:
                 parent.points_at.append(id(model))
@@ -136,6 +137,8 @@ class WriteSet:
         self._entries[id(model)] = entry
         if settings.offload_threshold is not None and not force:
             return self._add_measured(entry, parent)
+        if settings.content_addressed:
+            return self._add_content(entry, parent, force)
         self._identify(entry)
         if parent is not None:
             parent.points_at.append(id(model))
@@ -157,6 +160,11 @@ class WriteSet:
     def _identify(self, entry: _Pending) -> None:
         """Give a model to be stored its record id (on its first save) and reference."""
         state = entry.state
+        if entry.settings.content_addressed:
+            assert entry.data is not None  # serialized first: the id is made from it
+            entry.write = _content_models.identify(state, entry.settings, entry.data, entry.digest, self._now)
+            entry.reference = state.reference(entry.settings.storage_name)
+            return
         if state.id is None:
             state.id = uuid4()
         if state.created_at is None:
@@ -178,6 +186,25 @@ class WriteSet:
             parent.points_at.append(id(entry.model))
             # What an inline model refers to, its parent's record refers to: written before it.
             parent.points_at.extend(entry.points_at if entry.inline else ())
+        else:
+            while self._queued:
+                self._serialize(self._queued.pop())
+            self._done.extend(self._leaves_first(entry))
+        return entry.reference
+
+    def _add_content(self, entry: _Pending, parent: _Pending | None, force: bool) -> ExternalReference:
+        """`add` for a content-addressed model: its id is made from its data, and its parent's data
+        holds that id, so its data is serialized now, before its parent's is complete.
+
+        Only content-addressed models nest this way (one level of recursion each); the other models
+        it holds get their random id at once and are serialized afterwards from the loop, as usual.
+        """
+        self._serialize(entry)
+        self._identify(entry)
+        entry.write = entry.write or force
+        assert entry.reference is not None
+        if parent is not None:
+            parent.points_at.append(id(entry.model))
         else:
             while self._queued:
                 self._serialize(self._queued.pop())
@@ -362,7 +389,8 @@ class WriteSet:
         stored = [
             (url.raw, entry.state.id.int, entry.settings.storage_name)
             for entry in entries
-            if isinstance(entry.model, ContentValue) and entry.state.id is not None
+            if (isinstance(entry.model, ContentValue) or entry.settings.content_addressed)
+            and entry.state.id is not None
         ]
         if stored:
             _content.remember(stored)
