@@ -7,7 +7,7 @@ import asyncio
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import pytest
@@ -24,11 +24,11 @@ from pydantic_toast import (
 from pydantic_toast._content_models import canonical
 
 
-def leaf_model(storage: str, **config: Any) -> type[ExternalBaseModel]:
+def leaf_model(storage: str, **config: Any) -> Any:
     class Tag(ExternalBaseModel):
         label: str
         weight: float = 1.0
-        model_config = ExternalConfigDict(storage=storage, content_addressed=True, **config)
+        model_config = cast(ExternalConfigDict, {"storage": storage, "content_addressed": True, **config})
 
     return Tag
 
@@ -72,7 +72,8 @@ def test_a_changed_model_gets_a_new_id_and_the_old_record_stays(storage_url: str
     model.label = "green"
     second = model.model_dump()
     assert second != first
-    assert model.external_reference is not None and str(model.external_reference.id) == second["id"]
+    assert model.external_reference is not None
+    assert str(model.external_reference.id) == second["id"]
     assert tag.model_validate(first).label == "red"  # shared: other references may still need it
     assert tag.model_validate(second).label == "green"
     model.label = "red"
@@ -124,7 +125,10 @@ def test_types_round_trip_and_verify_on_every_backend(storage_url: str) -> None:
 
 
 def test_with_compression(storage_url: str) -> None:
-    plain, packed = leaf_model(storage_url), leaf_model(storage_url, storage_name="PackedTag", compression="zlib")
+    plain, packed = (
+        leaf_model(storage_url),
+        leaf_model(storage_url, storage_name="PackedTag", compression="zlib"),
+    )
     label = "a long label that compresses well " * 40
     reference = packed(label=label).model_dump()
     pydantic_toast.Toast.forget_stored()
@@ -162,7 +166,7 @@ def test_nested_models_of_both_kinds(storage_url: str) -> None:
     board.notes[0].text = "hello"
     assert board.model_dump() == reference
     # A nested content-addressed model changes its parent's data, so its id too.
-    board.pinned.label = "blue"
+    board.pinned.label = "blue"  # type: ignore[attr-defined]
     assert board.model_dump() != reference
 
 
@@ -219,7 +223,9 @@ def test_a_tampered_record_is_refused(storage_url: str) -> None:
     reference = tag(label="the original").model_dump()
     record_id = UUID(reference["id"])
     forged = json.dumps({"label": "a forgery", "weight": 1.0}).encode()
-    asyncio.run(edit_record(storage_url, reference["class_name"], record_id, lambda r: replace(r, payload=forged)))
+    asyncio.run(
+        edit_record(storage_url, reference["class_name"], record_id, lambda r: replace(r, payload=forged))
+    )
     pydantic_toast.Toast.forget_stored()
     with pytest.raises(RecordIntegrityError) as caught:
         tag.model_validate(reference)
@@ -249,9 +255,7 @@ def test_a_tampered_nested_record_is_refused(memory_url: str) -> None:
 
 def test_canonical_form_ignores_what_stores_change() -> None:
     written = b'{"b":[1e16,1.5e300,0.1,-0.0],"a":{"y":1,"x":"\\u00e9"}}'
-    as_jsonb = (
-        b'{"a": {"x": "\xc3\xa9", "y": 1}, "b": [10000000000000000, 15' + b"0" * 299 + b", 0.1, 0]}"
-    )
+    as_jsonb = b'{"a": {"x": "\xc3\xa9", "y": 1}, "b": [10000000000000000, 15' + b"0" * 299 + b", 0.1, 0]}"
     assert canonical(written) == canonical(as_jsonb)
     assert canonical(b'{"a":1}') != canonical(b'{"a":"1"}')
     assert canonical(b"[12345678901234567890]") != canonical(b"[12345678901234567891]")
@@ -270,7 +274,8 @@ def test_offload_threshold_composes(storage_url: str) -> None:
     assert writing.written == 0
     big = tag(label="x" * 100)
     reference = big.model_dump()
-    assert set(reference) == {"class_name", "id"} and UUID(reference["id"]).version == 8
+    assert set(reference) == {"class_name", "id"}
+    assert UUID(reference["id"]).version == 8
     assert tag(label="x" * 100).model_dump() == reference
     box = Box(badge=big)
     loaded = Box.model_validate(box.model_dump())
@@ -313,11 +318,12 @@ async def test_deleting_a_content_addressed_record_makes_the_next_dump_write_it(
 
 
 def test_refused_combinations(memory_url: str) -> None:
-    for config, words in [
+    refused: list[tuple[dict[str, Any], str]] = [
         ({"optimistic_concurrency": True}, "optimistic_concurrency"),
         ({"upgrade_write_back": True}, "upgrade_write_back"),
         ({"encryption": KeySet({"k1": b"k" * 32})}, "encryption"),
-    ]:
+    ]
+    for config, words in refused:
         with pytest.raises(StorageValidationError, match=words):
             leaf_model(memory_url, **config)
     with pytest.raises(StorageValidationError, match="content_addressed must be True or False"):

@@ -67,7 +67,9 @@ def canonical(data: bytes) -> bytes:
         value = json.loads(data, parse_float=_number)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode()
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True
+    ).encode()
 
 
 def _hashed(schema_version: int, data: bytes) -> bytes:
