@@ -18,6 +18,10 @@ The id is `_content.content_id` of a SHA-256 over the storage name, the schema_v
   data against the id's 122 bits, where a `Toast` reference also carries the full digest. Finding
   other data with the same 122 bits needs about 2**122 hashes for a given record; two colliding
   models made on purpose, about 2**61.
+- The canonical form is a stored format: ids already written depend on it, so it is made with the
+  standard library's `json` (float `repr`, `sort_keys`, `ensure_ascii`), whose output does not
+  change between versions, rather than with a faster serializer whose number formatting might.
+  A new form would need a new domain prefix (`_hashed`).
 - `schema_version` is hashed in: equal data at two versions are two records, so a record is never
   read with the upgrade steps of another version.
 
@@ -52,13 +56,17 @@ _MAX_EXPONENT = 400
 
 def _number(text: str) -> int | float:
     """A JSON number with a fraction or an exponent, by its decimal value."""
+    number = float(text)
+    if not number.is_integer():
+        # Every double from 2**53 up is integral: a fraction here is one in the decimal value too.
+        return number
     try:
         value = Decimal(text)
     except InvalidOperation:  # pragma: no cover - the JSON parser hands over numbers only
-        return float(text)
+        return number
     if value.is_finite() and abs(value.adjusted()) <= _MAX_EXPONENT and value == value.to_integral_value():
         return int(value)
-    return float(text)
+    return number
 
 
 def canonical(data: bytes) -> bytes:
