@@ -7,10 +7,11 @@ import asyncio
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, cast
+from typing import Annotated, Any, cast
 from uuid import UUID
 
 import pytest
+from pydantic import BaseModel
 
 import pydantic_toast
 from fixtures.traffic import edit_record, traffic
@@ -20,6 +21,7 @@ from pydantic_toast import (
     KeySet,
     RecordIntegrityError,
     StorageValidationError,
+    Toast,
 )
 from pydantic_toast._content_models import canonical
 
@@ -170,20 +172,51 @@ def test_nested_models_of_both_kinds(storage_url: str) -> None:
     assert board.model_dump() != reference
 
 
-def test_a_chain_of_content_addressed_models(memory_url: str) -> None:
+def test_a_chain_of_content_addressed_models_does_not_recurse(memory_url: str) -> None:
+    """Each model's id depends on its child's, yet dumping never recurses per level."""
+
     class Link(ExternalBaseModel):
         depth: int
         next: "Link | None" = None
         model_config = ExternalConfigDict(storage=memory_url, content_addressed=True)
 
     chain = None
-    for depth in range(40):
+    for depth in range(2_000):  # deeper than Python's recursion limit
         chain = Link(depth=depth, next=chain)
     assert chain is not None
     with traffic(memory_url) as writing:
         reference = chain.model_dump()
-    assert writing.written == 40
-    assert Link.model_validate(reference) == chain
+    assert writing.written == 2_000
+    assert writing.round_trips == 1
+    with traffic(memory_url) as writing:
+        assert chain.model_dump() == reference
+    assert writing.written == 0
+    loaded: Link | None = Link.model_validate(reference)
+    depths = []
+    while loaded is not None:
+        depths.append(loaded.depth)
+        loaded = loaded.next
+    assert depths == list(range(1_999, -1, -1))
+
+
+def test_content_addressed_models_inside_others_and_inside_toast_values(memory_url: str) -> None:
+    tag = leaf_model(memory_url)
+
+    class Shelf(ExternalBaseModel):
+        tags: list[tag]  # type: ignore[valid-type]
+        inner: "Shelf | None" = None
+        model_config = ExternalConfigDict(storage=memory_url, content_addressed=True)
+
+    class Message(BaseModel):
+        shelf: Annotated[Shelf, Toast(storage=memory_url)]
+
+    shared = tag(label="shared")
+    shelf = Shelf(tags=[shared, tag(label="b"), shared], inner=Shelf(tags=[tag(label="shared")]))
+    with traffic(memory_url) as writing:
+        dumped = pydantic_toast.dump(Message(shelf=shelf))
+    assert writing.written == 5  # the value, two shelves, two distinct tags
+    assert Message.model_validate(dumped).shelf == shelf
+    assert tag.model_validate(shared.model_dump()).label == "shared"
 
 
 def test_a_long_chain_of_plain_models_under_a_content_addressed_one_does_not_recurse(memory_url: str) -> None:
