@@ -22,6 +22,7 @@ from pydantic_toast import (
     RecordIntegrityError,
     StorageValidationError,
     Toast,
+    upgrade,
 )
 from pydantic_toast._content_models import canonical
 
@@ -393,3 +394,35 @@ async def _record(url: str, model: ExternalBaseModel) -> Any:
         return record
     finally:
         await backend.disconnect()
+
+
+def test_an_older_record_is_checked_before_its_upgrade(storage_url: str) -> None:
+    def version(number: int) -> Any:
+        class Profile(ExternalBaseModel):  # the same class, as two deployments define it
+            if number == 1:
+                name: str
+            else:
+                full_name: str
+
+                @upgrade(from_version=1)
+                def _rename(data: dict[str, Any]) -> dict[str, Any]:
+                    data["full_name"] = data.pop("name")
+                    return data
+
+            model_config = ExternalConfigDict(
+                storage=storage_url, content_addressed=True, schema_version=number
+            )
+
+        return Profile
+
+    old = version(1)(name="Ada").model_dump()
+    current = version(2)
+    loaded = current.model_validate(old)
+    assert loaded.full_name == "Ada"
+    assert loaded.model_dump() != old  # version 2 data: another record; the old one stays
+    forged = b'{"name":"Eve"}'
+    record_id = UUID(old["id"])
+    asyncio.run(edit_record(storage_url, old["class_name"], record_id, lambda r: replace(r, payload=forged)))
+    pydantic_toast.Toast.forget_stored()
+    with pytest.raises(RecordIntegrityError):
+        current.model_validate(old)
