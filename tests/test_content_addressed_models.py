@@ -7,8 +7,9 @@ import asyncio
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Annotated, Any, cast
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from pydantic import BaseModel
@@ -25,6 +26,7 @@ from pydantic_toast import (
     upgrade,
 )
 from pydantic_toast._content_models import canonical
+from pydantic_toast.cli import main
 
 
 def leaf_model(storage: str, **config: Any) -> Any:
@@ -426,3 +428,18 @@ def test_an_older_record_is_checked_before_its_upgrade(storage_url: str) -> None
     pydantic_toast.Toast.forget_stored()
     with pytest.raises(RecordIntegrityError):
         current.model_validate(old)
+
+
+def test_the_upgrade_command_refuses_content_addressed_models(
+    memory_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = f"ca_models_{uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(
+        "from pydantic_toast import ExternalBaseModel, ExternalConfigDict\n\n"
+        "class Tag(ExternalBaseModel):\n"
+        "    label: str\n"
+        f"    model_config = ExternalConfigDict(storage={memory_url!r}, content_addressed=True)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["upgrade", memory_url, "--model", f"{module}:Tag"]) != 0
+    assert "never rewritten in place" in capsys.readouterr().err
