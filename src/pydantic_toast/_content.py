@@ -38,6 +38,7 @@ __all__ = [
     "DIGEST_SIZE",
     "content_digest",
     "content_id",
+    "forget",
     "forget_stored",
     "is_known",
     "remember",
@@ -118,6 +119,13 @@ def remember(keys: list[tuple[str, int, str]]) -> None:
             _known.move_to_end(key)
         while len(_known) > _MAX_KNOWN:
             _known.popitem(last=False)
+
+
+def forget(keys: list[tuple[str, int, str]]) -> None:
+    """Forget these records (deleted by this process): a later dump of their content writes them."""
+    with _known_lock:
+        for key in keys:
+            _known.pop(key, None)
 
 
 def forget_stored() -> None:

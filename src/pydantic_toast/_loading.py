@@ -17,6 +17,7 @@ import pydantic_core
 from pydantic import ValidationInfo, ValidatorFunctionWrapHandler
 
 from . import runtime
+from ._content_models import check_loaded
 from ._pydantic_internals import (
     core_validator,
     holds_references,
@@ -574,6 +575,8 @@ def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: 
     result). Raises pydantic's ValidationError; `stored_data_error` makes it safe to show.
     """
     data_json = upgraded_data(cls, record)
+    if cls.__toast_settings__.content_addressed:
+        check_loaded(cls, record, data_json)  # before any validator of the user's sees the data
     validator = inner_validator(cls) if full else core_validator(cls)
     model = cast(M, validator.validate_json(data_json, by_alias=False, by_name=True, context=context))
     if model.__pydantic_private__ is None:

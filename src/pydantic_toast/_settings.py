@@ -55,6 +55,7 @@ class ModelSettings:
     offload_threshold: int | None = None
     warn_size: int | None = None
     max_size: int | None = None
+    content_addressed: bool = False
 
 
 def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
@@ -123,6 +124,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
                 actual=threshold,
             )
         warn_size, max_size = _size(config, "warn_size"), _size(config, "max_size")
+        content_addressed = _content_addressed(config, optimistic, write_back)
         # Last: a class refused for another reason must not keep the name claimed.
         _claim_storage_name(cls, url, storage_name)
     except StorageValidationError as exc:
@@ -141,6 +143,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         offload_threshold=threshold,
         warn_size=warn_size,
         max_size=max_size,
+        content_addressed=content_addressed,
         dict_references="class_name" not in cls.__pydantic_fields__,
     )
 
@@ -154,6 +157,37 @@ def _size(config: Mapping[str, Any], key: str) -> int | None:
             actual=value,
         )
     return value
+
+
+def _content_addressed(config: Mapping[str, Any], optimistic: bool, write_back: bool) -> bool:
+    """`content_addressed`, refused with the options it contradicts (see `_content_models`)."""
+    if not _flag(config, "content_addressed"):
+        return False
+    conflict = None
+    if optimistic:
+        conflict = (
+            "optimistic_concurrency=True: a content-addressed record never changes (other data is "
+            "another record), so there is no concurrent update to detect; drop one of the two"
+        )
+    elif write_back:
+        conflict = (
+            "upgrade_write_back=True: upgraded data has another id, so writing it back would not "
+            "replace the record that references point at; drop upgrade_write_back (upgrades then run "
+            "on every load)"
+        )
+    elif config.get("encryption") is not None:
+        conflict = (
+            "encryption: the id would have to be a keyed hash of the plaintext, and records could no "
+            "longer be checked once rotate-keys retired that key; keep content_addressed models "
+            "unencrypted, or drop content_addressed"
+        )
+    if conflict is not None:
+        raise StorageValidationError(
+            f"content_addressed=True cannot be combined with {conflict}",
+            expected="content_addressed without it",
+            actual="content_addressed=True",
+        )
+    return True
 
 
 def _flag(config: Mapping[str, Any], key: str) -> bool:

@@ -8,6 +8,7 @@ whose data did not change is not written again (see `RecordState.holds`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,7 +20,7 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
-from . import _content, codecs, observability, runtime
+from . import _content, _content_models, codecs, observability, runtime
 from ._pydantic_internals import inner_serializer, serializer_error_fields
 from ._record_state import RecordState, digest, state_of
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
@@ -104,6 +105,8 @@ class WriteSet:
         # Nested models met while serializing another one: serialized afterwards, from a loop,
         # so that how deeply models nest never becomes how deeply Python recurses.
         self._queued: list[_Pending] = []
+        # id(model) -> the content-addressed models its data is waiting for (see `_defer`).
+        self._needs: dict[int, list[_Pending]] = {}
 
     def add(self, model: ExternalBaseModel, *, force: bool = False) -> ExternalReference | None:
         """Collect `model`'s record; `force` writes it even if its data did not change.
@@ -115,7 +118,10 @@ class WriteSet:
         parent = self._open[-1] if self._open else None
         entry = self._entries.get(id(model))
         if entry is not None:
-            if entry is parent:
+            if entry is parent or (entry.reference is None and not entry.inline):
+                if parent is not None and entry.settings.content_addressed and entry not in self._open:
+                    return self._defer(entry, parent)  # not serialized yet: see `_settle`
+                # (No reference yet: met again while its own data is being serialized.)
                 raise _contains_itself(model)
             if parent is not None:
                 parent.points_at.append(id(model))
@@ -136,6 +142,10 @@ class WriteSet:
         self._entries[id(model)] = entry
         if settings.offload_threshold is not None and not force:
             return self._add_measured(entry, parent)
+        if settings.content_addressed:
+            if parent is not None:
+                return self._defer(entry, parent)
+            return self._add_content(entry, force)
         self._identify(entry)
         if parent is not None:
             parent.points_at.append(id(model))
@@ -157,6 +167,11 @@ class WriteSet:
     def _identify(self, entry: _Pending) -> None:
         """Give a model to be stored its record id (on its first save) and reference."""
         state = entry.state
+        if entry.settings.content_addressed:
+            assert entry.data is not None  # serialized first: the id is made from it
+            entry.write = _content_models.identify(state, entry.settings, entry.data, entry.digest, self._now)
+            entry.reference = state.reference(entry.settings.storage_name)
+            return
         if state.id is None:
             state.id = uuid4()
         if state.created_at is None:
@@ -184,6 +199,58 @@ class WriteSet:
             self._done.extend(self._leaves_first(entry))
         return entry.reference
 
+    def _add_content(self, entry: _Pending, force: bool) -> ExternalReference:
+        """`add` for a content-addressed model met outside any record (a root): its id is made
+        from its data, so its data is serialized before its reference is returned."""
+        self._serialize(entry)
+        self._identify(entry)
+        entry.write = entry.write or force
+        assert entry.reference is not None
+        while self._queued:
+            self._serialize(self._queued.pop())
+        self._done.extend(self._leaves_first(entry))
+        return entry.reference
+
+    def _defer(self, entry: _Pending, parent: _Pending) -> ExternalReference:
+        """A content-addressed model met while `parent`'s data is serialized: its id, which that
+        data must hold, is not known before its own data is. It is noted, `parent`'s data is
+        finished with a stand-in reference and then made again once the model has its id (see
+        `_settle`), so that nesting depth never becomes recursion depth."""
+        parent.points_at.append(id(entry.model))
+        self._needs.setdefault(id(parent.model), []).append(entry)
+        return ExternalReference.trusted(entry.settings.storage_name, UUID(int=0))
+
+    def _settle(self, entry: _Pending, run: Callable[[], None]) -> None:
+        """`run` has made `entry`'s data once: run it again until the data holds no stand-in.
+
+        An explicit stack instead of recursion: the content-addressed models a pass deferred are
+        serialized (and identified) first, then the pass runs again and finds their references.
+        Each record's data is thus made at most twice per content-addressed level below it.
+        """
+        stack: list[tuple[_Pending, Callable[[], None]]] = [(entry, run)]
+        waiting: set[int] = set()  # id(model) of the entries waiting for the models they deferred
+        ran = True
+        while stack:
+            top, again = stack[-1]
+            if top is not entry and top.reference is not None:
+                stack.pop()  # deferred twice, and done already
+                continue
+            if not ran:
+                again()
+            ran = False
+            needed = self._needs.pop(id(top.model), None)
+            if needed:
+                waiting.add(id(top.model))
+                for child in needed:
+                    if id(child.model) in waiting:
+                        raise _contains_itself(child.model)
+                    stack.append((child, functools.partial(self._serialize_once, child)))
+                continue
+            stack.pop()
+            waiting.discard(id(top.model))
+            if top is not entry:
+                self._identify(top)
+
     def add_value(
         self, settings: ModelSettings, encode: Callable[[], tuple[UUID, bytes]]
     ) -> ExternalReference:
@@ -202,12 +269,20 @@ class WriteSet:
         self._entries[id(holder)] = entry
         if parent is not None:
             parent.points_at.append(id(holder))
-        # Open while encoding: external models inside the value are its children.
-        self._open.append(entry)
-        try:
-            record_id, data = encode()
-        finally:
-            self._open.pop()
+        record_id, data = UUID(int=0), b""
+
+        def run() -> None:
+            nonlocal record_id, data
+            # Open while encoding: external models inside the value are its children.
+            self._open.append(entry)
+            try:
+                record_id, data = encode()
+            finally:
+                self._open.pop()
+
+        run()
+        if self._needs:
+            self._settle(entry, run)
         state.id = record_id
         reference = entry.reference = state.reference(settings.storage_name)
         entry.data = data
@@ -220,6 +295,11 @@ class WriteSet:
         return reference
 
     def _serialize(self, entry: _Pending) -> None:
+        self._serialize_once(entry)
+        if self._needs:  # content-addressed models were deferred: their ids are needed first
+            self._settle(entry, functools.partial(self._serialize_once, entry))
+
+    def _serialize_once(self, entry: _Pending) -> None:
         self._open.append(entry)
         try:
             model = cast("ExternalBaseModel", entry.model)  # values are encoded by add_value
@@ -362,7 +442,8 @@ class WriteSet:
         stored = [
             (url.raw, entry.state.id.int, entry.settings.storage_name)
             for entry in entries
-            if isinstance(entry.model, ContentValue) and entry.state.id is not None
+            if (isinstance(entry.model, ContentValue) or entry.settings.content_addressed)
+            and entry.state.id is not None
         ]
         if stored:
             _content.remember(stored)

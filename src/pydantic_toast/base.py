@@ -90,6 +90,12 @@ class ExternalConfigDict(ConfigDict, total=False):
     encryption_required: bool
     """With `encryption`: refuse a record stored without encryption (`RecordIntegrityError`).
     Default True; False only while an existing store is being encrypted with `rotate-keys`."""
+    content_addressed: bool
+    """Make the record's id a hash of its data (SHA-256, a version-8 UUID): equal models share one
+    record, an unchanged re-dump writes nothing, a load refuses data that does not hash to its id
+    (`RecordIntegrityError`), and a changed model dumps to a new id. Not with
+    optimistic_concurrency, upgrade_write_back or encryption. Default False. See docs/toast-fields.md."""
+
     warn_size: int | None
     """Log a WARNING (logger 'pydantic_toast') when a save stores a record whose data, as JSON before
     compression or encryption, is larger than this many bytes. Default None: no warning."""

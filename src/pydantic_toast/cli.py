@@ -525,6 +525,15 @@ async def upgrade_records(
             expected=settings.url.masked,
             actual=StorageURL.parse(url).masked,
         )
+    if settings.content_addressed:
+        # Upgraded data hashes to another id: rewriting would add records, never replace the old ones.
+        raise StorageValidationError(
+            f"{model.__qualname__} is content_addressed: its records are never rewritten in place (upgraded "
+            "data has another id, and references point at the old one), so 'upgrade' does not apply; "
+            "upgrades run on every load instead",
+            expected="a model without content_addressed",
+            actual=model.__qualname__,
+        )
     current = settings.schema_version
     outdated: dict[int, int] = {}
     rewritten = 0

@@ -23,7 +23,7 @@ from uuid import UUID
 import pydantic_core
 from pydantic import BaseModel
 
-from . import _writing, runtime
+from . import _content, _writing, runtime
 from ._loading import TreeLoader, _NotBuiltYetError, _tree_loader, json_options
 from ._pydantic_internals import core_validator, holds_references
 from ._record_state import state_of
@@ -93,7 +93,12 @@ class _Collector(TreeLoader):
         settings = target.__toast_settings__
         self.found.append(
             StoredReference(
-                settings.url, reference.class_name, reference.id, follower(target), settings.timeout
+                settings.url,
+                reference.class_name,
+                reference.id,
+                follower(target),
+                settings.timeout,
+                shared=settings.content_addressed,  # equal models elsewhere point at it too
             )
         )
         raise _NotBuiltYetError
@@ -297,9 +302,12 @@ async def adelete(target: Any, reference: Any = None, *, cascade: bool = False) 
     cls, key = _target(target, reference, cascade=cascade)
     if key is None:
         return False
-    if cascade:
-        return await delete_tree(cls, key)
-    return await _writing.delete(cls, key)
+    try:
+        if cascade:
+            return await delete_tree(cls, key)
+        return await _writing.delete(cls, key)
+    finally:
+        _forget_content(cls, key)
 
 
 def delete(target: Any, reference: Any = None, *, cascade: bool = False) -> bool:
@@ -314,9 +322,20 @@ def delete(target: Any, reference: Any = None, *, cascade: bool = False) -> bool
     cls, key = _target(target, reference, cascade=cascade)
     if key is None:
         return False
-    if cascade:
-        return delete_tree_sync(cls, key)
-    return runtime.run_sync(_writing.delete(cls, key), cls.__toast_settings__.timeout)
+    try:
+        if cascade:
+            return delete_tree_sync(cls, key)
+        return runtime.run_sync(_writing.delete(cls, key), cls.__toast_settings__.timeout)
+    finally:
+        _forget_content(cls, key)
+
+
+def _forget_content(cls: type[ExternalBaseModel], reference: ExternalReference) -> None:
+    """A deleted content-addressed record is no longer stored: the next dump of equal data must
+    write it again (this process remembers the content records it wrote or verified)."""
+    settings = resolve_class(cls, reference).__toast_settings__
+    if settings.content_addressed:
+        _content.forget([(settings.url.raw, reference.id.int, settings.storage_name)])
 
 
 def _target(
