@@ -456,12 +456,49 @@ def load_blocking(cls: type[M], reference: ExternalReference, context: Any = Non
 
 async def load_many(cls: type[M], references: Sequence[ExternalReference], context: Any = None) -> list[M]:
     """Load models in order; every missing id is reported in one RecordNotFoundError."""
+    storage_name = settings_of(cls).storage_name
+    if references and not holds_references(cls) and all(r.class_name == storage_name for r in references):
+        # The common batch: one class whose data refers to no external model, so nothing to wait for.
+        return await _drive(_load_leaves(cls, references, context))
     roots: list[tuple[type[ExternalBaseModel], ExternalReference, bool]] = [
         (resolve_class(cls, reference), reference, True) for reference in references
     ]
     if not roots:
         return []
     return cast(list[M], await _drive(TreeLoader(roots, context).run()))
+
+
+def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context: Any) -> _Steps[list[M]]:
+    """`load_many` of references to `cls` itself, a class that holds no references: what
+    `TreeLoader` does for them (one fetch, each record once, every missing id in one error, the
+    same instance for a repeated reference, upgrades written back), without its bookkeeping."""
+    settings = cls.__toast_settings__
+    # id as an int -> id: UUID hashing is Python-level, int hashing is not.
+    ids: dict[int, UUID] = {}
+    for reference in references:
+        ids.setdefault(reference.id.int, reference.id)
+    name = settings.storage_name
+    pairs = [(record_id, name) for record_id in ids.values()]
+    found: list[StoredRecord | None] = yield _fetch_many(settings, pairs), settings
+    missing = [record_id for record_id, record in zip(ids.values(), found, strict=True) if record is None]
+    if missing:
+        raise RecordNotFoundError(name, missing)
+    current = settings.schema_version
+    built: dict[int, M] = {}
+    upgraded: list[ExternalBaseModel] = []
+    for number, record in zip(ids, found, strict=True):
+        assert record is not None
+        model = built[number] = materialize_checked(cls, record, True, context)
+        if record.schema_version < current and settings.upgrade_write_back:
+            upgraded.append(model)
+    if upgraded:
+        write_back = _rewrite(upgraded)
+        yield write_back.flush(), write_back
+    return [built[reference.id.int] for reference in references]
+
+
+def _fetch_many(settings: ModelSettings, pairs: list[tuple[UUID, str]]) -> Coroutine[Any, Any, Any]:
+    return runtime.execute(settings.url, settings.timeout, lambda backend: backend.load_records(pairs))
 
 
 def _load_one(cls: type[M], reference: ExternalReference, full: bool, context: Any) -> _Steps[M]:
