@@ -64,6 +64,19 @@ def validate(
     cls: type[ExternalBaseModel], value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
 ) -> Any:
     """The wrap validator of every external model."""
+    loader = _tree_loader.get()
+    if type(loader) is TreeLoader and type(value) is dict and len(value) == 2:
+        # A reference in a record being loaded: validated again when its parent is rebuilt, so
+        # it is parsed (and its class resolved) once per load.
+        name, text = value.get("class_name"), value.get("id")
+        if type(name) is str and type(text) is str:
+            key = (cls, name, text)
+            known = loader.references.get(key)
+            if known is None and _is_reference(cls, value):
+                reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
+                known = loader.references[key] = (resolve_class(cls, reference), reference)
+            if known is not None:
+                return loader.resolve(cls, known[0], known[1])
     if _is_reference(cls, value):
         reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
         return load_sync(cls, reference, info.context)
@@ -177,6 +190,8 @@ class TreeLoader:
         self._blocked_on_fetch = False
         self._placeholders = False  # may resolve() return _PENDING rather than raise
         self._upgraded: dict[_RecordKey, ExternalBaseModel] = {}
+        # (class validating it, class_name, id text) -> (class it loads as, reference): see `validate`.
+        self.references: dict[tuple[type[Any], str, str], tuple[type[Any], ExternalReference]] = {}
         self._roots: list[tuple[type[ExternalBaseModel], _RecordKey, _ModelKey, _Node | None]] = []
         append, wanted = self._roots.append, self._wanted
         last: type[ExternalBaseModel] | None = None
@@ -363,9 +378,7 @@ class TreeLoader:
         if model is not None:
             return cast(M, model)
         key = (url, number, name)
-        if holds_references(
-            target
-        ):  # a node, built when everything it refers to is: a node, built when everything it refers to is
+        if holds_references(target):  # a node, built when everything it refers to is
             node = self._node(target, model_key)
             if node.model is not None:
                 return cast(M, node.model)
