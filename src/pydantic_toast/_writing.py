@@ -684,8 +684,13 @@ def save_sync(model: ExternalBaseModel) -> ExternalReference:
 def _collect_saves(
     models: Sequence[ExternalBaseModel], shallow: bool
 ) -> tuple[WriteSet, list[ExternalReference]]:
-    with collecting_writes(shallow=shallow) as write_set:
+    # collecting_writes() without the generator-based context manager: this is every save's path.
+    write_set = WriteSet(shallow=shallow)
+    token = _write_set.set(write_set)
+    try:
         references = [write_set.store(model) for model in models]
+    finally:
+        _write_set.reset(token)
     return write_set, references
 
 
