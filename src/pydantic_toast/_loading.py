@@ -469,10 +469,11 @@ def load_blocking(cls: type[M], reference: ExternalReference, context: Any = Non
 
 async def load_many(cls: type[M], references: Sequence[ExternalReference], context: Any = None) -> list[M]:
     """Load models in order; every missing id is reported in one RecordNotFoundError."""
-    storage_name = settings_of(cls).storage_name
-    if references and not holds_references(cls) and all(r.class_name == storage_name for r in references):
-        # The common batch: one class whose data refers to no external model, so nothing to wait for.
-        return await _drive(_load_leaves(cls, references, context))
+    if references and not holds_references(cls):
+        storage_name = settings_of(cls).storage_name
+        if all(reference.class_name == storage_name for reference in references):
+            # The common batch: one class whose data refers to no external model, so no waiting.
+            return await _drive(_load_leaves(cls, references, context))
     roots: list[tuple[type[ExternalBaseModel], ExternalReference, bool]] = [
         (resolve_class(cls, reference), reference, True) for reference in references
     ]
@@ -624,7 +625,8 @@ def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: 
     result). Raises pydantic's ValidationError; `stored_data_error` makes it safe to show.
     """
     settings = cls.__toast_settings__
-    if settings.codec is None and record.encoding == "json" and record.schema_version == settings.schema_version:
+    current = record.schema_version == settings.schema_version
+    if current and settings.codec is None and record.encoding == "json":
         data_json = record.payload  # what upgraded_data returns here, without its two calls per record
     else:
         data_json = upgraded_data(cls, record)
@@ -640,7 +642,7 @@ def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: 
         state.id = record.id
         state.created_at = record.created_at
         state.revision = record.revision
-    if record.schema_version == settings.schema_version:
+    if current:
         # What the record holds (decoded), so that dumping the model unchanged writes nothing.
         state.loaded_json = data_json
     return model
