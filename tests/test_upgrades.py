@@ -58,6 +58,19 @@ async def test_write_back_stores_the_upgraded_record(storage_url: str) -> None:
     assert (await person.load(async_id)).full_name == "Ada"
 
 
+async def test_load_many_upgrades_and_writes_back_only_the_old_records(storage_url: str) -> None:
+    person = person_model(storage_url, write_back=True)
+    old_id = await store_raw(storage_url, "Person", {"name": "Ada", "age": "36"}, version=1)
+    current = await person(full_name="Bob", age_years=7).save()
+
+    loaded = await person.load_many([old_id, current, old_id])
+
+    assert [model.full_name for model in loaded] == ["Ada", "Bob", "Ada"]
+    assert loaded[0] is loaded[2]  # one record, one instance
+    assert await stored_version(storage_url, "Person", old_id) == 3
+    assert (await person.load(old_id)).age_years == 36
+
+
 async def test_a_record_newer_than_the_code_is_refused(storage_url: str) -> None:
     person = person_model(storage_url)
     record_id = await store_raw(storage_url, "Person", {"full_name": "Ada", "age_years": 1}, version=4)

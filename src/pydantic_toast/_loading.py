@@ -65,6 +65,19 @@ def validate(
     cls: type[ExternalBaseModel], value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
 ) -> Any:
     """The wrap validator of every external model."""
+    loader = _tree_loader.get()
+    if type(loader) is TreeLoader and type(value) is dict and len(value) == 2:
+        # A reference in a record being loaded: validated again when its parent is rebuilt, so
+        # it is parsed (and its class resolved) once per load.
+        name, text = value.get("class_name"), value.get("id")
+        if type(name) is str and type(text) is str:
+            key = (cls, name, text)
+            known = loader.references.get(key)
+            if known is None and _is_reference(cls, value):
+                reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
+                known = loader.references[key] = (resolve_class(cls, reference), reference)
+            if known is not None:
+                return loader.resolve(cls, known[0], known[1])
     if _is_reference(cls, value):
         reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
         return load_sync(cls, reference, info.context)
@@ -178,6 +191,8 @@ class TreeLoader:
         self._blocked_on_fetch = False
         self._placeholders = False  # may resolve() return _PENDING rather than raise
         self._upgraded: dict[_RecordKey, ExternalBaseModel] = {}
+        # (class validating it, class_name, id text) -> (class it loads as, reference): see `validate`.
+        self.references: dict[tuple[type[Any], str, str], tuple[type[Any], ExternalReference]] = {}
         self._roots: list[tuple[type[ExternalBaseModel], _RecordKey, _ModelKey, _Node | None]] = []
         append, wanted = self._roots.append, self._wanted
         last: type[ExternalBaseModel] | None = None
@@ -364,9 +379,7 @@ class TreeLoader:
         if model is not None:
             return cast(M, model)
         key = (url, number, name)
-        if holds_references(
-            target
-        ):  # a node, built when everything it refers to is: a node, built when everything it refers to is
+        if holds_references(target):  # a node, built when everything it refers to is
             node = self._node(target, model_key)
             if node.model is not None:
                 return cast(M, node.model)
@@ -457,12 +470,50 @@ def load_blocking(cls: type[M], reference: ExternalReference, context: Any = Non
 
 async def load_many(cls: type[M], references: Sequence[ExternalReference], context: Any = None) -> list[M]:
     """Load models in order; every missing id is reported in one RecordNotFoundError."""
+    if references and not holds_references(cls):
+        storage_name = settings_of(cls).storage_name
+        if all(reference.class_name == storage_name for reference in references):
+            # The common batch: one class whose data refers to no external model, so no waiting.
+            return await _drive(_load_leaves(cls, references, context))
     roots: list[tuple[type[ExternalBaseModel], ExternalReference, bool]] = [
         (resolve_class(cls, reference), reference, True) for reference in references
     ]
     if not roots:
         return []
     return cast(list[M], await _drive(TreeLoader(roots, context).run()))
+
+
+def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context: Any) -> _Steps[list[M]]:
+    """`load_many` of references to `cls` itself, a class that holds no references: what
+    `TreeLoader` does for them (one fetch, each record once, every missing id in one error, the
+    same instance for a repeated reference, upgrades written back), without its bookkeeping."""
+    settings = cls.__toast_settings__
+    # id as an int -> id: UUID hashing is Python-level, int hashing is not.
+    ids: dict[int, UUID] = {}
+    for reference in references:
+        ids.setdefault(reference.id.int, reference.id)
+    name = settings.storage_name
+    pairs = [(record_id, name) for record_id in ids.values()]
+    found: list[StoredRecord | None] = yield _fetch_many(settings, pairs), settings
+    missing = [record_id for record_id, record in zip(ids.values(), found, strict=True) if record is None]
+    if missing:
+        raise RecordNotFoundError(name, missing)
+    current = settings.schema_version
+    built: dict[int, M] = {}
+    upgraded: list[ExternalBaseModel] = []
+    for number, record in zip(ids, found, strict=True):
+        assert record is not None
+        model = built[number] = materialize_checked(cls, record, True, context)
+        if record.schema_version < current and settings.upgrade_write_back:
+            upgraded.append(model)
+    if upgraded:
+        write_back = _rewrite(upgraded)
+        yield write_back.flush(), write_back
+    return [built[reference.id.int] for reference in references]
+
+
+def _fetch_many(settings: ModelSettings, pairs: list[tuple[UUID, str]]) -> Coroutine[Any, Any, Any]:
+    return runtime.execute(settings.url, settings.timeout, lambda backend: backend.load_records(pairs))
 
 
 def _load_one(cls: type[M], reference: ExternalReference, full: bool, context: Any) -> _Steps[M]:
@@ -574,8 +625,13 @@ def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: 
     `full`: with the class's validators above our hook too (else pydantic runs them on the
     result). Raises pydantic's ValidationError; `stored_data_error` makes it safe to show.
     """
-    data_json = upgraded_data(cls, record)
-    if cls.__toast_settings__.content_addressed:
+    settings = cls.__toast_settings__
+    current = record.schema_version == settings.schema_version
+    if current and settings.codec is None and record.encoding == "json":
+        data_json = record.payload  # what upgraded_data returns here, without its two calls per record
+    else:
+        data_json = upgraded_data(cls, record)
+    if settings.content_addressed:
         check_loaded(cls, record, data_json)  # before any validator of the user's sees the data
     validator = inner_validator(cls) if full else core_validator(cls)
     model = cast(M, validator.validate_json(data_json, by_alias=False, by_name=True, context=context))
@@ -589,7 +645,7 @@ def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: 
         state.id = record.id
         state.created_at = record.created_at
         state.revision = record.revision
-    if record.schema_version == cls.__toast_settings__.schema_version:
+    if current:
         # What the record holds (decoded), so that dumping the model unchanged writes nothing.
         state.loaded_json = data_json
     return model

@@ -417,13 +417,15 @@ class WriteSet:
 
     async def _write(self, entries: list[_Pending]) -> None:
         # Two instances of one record (a revalidated copy, say) in one dump: the last one wins.
-        records: dict[UUID, StoredRecord] = {}
-        raw: dict[UUID, int] = {}
+        # Keyed by the id's int: a UUID's own hash runs in Python, an int's does not.
+        records: dict[int, StoredRecord] = {}
+        raw: dict[int, int] = {}
         checked = False
         for entry in entries:
             record = _record_of(entry, self._now)
-            records[record.id] = record
-            raw[record.id] = len(entry.data or b"")
+            number = record.id.int
+            records[number] = record
+            raw[number] = len(entry.data or b"")
             checked = checked or record.revision is not None
         batch = list(records.values())
         url = entries[0].settings.url
@@ -470,13 +472,16 @@ def _record_of(entry: _Pending, now: datetime) -> StoredRecord:
     assert state.created_at is not None
     assert entry.data is not None
     # The codec stage: the one place where stored bytes are made from a model's JSON.
-    payload, encoding = codecs.encode(
-        settings.codec,
-        entry.data,
-        class_name=settings.storage_name,
-        id=state.id,
-        schema_version=settings.schema_version,
-    )
+    if settings.codec is None:  # no pipeline: the JSON itself (codecs.encode's first case, inlined)
+        payload, encoding = entry.data, codecs.JSON
+    else:
+        payload, encoding = codecs.encode(
+            settings.codec,
+            entry.data,
+            class_name=settings.storage_name,
+            id=state.id,
+            schema_version=settings.schema_version,
+        )
     return StoredRecord(
         id=state.id,
         class_name=settings.storage_name,
@@ -556,7 +561,8 @@ def _required_fields(cls: type[ExternalBaseModel]) -> frozenset[str]:
 def _stored_data(cls: type[ExternalBaseModel], model: ExternalBaseModel) -> bytes:
     """The model's own data as stored, refusing what would not load back."""
     required = _required_fields(cls)
-    if not required.issubset(model.__dict__.keys()):
+    # keys() >= set compares in place; issubset(keys()) would build a set from the keys first.
+    if not model.__dict__.keys() >= required:
         missing = sorted(required - model.__dict__.keys())
         raise _remember(
             StorageValidationError(
@@ -759,8 +765,13 @@ def save_sync(model: ExternalBaseModel) -> ExternalReference:
 def _collect_saves(
     models: Sequence[ExternalBaseModel], shallow: bool
 ) -> tuple[WriteSet, list[ExternalReference]]:
-    with collecting_writes(shallow=shallow) as write_set:
+    # collecting_writes() without the generator-based context manager: this is every save's path.
+    write_set = WriteSet(shallow=shallow)
+    token = _write_set.set(write_set)
+    try:
         references = [write_set.store(model) for model in models]
+    finally:
+        _write_set.reset(token)
     return write_set, references
 
 

@@ -74,6 +74,9 @@ async def gather_all(
     running_loop()  # gather() would otherwise start a stray asyncio loop under trio
     pending = list(awaitables)
     if len(pending) == 1:
+        if not ignoring:  # the common case, without a context manager's three calls
+            await pending[0]
+            return
         with contextlib.suppress(*ignoring):
             await pending[0]
         return
