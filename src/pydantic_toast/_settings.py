@@ -93,17 +93,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
                 expected="int >= 1",
                 actual=schema_version,
             )
-        timeout = config.get("timeout", DEFAULT_TIMEOUT)
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not 0 < timeout < float("inf")
-        ):
-            raise StorageValidationError(
-                f"timeout must be a positive number of seconds, got {timeout!r}",
-                expected="seconds > 0",
-                actual=timeout,
-            )
+        timeout = check_timeout(config.get("timeout", DEFAULT_TIMEOUT))
         ttl = config.get("ttl")
         if ttl is not None and (not isinstance(ttl, timedelta) or ttl <= timedelta(0)):
             raise StorageValidationError(
@@ -114,15 +104,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         write_back = _flag(config, "upgrade_write_back")
         optimistic = _flag(config, "optimistic_concurrency")
         codec = codecs.pipeline_for(config)
-        threshold = config.get("offload_threshold")
-        if threshold is not None and (
-            isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0
-        ):
-            raise StorageValidationError(
-                f"offload_threshold must be an integer number of bytes >= 0 or None, got {threshold!r}",
-                expected="int >= 0 or None",
-                actual=threshold,
-            )
+        threshold = check_threshold("offload_threshold", config.get("offload_threshold"))
         warn_size, max_size = _size(config, "warn_size"), _size(config, "max_size")
         content_addressed = _content_addressed(config, optimistic, write_back)
         # Last: a class refused for another reason must not keep the name claimed.
@@ -135,7 +117,7 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         url=url,
         storage_name=storage_name,
         schema_version=schema_version,
-        timeout=float(timeout),
+        timeout=timeout,
         ttl=ttl,
         upgrade_write_back=write_back,
         codec=codec,
@@ -146,6 +128,30 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         content_addressed=content_addressed,
         dict_references="class_name" not in cls.__pydantic_fields__,
     )
+
+
+def check_timeout(timeout: object) -> float:
+    """A storage operation's timeout: a positive, finite number of seconds."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
+        raise StorageValidationError(
+            f"timeout must be a positive number of seconds, got {timeout!r}",
+            expected="seconds > 0",
+            actual=timeout,
+        )
+    return float(timeout)
+
+
+def check_threshold(key: str, threshold: object) -> int | None:
+    """An offload threshold: bytes of JSON (0 and up), or None for none."""
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0
+    ):
+        raise StorageValidationError(
+            f"{key} must be an integer number of bytes >= 0 or None, got {threshold!r}",
+            expected="int >= 0 or None",
+            actual=threshold,
+        )
+    return threshold
 
 
 def _size(config: Mapping[str, Any], key: str) -> int | None:

@@ -35,7 +35,7 @@ from pydantic_core import PydanticSerializationError, core_schema
 
 from . import _content, _loading, _writing, codecs, lifecycle
 from ._pydantic_internals import json_schema_metadata, schema_holds_references, surrounding_json_config
-from ._settings import DEFAULT_TIMEOUT, ModelSettings
+from ._settings import DEFAULT_TIMEOUT, ModelSettings, check_threshold, check_timeout
 from .exceptions import StorageValidationError, StoredDataError
 from .reference import ExternalReference, parse_id
 from .registry import backend_class
@@ -92,26 +92,8 @@ class Toast:
             check_url = getattr(backend, "check_url", None)
             if callable(check_url):
                 check_url(url)
-            threshold = self.threshold
-            if threshold is not None and (
-                isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0
-            ):
-                raise StorageValidationError(
-                    f"threshold must be an integer number of bytes >= 0 or None, got {threshold!r}",
-                    expected="int >= 0 or None",
-                    actual=threshold,
-                )
-            timeout = self.timeout
-            if (
-                isinstance(timeout, bool)
-                or not isinstance(timeout, int | float)
-                or not 0 < timeout < float("inf")
-            ):
-                raise StorageValidationError(
-                    f"timeout must be a positive number of seconds, got {timeout!r}",
-                    expected="seconds > 0",
-                    actual=timeout,
-                )
+            check_threshold("threshold", self.threshold)
+            check_timeout(self.timeout)
             if self.name is not None:
                 _check_name(self.name)
             codec = codecs.pipeline_for({"compression": self.compression})
