@@ -182,9 +182,10 @@ def _refuse_credentials(url: StorageURL) -> None:
     endpoint = url.options.get("endpoint_url", "")
     if url.username is not None or url.password is not None or "@" in endpoint or carried:
         where = f"option(s) {sorted(set(carried))}" if carried else "user info ('user:secret@')"
+        sources = _CREDENTIAL_SOURCES.get(url.scheme, _CREDENTIAL_SOURCES["s3"])
         raise StorageValidationError(
             f"{_shown(url)!r} carries credentials in its {where}; an object-store URL never holds "
-            f"credentials: remove them and provide them {_CREDENTIAL_SOURCES.get(url.scheme, _CREDENTIAL_SOURCES['s3'])}",
+            f"credentials: remove them and provide them {sources}",
             expected="a URL without credentials",
             actual=_shown(url),
         )
