@@ -56,11 +56,11 @@ def open_store(settings: StoreSettings) -> ObjectStore:
             config["account_name"] = settings.account
         if settings.endpoint_url is not None:
             config["endpoint"] = settings.endpoint_url
-        return AzureStore(settings.location, config=config or None, **common)  # type: ignore[misc]
+        return AzureStore(settings.location, config=config or None, **common)  # type: ignore[arg-type]  # a TypedDict built key by key
     if settings.kind == "gs":
         if settings.endpoint_url is not None:
             config["base_url"] = settings.endpoint_url
-        return GCSStore(settings.location, config=config or None, **common)  # type: ignore[misc]
+        return GCSStore(settings.location, config=config or None, **common)  # type: ignore[arg-type]  # a TypedDict built key by key
     if settings.region is not None:
         config["region"] = settings.region
     if settings.endpoint_url is not None:

@@ -18,12 +18,13 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from uuid import UUID
 
 from ...exceptions import StorageConnectionError, StorageValidationError
 from ...url import StorageURL
 from .._errors import ErrorRow, ErrorTable, raise_unchained
+from .._options import BackendOptions
 from ..base import (
     Capability,
     RecordKey,
@@ -370,7 +371,7 @@ class ObjectStoreBackend(RecordStorageBackend):
 class S3Backend(ObjectStoreBackend):
     """`s3://bucket[/prefix]`: AWS S3 and S3-compatible servers (MinIO, Ceph RGW, R2, moto...)."""
 
-    options_model = S3Options
+    options_model: ClassVar[type[BackendOptions] | None] = S3Options
 
     async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
         """Check every revision (one GET each), then write each record with a conditional put.
