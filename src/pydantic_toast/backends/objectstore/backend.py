@@ -1,5 +1,6 @@
-"""The object-store backends: `s3://bucket/prefix` (S3 and S3-compatible servers) and
-`file:///dir` (a local directory), both through obstore, with one object per record.
+"""The object-store backends: `s3://bucket/prefix` (S3 and S3-compatible servers),
+`az://container/prefix` (Azure Blob Storage), `gs://bucket/prefix` (Google Cloud Storage, untested)
+and `file:///dir` (a local directory), all through obstore, with one object per record.
 
 Every request of a batch goes out concurrently, at most `concurrency` (URL option, default 32)
 at a time per backend instance. What an object holds and where it lives: `_layout.py`; the URL
@@ -8,7 +9,8 @@ options: `_config.py`; opening the store and credentials: `_client.py`.
 S3 has no per-object expiry and no conditional multi-object write, so: expiry is stored in the
 object and checked on every read (`purge_expired` deletes expired objects with multi-object
 deletes; a bucket lifecycle rule does it server-side, see docs/backends/s3.md); revisions use
-conditional puts (If-Match / If-None-Match), checked for the whole batch before any write.
+conditional puts (If-Match / If-None-Match; Azure has the same headers, GCS generation
+preconditions), checked for the whole batch before any write.
 """
 
 from __future__ import annotations
