@@ -15,7 +15,7 @@ import pytest
 import pydantic_toast
 from pydantic_toast.backends.memory import MemoryBackend
 
-pytest_plugins = ["fixtures.postgresql", "fixtures.redis", "fixtures.s3"]
+pytest_plugins = ["fixtures.postgresql", "fixtures.redis", "fixtures.s3", "fixtures.azure"]
 
 
 @pytest.fixture

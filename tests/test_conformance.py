@@ -114,6 +114,13 @@ class TestS3(BackendConformance):
         return s3_url
 
 
+@pytest.mark.azure
+class TestAzure(BackendConformance):
+    @pytest.fixture
+    def backend_url(self, azure_url: str) -> str:
+        return azure_url
+
+
 class TestFile(BackendConformance):
     @pytest.fixture
     def backend_url(self, file_url: str) -> str:

@@ -13,7 +13,7 @@ from pydantic import Field
 from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StorageValidationError, register_backend
 from pydantic_toast.backends import BackendOptions, Flag, Identifier, StorageBackend, secret
 from pydantic_toast.backends.memory import MemoryOptions
-from pydantic_toast.backends.objectstore._config import FileOptions, S3Options
+from pydantic_toast.backends.objectstore._config import AzureOptions, FileOptions, GCSOptions, S3Options
 from pydantic_toast.backends.postgresql import PostgreSQLOptions
 from pydantic_toast.backends.redis import (
     RedisClusterOptions,
@@ -31,6 +31,8 @@ BACKEND_OPTIONS: dict[str, list[type[BackendOptions]]] = {
     "redis.md": [RedisOptions, RedisTLSOptions, RedisClusterOptions, RedisClusterTLSOptions],
     "s3.md": [S3Options],
     "file.md": [FileOptions],
+    "azure.md": [AzureOptions],
+    "gcs.md": [GCSOptions],
 }
 _ROW = re.compile(r"^\|(?P<cells>.*)\|\s*$")
 

@@ -41,6 +41,8 @@ _BUILTIN: dict[str, tuple[str, str | None]] = {
     "rediss+cluster": ("pydantic_toast.backends.redis:RedisClusterBackend", "redis"),
     "s3": ("pydantic_toast.backends.objectstore:S3Backend", "s3"),
     "file": ("pydantic_toast.backends.objectstore:FileStoreBackend", "s3"),
+    "az": ("pydantic_toast.backends.objectstore:AzureBackend", "s3"),
+    "gs": ("pydantic_toast.backends.objectstore:GCSBackend", "s3"),
 }
 
 # extra -> the driver module it installs (checked, never imported, when a model class is defined)

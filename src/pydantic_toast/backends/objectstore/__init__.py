@@ -1,5 +1,5 @@
-"""Object-store backends (obstore): `s3://` and `file://`. See backend.py."""
+"""Object-store backends (obstore): `s3://`, `az://`, `gs://` and `file://`. See backend.py."""
 
-from .backend import FileStoreBackend, ObjectStoreBackend, S3Backend
+from .backend import AzureBackend, FileStoreBackend, GCSBackend, ObjectStoreBackend, S3Backend
 
-__all__ = ["FileStoreBackend", "ObjectStoreBackend", "S3Backend"]
+__all__ = ["AzureBackend", "FileStoreBackend", "GCSBackend", "ObjectStoreBackend", "S3Backend"]

@@ -26,27 +26,20 @@ __all__ = ["open_store"]
 
 
 def open_store(settings: StoreSettings) -> ObjectStore:
-    from obstore.store import LocalStore, S3Store
+    from obstore.store import AzureStore, GCSStore, LocalStore, S3Store
 
     if settings.kind == "file":
         return LocalStore(Path(settings.location).resolve(), mkdir=True)
     timeout = timedelta(seconds=settings.timeout)
-    config: dict[str, Any] = {}
-    if settings.region is not None:
-        config["region"] = settings.region
-    if settings.endpoint_url is not None:
-        config["endpoint"] = settings.endpoint_url
-    return S3Store(
-        settings.location,
-        prefix=settings.prefix or None,
-        config=config or None,  # type: ignore[arg-type]  # a TypedDict built key by key
-        client_options={
+    common: dict[str, Any] = {
+        "prefix": settings.prefix or None,
+        "client_options": {
             # Plain http only where the user wrote an http:// endpoint (a local test server).
             "allow_http": (settings.endpoint_url or "").startswith("http://"),
             "timeout": timeout,
             "connect_timeout": timedelta(seconds=settings.connect_timeout),
         },
-        retry_config={
+        "retry_config": {
             "max_retries": settings.max_retries,
             # Retries stop once the first attempt is this old: a dead endpoint fails in bounded time.
             "retry_timeout": timeout,
@@ -56,7 +49,27 @@ def open_store(settings: StoreSettings) -> ObjectStore:
                 "base": 2,
             },
         },
+    }
+    config: dict[str, Any] = {}
+    if settings.kind == "az":
+        if settings.account is not None:
+            config["account_name"] = settings.account
+        if settings.endpoint_url is not None:
+            config["endpoint"] = settings.endpoint_url
+        return AzureStore(settings.location, config=config or None, **common)  # type: ignore[arg-type]  # a TypedDict built key by key
+    if settings.kind == "gs":
+        if settings.endpoint_url is not None:
+            config["base_url"] = settings.endpoint_url
+        return GCSStore(settings.location, config=config or None, **common)  # type: ignore[arg-type]  # a TypedDict built key by key
+    if settings.region is not None:
+        config["region"] = settings.region
+    if settings.endpoint_url is not None:
+        config["endpoint"] = settings.endpoint_url
+    return S3Store(
+        settings.location,
+        config=config or None,  # type: ignore[arg-type]  # a TypedDict built key by key
         credential_provider=_profile_credentials(),
+        **common,
     )
 
 

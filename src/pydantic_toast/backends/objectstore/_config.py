@@ -1,6 +1,7 @@
 """An object-store URL -> the settings of one store, validated without connecting.
 
-`s3://bucket[/prefix][?endpoint_url=...&region=...]` and `file:///abs/dir` / `file://relative/dir`.
+`s3://bucket[/prefix][?endpoint_url=...&region=...]`, `az://container[/prefix]?account=...`,
+`gs://bucket[/prefix]` and `file:///abs/dir` / `file://relative/dir`.
 Credentials never come from the URL: a URL carrying one is refused, and the refusal shows the
 URL without its query values or user info, so the secret is not repeated in the error.
 """
@@ -18,11 +19,25 @@ from ...exceptions import StorageValidationError
 from ...url import StorageURL
 from .._options import BackendOptions
 
-__all__ = ["FileOptions", "S3Options", "StoreSettings", "store_settings"]
+__all__ = ["AzureOptions", "FileOptions", "GCSOptions", "S3Options", "StoreSettings", "store_settings"]
 
 # Requests in flight per backend instance: a parent with a hundred children goes out in one wave.
 _CONCURRENCY = Field(128, ge=1, description="requests in flight at once per backend instance")
 _REGION = re.compile(r"^[a-z0-9-]{1,40}$")
+_TIMEOUT = Field(10.0, gt=0, description="seconds one request may take")
+_CONNECT_TIMEOUT = Field(3.0, gt=0, description="seconds to open a connection")
+_MAX_RETRIES = Field(2, ge=0, description="retries of a failed request (with backoff)")
+
+
+def _check_endpoint(endpoint: str | None, what: str, example: str) -> str | None:
+    if endpoint is not None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(
+                f"must be an http:// or https:// URL of {what}, such as {example!r} (plain http "
+                "only when you write it)"
+            )
+    return endpoint
 
 
 class S3Options(BackendOptions):
@@ -33,22 +48,15 @@ class S3Options(BackendOptions):
         None, description="an S3-compatible server, e.g. http://127.0.0.1:9000 (default: AWS)"
     )
     region: str | None = Field(None, description="the bucket's region, e.g. eu-west-1")
-    timeout: float = Field(10.0, gt=0, description="seconds one request may take")
-    connect_timeout: float = Field(3.0, gt=0, description="seconds to open a connection")
-    max_retries: int = Field(2, ge=0, description="retries of a failed request (with backoff)")
+    timeout: float = _TIMEOUT
+    connect_timeout: float = _CONNECT_TIMEOUT
+    max_retries: int = _MAX_RETRIES
     concurrency: int = _CONCURRENCY
 
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint(cls, endpoint: str | None) -> str | None:
-        if endpoint is not None:
-            parts = urlsplit(endpoint)
-            if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query or parts.fragment:
-                raise ValueError(
-                    "must be an http:// or https:// URL of an S3-compatible server, such as "
-                    "'http://127.0.0.1:9000' (plain http only when you write it)"
-                )
-        return endpoint
+        return _check_endpoint(endpoint, "an S3-compatible server", "http://127.0.0.1:9000")
 
     @field_validator("region")
     @classmethod
@@ -56,6 +64,56 @@ class S3Options(BackendOptions):
         if region is not None and not _REGION.match(region):
             raise ValueError("must be an AWS region name such as 'eu-west-1'")
         return region
+
+
+class AzureOptions(BackendOptions):
+    """The query options of an `az://container/prefix` URL."""
+
+    backend = "az"
+    account: str | None = Field(
+        None, description="the storage account name (default: the AZURE_STORAGE_ACCOUNT_NAME variable)"
+    )
+    endpoint_url: str | None = Field(
+        None,
+        description=(
+            "the Blob service URL, for an emulator or a sovereign cloud, e.g. "
+            "http://127.0.0.1:10000/devstoreaccount1 (default: https://{account}.blob.core.windows.net)"
+        ),
+    )
+    timeout: float = _TIMEOUT
+    connect_timeout: float = _CONNECT_TIMEOUT
+    max_retries: int = _MAX_RETRIES
+    concurrency: int = _CONCURRENCY
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, account: str | None) -> str | None:
+        if account is not None and not _ACCOUNT.match(account):
+            raise ValueError("must be a storage account name: 3-24 lowercase letters and digits")
+        return account
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, endpoint: str | None) -> str | None:
+        return _check_endpoint(endpoint, "a Blob service", "http://127.0.0.1:10000/devstoreaccount1")
+
+
+class GCSOptions(BackendOptions):
+    """The query options of a `gs://bucket/prefix` URL."""
+
+    backend = "gs"
+    endpoint_url: str | None = Field(
+        None, description="a GCS-compatible server, e.g. http://127.0.0.1:4443 (default: Google's)"
+    )
+    timeout: float = _TIMEOUT
+    connect_timeout: float = _CONNECT_TIMEOUT
+    max_retries: int = _MAX_RETRIES
+    concurrency: int = _CONCURRENCY
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, endpoint: str | None) -> str | None:
+        return _check_endpoint(endpoint, "a GCS-compatible server", "http://127.0.0.1:4443")
 
 
 class FileOptions(BackendOptions):
@@ -66,17 +124,41 @@ class FileOptions(BackendOptions):
 
 
 # Query keys that would carry a credential, whatever a user calls it.
-_SECRET_WORDS = ("secret", "password", "token", "access_key", "key_id", "credential", "signature")
+_SECRET_WORDS = (
+    "secret", "password", "token", "access_key", "account_key", "key_id", "credential", "signature",
+    "sas", "sig",
+)  # fmt: skip
 # S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens (the AWS naming rules).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# Azure container names: 3-63 lowercase letters, digits and single hyphens; account names: 3-24
+# lowercase letters and digits. GCS bucket names: also underscores, and up to 222 with dots.
+_CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
+_GCS_BUCKET = re.compile(r"^(?=.{3,222}$)[a-z0-9][a-z0-9._-]*[a-z0-9]$")
+# What each scheme's location is called, its rule, and where its credentials come from.
+_LOCATIONS = {
+    "s3": ("bucket", _BUCKET, "bucket names are 3-63 lowercase letters, digits, dots and hyphens"),
+    "az": ("container", _CONTAINER, "container names are 3-63 lowercase letters, digits and single hyphens"),
+    "gs": ("bucket", _GCS_BUCKET, "bucket names are 3-63 lowercase letters, digits, '-', '_' and '.'"),
+}
+_CREDENTIAL_SOURCES = {
+    "s3": "the standard AWS ways (the environment variables AWS_ACCESS_KEY_ID / "
+    "AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, a profile in ~/.aws/config with AWS_PROFILE, or a "
+    "container or instance role)",
+    "az": "the standard Azure ways (the environment variables AZURE_STORAGE_ACCOUNT_KEY, "
+    "AZURE_STORAGE_SAS_TOKEN or AZURE_STORAGE_TOKEN, a service principal in AZURE_CLIENT_ID / "
+    "AZURE_CLIENT_SECRET / AZURE_TENANT_ID, workload identity, or a managed identity)",
+    "gs": "the standard Google ways (GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT "
+    "naming a service account key file, or the metadata server's service account on Google Cloud)",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     """What an object-store backend needs to open its store; no credential is ever here."""
 
-    kind: str  # "s3" or "file"
-    location: str  # the bucket, or the directory
+    kind: str  # "s3", "az", "gs" or "file"
+    location: str  # the bucket or container, or the directory
     prefix: str  # key prefix inside the bucket ("" for none); always "" for a directory
     endpoint_url: str | None
     region: str | None
@@ -84,6 +166,7 @@ class StoreSettings:
     connect_timeout: float
     max_retries: int
     concurrency: int
+    account: str | None = None  # Azure's storage account, when the URL names it
 
 
 def _shown(url: StorageURL) -> str:
@@ -99,11 +182,10 @@ def _refuse_credentials(url: StorageURL) -> None:
     endpoint = url.options.get("endpoint_url", "")
     if url.username is not None or url.password is not None or "@" in endpoint or carried:
         where = f"option(s) {sorted(set(carried))}" if carried else "user info ('user:secret@')"
+        sources = _CREDENTIAL_SOURCES.get(url.scheme, _CREDENTIAL_SOURCES["s3"])
         raise StorageValidationError(
             f"{_shown(url)!r} carries credentials in its {where}; an object-store URL never holds "
-            "credentials: remove them and provide them the standard AWS ways (the environment "
-            "variables AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, a profile in "
-            "~/.aws/config with AWS_PROFILE, or a container or instance role)",
+            f"credentials: remove them and provide them {sources}",
             expected="a URL without credentials",
             actual=_shown(url),
         )
@@ -114,14 +196,19 @@ def store_settings(url: StorageURL) -> StoreSettings:
     _refuse_credentials(url)
     if url.scheme == "file":
         return _file_settings(url)
-    options = S3Options.from_url(url)
+    # A scheme registered by a user for these backends (`s3+x://`) reads as S3, as it always did.
+    kind = url.scheme if url.scheme in _LOCATIONS else "s3"
+    models: dict[str, type[S3Options | AzureOptions | GCSOptions]] = {
+        "s3": S3Options, "az": AzureOptions, "gs": GCSOptions,
+    }  # fmt: skip
+    options = models[kind].from_url(url)
+    noun, rule, rules = _LOCATIONS[kind]
     bucket = urlsplit(url.raw).netloc  # as written: hostname would lowercase it
-    if not _BUCKET.match(bucket):
+    if not rule.match(bucket):
         raise StorageValidationError(
-            f"{url.masked!r} names no valid bucket: write 's3://bucket-name/optional/prefix' (bucket "
-            "names are 3-63 lowercase letters, digits, dots and hyphens; put a custom server in "
-            "'?endpoint_url=http://host:port')",
-            expected="s3://bucket/prefix",
+            f"{url.masked!r} names no valid {noun}: write '{kind}://{noun}-name/optional/prefix' "
+            f"({rules}; put a custom server in '?endpoint_url=http://host:port')",
+            expected=f"{kind}://{noun}/prefix",
             actual=url.masked,
         )
     prefix = url.path.strip("/")
@@ -133,15 +220,16 @@ def store_settings(url: StorageURL) -> StoreSettings:
             actual=prefix,
         )
     return StoreSettings(
-        kind="s3",
+        kind=kind,
         location=bucket,
         prefix=prefix,
         endpoint_url=options.endpoint_url,
-        region=options.region,
+        region=options.region if isinstance(options, S3Options) else None,
         timeout=options.timeout,
         connect_timeout=options.connect_timeout,
         max_retries=options.max_retries,
         concurrency=options.concurrency,
+        account=options.account if isinstance(options, AzureOptions) else None,
     )
 
 

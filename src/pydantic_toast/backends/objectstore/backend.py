@@ -1,5 +1,6 @@
-"""The object-store backends: `s3://bucket/prefix` (S3 and S3-compatible servers) and
-`file:///dir` (a local directory), both through obstore, with one object per record.
+"""The object-store backends: `s3://bucket/prefix` (S3 and S3-compatible servers),
+`az://container/prefix` (Azure Blob Storage), `gs://bucket/prefix` (Google Cloud Storage, untested)
+and `file:///dir` (a local directory), all through obstore, with one object per record.
 
 Every request of a batch goes out concurrently, at most `concurrency` (URL option, default 32)
 at a time per backend instance. What an object holds and where it lives: `_layout.py`; the URL
@@ -8,7 +9,8 @@ options: `_config.py`; opening the store and credentials: `_client.py`.
 S3 has no per-object expiry and no conditional multi-object write, so: expiry is stored in the
 object and checked on every read (`purge_expired` deletes expired objects with multi-object
 deletes; a bucket lifecycle rule does it server-side, see docs/backends/s3.md); revisions use
-conditional puts (If-Match / If-None-Match), checked for the whole batch before any write.
+conditional puts (If-Match / If-None-Match; Azure has the same headers, GCS generation
+preconditions), checked for the whole batch before any write.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from uuid import UUID
 
 from ...exceptions import StorageConnectionError, StorageValidationError
 from ...url import StorageURL
 from .._errors import ErrorRow, ErrorTable, raise_unchained
+from .._options import BackendOptions
 from ..base import (
     Capability,
     RecordKey,
@@ -33,14 +36,14 @@ from ..base import (
     check_revision,
 )
 from ._client import open_store
-from ._config import FileOptions, S3Options, StoreSettings, store_settings
+from ._config import AzureOptions, FileOptions, GCSOptions, S3Options, StoreSettings, store_settings
 from ._filelock import directory_lock
 from ._layout import decode_object, encode_object, object_key, parse_key
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
-__all__ = ["FileStoreBackend", "ObjectStoreBackend", "S3Backend"]
+__all__ = ["AzureBackend", "FileStoreBackend", "GCSBackend", "ObjectStoreBackend", "S3Backend"]
 
 T = TypeVar("T")
 
@@ -50,6 +53,13 @@ _LIST_CHUNK = 1000
 # Access key ids (not secrets, but nobody's business in a log) as AWS shapes them.
 _S3_CODE = re.compile(r"<Code>([A-Za-z]{1,64})</Code>")
 _ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
+
+
+_CREDENTIAL_HINTS = {
+    "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the role",
+    "az": "AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN, a service principal or the managed identity",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS, GOOGLE_SERVICE_ACCOUNT, or the instance's service account",
+}
 
 
 class _ConflictError(Exception):
@@ -68,24 +78,21 @@ class ObjectStoreBackend(RecordStorageBackend):
         self._shown = parsed.masked
         self._store: ObjectStore | None = None
         self._gate: asyncio.Semaphore | None = None
-        where = (
-            f"bucket {self._settings.location!r}"
-            if self._settings.kind == "s3"
-            else f"directory {self._settings.location!r}"
-        )
+        noun = {"s3": "bucket", "gs": "bucket", "az": "container"}.get(self._settings.kind, "directory")
+        where = f"{noun} {self._settings.location!r}"
+        credentials = _CREDENTIAL_HINTS.get(self._settings.kind, _CREDENTIAL_HINTS["s3"])
         self._errors = ErrorTable(
             [
                 ErrorRow(
                     (),
                     lambda exc: f"the {where} does not exist; create it, or fix the storage URL",
-                    words=("NoSuchBucket",),
+                    words=("NoSuchBucket", "ContainerNotFound"),
                 ),
                 ErrorRow(
                     _driver_types("PermissionDeniedError", "UnauthenticatedError"),
                     lambda exc: (
                         f"the server refused the request ({_first_line(exc)}); check the "
-                        "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the "
-                        f"role) and that they may read and write the {where}"
+                        f"credentials ({credentials}) and that they may read and write the {where}"
                     ),
                     words=("403 Forbidden", "401 Unauthorized"),
                 ),
@@ -117,7 +124,7 @@ class ObjectStoreBackend(RecordStorageBackend):
         if self._store is not None:
             return
         store = await self._call("connect", asyncio.to_thread, open_store, self._settings)
-        if self._settings.kind == "s3":
+        if self._settings.kind != "file":
             # One listing request checks the bucket and the credentials now, not at first save.
             # A principal allowed objects but not listings (AccessDenied) still connects.
             from obstore import list as list_objects
@@ -158,7 +165,7 @@ class ObjectStoreBackend(RecordStorageBackend):
         return -(-requests // self._settings.concurrency)
 
     def _name(self) -> str:
-        return "S3" if self._settings.kind == "s3" else "file store"
+        return {"s3": "S3", "az": "Azure Blob", "gs": "GCS"}.get(self._settings.kind, "file store")
 
     async def _get(self, key: str) -> tuple[bytes, str | None] | None:
         """The object's bytes and ETag, None when there is no such key."""
@@ -172,7 +179,7 @@ class ObjectStoreBackend(RecordStorageBackend):
                 body = bytes(await result.bytes_async())
             except FileNotFoundError as exc:
                 # A missing bucket answers 404 too; only a missing key means "no record".
-                if "NoSuchBucket" in str(exc):
+                if _missing_container(exc):
                     raise
                 return None
             return body, result.meta.get("e_tag")
@@ -187,7 +194,7 @@ class ObjectStoreBackend(RecordStorageBackend):
 
         store, gate = self._connected()
         options: dict[str, Any] = {}
-        if self._settings.kind == "s3":
+        if self._settings.kind != "file":
             options["attributes"] = {"Content-Type": "application/json"}
 
         async def put() -> None:
@@ -275,15 +282,24 @@ class ObjectStoreBackend(RecordStorageBackend):
         from obstore import list as list_objects
 
         store, _ = self._connected()
-        if self._settings.kind == "s3":
-            # S3 lists in key order and starts after `offset` on the server: read only this page.
+        if self._settings.kind != "file":
+            # S3, Azure and GCS list in key order. S3 and GCS start after `offset` on the server:
+            # read only this page. obstore's Azure listing with an offset never ends against
+            # Azurite, so Azure lists from the start and skips up to the cursor here.
             keys: list[str] = []
-            stream = list_objects(store, prefix, offset=cursor, chunk_size=min(limit, _LIST_CHUNK))
+            server_offset = self._settings.kind != "az"
+            stream = list_objects(
+                store, prefix, offset=cursor if server_offset else None, chunk_size=min(limit, _LIST_CHUNK)
+            )
             while len(keys) < limit:
                 chunk = await self._call("scan", _next_chunk, stream)
                 if chunk is None:
                     return keys, False
-                keys.extend(meta["path"] for meta in chunk if parse_key(meta["path"]) is not None)
+                keys.extend(
+                    path
+                    for path in (meta["path"] for meta in chunk)
+                    if parse_key(path) is not None and (server_offset or cursor is None or path > cursor)
+                )
             return keys[:limit], True
         # A directory walk has no order: read it all, then sort and cut the page.
         metas = await self._call("scan", list_objects(store, prefix).collect_async)
@@ -357,7 +373,7 @@ class ObjectStoreBackend(RecordStorageBackend):
 class S3Backend(ObjectStoreBackend):
     """`s3://bucket[/prefix]`: AWS S3 and S3-compatible servers (MinIO, Ceph RGW, R2, moto...)."""
 
-    options_model = S3Options
+    options_model: ClassVar[type[BackendOptions] | None] = S3Options
 
     async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
         """Check every revision (one GET each), then write each record with a conditional put.
@@ -391,6 +407,22 @@ class S3Backend(ObjectStoreBackend):
         results = await _gather_all(write(record) for record in pending)
         self.stats.add(round_trips=self._waves(len(pending)), written=len(pending))
         return [conflict for conflict in results if conflict is not None]
+
+
+class AzureBackend(S3Backend):
+    """`az://container[/prefix]`: Azure Blob Storage, with S3's conditional puts (If-Match on the
+    blob's ETag, If-None-Match: * to create), so revisions are checked the same way."""
+
+    options_model = AzureOptions
+
+
+class GCSBackend(S3Backend):
+    """`gs://bucket[/prefix]`: Google Cloud Storage; untested (no GCS server in the test suite).
+
+    obstore maps conditional puts to GCS generation preconditions, so revisions work as on S3.
+    """
+
+    options_model = GCSOptions
 
 
 class FileStoreBackend(ObjectStoreBackend):
@@ -474,8 +506,14 @@ async def _ignore_missing(request: Awaitable[None]) -> None:
     try:
         await request
     except FileNotFoundError as exc:
-        if "NoSuchBucket" in str(exc):
+        if _missing_container(exc):
             raise
+
+
+def _missing_container(exc: BaseException) -> bool:
+    """A 404 about the bucket or container itself, not about one missing key."""
+    text = str(exc)
+    return "NoSuchBucket" in text or "ContainerNotFound" in text
 
 
 def _driver_types(*names: str) -> tuple[type[BaseException], ...]:
