@@ -301,7 +301,7 @@ class Item(ExternalBaseModel):
     text: str
     model_config = ExternalConfigDict(storage="sqlite:///{tmp_path / "t.db"}")
 Item.model_validate(Item(text="x").model_dump())
-assert observability._tracer is None
+assert observability._active_tracer() is None
 assert not observability.enabled()
 logging.basicConfig(level=logging.DEBUG)
 assert observability.enabled()
@@ -312,6 +312,22 @@ Item(text="y").model_dump()
     )
     assert done.returncode == 0, done.stderr
     assert "pydantic-toast: sqlite save records=1" in done.stderr
+
+
+def test_an_application_that_never_imports_opentelemetry_does_not_import_it(tmp_path: Any) -> None:
+    script = f"""
+import sys
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict
+class Item(ExternalBaseModel):
+    text: str
+    model_config = ExternalConfigDict(storage="sqlite:///{tmp_path / "t.db"}")
+Item.model_validate(Item(text="x").model_dump())
+assert not [name for name in sys.modules if name.startswith("opentelemetry")], "imported"
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_global_tracer_provider_is_followed(tmp_path: Any) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -105,6 +106,10 @@ def _active_tracer() -> Any:
 
         tracer = _tracer = _trace_api.get_tracer("pydantic_toast", __version__)
     elif tracer is _UNSET:
+        # A TracerProvider can only have been set by code that imported the API: until then
+        # nothing is imported here (no import cost, no driver-like import by the core).
+        if "opentelemetry.trace" not in sys.modules and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ:
+            return None
         _load_tracer()
         return _active_tracer()
     return tracer
