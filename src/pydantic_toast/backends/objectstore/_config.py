@@ -24,9 +24,6 @@ __all__ = ["AzureOptions", "FileOptions", "GCSOptions", "S3Options", "StoreSetti
 # Requests in flight per backend instance: a parent with a hundred children goes out in one wave.
 _CONCURRENCY = Field(128, ge=1, description="requests in flight at once per backend instance")
 _REGION = re.compile(r"^[a-z0-9-]{1,40}$")
-_TIMEOUT = Field(10.0, gt=0, description="seconds one request may take")
-_CONNECT_TIMEOUT = Field(3.0, gt=0, description="seconds to open a connection")
-_MAX_RETRIES = Field(2, ge=0, description="retries of a failed request (with backoff)")
 
 
 def _check_endpoint(endpoint: str | None, what: str, example: str) -> str | None:
@@ -40,7 +37,16 @@ def _check_endpoint(endpoint: str | None, what: str, example: str) -> str | None
     return endpoint
 
 
-class S3Options(BackendOptions):
+class _NetworkStoreOptions(BackendOptions):
+    """The options every object store reached over HTTP shares (S3, Azure, GCS)."""
+
+    timeout: float = Field(10.0, gt=0, description="seconds one request may take")
+    connect_timeout: float = Field(3.0, gt=0, description="seconds to open a connection")
+    max_retries: int = Field(2, ge=0, description="retries of a failed request (with backoff)")
+    concurrency: int = _CONCURRENCY
+
+
+class S3Options(_NetworkStoreOptions):
     """The query options of an `s3://bucket/prefix` URL."""
 
     backend = "s3"
@@ -48,10 +54,6 @@ class S3Options(BackendOptions):
         None, description="an S3-compatible server, e.g. http://127.0.0.1:9000 (default: AWS)"
     )
     region: str | None = Field(None, description="the bucket's region, e.g. eu-west-1")
-    timeout: float = _TIMEOUT
-    connect_timeout: float = _CONNECT_TIMEOUT
-    max_retries: int = _MAX_RETRIES
-    concurrency: int = _CONCURRENCY
 
     @field_validator("endpoint_url")
     @classmethod
@@ -66,7 +68,7 @@ class S3Options(BackendOptions):
         return region
 
 
-class AzureOptions(BackendOptions):
+class AzureOptions(_NetworkStoreOptions):
     """The query options of an `az://container/prefix` URL."""
 
     backend = "az"
@@ -80,10 +82,6 @@ class AzureOptions(BackendOptions):
             "http://127.0.0.1:10000/devstoreaccount1 (default: https://{account}.blob.core.windows.net)"
         ),
     )
-    timeout: float = _TIMEOUT
-    connect_timeout: float = _CONNECT_TIMEOUT
-    max_retries: int = _MAX_RETRIES
-    concurrency: int = _CONCURRENCY
 
     @field_validator("account")
     @classmethod
@@ -98,17 +96,13 @@ class AzureOptions(BackendOptions):
         return _check_endpoint(endpoint, "a Blob service", "http://127.0.0.1:10000/devstoreaccount1")
 
 
-class GCSOptions(BackendOptions):
+class GCSOptions(_NetworkStoreOptions):
     """The query options of a `gs://bucket/prefix` URL."""
 
     backend = "gs"
     endpoint_url: str | None = Field(
         None, description="a GCS-compatible server, e.g. http://127.0.0.1:4443 (default: Google's)"
     )
-    timeout: float = _TIMEOUT
-    connect_timeout: float = _CONNECT_TIMEOUT
-    max_retries: int = _MAX_RETRIES
-    concurrency: int = _CONCURRENCY
 
     @field_validator("endpoint_url")
     @classmethod
