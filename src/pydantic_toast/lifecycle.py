@@ -15,16 +15,16 @@ pointing at a deleted child.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import pydantic_core
 from pydantic import BaseModel
 
 from . import _content, _writing, runtime
-from ._loading import TreeLoader, _NotBuiltYetError, _tree_loader, json_options
+from ._loading import TreeLoader, _drive, _drive_sync, _NotBuiltYetError, _Steps, _tree_loader, json_options
 from ._pydantic_internals import core_validator, holds_references
 from ._record_state import state_of
 from ._settings import DEFAULT_TIMEOUT, classes_in, coerce_reference, resolve_class
@@ -175,13 +175,11 @@ def kinds_in(url: StorageURL) -> dict[str, Follow | None]:
 
 # --------------------------------------------------------------------------- cascade delete
 
-# A delete as the I/O it needs, one step at a time (as loads are, in _loading): each step yields a
-# coroutine and the seconds it may take, and receives its result. `delete_tree` awaits the steps;
-# the sync API runs each on the I/O thread with its own bound.
-_Steps = Generator[tuple[Coroutine[Any, Any, Any], float], Any, bool]
+# A delete is written as the I/O it needs, one step at a time, and driven by the loads' own
+# drivers (`_loading._drive` / `_drive_sync`): one loop for the async and the sync API.
 
 
-def _delete_steps(cls: type[ExternalBaseModel], reference: ExternalReference) -> _Steps:
+def _delete_steps(cls: type[ExternalBaseModel], reference: ExternalReference) -> _Steps[bool]:
     root = resolve_class(cls, reference)
     settings = root.__toast_settings__
     level = [
@@ -190,7 +188,7 @@ def _delete_steps(cls: type[ExternalBaseModel], reference: ExternalReference) ->
     seen = {level[0].key}
     root_existed: bool | None = None
     while level:
-        records: list[StoredRecord | None] = yield _load_level(level), _timeout(level)
+        records: list[StoredRecord | None] = yield _load_level(level), _Within(_timeout(level))
         children: list[StoredReference] = []
         for item, record in zip(level, records, strict=True):
             if record is None or item.follow is None:
@@ -199,7 +197,7 @@ def _delete_steps(cls: type[ExternalBaseModel], reference: ExternalReference) ->
                 if not child.shared and child.key not in seen:
                     seen.add(child.key)
                     children.append(child)
-        deleted: int = yield _delete_level(level), _timeout(level)
+        deleted: int = yield _delete_level(level), _Within(_timeout(level))
         if root_existed is None:
             root_existed = deleted > 0
         level = children
@@ -214,24 +212,12 @@ async def delete_tree(cls: type[ExternalBaseModel], reference: ExternalReference
     at worst records nobody points at, which `pydantic-toast gc` collects. References marked
     `shared` (content-addressed values) are not followed.
     """
-    steps = _delete_steps(cls, reference)
-    try:
-        coroutine, _ = next(steps)
-        while True:
-            coroutine, _ = steps.send(await coroutine)
-    except StopIteration as done:
-        return cast(bool, done.value)
+    return await _drive(_delete_steps(cls, reference))
 
 
 def delete_tree_sync(cls: type[ExternalBaseModel], reference: ExternalReference) -> bool:
     """`delete_tree` for sync callers: each step on the library's I/O thread."""
-    steps = _delete_steps(cls, reference)
-    try:
-        coroutine, seconds = next(steps)
-        while True:
-            coroutine, seconds = steps.send(runtime.run_sync(coroutine, seconds))
-    except StopIteration as done:
-        return cast(bool, done.value)
+    return _drive_sync(_delete_steps(cls, reference))
 
 
 def _by_backend(level: Sequence[StoredReference]) -> dict[str, list[StoredReference]]:
@@ -239,6 +225,11 @@ def _by_backend(level: Sequence[StoredReference]) -> dict[str, list[StoredRefere
     for item in level:
         groups.setdefault(item.url.raw, []).append(item)
     return groups
+
+
+@dataclass(frozen=True, slots=True)
+class _Within:
+    timeout: float
 
 
 def _timeout(items: Sequence[StoredReference]) -> float:

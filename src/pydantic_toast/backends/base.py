@@ -40,6 +40,7 @@ __all__ = [
     "StoredRecord",
     "adapt_backend",
     "check_revision",
+    "envelope_fields",
     "format_timestamp",
     "last_per_id",
     "parse_timestamp",
@@ -164,23 +165,9 @@ class StoredRecord:
     def from_envelope(cls, id: UUID, class_name: str, envelope: Mapping[str, Any]) -> StoredRecord:
         """Rebuild a record from what a backend's `load` returned, refusing malformed envelopes."""
         try:
-            encoding = envelope.get("encoding", "json")
-            schema_version = envelope.get("schema_version", 1)
-            if not isinstance(encoding, str) or not isinstance(schema_version, int):
-                raise TypeError("'encoding' must be a string and 'schema_version' an integer")
-            if encoding == "json":
-                data = envelope["data"]
-                if not isinstance(data, dict):
-                    raise TypeError("'data' must be an object")
-                payload = pydantic_core.to_json(data)
-            else:
-                text = envelope["payload"]
-                if not isinstance(text, str):
-                    raise TypeError("'payload' must be base64 text")
-                payload = base64.b64decode(text, validate=True)
-            revision = envelope.get("revision")
-            if revision is not None and (not isinstance(revision, int) or isinstance(revision, bool)):
-                raise TypeError("'revision' must be an integer")
+            if envelope.get("encoding", "json") == "json" and not isinstance(envelope.get("data"), dict):
+                raise TypeError("'data' must be an object")
+            payload, encoding, schema_version, revision = envelope_fields(envelope)
             created_at = envelope.get("created_at")
             updated_at = envelope.get("updated_at", created_at)
             now = datetime.now(UTC)
@@ -203,6 +190,33 @@ class StoredRecord:
                 expected="envelope",
                 actual=type(envelope).__name__,
             ) from None
+
+
+def envelope_fields(
+    envelope: Mapping[str, Any], payload: bytes | None = None
+) -> tuple[bytes, str, int, int | None]:
+    """`(payload, encoding, schema_version, revision)` of a stored envelope.
+
+    `payload`: the data's JSON when the caller already cut it out of the stored bytes (so it is
+    not parsed and re-encoded). Raises `KeyError`, `TypeError` or `ValueError` for a malformed
+    envelope; each backend turns that into its own `StorageValidationError`.
+    """
+    encoding = envelope.get("encoding", "json")
+    schema_version = envelope.get("schema_version", 1)
+    revision = envelope.get("revision")
+    if not isinstance(encoding, str) or type(schema_version) is not int:
+        raise TypeError("'encoding' must be a string and 'schema_version' an integer")
+    if revision is not None and type(revision) is not int:
+        raise TypeError("'revision' must be an integer")
+    if payload is None:
+        if encoding == "json":
+            payload = pydantic_core.to_json(envelope["data"])
+        else:
+            text = envelope["payload"]
+            if not isinstance(text, str):
+                raise TypeError("'payload' must be base64 text")
+            payload = base64.b64decode(text, validate=True)
+    return payload, encoding, schema_version, revision
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from uuid import UUID
 import pydantic_core
 
 from ...exceptions import StorageValidationError
-from ..base import StoredRecord, format_timestamp, parse_timestamp
+from ..base import StoredRecord, envelope_fields, format_timestamp, parse_timestamp
 
 __all__ = ["SUFFIX", "decode_object", "encode_object", "object_key", "parse_key", "segment"]
 
@@ -149,21 +149,7 @@ def _split_own_layout(body: bytes) -> tuple[bytes, dict[str, object]] | None:
 
 
 def _record(id: UUID, class_name: str, payload: bytes | None, envelope: dict[str, object]) -> StoredRecord:
-    encoding = envelope.get("encoding", "json")
-    version = envelope.get("schema_version", 1)
-    revision = envelope.get("revision")
-    if not isinstance(encoding, str) or type(version) is not int:
-        raise TypeError("'encoding' must be a string and 'schema_version' an integer")
-    if revision is not None and type(revision) is not int:
-        raise TypeError("'revision' must be an integer")
-    if payload is None:
-        if encoding == "json":
-            payload = pydantic_core.to_json(envelope["data"])
-        else:
-            text = envelope["payload"]
-            if not isinstance(text, str):
-                raise TypeError("'payload' must be base64 text")
-            payload = base64.b64decode(text, validate=True)
+    payload, encoding, version, revision = envelope_fields(envelope, payload)
     expires = envelope.get("expires_at")
     return StoredRecord(
         id=id,
