@@ -84,13 +84,13 @@ def verify(
     """
     digest = content_digest(storage_name, data, key)
     if content_id(digest) != record_id or (expected is not None and digest != expected):
-        raise RecordIntegrityError(
-            f"stored {storage_name} record {record_id} does not hold the content its reference was made "
-            "from (its bytes do not hash to its id and digest): it was damaged or overwritten. It is "
-            "refused rather than returned; dump the original value again to store it again",
-            class_name=storage_name,
-            id=record_id,
-            errors=[{"loc": (), "type": "content_hash"}],
+        raise RecordIntegrityError.whole_record(
+            storage_name,
+            record_id,
+            "does not hold the content its reference was made from (its bytes do not hash to its id "
+            "and digest): it was damaged or overwritten. It is refused rather than returned; dump the "
+            "original value again to store it again",
+            "content_hash",
         )
     return digest
 

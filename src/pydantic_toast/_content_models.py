@@ -139,13 +139,13 @@ def check_loaded(cls: type[ExternalBaseModel], record: StoredRecord, data_json: 
     except ValueError:
         hashed = b""  # not JSON: cannot match, refused below like any other mismatch
     if not hashed or _content.content_id(_content.content_digest(settings.storage_name, hashed)) != record.id:
-        raise RecordIntegrityError(
-            f"stored {record.class_name} record {record.id} does not hold the data its id was made from "
-            f"(content-addressed {cls.__qualname__}: its data does not hash to its id): it was damaged or "
-            "edited, so it is refused rather than returned. Dump the original model again to store it again",
-            class_name=record.class_name,
-            id=record.id,
-            errors=[{"loc": (), "type": "content_hash"}],
+        raise RecordIntegrityError.whole_record(
+            record.class_name,
+            record.id,
+            f"does not hold the data its id was made from (content-addressed {cls.__qualname__}: its data "
+            "does not hash to its id): it was damaged or edited, so it is refused rather than returned. "
+            "Dump the original model again to store it again",
+            "content_hash",
         )
     if settings.ttl is None:
         _content.remember([known_key(settings, record.id)])

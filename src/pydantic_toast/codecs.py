@@ -330,13 +330,12 @@ def decode(record: StoredRecord, pipeline: Pipeline | None = None) -> bytes:
             failed = f"{codec.name}: {type(exc).__name__}"
             break
     if failed is not None:
-        raise StoredDataError(
-            f"stored {record.class_name} record {record.id} is tagged {encoding!r} but its payload does "
-            f"not decode ({failed}); it was damaged or written by something else. Repair or delete the "
-            "record",
-            class_name=record.class_name,
-            id=record.id,
-            errors=[{"loc": (), "type": "payload_decoding"}],
+        raise StoredDataError.whole_record(
+            record.class_name,
+            record.id,
+            f"is tagged {encoding!r} but its payload does not decode ({failed}); it was damaged or "
+            "written by something else. Repair or delete the record",
+            "payload_decoding",
         )
     return data
 

@@ -356,9 +356,4 @@ def not_encrypted(record: StoredRecord) -> RecordIntegrityError:
 
 
 def _integrity(record: StoredRecord, reason: str, check: str) -> RecordIntegrityError:
-    return RecordIntegrityError(
-        f"stored {record.class_name} record {record.id} was refused: {reason}",
-        class_name=record.class_name,
-        id=record.id,
-        errors=[{"loc": (), "type": check}],
-    )
+    return RecordIntegrityError.whole_record(record.class_name, record.id, f"was refused: {reason}", check)

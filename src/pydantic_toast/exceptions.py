@@ -25,6 +25,7 @@ No message, repr or attribute of these exceptions carries a password: URLs are a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Self
 from uuid import UUID
 
 __all__ = [
@@ -109,14 +110,25 @@ class StoredDataError(ExternalStorageError):
         self.id = id
         self.errors: list[dict[str, object]] = [dict(error) for error in errors]
 
+    @classmethod
+    def whole_record(cls, class_name: str, id: UUID, problem: str, check: str) -> Self:
+        """The error about a record as a whole: `problem` completes "stored <class> record <id> …",
+        and `check` is the one error type (no field location: the record itself is at fault)."""
+        return cls(
+            f"stored {class_name} record {id} {problem}",
+            class_name=class_name,
+            id=id,
+            errors=[{"loc": (), "type": check}],
+        )
+
     def __reduce__(self) -> tuple[object, ...]:
-        return _rebuild_stored_data_error, (str(self), self.class_name, self.id, self.errors)
+        return _rebuild_stored_data_error, (type(self), str(self), self.class_name, self.id, self.errors)
 
 
 def _rebuild_stored_data_error(
-    message: str, class_name: str, id: UUID, errors: list[dict[str, object]]
+    cls: type[StoredDataError], message: str, class_name: str, id: UUID, errors: list[dict[str, object]]
 ) -> StoredDataError:
-    return StoredDataError(message, class_name=class_name, id=id, errors=errors)
+    return cls(message, class_name=class_name, id=id, errors=errors)
 
 
 class RecordIntegrityError(StoredDataError):
@@ -127,15 +139,6 @@ class RecordIntegrityError(StoredDataError):
     The record is refused, never returned. Like every `StoredDataError`, nothing stored appears in
     the message or the attributes; `errors` holds one `{"loc": (), "type": <check>}` entry.
     """
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return _rebuild_integrity_error, (str(self), self.class_name, self.id, self.errors)
-
-
-def _rebuild_integrity_error(
-    message: str, class_name: str, id: UUID, errors: list[dict[str, object]]
-) -> RecordIntegrityError:
-    return RecordIntegrityError(message, class_name=class_name, id=id, errors=errors)
 
 
 class ConcurrentUpdateError(ExternalStorageError):

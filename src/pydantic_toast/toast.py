@@ -411,12 +411,12 @@ class ToastField:
             if not isinstance(text, str):
                 raise TypeError
         except (ValueError, TypeError, KeyError):
-            raise StoredDataError(
-                f"stored {record.class_name} record {record.id} is not a Toast value record "
-                f"(expected {{{_VALUE_KEY!r}: <JSON text>}}); repair or delete it",
-                class_name=record.class_name,
-                id=record.id,
-                errors=[{"loc": (), "type": "toast_record"}],
+            raise StoredDataError.whole_record(
+                record.class_name,
+                record.id,
+                f"is not a Toast value record (expected {{{_VALUE_KEY!r}: <JSON text>}}); "
+                "repair or delete it",
+                "toast_record",
             ) from None
         raw = text.encode()
         _content.verify(self.name, record.id, raw, expected)

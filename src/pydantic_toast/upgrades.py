@@ -116,12 +116,12 @@ def upgraded_data(cls: type[ExternalBaseModel], record: StoredRecord) -> bytes:
     except ValueError:
         data = None
     if not isinstance(data, dict):
-        raise StoredDataError(
-            f"stored {record.class_name} record {record.id} holds no JSON object as its data, so it cannot "
-            f"be upgraded to {cls.__qualname__}'s schema_version {current}; repair or delete the record",
-            class_name=record.class_name,
-            id=record.id,
-            errors=[{"loc": (), "type": "model_type"}],
+        raise StoredDataError.whole_record(
+            record.class_name,
+            record.id,
+            f"holds no JSON object as its data, so it cannot be upgraded to {cls.__qualname__}'s "
+            f"schema_version {current}; repair or delete the record",
+            "model_type",
         )
     for version in range(stored, current):
         failure: str | None = None
