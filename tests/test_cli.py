@@ -293,6 +293,18 @@ def test_user_errors_are_one_line_and_a_documented_exit_status(
     assert fragment in line
 
 
+def test_demo_on_an_unreachable_redis_with_default_retries_ends_in_one_error_line(tmp_path: Path) -> None:
+    # The exact command: the retries are announced as warnings, then one error, no traceback.
+    result = run_cli("demo", "--storage", "redis://127.0.0.1:1/0", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    *warnings, error = result.stderr.strip().splitlines()
+    assert error.startswith("pydantic-toast demo: error: ")
+    assert "check that the server is running" in error
+    assert warnings
+    assert all(line.startswith("pydantic-toast: redis command failed") for line in warnings), warnings
+
+
 def test_a_module_failing_inside_its_import_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "broken_models.py").write_text("raise RuntimeError('half-written module')\n")
     result = run_cli("upgrade", "memory://", "--model", "broken_models:M", cwd=tmp_path)
@@ -355,6 +367,18 @@ def test_every_argument_of_every_command_has_help_text() -> None:
     for action in parser._actions:
         assert action.help, action.dest
     assert "exit status" in (parser.epilog or "")
+
+
+def test_the_readme_documents_every_command_and_the_import_option() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    [commands] = [
+        action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)
+    ]
+    for name in commands.choices:
+        assert f"| `{name}" in section, name
+    # Backends registered in code rather than through an entry point reach the CLI this way.
+    assert "`--import MODULE`" in section
 
 
 def test_help_and_version_print_and_exit_zero(tmp_path: Path) -> None:

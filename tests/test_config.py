@@ -218,6 +218,37 @@ except MissingDependencyError as exc:
     assert "pip install 'pydantic-toast[postgresql]'" in result.stdout
 
 
+def test_a_driver_lost_after_class_definition_is_a_server_error_in_fastapi_not_a_422() -> None:
+    code = """
+import sys
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic_toast import ExternalBaseModel, ExternalConfigDict, MissingDependencyError
+
+class Item(ExternalBaseModel):
+    x: int
+    model_config = ExternalConfigDict(storage="redis://127.0.0.1:1/0")
+
+app = FastAPI()
+
+@app.post("/items")
+def create(item: Item) -> dict[str, int]:
+    return {"x": item.x}
+
+sys.modules["redis"] = None
+reference = {"class_name": "Item", "id": "00000000-0000-4000-8000-000000000000"}
+try:
+    # A validation error would come back as a 422 response; any other error is raised here.
+    print(TestClient(app).post("/items", json=reference).status_code)
+except MissingDependencyError as exc:
+    print(exc.extra)
+print(TestClient(app, raise_server_exceptions=False).post("/items", json=reference).status_code)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["redis", "500"]
+
+
 def test_a_backend_replacing_a_builtin_scheme_needs_no_builtin_driver() -> None:
     code = """
 import sys

@@ -7,7 +7,7 @@ refused, revalidated instances keep their record, and a base class without stora
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -218,6 +218,27 @@ async def test_a_failed_child_store_leaves_the_parent_unwritten(sqlite_url: str,
         await node_type.load(fresh.external_reference)
 
 
+async def test_a_paused_redis_child_store_leaves_the_sqlite_parent_unwritten(
+    sqlite_url: str, redis_servers: Callable[..., Any]
+) -> None:
+    # The issue's own setting: parent in SQLite, child in a Redis server that stops answering.
+    server = redis_servers()
+    node_type, leaf_type = tree(sqlite_url, f"{server.url}?retries=0&socket_timeout=0.5")
+    node = node_type(title="t", leaves=[leaf_type(text="a")])
+    reference = node.model_dump()
+    node.title = "update"
+    node.leaves.append(leaf_type(text="new child"))
+    server.pause()
+    try:
+        with written(sqlite_url) as failed, pytest.raises(ExternalStorageError, match="no answer within"):
+            node.model_dump()
+    finally:
+        server.resume()
+    assert failed[sqlite_url] == 0
+    loaded = await node_type.load(reference)
+    assert (loaded.title, [leaf.text for leaf in loaded.leaves]) == ("t", ["a"])
+
+
 async def test_stores_pointing_one_way_cost_one_round_trip_each(sqlite_url: str, shelf_url: str) -> None:
     class Local(ExternalBaseModel):
         n: int
@@ -317,6 +338,30 @@ def test_a_model_serializer_on_an_external_model_is_refused(
     }
     with pytest.raises(StorageValidationError, match=r"Shaped: @model_serializer 'shape' would replace"):
         type("Shaped", (ExternalBaseModel,), namespace)
+
+
+def test_a_model_serializer_from_a_subclass_or_a_plain_mixin_is_refused(memory_url: str) -> None:
+    class Base(ExternalBaseModel):
+        secret: str
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    with pytest.raises(StorageValidationError, match=r"Sub: @model_serializer 'shape' would replace"):
+
+        class Sub(Base):
+            @model_serializer(mode="wrap")
+            def shape(self, handler: Any) -> dict[str, Any]:
+                return {"shown": True}
+
+    class Mixin(BaseModel):
+        @model_serializer
+        def shape(self) -> dict[str, Any]:
+            return {"shown": True}
+
+    with pytest.raises(StorageValidationError, match=r"Mixed: @model_serializer 'shape' would replace"):
+
+        class Mixed(ExternalBaseModel, Mixin):
+            secret: str
+            model_config = ExternalConfigDict(storage=memory_url)
 
 
 async def test_field_serializers_shape_the_stored_data(storage_url: str) -> None:
