@@ -620,6 +620,20 @@ def test_refused_connection_is_reported_quickly_with_the_address() -> None:
     assert caught.value.url == f"redis://127.0.0.1:{port}/0?retries=2"
 
 
+def test_an_unreachable_server_is_retried_once_as_many_times_as_retries_says(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The eviction check at connect used to skip a refused connection quietly, after the client's
+    # retries, and the first command then retried all over again: two rounds for one failure.
+    port = free_port()
+    note = note_model(f"redis://127.0.0.1:{port}/0?retries=3")
+    with caplog.at_level("WARNING", logger="pydantic_toast"), pytest.raises(StorageConnectionError) as caught:
+        note(text="x").model_dump()
+    retries = [record for record in caplog.records if "retrying" in record.getMessage()]
+    assert len(retries) == 3
+    assert "gave up after 3 retries" in str(caught.value)
+
+
 async def test_password_and_acl_user(redis_servers: Any) -> None:
     secret = "s3cr:t/p@ss w0rd%"
     server: RedisServer = redis_servers(password=secret)

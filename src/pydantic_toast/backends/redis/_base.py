@@ -88,6 +88,7 @@ class _RedisBase(RecordStorageBackend):
         self._key_head = f"{self._settings.options.prefix}:".encode()
         self._class_heads: dict[str, bytes] = {}
         self._driver_errors: tuple[type[BaseException], ...] = ()
+        self._unreachable: tuple[type[BaseException], ...] = ()
         self._errors = ErrorTable((), default=lambda exc: "")
         self._in_flight = Slots(self._settings.options.max_connections)
         # Set at connect when the server evicts keys that have a time to live; the first save
@@ -121,6 +122,9 @@ class _RedisBase(RecordStorageBackend):
         # OSError covers the socket-level failures redis-py lets through (and asyncio timeouts);
         # the cluster client's own errors (no reachable seed, uncovered slots) are no RedisError.
         self._driver_errors = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
+        # What "the server cannot be reached or refused us" looks like (AuthenticationError is a
+        # ConnectionError), as opposed to a server that merely refuses one command.
+        self._unreachable = (redis.exceptions.ConnectionError, OSError)
         self._errors = self._error_table(redis.exceptions)
 
     def _client_kwargs(self) -> dict[str, Any]:
@@ -263,6 +267,11 @@ class _RedisBase(RecordStorageBackend):
         try:
             async with asyncio.timeout(min(_POLICY_CHECK_TIMEOUT, self._settings.options.socket_timeout)):
                 configs = await self._memory_configs()
+        except self._unreachable as exc:
+            # The client already spent its retries (or the server refused the credentials): this
+            # is the connect's failure, said once, rather than skipped and retried all over again
+            # by the first command.
+            raise self._failure("connect", exc) from None
         except skipped as exc:
             _log.debug(
                 "could not read the maxmemory-policy of %s (%s); eviction check skipped",

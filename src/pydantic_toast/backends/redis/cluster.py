@@ -58,7 +58,11 @@ class RedisClusterBackend(_RedisBase):
             await self._close(client)
             raise
         self._client = client
-        await self._check_eviction()
+        try:
+            await self._check_eviction()
+        except BaseException:
+            await self.disconnect()
+            raise
 
     async def _memory_configs(self) -> list[tuple[str, dict[Any, Any]]]:
         client = self._require()

@@ -41,10 +41,14 @@ class RedisBackend(_RedisBase):
         # Bounded by the semaphore in _guard rather than by a BlockingConnectionPool, whose
         # condition variable costs more per command than a whole uncontended semaphore.
         pool = ConnectionPool(connection_class=connection_class, **kwargs)
-        # Connections open on first use: the first command reports an unreachable server with
-        # the same retries and messages as any later one (the eviction check skips it quietly).
+        # The first connection opens for the eviction check, which reports an unreachable server
+        # with the same retries and messages as any later command.
         self._client = Redis.from_pool(pool)
-        await self._check_eviction()
+        try:
+            await self._check_eviction()
+        except BaseException:
+            await self.disconnect()
+            raise
 
     async def _memory_configs(self) -> list[tuple[str, dict[Any, Any]]]:
         return [(self._settings.where, await self._require().config_get("maxmemory*"))]
