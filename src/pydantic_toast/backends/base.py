@@ -169,10 +169,9 @@ class StoredRecord:
             if not isinstance(encoding, str) or not isinstance(schema_version, int):
                 raise TypeError("'encoding' must be a string and 'schema_version' an integer")
             if encoding == "json":
-                data = envelope["data"]
-                if not isinstance(data, dict):
-                    raise TypeError("'data' must be an object")
-                payload = pydantic_core.to_json(data)
+                # Any JSON value: one that is not an object reaches the model, which refuses it as
+                # a `StoredDataError` (a server error, no stored value shown), as on every backend.
+                payload = pydantic_core.to_json(envelope["data"])
             else:
                 text = envelope["payload"]
                 if not isinstance(text, str):
