@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
 import pytest
 
+import pydantic_toast
 from fixtures.backends import NothingToConnect
+from fixtures.redis import RedisServer
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
@@ -85,15 +87,17 @@ def _cancel_and_record(task: asyncio.Task[Any], accepted: list[bool]) -> None:
     accepted.append(task.cancel())
 
 
-async def test_a_cancel_near_the_deadline_is_never_lost() -> None:
-    """Cancels landing within a few ms of the deadline, either side: honoured whenever accepted."""
+async def _cancels_near_the_deadline(
+    model: type[ExternalBaseModel], deadline: float, seed: int
+) -> dict[str, int]:
+    """40 saves, each cancelled within 2 ms of its deadline, either side: honoured whenever accepted."""
     loop = asyncio.get_running_loop()
-    rng = random.Random(1234)
+    rng = random.Random(seed)
     outcomes = {"cancelled": 0, "timed out first": 0}
     for _ in range(40):
-        task = await _started(Silent(x=1))
+        task = await _started(model(x=1))
         accepted: list[bool] = []
-        loop.call_later(TIMEOUT + rng.uniform(-0.002, 0.002), _cancel_and_record, task, accepted)
+        loop.call_later(deadline + rng.uniform(-0.002, 0.002), _cancel_and_record, task, accepted)
         try:
             await task
         except asyncio.CancelledError:
@@ -104,6 +108,11 @@ async def test_a_cancel_near_the_deadline_is_never_lost() -> None:
             # Only when the timeout had already ended the task before the cancel came.
             await asyncio.sleep(0.01)
             assert accepted == [False]
+    return outcomes
+
+
+async def test_a_cancel_near_the_deadline_is_never_lost() -> None:
+    outcomes = await _cancels_near_the_deadline(Silent, TIMEOUT, seed=1234)
     print(f"\n40 cancels near the deadline: {outcomes}")
 
 
@@ -133,3 +142,28 @@ async def test_asyncio_timeout_around_a_library_call_still_works() -> None:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(TIMEOUT / 2):
             await Silent(x=1).save()
+
+
+@pytest.mark.redis
+async def test_a_cancel_near_the_deadline_is_never_lost_on_a_paused_redis(
+    redis_servers: Callable[..., RedisServer],
+) -> None:
+    """The same against a real server that stops answering (SIGSTOP): connected, then silent."""
+    server = redis_servers()
+
+    class Paused(ExternalBaseModel):
+        x: int
+        model_config = ExternalConfigDict(storage=f"{server.url}?prefix=paused", timeout=TIMEOUT * 5)
+
+    class Patient(ExternalBaseModel):
+        x: int
+        model_config = ExternalConfigDict(storage=f"{server.url}?prefix=paused", timeout=10)
+
+    await asyncio.gather(*(Patient(x=0).save() for _ in range(4)))  # connected while it answers
+    server.pause()
+    try:
+        outcomes = await _cancels_near_the_deadline(Paused, TIMEOUT * 5, seed=4321)
+    finally:
+        server.resume()
+        await pydantic_toast.aclose()
+    print(f"\n40 cancels near the deadline, paused Redis: {outcomes}")

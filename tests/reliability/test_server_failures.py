@@ -1,5 +1,6 @@
 """Servers that misbehave in ways short of a crash: connections killed one by one under load, a
-server at its connection limit, idle connections the server closed, an evicting memory policy.
+server at its connection limit, idle connections the server closed, a reply that comes after the
+socket timeout, an evicting memory policy.
 
 Every test runs on throwaway servers of its own, since each kills, fills or reconfigures one.
 Run with `-s` to see the figures (docs/reliability.md records the last run).
@@ -260,6 +261,37 @@ async def test_redis_idle_connections_the_server_closed_are_replaced_even_withou
         f"\nredis idle connections closed by the server, retries=0: {failures} of {IDLE_ROUNDS} rounds failed"
     )
     assert failures == 0
+
+
+@pytest.mark.redis
+async def test_redis_save_reported_failed_after_a_socket_timeout_may_have_been_applied(
+    redis_servers: Callable[..., RedisServer],
+) -> None:
+    """What docs/backends/redis.md warns: the error says no reply came, not that nothing was written.
+
+    A script keeps the (single-threaded) server busy past `socket_timeout`; the `SET` waits in the
+    socket meanwhile, and the server runs it once the script ends, after the caller gave up.
+    """
+    server = redis_servers()
+    model = entry_model(f"{server.url}?retries=0&socket_timeout=0.3&prefix=late", timeout=10)
+    admin = _admin(server)
+    busy = (
+        "local start = redis.call('TIME') local now = start "
+        "while (now[1] - start[1]) * 1000000 + (now[2] - start[2]) < 1000000 do now = redis.call('TIME') end"
+    )
+    try:
+        await model(value=0).save()  # connected before the server gets busy
+        entry = model(value=1)
+        spinning = asyncio.create_task(admin.eval(busy, 0))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(StorageConnectionError):
+            await entry.save()
+        assert time.monotonic() - started < 0.9  # failed while the server was still busy
+        await spinning
+        assert await model.load(entry.external_reference) == entry  # and yet it was applied
+    finally:
+        await admin.aclose()
 
 
 @pytest.mark.redis

@@ -165,8 +165,8 @@ class StoredRecord:
     def from_envelope(cls, id: UUID, class_name: str, envelope: Mapping[str, Any]) -> StoredRecord:
         """Rebuild a record from what a backend's `load` returned, refusing malformed envelopes."""
         try:
-            if envelope.get("encoding", "json") == "json" and not isinstance(envelope.get("data"), dict):
-                raise TypeError("'data' must be an object")
+            # `data` may be any JSON value: one that is not an object reaches the model, which
+            # refuses it as a `StoredDataError` (a server error, no stored value shown).
             payload, encoding, schema_version, revision = envelope_fields(envelope)
             created_at = envelope.get("created_at")
             updated_at = envelope.get("updated_at", created_at)

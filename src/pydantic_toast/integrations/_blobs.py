@@ -15,8 +15,10 @@ the private `state_of` assignment below goes away; nothing else in the adapters 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -92,6 +94,7 @@ class BlobStore:
         self._ids_lock = forksafe.Lock()  # Celery's prefork pool forks workers
         self._written: OrderedDict[uuid.UUID, None] = OrderedDict()
         self._writing: dict[uuid.UUID, threading.Event] = {}
+        _stores.add(self)
 
     @property
     def storage_name(self) -> str:
@@ -118,7 +121,7 @@ class BlobStore:
                     mine = self._writing[record_id] = threading.Event()
                     break
             # Another thread writes these bytes: wait, then look again (it may have failed). A
-            # writer that never finishes (lost to a fork) is overtaken: the write is idempotent.
+            # writer that never finishes (a hung store) is overtaken: the write is idempotent.
             if not theirs.wait(_WAIT_FOR_WRITER):
                 break
         try:
@@ -192,6 +195,22 @@ class BlobStore:
                 errors=[{"loc": (), "type": "content_hash"}],
             )
         return record.data
+
+
+# Every store of this process, for the fork hook below.
+_stores: weakref.WeakSet[BlobStore] = weakref.WeakSet()
+
+
+def _forget_writers_lost_to_fork() -> None:
+    # A forked child has only the thread that forked: the writers in flight at that moment never
+    # finish there, and a put of the same bytes would wait _WAIT_FOR_WRITER for them. Their events
+    # are dropped unused, since the lock inside one may have been held by a thread the child lacks.
+    for store in list(_stores):
+        store._writing = {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_writers_lost_to_fork)
 
 
 def _parse_id(value: Any) -> uuid.UUID:
