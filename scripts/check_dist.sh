@@ -20,7 +20,7 @@ PIP_QUIET=(--quiet --disable-pip-version-check)
 variants="$("$PYTHON" scripts/check_dist.py variants pyproject.toml)"
 mapfile -t VARIANTS <<<"$variants"
 
-rm -rf "$WORK/dist" "$WORK/run" "$WORK"/venv-*
+rm -rf "$WORK/dist" "$WORK/run"
 mkdir -p "$WORK/dist" "$WORK/run"
 
 # build and twine live in their own venv, kept between runs: neither belongs in [dev].
@@ -44,6 +44,7 @@ ls -l "$WORK/dist"
 install() {
     local variant="$1" venv="$WORK/venv-$1" requirement="$WHEEL"
     [ "$variant" = core ] || requirement="$WHEEL[$variant]"
+    rm -rf "$venv"
     "$PYTHON" -m venv --without-pip "$venv"
     "$TOOLS/bin/python" -m pip --python "$venv/bin/python" install "${PIP_QUIET[@]}" "$requirement"
 }
