@@ -204,3 +204,27 @@ def test_version_without_distribution_metadata_is_marked_unknown() -> None:
         "assert pydantic_toast.__version__ == '0+unknown', pydantic_toast.__version__\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def nav_pages() -> list[str]:
+    """The pages of the site's navigation, in mkdocs.yml's order."""
+    nav = (ROOT / "mkdocs.yml").read_text().partition("\nnav:\n")[2].partition("\n\n")[0]
+    return re.findall(r"^\s+- [^:]+: (\S+\.md)$", nav, flags=re.MULTILINE)
+
+
+def test_the_home_page_leads_to_every_page_of_the_site() -> None:
+    where_next = (ROOT / "docs" / "index.md").read_text().partition("\n## Where next\n")[2]
+    linked = set(re.findall(r"\]\(([^)#]+\.md)\)", where_next))
+    pages = nav_pages()
+    assert len(pages) > 20, pages  # the nav parsed
+    assert linked == set(pages) - {"index.md"}
+
+
+def test_the_api_reference_renders_every_public_module() -> None:
+    # The package's own names, the conformance suite, and each framework adapter (a module of
+    # pydantic_toast.integrations not starting with "_"); docs/api.md says the rest is internal.
+    rendered = set(re.findall(r"^::: (\S+)$", (ROOT / "docs" / "api.md").read_text(), flags=re.MULTILINE))
+    integrations = Path(pydantic_toast.__file__).parent / "integrations"
+    adapters = {f"pydantic_toast.integrations.{p.stem}" for p in integrations.glob("[!_]*.py")}
+    assert adapters, integrations
+    assert {"pydantic_toast", "pydantic_toast.testing", *adapters} <= rendered
