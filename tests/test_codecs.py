@@ -118,14 +118,15 @@ def test_an_unknown_encoding_names_the_tag_and_the_fix_without_the_bytes(
     encoding: str, says: list[str]
 ) -> None:
     secret = b"SECRET-PAYLOAD"
-    with pytest.raises(StorageValidationError) as caught:
+    with pytest.raises(StoredDataError) as caught:
         codecs.decode(record(secret, encoding))
     message = str(caught.value)
     assert repr(encoding) in message
     for part in says:
         assert part in message
     assert "SECRET" not in message
-    assert caught.value.actual == encoding
+    assert caught.value.errors == [{"loc": (), "type": "payload_encoding"}]
+    assert not isinstance(caught.value, ValueError)  # stored data at fault: never a client's 422
 
 
 def test_a_damaged_payload_is_stored_data_error_without_the_bytes() -> None:
@@ -234,7 +235,7 @@ async def test_a_model_load_of_an_unknown_encoding_is_refused_clearly(memory_url
     damaged = record(b"\x00SECRET", "json+brotli")
     backend = backend_class("memory")(memory_url)
     await backend.save_records([damaged])
-    with pytest.raises(StorageValidationError, match="no codec 'brotli'") as caught:
+    with pytest.raises(StoredDataError, match="no codec 'brotli'") as caught:
         await note.load(damaged.id)
     assert "SECRET" not in str(caught.value)
 
@@ -283,7 +284,7 @@ async def test_contract_backends_get_base64_payloads_and_json_envelopes_unchange
     assert await note.load_many([packed.external_reference, plain.external_reference]) == [packed, plain]
 
     compressed["payload"] = "SECRET not base64!"
-    with pytest.raises(StorageValidationError, match="not a valid envelope") as caught:
+    with pytest.raises(StoredDataError, match="not a valid envelope") as caught:
         await note.load(packed.external_reference)
     assert "SECRET" not in str(caught.value)
 
@@ -392,7 +393,7 @@ def test_inspect_of_an_unknown_encoding_is_an_error_naming_it(
 ) -> None:
     damaged = record(b"SECRET", "json+brotli")
     asyncio.run(backend_class("memory")(memory_url).save_records([damaged]))
-    assert main(["inspect", memory_url, str(damaged.id), "--class", "Note"]) == 2
+    assert main(["inspect", memory_url, str(damaged.id), "--class", "Note"]) == 1
     err = capsys.readouterr().err
     assert "json+brotli" in err
     assert "SECRET" not in err

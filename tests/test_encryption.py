@@ -338,7 +338,7 @@ def test_aesgcm_is_reserved_and_last(memory_url: str) -> None:
         codecs.register_codec(Fake())
     now = datetime.now(UTC)
     record = StoredRecord(uuid4(), "C", b"x", 1, now, now, encoding="json+aesgcm+zlib")
-    with pytest.raises(StorageValidationError, match="last step"):
+    with pytest.raises(StoredDataError, match="last step"):
         codecs.decode(record)
 
 

@@ -64,7 +64,8 @@ DEFAULT_BATCH = 500
 EXIT_CODES = """\
 exit status:
   0    success
-  1    the store failed: unreachable, refused, missing database, record not found, copy incomplete
+  1    the store failed: unreachable, refused, missing database, record not found, a stored record
+       that cannot be read (undecodable, tampered with), copy incomplete
   2    usage error: bad arguments, malformed URL or option, unknown scheme, --model or --import
        that cannot be imported, data the model cannot upgrade
   130  interrupted (Ctrl-C); an interrupted copy resumes when run again

@@ -340,7 +340,7 @@ def decode(record: StoredRecord, pipeline: Pipeline | None = None) -> bytes:
     return data
 
 
-def _unknown(record: StoredRecord, name: str) -> StorageValidationError:
+def _unknown(record: StoredRecord, name: str) -> StoredDataError:
     known = [JSON, *codec_names(), encryption.STEP]
     if name == encryption.STEP:
         reason = f"{name!r} may only be the last step"
@@ -355,9 +355,10 @@ def _unknown(record: StoredRecord, name: str) -> StorageValidationError:
             "it was written by a newer pydantic-toast or with a codec installed: upgrade pydantic-toast "
             f"(pip install -U pydantic-toast), or install the extra or package that provides {name!r}"
         )
-    return StorageValidationError(
-        f"stored {record.class_name} record {record.id} is encoded as {record.encoding!r} and {reason} "
-        f"(known: {', '.join(known)}); {fix}",
-        expected=known,
-        actual=record.encoding,
+    # Stored data this process cannot read: a server-side problem, not a caller's ValueError.
+    return StoredDataError.whole_record(
+        record.class_name,
+        record.id,
+        f"is encoded as {record.encoding!r} and {reason} (known: {', '.join(known)}); {fix}",
+        "payload_encoding",
     )

@@ -95,7 +95,10 @@ def _rebuild_validation_error(message: str, expected: object, actual: object) ->
 
 
 class StoredDataError(ExternalStorageError):
-    """A stored record does not validate as its model (changed code, edited row, wrong types).
+    """A stored record cannot be read back as its model: its data does not validate (changed code,
+    edited row, wrong types), or the stored value is no envelope or is encoded in a way this
+    process cannot decode. The stored data is at fault, so it is a server-side error, never a
+    `ValueError` (which web frameworks answer with a 422).
 
     `class_name` and `id` name the record; `errors` lists `{"loc": ..., "type": ...}` per failure,
     with pydantic's error types. Neither the message nor the attributes hold any stored value, and

@@ -26,7 +26,7 @@ from uuid import UUID
 import pydantic_core
 
 from .. import forksafe
-from ..exceptions import StorageValidationError, UnsupportedOperationError
+from ..exceptions import StorageValidationError, StoredDataError, UnsupportedOperationError
 from ..url import StorageURL
 from ._options import BackendOptions
 
@@ -41,6 +41,7 @@ __all__ = [
     "adapt_backend",
     "check_revision",
     "envelope_fields",
+    "malformed_envelope",
     "format_timestamp",
     "last_per_id",
     "parse_timestamp",
@@ -182,14 +183,28 @@ class StoredRecord:
                 revision=revision,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise StorageValidationError(
-                f"the stored {class_name} record {id} is not a valid envelope ({type(exc).__name__}: "
-                f"{exc if not isinstance(exc, ValueError) else 'a malformed value'}); expected "
-                "{'data': {...}, 'schema_version': int, 'created_at': ..., 'updated_at': ...}, or "
-                "'encoding' and base64 'payload' in place of 'data'",
-                expected="envelope",
-                actual=type(envelope).__name__,
-            ) from None
+            raise malformed_envelope(class_name, id, exc) from None
+
+
+def malformed_envelope(class_name: str, id: UUID, problem: BaseException | str) -> StoredDataError:
+    """The error for a stored value that is no envelope: stored data at fault, so a server error
+    (`StoredDataError`), never a `ValueError` that a web framework would answer with a 422.
+
+    `problem`: what was wrong; an exception is named by its type, and by its text only when it is
+    a `TypeError` or `KeyError` raised over the envelope's shape (a `ValueError`'s text may quote
+    stored bytes).
+    """
+    if isinstance(problem, BaseException):
+        shown = problem if isinstance(problem, TypeError | KeyError) else "a malformed value"
+        problem = f"{type(problem).__name__}: {shown}"
+    return StoredDataError.whole_record(
+        class_name,
+        id,
+        f"is not a valid envelope ({problem}); expected {{'data': ..., 'schema_version': int, "
+        "'created_at': ..., 'updated_at': ...}, or 'encoding' and base64 'payload' in place of 'data'. "
+        "Was it written by something other than pydantic-toast? Repair or delete the record",
+        "envelope",
+    )
 
 
 def envelope_fields(

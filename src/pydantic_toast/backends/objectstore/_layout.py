@@ -25,7 +25,7 @@ from uuid import UUID
 import pydantic_core
 
 from ...exceptions import StorageValidationError
-from ..base import StoredRecord, envelope_fields, format_timestamp, parse_timestamp
+from ..base import StoredRecord, envelope_fields, format_timestamp, malformed_envelope, parse_timestamp
 
 __all__ = ["SUFFIX", "decode_object", "encode_object", "object_key", "parse_key", "segment"]
 
@@ -114,14 +114,7 @@ def decode_object(id: UUID, class_name: str, body: bytes) -> StoredRecord:
             payload = None
         return _record(id, class_name, payload, envelope)
     except (KeyError, TypeError, ValueError) as exc:
-        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, TypeError) else type(exc).__name__
-        raise StorageValidationError(
-            f"the object of the stored {class_name} record {id} is not a valid envelope ({reason}); "
-            "expected {'data': ..., 'schema_version': int, 'created_at': ..., 'updated_at': ...}, or "
-            "'encoding' and base64 'payload' in place of 'data'",
-            expected="envelope",
-            actual="malformed object",
-        ) from None
+        raise malformed_envelope(class_name, id, exc) from None
 
 
 def _split_own_layout(body: bytes) -> tuple[bytes, dict[str, object]] | None:
