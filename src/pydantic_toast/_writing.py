@@ -429,13 +429,13 @@ class WriteSet:
     def _stages(self) -> list[list[list[_Pending]]]:
         """Batches (one backend each) by stage; a stage runs only after the previous succeeded."""
         writes = self._planned()
-        for entry in writes:  # all checked before anything is written: a refusal writes nothing
-            if entry.settings.warn_size is not None or entry.settings.max_size is not None:
-                assert entry.data is not None
-                observability.check_size(type(entry.model).__qualname__, entry.settings, len(entry.data))
         groups: dict[str, list[_Pending]] = {}
-        for entry in writes:
-            groups.setdefault(entry.settings.url.raw, []).append(entry)
+        for entry in writes:  # all checked before anything is written: a refusal writes nothing
+            settings = entry.settings
+            if settings.warn_size is not None or settings.max_size is not None:
+                assert entry.data is not None
+                observability.check_size(type(entry.model).__qualname__, settings, len(entry.data))
+            groups.setdefault(settings.url.raw, []).append(entry)
         if len(groups) <= 1:
             return [list(groups.values())] if groups else []
         needs: dict[str, set[str]] = {url: set() for url in groups}
@@ -482,8 +482,9 @@ class WriteSet:
         records: dict[int, StoredRecord] = {}
         raw: dict[int, int] = {}
         checked = False
+        now = self._now
         for entry in entries:
-            record = _record_of(entry, self._now)
+            record = _record_of(entry, now)
             number = record.id.int
             records[number] = record
             raw[number] = len(entry.data or b"")
@@ -497,17 +498,16 @@ class WriteSet:
             await runtime.execute(url, timeout, lambda backend: backend.save_records(batch))
         counters_for(url).add(
             round_trips=0,
-            bytes_written=sum(len(record.payload) for record in batch),
+            bytes_written=sum(map(len, [record.payload for record in batch])),
             raw_bytes_written=sum(raw.values()),
         )
+        stored: list[tuple[str, int, str]] = []
         for entry in entries:
-            entry.state.wrote(entry.digest)
-        stored = [
-            (url.raw, entry.state.id.int, entry.settings.storage_name)
-            for entry in entries
-            if (isinstance(entry.model, ContentValue) or entry.settings.content_addressed)
-            and entry.state.id is not None
-        ]
+            state = entry.state
+            state.wrote(entry.digest)
+            if entry.settings.content_addressed or isinstance(entry.model, ContentValue):
+                assert state.id is not None
+                stored.append((url.raw, state.id.int, entry.settings.storage_name))
         if stored:
             _content.remember(stored)
 
