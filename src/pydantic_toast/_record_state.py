@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import pydantic_core
@@ -50,7 +50,9 @@ class RecordState:
         """The reference to this record, built once: dumps return it on every call."""
         assert self.id is not None
         cached = self._reference
-        if cached is None or cached.id != self.id or cached.class_name != storage_name:
+        # `is not`: the cached reference holds this very UUID unless the id was replaced since,
+        # and UUID's own `!=` is Python code run on every dump.
+        if cached is None or cached.id is not self.id or cached.class_name != storage_name:
             cached = self._reference = ExternalReference.trusted(storage_name, self.id)
         return cached
 
@@ -87,7 +89,11 @@ class RecordState:
 
 
 def digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
+    # SHA-256: as collision-resistant as "unchanged" needs (a collision would skip a write), and
+    # faster than blake2b here at every size (OpenSSL's, with the CPU's SHA instructions where
+    # there are any: 2.4x at 5 MB, 1.3x at 3 KB, even at 200 B; measured on 3.10-3.13). Digests
+    # of older versions (blake2b, pickled with a model) never match one: that costs one rewrite.
+    return hashlib.sha256(data).digest()
 
 
 def _same_json(loaded: bytes, data: bytes) -> bool:
@@ -98,7 +104,8 @@ def _same_json(loaded: bytes, data: bytes) -> bool:
 def state_of(model: ExternalBaseModel) -> RecordState:
     private = model.__pydantic_private__
     assert private is not None  # ExternalBaseModel declares a private attribute
-    return cast(RecordState, private[STATE])
+    state: RecordState = private[STATE]  # not cast(): a function call on every dump and load
+    return state
 
 
 def reset_state(model: ExternalBaseModel) -> None:

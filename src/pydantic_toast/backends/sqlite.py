@@ -67,15 +67,20 @@ _COLUMNS = (
     "CASE typeof(data) WHEN 'text' THEN NULL ELSE encoding END, revision"
 )
 # Every write stores all of a record's columns as given, its revision included (None: NULL).
-_UPSERT = (
+_UPSERT_HEAD = (
     'INSERT INTO "{table}" '
-    "(id, class_name, data, schema_version, created_at, updated_at, expires_at, encoding, revision) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
+    "(id, class_name, data, schema_version, created_at, updated_at, expires_at, encoding, revision) VALUES "
+)
+_UPSERT_TAIL = (
+    " ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
     "schema_version = excluded.schema_version, created_at = excluded.created_at, "
     "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
     "encoding = excluded.encoding, revision = excluded.revision"
 )
+# The identity rule: a row of another class is left alone (and the batch refused, see `_write`).
+_SAME_CLASS = " WHERE class_name = excluded.class_name"
 # SQLite builds before 3.32 allow at most 999 bound parameters per statement.
+_MAX_PARAMETERS = 999
 _MAX_IDS_PER_SELECT = 900
 # A process that forks while a SQLite call is in flight leaves the child SQLite's in-process lock
 # bookkeeping (and perhaps its mutexes) as they were mid-call: that child could never write the
@@ -108,6 +113,7 @@ class SQLiteBackend(RecordStorageBackend):
         self._shown = parsed.masked
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
+        self._statements: dict[tuple[str, int, str], str] = {}
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -196,19 +202,22 @@ class SQLiteBackend(RecordStorageBackend):
             self.stats.add(written=len(records))
 
     def _write(self, connection: sqlite3.Connection, records: Sequence[StoredRecord]) -> None:
-        rows = _rows(records)
-        upsert = _UPSERT.format(table=self._table) + " WHERE class_name = excluded.class_name"
-        if len(rows) == 1:
-            # One statement is atomic on its own: no explicit transaction, half the round trips.
-            changed = connection.execute(upsert, rows[0]).rowcount
-            if changed != 1:
+        statements = self._upserts(records, _SAME_CLASS)
+        if len(records) == 1:
+            # One row is atomic on its own: no explicit transaction, half the round trips. (Not
+            # one statement of many rows: a row refused by the identity rule is skipped, not
+            # failed, and the statement would commit the others.)
+            before = connection.total_changes
+            connection.execute(*statements[0])
+            if connection.total_changes == before:
                 raise self._other_class(connection, records)
             return
         try:
             connection.execute("BEGIN IMMEDIATE")
             before = connection.total_changes
-            connection.executemany(upsert, rows)
-            if connection.total_changes - before != len(rows):
+            for statement in statements:
+                connection.execute(*statement)
+            if connection.total_changes - before != len(records):
                 refusal = self._other_class(connection, records)
                 connection.execute("ROLLBACK")
                 raise refusal
@@ -217,6 +226,57 @@ class SQLiteBackend(RecordStorageBackend):
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
+
+    def _upserts(self, records: Sequence[StoredRecord], condition: str) -> list[tuple[str, list[Any]]]:
+        """The statements (and their parameters) that store `records`, in order, each upserting
+        as many rows as SQLite's parameter limit allows.
+
+        Many rows per statement instead of `executemany`: a third fewer instructions per row
+        inside sqlite3 and SQLite. An expiry or revision that no record of the batch has is the
+        literal NULL, not a bound None: Python's sqlite3 binds None through its adapter lookup,
+        which raises and discards two AttributeErrors per value (a quarter of the batch's time).
+        """
+        expiring = any(record.expires_at is not None for record in records)
+        revised = any(record.revision is not None for record in records)
+        row = f"(?, ?, ?, ?, ?, ?, {'?' if expiring else 'NULL'}, ?, {'?' if revised else 'NULL'})"
+        per_statement = _MAX_PARAMETERS // (7 + expiring + revised)
+        # The records of one batch share their timestamps (one `now` per write): each distinct
+        # instant is formatted once, not three times per record (formatting was ~40% of this loop).
+        texts: dict[datetime, str] = {}
+        statements: list[tuple[str, list[Any]]] = []
+        for start in range(0, len(records), per_statement):
+            chunk = records[start : start + per_statement]
+            parameters: list[Any] = []
+            add = parameters.extend
+            for r in chunk:
+                created, updated = texts.get(r.created_at), texts.get(r.updated_at)
+                if created is None:
+                    created = texts[r.created_at] = format_timestamp(r.created_at)
+                if updated is None:
+                    updated = texts[r.updated_at] = format_timestamp(r.updated_at)
+                # JSON stays TEXT, readable with SQLite's JSON functions; other encodings are BLOBs.
+                data = r.payload.decode() if r.encoding == "json" else r.payload
+                add((str(r.id), r.class_name, data, r.schema_version, created, updated))
+                if expiring:
+                    moment = r.expires_at
+                    expires = None if moment is None else texts.get(moment)
+                    if moment is not None and expires is None:
+                        expires = texts[moment] = format_timestamp(moment)
+                    parameters.append(expires)
+                parameters.append(r.encoding)
+                if revised:
+                    parameters.append(r.revision)
+            statements.append((self._statement(row, len(chunk), condition), parameters))
+        return statements
+
+    def _statement(self, row: str, count: int, condition: str) -> str:
+        """The upsert text of `count` rows, built once: sqlite3 caches statements by their text."""
+        key = (row, count, condition)
+        text = self._statements.get(key)
+        if text is None:
+            head = _UPSERT_HEAD.format(table=self._table)
+            text = self._statements[key] = f"{head}{','.join([row] * count)}{_UPSERT_TAIL}{condition}"
+        return text
 
     async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
         if not records:
@@ -233,13 +293,13 @@ class SQLiteBackend(RecordStorageBackend):
         """Check every revision, then write, in one transaction that holds the write lock from its
         start: no other writer can come between the check and the write."""
         now = format_timestamp(datetime.now(UTC))
-        rows = _rows(records)
+        ids = [str(record.id) for record in records]
         try:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 stored: dict[str, tuple[str, int | None, str | None, str]] = {}
-                for start in range(0, len(rows), _MAX_IDS_PER_SELECT):
-                    chunk = [row[0] for row in rows[start : start + _MAX_IDS_PER_SELECT]]
+                for start in range(0, len(ids), _MAX_IDS_PER_SELECT):
+                    chunk = ids[start : start + _MAX_IDS_PER_SELECT]
                     for id_text, owner, revision, expires, updated in connection.execute(
                         f'SELECT id, class_name, revision, expires_at, updated_at FROM "{self._table}" '
                         f"WHERE id IN ({','.join('?' * len(chunk))})",
@@ -247,11 +307,11 @@ class SQLiteBackend(RecordStorageBackend):
                     ):
                         stored[id_text] = (owner, revision, expires, updated)
                 conflicts: list[RevisionConflict] = []
-                for record, row in zip(records, rows, strict=True):
+                for record, id_text in zip(records, ids, strict=True):
                     found: int | None = None
                     updated_at: datetime | None = None
-                    if row[0] in stored:
-                        owner, revision, expires, updated = stored[row[0]]
+                    if id_text in stored:
+                        owner, revision, expires, updated = stored[id_text]
                         if owner != record.class_name:
                             raise refuse_other_class(
                                 record.id, owner, record.class_name, batch=len(records) > 1
@@ -263,10 +323,8 @@ class SQLiteBackend(RecordStorageBackend):
                     if conflict is not None:
                         conflicts.append(conflict)
                 if not conflicts:
-                    connection.executemany(
-                        _UPSERT.format(table=self._table),
-                        rows,
-                    )
+                    for statement in self._upserts(records, ""):
+                        connection.execute(*statement)
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
@@ -448,35 +506,6 @@ def _add_missing_columns(connection: sqlite3.Connection, table: str) -> None:
             # "duplicate column": another process added it between our look and our ALTER.
             if "duplicate column" not in str(exc):
                 raise
-
-
-def _rows(records: Sequence[StoredRecord]) -> list[tuple[Any, ...]]:
-    """`_UPSERT`'s parameters for each record."""
-    # The records of one batch share their timestamps (one `now` per write): each distinct
-    # instant is formatted once, not three times per record (formatting was ~40% of this loop).
-    texts: dict[datetime, str] = {}
-
-    def text(moment: datetime) -> str:
-        found = texts.get(moment)
-        if found is None:
-            found = texts[moment] = format_timestamp(moment)
-        return found
-
-    return [
-        (
-            str(r.id),
-            r.class_name,
-            # JSON stays TEXT, readable with SQLite's JSON functions; other encodings are BLOBs.
-            r.payload.decode() if r.encoding == "json" else r.payload,
-            r.schema_version,
-            text(r.created_at),
-            text(r.updated_at),
-            None if r.expires_at is None else text(r.expires_at),
-            r.encoding,
-            r.revision,
-        )
-        for r in records
-    ]
 
 
 def _timestamp_parser() -> Callable[[str], datetime]:
