@@ -681,6 +681,69 @@ async def test_socket_timeout_on_a_hung_server_then_recovery(redis_servers: Any)
     assert (await note.load(reference)).text == "after"
 
 
+async def test_a_send_stalled_by_a_hung_server_times_out_then_recovers(redis_servers: Any) -> None:
+    """A value bigger than the socket buffers cannot be written to a server that stopped
+    reading: the send itself must give up after socket_timeout, as a timeout."""
+    server: RedisServer = redis_servers()
+    backend = RedisBackend(f"redis://127.0.0.1:{server.port}/0?socket_timeout=0.3&retries=0")
+    await backend.connect()
+    try:
+        await backend.save_records([record()])
+        server.pause()
+        try:
+            started = time.monotonic()
+            timed_out = r"Timeout writing to socket.*socket_timeout=0\.3"
+            with pytest.raises(StorageConnectionError, match=timed_out):
+                await backend.save_records([record(data=b'{"text":"%b"}' % (b"x" * 64_000_000))])
+            assert 0.3 <= time.monotonic() - started < 3
+        finally:
+            server.resume()
+        kept = record(data=b'{"text":"after"}')
+        await backend.save_records([kept])
+        assert await backend.load_records([kept.key]) == [kept]
+    finally:
+        await backend.disconnect()
+
+
+async def test_a_hung_server_times_out_every_command_in_flight_and_only_those(redis_servers: Any) -> None:
+    """One timer serves all the connections of a backend: each command waiting on the hung
+    server fails after its own socket_timeout, and a server that answers is not held up."""
+    hung: RedisServer = redis_servers()
+    fine: RedisServer = redis_servers()
+    stalled = RedisBackend(f"redis://127.0.0.1:{hung.port}/0?socket_timeout=0.4&retries=0")
+    answering = RedisBackend(f"redis://127.0.0.1:{fine.port}/0?socket_timeout=0.4&retries=0")
+    await stalled.connect()
+    await answering.connect()
+    try:
+        await stalled.save_records([record() for _ in range(3)])
+        hung.pause()
+        try:
+            started = time.monotonic()
+
+            async def late_save() -> float:
+                await asyncio.sleep(0.2)
+                with pytest.raises(StorageConnectionError, match=r"Timeout reading"):
+                    await stalled.save_records([record()])
+                return time.monotonic() - started
+
+            waits = [asyncio.create_task(stalled.load_records([(uuid4(), "Note")])) for _ in range(3)]
+            late = asyncio.create_task(late_save())
+            for _ in range(20):  # the other server keeps answering meanwhile
+                await answering.save_records([record()])
+            for wait in waits:
+                with pytest.raises(StorageConnectionError, match=r"socket_timeout=0\.4"):
+                    await wait
+            first = time.monotonic() - started
+            assert 0.4 <= first < 2
+            assert await late >= 0.6  # its own deadline, not the first commands'
+        finally:
+            hung.resume()
+        assert await stalled.load_records([(uuid4(), "Note")]) == [None]
+    finally:
+        await stalled.disconnect()
+        await answering.disconnect()
+
+
 async def test_a_task_cancelled_while_waiting_for_a_connection_leaves_nothing_behind(
     redis_servers: Any,
 ) -> None:

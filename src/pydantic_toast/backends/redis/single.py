@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ._base import _RedisBase
 from ._config import RedisOptions
+from ._timeouts import Watchdog, watched_class
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -21,6 +22,7 @@ class RedisBackend(_RedisBase):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._client: Redis | None = None
+        self._watchdog: Watchdog | None = None
 
     async def connect(self) -> None:
         if self._client is not None:
@@ -38,9 +40,16 @@ class RedisBackend(_RedisBase):
         else:
             kwargs["host"], kwargs["port"] = settings.nodes[0]
             connection_class = Connection if settings.tls is None else SSLConnection
-        # Bounded by the semaphore in _guard rather than by a BlockingConnectionPool, whose
+        # redis-py's per-command timers off, the same limit enforced by one timer (_timeouts).
+        self._watchdog = Watchdog(kwargs.pop("socket_timeout"))
+        # Bounded by the slots in _guard rather than by a BlockingConnectionPool, whose
         # condition variable costs more per command than a whole uncontended semaphore.
-        pool = ConnectionPool(connection_class=connection_class, **kwargs)
+        pool = ConnectionPool(
+            connection_class=watched_class(connection_class),
+            socket_timeout=None,
+            toast_watchdog=self._watchdog,
+            **kwargs,
+        )
         # Connections open on first use: the first command reports an unreachable server with
         # the same retries and messages as any later one (the eviction check skips it quietly).
         self._client = Redis.from_pool(pool)
@@ -55,6 +64,8 @@ class RedisBackend(_RedisBase):
             # A connection that is already broken needs no goodbye.
             with contextlib.suppress(*self._driver_errors):
                 await client.aclose()
+        if self._watchdog is not None:
+            self._watchdog.close()
 
     def _require(self) -> Redis:
         return cast("Redis", self._client_or_raise())
