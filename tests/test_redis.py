@@ -273,6 +273,32 @@ async def test_batches_are_one_round_trip_and_keep_order(url: str) -> None:
         await backend.disconnect()
 
 
+async def test_a_batch_save_keeps_its_order_across_expiry_and_large_values(
+    url: str, prefix: str, raw: redis.Redis
+) -> None:
+    """Records without expiry go as MSETs, the others as SETs with PX: the batch's order decides
+    which of two records for one key stays, and values beyond one MSET's size take several."""
+    backend = RedisBackend(url)
+    await backend.connect()
+    try:
+        in_a_minute = datetime.now(UTC) + timedelta(seconds=60)
+        plain, later_expiring = record(data=b'{"text":"a1"}'), record(data=b'{"text":"a2"}')
+        later_expiring = dataclasses.replace(later_expiring, id=plain.id, expires_at=in_a_minute)
+        expiring = record(data=b'{"text":"b1"}', expires_at=in_a_minute)
+        later_plain = dataclasses.replace(record(data=b'{"text":"b2"}'), id=expiring.id)
+        big = [record(data=b'{"text":"%b"}' % (bytes([97 + index]) * 4_500_000)) for index in range(4)]
+        await backend.save_records([plain, *big[:2], later_expiring, expiring, *big[2:], later_plain])
+        assert [item and item.payload for item in await backend.load_records([plain.key, expiring.key])] == [
+            b'{"text":"a2"}',
+            b'{"text":"b2"}',
+        ]
+        assert raw.pttl(f"{prefix}:Note:{plain.id}") > 50_000
+        assert raw.pttl(f"{prefix}:Note:{expiring.id}") == -1
+        assert await backend.load_records([item.key for item in big]) == big
+    finally:
+        await backend.disconnect()
+
+
 async def test_client_name_is_set_on_connections(url: str, raw: redis.Redis) -> None:
     name = f"toast-{uuid4().hex[:8]}"
     note = note_model(with_options(url, client_name=name))

@@ -3,9 +3,10 @@
 redis-py bounds every send with `asyncio.wait_for` (on Python 3.11 a task and a timer per
 command) and every reply with `asyncio.timeout` (a timer scheduled and cancelled per reply, so
 a thousand per pipeline of a thousand): about 30% of the CPU time of a single save or load
-through the backend here, and 23% of a pipeline of 1,000 SETs. So the pool's connections get `socket_timeout=None`, which turns redis-py's
-timers off, and this module enforces the same limit itself: a connection waiting on the server
-records its deadline in its backend's `Watchdog`, whose one timer fires at the earliest deadline.
+through the backend here, and 23% of a pipeline of 1,000 SETs. So the pool's connections get
+`socket_timeout=None`, which turns redis-py's timers off, and this module enforces the same
+limit itself: a connection waiting on the server records its deadline in its backend's
+`Watchdog`, whose one timer fires at the earliest deadline.
 
 A late reply fails exactly as with redis-py's own timer: the stalled read raises `TimeoutError`
 from inside the connection's stream, which redis-py turns into its `TimeoutError("Timeout reading
