@@ -369,6 +369,69 @@ async def test_a_value_that_is_not_an_envelope_is_a_clear_error(
         assert "xyz" not in str(caught.value)
 
 
+# Stored values a batch load must read exactly as a load of each alone: what this backend writes
+# (with and without revision, compressed), envelopes of other writers, and broken ones.
+_ODD_VALUES = (
+    b'{"data":{"a":1},"schema_version":2,"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":{"schema_version":9}},"schema_version":3,"created_at":"2026-01-01T00:00:00.000001Z",'
+    b'"updated_at":"2026-01-02T00:00:00.000001Z","revision":7}',
+    b'{"data":{"a":1},"schema_version":1,"created_at":"2026-01-01T00:00:00+02:00","updated_at":"2026-01-01T00:00:00Z","x":{}}',
+    b'{"data":{"a":1},"schema_version":1,"created_at":"}{[","updated_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":1},"schema_version":1,"created_at":"2026-13-45T00:00:00.000000Z","updated_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":1},"schema_version":-1,"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":1},"schema_version":1.0,"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":1},"schema_version":1,"created_at":1767225600,"updated_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":1},"schema_version":1,"updated_at":"2026-01-01T00:00:00Z","created_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":1},"schema_version":1,"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"},{',
+    b'{"data":{"a":1},"schema_version":1,"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"',
+    b'{"data":[1],"schema_version":1,"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}',
+    b'\x00{"encoding":"json+zlib","schema_version":1,"created_at":"2026-01-01T00:00:00Z",'
+    b'"updated_at":"2026-01-01T00:00:00Z"}\nxyz',
+    b"not json",
+)
+
+
+async def test_a_batch_load_reads_every_value_as_a_load_of_it_alone(
+    url: str, prefix: str, raw: redis.Redis
+) -> None:
+    backend = RedisBackend(url)
+    await backend.connect()
+    try:
+        written = [record(data=b'{"text":"%d"}' % index, revision=index or None) for index in range(5)]
+        await backend.save_records(written)
+        odd = [(uuid4(), "Note") for _ in _ODD_VALUES]
+        for (id, class_name), value in zip(odd, _ODD_VALUES, strict=True):
+            raw.set(f"{prefix}:{class_name}:{id}", value)
+        keys = [item.key for item in written] + odd + [(uuid4(), "Note")]
+
+        async def alone(key: tuple[UUID, str]) -> object:
+            try:
+                [found] = await backend.load_records([key])
+            except StorageValidationError as exc:
+                return str(exc)
+            return found
+
+        expected = [await alone(key) for key in keys]
+        assert expected[: len(written)] == written
+        assert sum(isinstance(item, str) for item in expected) >= 4  # broken values stay errors
+        for index, key in enumerate(keys):
+            # Each value in a batch of all the others: the same record, or the same error.
+            batch = [key] + [
+                other for position, other in enumerate(keys) if not isinstance(expected[position], str)
+            ]
+            if isinstance(expected[index], str):
+                with pytest.raises(StorageValidationError) as caught:
+                    await backend.load_records(batch)
+                assert str(caught.value) == expected[index]
+            else:
+                loaded = await backend.load_records(batch)
+                assert loaded[0] == expected[index]
+        good = [key for key, item in zip(keys, expected, strict=True) if not isinstance(item, str)]
+        assert await backend.load_records(good) == [item for item in expected if not isinstance(item, str)]
+    finally:
+        await backend.disconnect()
+
+
 async def test_json_records_keep_the_envelope_and_others_are_a_header_and_raw_bytes(
     url: str, prefix: str, raw: redis.Redis
 ) -> None:
