@@ -17,7 +17,7 @@ from uuid import UUID
 
 from ...exceptions import MissingDependencyError, StorageConnectionError, StorageValidationError
 from ...url import StorageURL, mask_secrets
-from .._errors import ErrorRow, ErrorTable, map_driver_errors
+from .._errors import ErrorRow, ErrorTable, raise_unchained
 from ..base import (
     Capability,
     RecordKey,
@@ -192,8 +192,11 @@ class _RedisBase(RecordStorageBackend):
                     close()
                 raise
         try:
-            with map_driver_errors(self._driver_errors, lambda exc: self._failure(action, exc)):
-                return await operation
+            return await operation
+        except self._driver_errors as exc:
+            # A plain handler, not map_driver_errors: every command passes here, and a context
+            # manager costs three Python calls and a closure each time.
+            raise_unchained(self._failure(action, exc))
         finally:
             slots.give()
 
