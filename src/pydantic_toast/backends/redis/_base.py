@@ -29,7 +29,7 @@ from ._config import _settings
 from ._retry import _retry
 from ._scripts import _CHECKED_WRITE, _conflicts_of, _script_arguments
 from ._slots import Slots
-from ._values import _decode, _decode_many, _encode
+from ._values import _decode, _encode
 
 if TYPE_CHECKING:
     pass
@@ -388,10 +388,10 @@ class _RedisBase(RecordStorageBackend):
         else:
             values = await self._get_many(names)
         self.stats.add(read=sum(value is not None for value in values))
-        if len(values) == 1:
-            [value] = values
-            return [None if value is None else _decode(*keys[0], value, names[0])]
-        return _decode_many(keys, names, values)
+        return [
+            None if value is None else _decode(id, class_name, value, name)
+            for (id, class_name), name, value in zip(keys, names, values, strict=True)
+        ]
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         removed = await self._guard("delete", self._require().delete(self.key(id, class_name)))

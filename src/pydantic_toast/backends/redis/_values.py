@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import pydantic_core
-from pydantic_core import core_schema
 
 from ...exceptions import StorageValidationError
 from ..base import (
@@ -112,92 +110,6 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
             actual=f"{len(value)} bytes of another format",  # never the stored bytes themselves
         )
     return StoredRecord.from_envelope(id, class_name, envelope)
-
-
-# The metadata tails of a batch, validated in one call: the tail after the data's last
-# `,"schema_version":` as one flat object, with the same limits as _TAIL (strict: a JSON
-# string for a timestamp, an integer for a number, no other key).
-_STAMP_TEXT = core_schema.str_schema(pattern=r"^[0-9:.TZ+-]{20,40}$", strict=True)
-_NUMBER = core_schema.int_schema(ge=0, le=10**18 - 1, strict=True)
-_TAILS = pydantic_core.SchemaValidator(
-    core_schema.list_schema(
-        core_schema.typed_dict_schema(
-            {
-                "schema_version": core_schema.typed_dict_field(_NUMBER),
-                "created_at": core_schema.typed_dict_field(_STAMP_TEXT),
-                "updated_at": core_schema.typed_dict_field(_STAMP_TEXT),
-                "revision": core_schema.typed_dict_field(_NUMBER, required=False),
-            },
-            extra_behavior="forbid",
-        ),
-        strict=True,
-    )
-)
-# Records per validation call: bounds the joined text (tails are ~110 bytes whatever the data).
-_TAILS_PER_CALL = 1024
-
-
-def _decode_many(
-    keys: Sequence[tuple[UUID, str]], names: Sequence[bytes], values: Sequence[bytes | None]
-) -> list[StoredRecord | None]:
-    """`_decode` of a batch (None stays None), the JSON envelopes' tails validated together.
-
-    One validation call per chunk costs less than a regex and two timestamp texts per record.
-    Anything that does not fit the shape this module writes goes through `_decode` on its own,
-    which reads it (or reports it) as it always has.
-    """
-    records: list[StoredRecord | None] = [None] * len(values)
-    pending: list[tuple[int, bytes, int]] = []  # (index, value, cut) of JSON envelopes
-    for index, value in enumerate(values):
-        if value is None:
-            continue
-        # The data is JSON written before the tail; a "schema_version" key inside the data
-        # comes before ours, so the last marker is the tail's.
-        cut = value.rfind(_TAIL_MARKER) if value.startswith(_ENVELOPE_HEAD) else -1
-        # 0x7D, 0x7B: the data object's closing and opening braces.
-        if cut > _HEAD_LENGTH and value[cut - 1] == 0x7D and value[_HEAD_LENGTH] == 0x7B:
-            pending.append((index, value, cut))
-        else:
-            records[index] = _decode(*keys[index], value, names[index])
-    for start in range(0, len(pending), _TAILS_PER_CALL):
-        chunk = pending[start : start + _TAILS_PER_CALL]
-        tails = _tails([value[cut + 1 :] for _, value, cut in chunk])
-        for position, (index, value, cut) in enumerate(chunk):
-            id, class_name = keys[index]
-            tail = tails[position] if tails is not None else None
-            if tail is not None:
-                try:
-                    # Positional, as in _decode: once per record of every batch load.
-                    records[index] = StoredRecord(
-                        id,
-                        class_name,
-                        value[_HEAD_LENGTH:cut],
-                        tail["schema_version"],
-                        parse_timestamp(tail["created_at"]),
-                        parse_timestamp(tail["updated_at"]),
-                        None,
-                        "json",
-                        tail.get("revision"),
-                    )
-                    continue
-                except ValueError:
-                    pass  # an impossible date: _decode reports it properly
-            records[index] = _decode(id, class_name, value, names[index])
-    return records
-
-
-def _tails(tails: list[bytes]) -> list[dict[str, Any]] | None:
-    """The tails as objects, in order; None when one of them is not the flat object we write."""
-    joined = b"[{" + b",{".join(tails) + b"]"
-    # One `{` per tail (ours) and no `[` but the list's: no tail opens a nested value, so each
-    # becomes exactly one element, and a malformed one cannot spill into its neighbour.
-    if joined.count(b"{") != len(tails) or joined.count(b"[") != 1:
-        return None
-    try:
-        parsed: list[dict[str, Any]] = _TAILS.validate_json(joined)
-    except ValueError:
-        return None
-    return parsed if len(parsed) == len(tails) else None
 
 
 def _check_mark(value: bytes) -> bytes:
