@@ -273,6 +273,32 @@ async def test_batches_are_one_round_trip_and_keep_order(url: str) -> None:
         await backend.disconnect()
 
 
+async def test_a_batch_save_keeps_its_order_across_expiry_and_large_values(
+    url: str, prefix: str, raw: redis.Redis
+) -> None:
+    """Records without expiry go as MSETs, the others as SETs with PX: the batch's order decides
+    which of two records for one key stays, and values beyond one MSET's size take several."""
+    backend = RedisBackend(url)
+    await backend.connect()
+    try:
+        in_a_minute = datetime.now(UTC) + timedelta(seconds=60)
+        plain, later_expiring = record(data=b'{"text":"a1"}'), record(data=b'{"text":"a2"}')
+        later_expiring = dataclasses.replace(later_expiring, id=plain.id, expires_at=in_a_minute)
+        expiring = record(data=b'{"text":"b1"}', expires_at=in_a_minute)
+        later_plain = dataclasses.replace(record(data=b'{"text":"b2"}'), id=expiring.id)
+        big = [record(data=b'{"text":"%b"}' % (bytes([97 + index]) * 4_500_000)) for index in range(4)]
+        await backend.save_records([plain, *big[:2], later_expiring, expiring, *big[2:], later_plain])
+        assert [item and item.payload for item in await backend.load_records([plain.key, expiring.key])] == [
+            b'{"text":"a2"}',
+            b'{"text":"b2"}',
+        ]
+        assert raw.pttl(f"{prefix}:Note:{plain.id}") > 50_000
+        assert raw.pttl(f"{prefix}:Note:{expiring.id}") == -1
+        assert await backend.load_records([item.key for item in big]) == big
+    finally:
+        await backend.disconnect()
+
+
 async def test_client_name_is_set_on_connections(url: str, raw: redis.Redis) -> None:
     name = f"toast-{uuid4().hex[:8]}"
     note = note_model(with_options(url, client_name=name))
@@ -341,6 +367,69 @@ async def test_a_value_that_is_not_an_envelope_is_a_clear_error(
         with pytest.raises(StorageValidationError, match="binary record whose header") as caught:
             await note.load(identifier)
         assert "xyz" not in str(caught.value)
+
+
+# Stored values a batch load must read exactly as a load of each alone: what this backend writes
+# (with and without revision, compressed), envelopes of other writers, and broken ones.
+_ODD_VALUES = (
+    b'{"data":{"a":1},"schema_version":2,"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":{"schema_version":9}},"schema_version":3,"created_at":"2026-01-01T00:00:00.000001Z",'
+    b'"updated_at":"2026-01-02T00:00:00.000001Z","revision":7}',
+    b'{"data":{"a":1},"schema_version":1,"created_at":"2026-01-01T00:00:00+02:00","updated_at":"2026-01-01T00:00:00Z","x":{}}',
+    b'{"data":{"a":1},"schema_version":1,"created_at":"}{[","updated_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":1},"schema_version":1,"created_at":"2026-13-45T00:00:00.000000Z","updated_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":1},"schema_version":-1,"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":1},"schema_version":1.0,"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":1},"schema_version":1,"created_at":1767225600,"updated_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":1},"schema_version":1,"updated_at":"2026-01-01T00:00:00Z","created_at":"2026-01-01T00:00:00Z"}',
+    b'{"data":{"a":1},"schema_version":1,"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"},{',
+    b'{"data":{"a":1},"schema_version":1,"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"',
+    b'{"data":[1],"schema_version":1,"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z"}',
+    b'\x00{"encoding":"json+zlib","schema_version":1,"created_at":"2026-01-01T00:00:00Z",'
+    b'"updated_at":"2026-01-01T00:00:00Z"}\nxyz',
+    b"not json",
+)
+
+
+async def test_a_batch_load_reads_every_value_as_a_load_of_it_alone(
+    url: str, prefix: str, raw: redis.Redis
+) -> None:
+    backend = RedisBackend(url)
+    await backend.connect()
+    try:
+        written = [record(data=b'{"text":"%d"}' % index, revision=index or None) for index in range(5)]
+        await backend.save_records(written)
+        odd = [(uuid4(), "Note") for _ in _ODD_VALUES]
+        for (id, class_name), value in zip(odd, _ODD_VALUES, strict=True):
+            raw.set(f"{prefix}:{class_name}:{id}", value)
+        keys = [item.key for item in written] + odd + [(uuid4(), "Note")]
+
+        async def alone(key: tuple[UUID, str]) -> object:
+            try:
+                [found] = await backend.load_records([key])
+            except StorageValidationError as exc:
+                return str(exc)
+            return found
+
+        expected = [await alone(key) for key in keys]
+        assert expected[: len(written)] == written
+        assert sum(isinstance(item, str) for item in expected) >= 4  # broken values stay errors
+        for index, key in enumerate(keys):
+            # Each value in a batch of all the others: the same record, or the same error.
+            batch = [key] + [
+                other for position, other in enumerate(keys) if not isinstance(expected[position], str)
+            ]
+            if isinstance(expected[index], str):
+                with pytest.raises(StorageValidationError) as caught:
+                    await backend.load_records(batch)
+                assert str(caught.value) == expected[index]
+            else:
+                loaded = await backend.load_records(batch)
+                assert loaded[0] == expected[index]
+        good = [key for key, item in zip(keys, expected, strict=True) if not isinstance(item, str)]
+        assert await backend.load_records(good) == [item for item in expected if not isinstance(item, str)]
+    finally:
+        await backend.disconnect()
 
 
 async def test_json_records_keep_the_envelope_and_others_are_a_header_and_raw_bytes(
@@ -693,6 +782,69 @@ async def test_socket_timeout_on_a_hung_server_then_recovery(redis_servers: Any)
     item.text = "after"
     reference = await item.save()
     assert (await note.load(reference)).text == "after"
+
+
+async def test_a_send_stalled_by_a_hung_server_times_out_then_recovers(redis_servers: Any) -> None:
+    """A value bigger than the socket buffers cannot be written to a server that stopped
+    reading: the send itself must give up after socket_timeout, as a timeout."""
+    server: RedisServer = redis_servers()
+    backend = RedisBackend(f"redis://127.0.0.1:{server.port}/0?socket_timeout=0.3&retries=0")
+    await backend.connect()
+    try:
+        await backend.save_records([record()])
+        server.pause()
+        try:
+            started = time.monotonic()
+            timed_out = r"Timeout writing to socket.*socket_timeout=0\.3"
+            with pytest.raises(StorageConnectionError, match=timed_out):
+                await backend.save_records([record(data=b'{"text":"%b"}' % (b"x" * 64_000_000))])
+            assert 0.3 <= time.monotonic() - started < 3
+        finally:
+            server.resume()
+        kept = record(data=b'{"text":"after"}')
+        await backend.save_records([kept])
+        assert await backend.load_records([kept.key]) == [kept]
+    finally:
+        await backend.disconnect()
+
+
+async def test_a_hung_server_times_out_every_command_in_flight_and_only_those(redis_servers: Any) -> None:
+    """One timer serves all the connections of a backend: each command waiting on the hung
+    server fails after its own socket_timeout, and a server that answers is not held up."""
+    hung: RedisServer = redis_servers()
+    fine: RedisServer = redis_servers()
+    stalled = RedisBackend(f"redis://127.0.0.1:{hung.port}/0?socket_timeout=0.4&retries=0")
+    answering = RedisBackend(f"redis://127.0.0.1:{fine.port}/0?socket_timeout=0.4&retries=0")
+    await stalled.connect()
+    await answering.connect()
+    try:
+        await stalled.save_records([record() for _ in range(3)])
+        hung.pause()
+        try:
+            started = time.monotonic()
+
+            async def late_save() -> float:
+                await asyncio.sleep(0.2)
+                with pytest.raises(StorageConnectionError, match=r"Timeout reading"):
+                    await stalled.save_records([record()])
+                return time.monotonic() - started
+
+            waits = [asyncio.create_task(stalled.load_records([(uuid4(), "Note")])) for _ in range(3)]
+            late = asyncio.create_task(late_save())
+            for _ in range(20):  # the other server keeps answering meanwhile
+                await answering.save_records([record()])
+            for wait in waits:
+                with pytest.raises(StorageConnectionError, match=r"socket_timeout=0\.4"):
+                    await wait
+            first = time.monotonic() - started
+            assert 0.4 <= first < 2
+            assert await late >= 0.6  # its own deadline, not the first commands'
+        finally:
+            hung.resume()
+        assert await stalled.load_records([(uuid4(), "Note")]) == [None]
+    finally:
+        await stalled.disconnect()
+        await answering.disconnect()
 
 
 async def test_a_task_cancelled_while_waiting_for_a_connection_leaves_nothing_behind(

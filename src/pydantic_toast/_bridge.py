@@ -10,11 +10,10 @@ cancelled and the loop's backends are closed.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import forksafe
 from .exceptions import ExternalStorageError, StorageConnectionError
@@ -66,55 +65,53 @@ class Bridge:
                 "made from inside the library's own I/O thread, which would deadlock; use the async "
                 "API (await model.save(), await Model.load(ref)) inside backends"
             )
-        loop = self._start()
-        waiter: concurrent.futures.Future[T] = concurrent.futures.Future()
-        started: list[asyncio.Task[T]] = []
-        loop.call_soon_threadsafe(self._begin, loop, coroutine, waiter, started)
+        loop = self._loop or self._start()
+        call = _Call(coroutine)
+        loop.call_soon_threadsafe(self._begin, loop, call)
         try:
-            return waiter.result(timeout + _BRIDGE_MARGIN)
-        except BaseException as exc:
-            if waiter.cancelled():
-                raise StorageConnectionError(
-                    "the storage operation was cancelled before it finished"
-                ) from None
-            if waiter.done() and waiter.exception() is exc:
-                raise  # the operation's own error
-            # Timed out, or this thread was interrupted while waiting (Ctrl-C): nobody will take
-            # the result, so the work stops instead of running on unobserved.
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                loop.call_soon_threadsafe(_cancel, started)
-            if isinstance(exc, TimeoutError):
-                raise StorageConnectionError(
-                    f"a storage operation did not finish within {timeout:g} s; the storage server may "
-                    "be down or overloaded, or a backend blocks the library's event loop (a custom "
-                    "backend must not make blocking calls in its async methods)"
-                ) from None
+            finished = call.done.acquire(timeout=timeout + _BRIDGE_MARGIN)
+        except BaseException:
+            # Interrupted while waiting (Ctrl-C): nobody will take the result, so the work stops
+            # instead of running on unobserved.
+            call.abandon(loop)
             raise
+        if not finished:
+            call.abandon(loop)
+            raise StorageConnectionError(
+                f"a storage operation did not finish within {timeout:g} s; the storage server may "
+                "be down or overloaded, or a backend blocks the library's event loop (a custom "
+                "backend must not make blocking calls in its async methods)"
+            ) from None
+        if call.failure is not None:
+            failure, call.failure = call.failure, None  # no reference cycle through the traceback
+            raise failure
+        if call.cancelled:
+            raise StorageConnectionError("the storage operation was cancelled before it finished") from None
+        return cast(T, call.result)
 
-    def _begin(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        coroutine: Coroutine[Any, Any, T],
-        waiter: concurrent.futures.Future[T],
-        started: list[asyncio.Task[T]],
-    ) -> None:
-        task = loop.create_task(coroutine)
-        started.append(task)
-        task.add_done_callback(lambda done: self._settle(done, waiter))
+    def _begin(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
+        call.task = loop.create_task(self._drive(call))
 
-    def _settle(self, task: asyncio.Task[T], waiter: concurrent.futures.Future[T]) -> None:
-        if task.cancelled():
+    async def _drive(self, call: _Call) -> None:
+        """Run the caller's coroutine and hand over its outcome, all in the task itself: a done
+        callback would cost one more turn of the loop before the caller wakes."""
+        call.started = True
+        try:
+            call.result = await call.coroutine
+        except asyncio.CancelledError:
+            call.cancelled = True
             # At exit the only threads still waiting are daemon threads; waking them while the
             # interpreter finalizes can abort the process, so they are left waiting.
             if not self.exiting:
-                waiter.cancel()
-            return
-        # Always retrieved here, so an operation whose caller gave up leaves nothing on stderr.
-        exception = task.exception()
-        if exception is None:
-            waiter.set_result(task.result())
+                call.done.release()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+            # Ctrl-C or SystemExit raised by a backend included: they are the caller's to raise;
+            # the I/O loop carries on serving. Kept here, so nothing reaches stderr.
+            call.failure = exc
+            call.done.release()
         else:
-            waiter.set_exception(exception)
+            call.done.release()
 
     def shutdown(self) -> None:
         self.exiting = True
@@ -147,9 +144,41 @@ class Bridge:
         self._loop = self._thread = None
 
 
-def _cancel(started: list[asyncio.Task[T]]) -> None:
-    for task in started:
-        task.cancel()
+class _Call:
+    """One sync call's hand-over between its caller's thread and the I/O loop.
+
+    `done` is a plain lock, taken at creation and released once the outcome is in: the caller
+    waits on it directly (a `concurrent.futures.Future` waits on a Python-level Condition)."""
+
+    __slots__ = ("cancelled", "coroutine", "done", "failure", "result", "started", "task")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        self.coroutine = coroutine
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.task: asyncio.Task[None] | None = None
+        self.result: Any = None
+        self.failure: BaseException | None = None
+        self.cancelled = False
+        self.started = False
+
+    def __del__(self) -> None:
+        # A task cancelled before its first step (abandoned at once, or at exit) never ran
+        # `_drive`, so nothing awaited the caller's coroutine: close it, rather than let the
+        # garbage collector warn that it was never awaited.
+        if not self.started:
+            self.coroutine.close()
+
+    def abandon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The caller stopped waiting: cancel the work, on the loop's thread."""
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(self._cancel)
+
+    def _cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        else:  # pragma: no cover - _begin runs first: both are callbacks in order on one loop
+            self.coroutine.close()
 
 
 def _serve(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
@@ -161,9 +190,9 @@ def _serve(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
                 loop.run_forever()
                 break
             except (KeyboardInterrupt, SystemExit):
-                # A task raised it (a backend calling sys.exit(), say); asyncio has stored it in
-                # that task for its awaiter, the sync caller, and re-raised it here too. The I/O
-                # thread carries on serving.
+                # A task raised it (a backend calling sys.exit() while closing, say: a sync
+                # call's own task hands such an exception to its caller instead); asyncio has
+                # stored it in that task and re-raised it here too. The I/O thread carries on.
                 continue
     finally:
         # Whatever Bridge._wind_down could not finish in time: cancelled and unwound here, so no

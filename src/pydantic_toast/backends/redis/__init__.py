@@ -23,8 +23,8 @@ value, where a Lua script finds it with one GETRANGE (see _CHECKED_WRITE).
 redis-py is imported when a backend connects, never at module import, so the core works without it.
 
 The package by job: _config (URL options), _values (the value layout above), _scripts (the Lua
-script of checked writes), _retry, _slots (the bound on commands in flight), _base (what both
-clients share), single and cluster.
+script of checked writes), _retry, _slots (the bound on commands in flight), _timeouts (socket
+timeouts with one timer per backend), _base (what both clients share), single and cluster.
 """
 
 from ._config import RedisClusterOptions, RedisClusterTLSOptions, RedisOptions, RedisTLSOptions

@@ -17,7 +17,7 @@ from uuid import UUID
 
 from ...exceptions import MissingDependencyError, StorageConnectionError, StorageValidationError
 from ...url import StorageURL, mask_secrets
-from .._errors import ErrorRow, ErrorTable, map_driver_errors
+from .._errors import ErrorRow, ErrorTable, raise_unchained
 from ..base import (
     Capability,
     RecordKey,
@@ -196,8 +196,11 @@ class _RedisBase(RecordStorageBackend):
                     close()
                 raise
         try:
-            with map_driver_errors(self._driver_errors, lambda exc: self._failure(action, exc)):
-                return await operation
+            return await operation
+        except self._driver_errors as exc:
+            # A plain handler, not map_driver_errors: every command passes here, and a context
+            # manager costs three Python calls and a closure each time.
+            raise_unchained(self._failure(action, exc))
         finally:
             slots.give()
 
@@ -216,7 +219,7 @@ class _RedisBase(RecordStorageBackend):
             return f"the server refused the credentials of {user}; check the username and password"
 
         permission = (
-            f"the ACL user lacks permission; allow GET, SET, MGET, DEL and SCAN (and EVAL and GETRANGE "
+            f"the ACL user lacks permission; allow GET, SET, MGET, MSET, DEL and SCAN (and EVAL and GETRANGE "
             f"for optimistic_concurrency) on keys '{options.prefix}:*'"
         )
         timeout = (
@@ -271,6 +274,7 @@ class _RedisBase(RecordStorageBackend):
             # The client already spent its retries (or the server refused the credentials): this
             # is the connect's failure, said once, rather than skipped and retried all over again
             # by the first command.
+            await self.disconnect()
             raise self._failure("connect", exc) from None
         except skipped as exc:
             _log.debug(
@@ -346,13 +350,22 @@ class _RedisBase(RecordStorageBackend):
         if len(writes) == 1:
             # A pipeline costs more client-side work than it saves for one command.
             [(key, value, expiry)] = writes
-            await self._guard("save", self._require().set(key, value, px=expiry))
+            # execute_command: the same command and reply as `set()`, without its argument checks.
+            if expiry is None:
+                command = self._require().execute_command("SET", key, value)
+            else:
+                command = self._require().execute_command("SET", key, value, "PX", expiry)
+            await self._guard("save", command)
         else:
-            pipe = self._pipeline()
-            for key, value, expiry in writes:
-                pipe.set(key, value, px=expiry)
-            await self._guard("save", pipe.execute())
+            await self._guard("save", self._set_many(writes))
         self.stats.add(written=len(writes))
+
+    async def _set_many(self, writes: list[tuple[bytes, bytes, int | None]]) -> None:
+        """Several SETs in one round trip: one pipeline (the cluster routes it per slot)."""
+        pipe = self._pipeline()
+        for key, value, expiry in writes:
+            pipe.set(key, value, px=expiry)
+        await pipe.execute()
 
     async def save_records_checked(self, records: Sequence[StoredRecord]) -> list[RevisionConflict]:
         if not records:

@@ -18,8 +18,8 @@ _BACKOFF_CAP = 1.0
 def _retry(retries: int) -> Retry:
     from redis.backoff import ExponentialWithJitterBackoff
 
-    # Connection errors and timeouts (redis-py's default set): every command we send (SET, GET,
-    # MGET, DEL, SCAN, PTTL) is safe to send twice.
+    # Connection errors and timeouts (redis-py's default set): every command we send (SET, MSET,
+    # GET, MGET, DEL, SCAN, PTTL) is safe to send twice.
     return _retry_class()(ExponentialWithJitterBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE), retries)
 
 

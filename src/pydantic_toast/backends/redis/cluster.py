@@ -58,11 +58,7 @@ class RedisClusterBackend(_RedisBase):
             await self._close(client)
             raise
         self._client = client
-        try:
-            await self._check_eviction()
-        except BaseException:
-            await self.disconnect()
-            raise
+        await self._check_eviction()
 
     async def _memory_configs(self) -> list[tuple[str, dict[Any, Any]]]:
         client = self._require()
