@@ -35,6 +35,7 @@ from pydantic_toast import (
     RecordNotFoundError,
     StorageConnectionError,
     StorageValidationError,
+    StoredDataError,
 )
 from pydantic_toast.backends.base import StoredRecord
 from pydantic_toast.backends.redis import RedisBackend
@@ -358,13 +359,14 @@ async def test_a_value_that_is_not_an_envelope_is_a_clear_error(
     note = note_model(url)
     identifier = uuid4()
     raw.set(f"{prefix}:Note:{identifier}", b"\xffnot json, secret-value")
-    with pytest.raises(StorageValidationError, match="does not hold a JSON envelope") as refused:
+    with pytest.raises(StoredDataError, match="bytes that are not a JSON object") as refused:
         await note.load(identifier)
-    assert "secret-value" not in f"{refused.value} {refused.value.actual!r} {refused.value!r}"
+    assert "secret-value" not in f"{refused.value} {refused.value.errors!r} {refused.value!r}"
+    assert not isinstance(refused.value, ValueError)  # stored data at fault: a server error
     # A NUL first announces a binary record: its header must be the documented one.
     for value in (b"\x00not json", b'\x00{"encoding":"json+zlib"}\nxyz', b"\x00"):
         raw.set(f"{prefix}:Note:{identifier}", value)
-        with pytest.raises(StorageValidationError, match="binary record whose header") as caught:
+        with pytest.raises(StoredDataError, match="binary record whose header") as caught:
             await note.load(identifier)
         assert "xyz" not in str(caught.value)
 
@@ -407,7 +409,7 @@ async def test_a_batch_load_reads_every_value_as_a_load_of_it_alone(
         async def alone(key: tuple[UUID, str]) -> object:
             try:
                 [found] = await backend.load_records([key])
-            except StorageValidationError as exc:
+            except StoredDataError as exc:
                 return str(exc)
             return found
 
@@ -420,7 +422,7 @@ async def test_a_batch_load_reads_every_value_as_a_load_of_it_alone(
                 other for position, other in enumerate(keys) if not isinstance(expected[position], str)
             ]
             if isinstance(expected[index], str):
-                with pytest.raises(StorageValidationError) as caught:
+                with pytest.raises(StoredDataError) as caught:
                     await backend.load_records(batch)
                 assert str(caught.value) == expected[index]
             else:

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 import pydantic_core
 
-from ...exceptions import StorageValidationError
-from ..base import (
-    StoredRecord,
-    format_timestamp,
-    parse_timestamp,
-)
-
-if TYPE_CHECKING:
-    pass
+from ..base import StoredRecord, format_timestamp, malformed_envelope, parse_timestamp
 
 _ENVELOPE_HEAD = b'{"data":'
 _HEAD_LENGTH = len(_ENVELOPE_HEAD)
@@ -102,12 +93,11 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
     except ValueError:
         envelope = None
     if not isinstance(envelope, dict):
-        raise StorageValidationError(
-            f"Redis key {key.decode(errors='replace')!r} does not hold a JSON envelope "
-            "{'data': {...}, 'schema_version': …, 'created_at': …, 'updated_at': …}; was it written "
-            "by something other than pydantic-toast?",
-            expected="envelope",
-            actual=f"{len(value)} bytes of another format",  # never the stored bytes themselves
+        # Named by its length only: never the stored bytes themselves.
+        raise malformed_envelope(
+            class_name,
+            id,
+            f"Redis key {key.decode(errors='replace')!r} holds {len(value)} bytes that are not a JSON object",
         )
     return StoredRecord.from_envelope(id, class_name, envelope)
 
@@ -149,10 +139,10 @@ def _binary_record(id: UUID, class_name: str, header: object, payload: bytes, ke
                     encoding=encoding,
                     revision=revision,
                 )
-    raise StorageValidationError(
+    raise malformed_envelope(
+        class_name,
+        id,
         f"Redis key {key.decode(errors='replace')!r} holds a binary record whose header is not "
         '{"encoding": str, "schema_version": int, "created_at": str, "updated_at": str} with an '
-        'optional leading "revision": int; was it written by something other than pydantic-toast?',
-        expected="binary record header",
-        actual=type(header).__name__,
+        'optional leading "revision": int',
     )
