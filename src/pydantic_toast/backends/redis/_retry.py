@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -33,83 +32,34 @@ def _retry_class() -> type[Retry]:
     def not_credentials(error: Exception) -> bool:
         return not isinstance(error, credentials)
 
-    if "is_retryable" in inspect.signature(Retry.call_with_retry).parameters:
+    class RetryUnlessCredentials(Retry):
+        """Retries like redis-py's Retry, except refused credentials: asking again with the
+        same password only delays the error and floods the server's ACL log.
 
-        class RetryUnlessCredentials(Retry):
-            """Retries like redis-py's Retry, except refused credentials: asking again with the
-            same password only delays the error and floods the server's ACL log.
-
-            redis-py >= 6 asks `is_retryable` before retrying; this fills it in. A plain function
-            returning redis-py's own coroutine: no extra coroutine per command (every command
-            goes through here).
-            """
-
-            def call_with_retry(
-                self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
-            ) -> Any:
-                check = not_credentials
-                if is_retryable is not None:
-                    check = lambda error: not_credentials(error) and is_retryable(error)  # noqa: E731
-                retries = self._retries
-
-                async def failed(error: Exception, failures: int) -> None:
-                    # Called after each failed attempt, the last one too: a WARNING for those
-                    # that another attempt follows. Only runs on failures: free otherwise.
-                    if failures <= retries:
-                        from ... import observability
-
-                        observability.retrying(
-                            "redis", "command", error, attempt=failures + 1, attempts=retries + 1
-                        )
-                    await (fail(error, failures) if with_failure_count else fail(error))
-
-                return Retry.call_with_retry(self, do, failed, check, True)
-
-        return RetryUnlessCredentials
-
-    class _Final(Exception):  # noqa: N818 - a carrier, never seen outside this function
-        def __init__(self, error: Exception) -> None:
-            self.error = error
-
-    class RetryExceptCredentials(Retry):
-        """Retries like redis-py's Retry, except refused credentials: asking again with the same
-        password only delays the error and floods the server's ACL log.
-
-        The refusal travels through the retry loop in a carrier it does not catch; wrapping `do`
-        works with every redis-py version's `call_with_retry` signature.
+        redis-py asks `is_retryable` before retrying; this fills it in. A plain function
+        returning redis-py's own coroutine: no extra coroutine per command (every command
+        goes through here).
         """
 
-        def __init__(self, backoff: Any, retries: int, *args: Any, **kwargs: Any) -> None:
-            super().__init__(backoff, retries, *args, **kwargs)
-            self.toast_retries = retries
+        def call_with_retry(
+            self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
+        ) -> Any:
+            check = not_credentials
+            if is_retryable is not None:
+                check = lambda error: not_credentials(error) and is_retryable(error)  # noqa: E731
+            retries = self._retries
 
-        async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
-            failures = 0
-
-            async def attempt() -> Any:
-                try:
-                    return await do()
-                except credentials as exc:
-                    raise _Final(exc) from exc
-
-            async def failed(error: Exception, *count: int) -> None:
-                # Called after each failed attempt, the last one too: a WARNING for those that
-                # another attempt follows.
-                nonlocal failures
-                failures += 1
-                if failures <= self.toast_retries:
+            async def failed(error: Exception, failures: int) -> None:
+                # Called after each failed attempt, the last one too: a WARNING for those
+                # that another attempt follows. Only runs on failures: free otherwise.
+                if failures <= retries:
                     from ... import observability
 
                     observability.retrying(
-                        "redis", "command", error, attempt=failures + 1, attempts=self.toast_retries + 1
+                        "redis", "command", error, attempt=failures + 1, attempts=retries + 1
                     )
-                outcome = fail(error, *count)
-                if inspect.isawaitable(outcome):
-                    await outcome
+                await (fail(error, failures) if with_failure_count else fail(error))
 
-            try:
-                return await super().call_with_retry(attempt, failed, *args, **kwargs)
-            except _Final as final:
-                raise final.error from None
+            return Retry.call_with_retry(self, do, failed, check, True)
 
-    return RetryExceptCredentials
+    return RetryUnlessCredentials

@@ -148,13 +148,8 @@ def _watched(base: type[AbstractConnection]) -> type[AbstractConnection]:
 
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             if not self.is_connected:
-                # Connecting has its own limit, socket_connect_timeout, as in redis-py (before
-                # redis-py 6, `connect` is the one without the health check).
-                connect = getattr(self, "connect_check_health", None)
-                if connect is None:
-                    await self.connect()
-                else:
-                    await connect(check_health=False)
+                # Connecting has its own limit, socket_connect_timeout, as in redis-py.
+                await self.connect_check_health(check_health=False)
             watchdog = self._toast_watchdog
             self._toast_sending = True
             self._toast_expired = False
