@@ -20,6 +20,7 @@ from . import runtime
 from ._content_models import check_loaded
 from ._pydantic_internals import (
     core_validator,
+    fill_placeholders,
     holds_references,
     inner_validator,
     runs_no_user_code,
@@ -135,6 +136,20 @@ _PENDING = object()
 user code, where nobody can see it: raising costs more than the rest of resolving a reference."""
 
 
+class _Placeholder:
+    """What a nested reference's validator returns, in data whose schema runs no user code, for a
+    model not built yet: the model built around it is kept, and each placeholder is swapped for
+    its model in place once built (`TreeLoader._fill`), instead of validating the record again."""
+
+    __slots__ = ("cls", "model", "reference", "target")
+
+    def __init__(self, cls: type[Any], target: type[Any], reference: ExternalReference) -> None:
+        self.cls = cls
+        self.target = target
+        self.reference = reference
+        self.model: object = None
+
+
 # A model to build: the record's key, and whether it is built with the validators above our hook.
 # A reference validated through a field of its own class is built with the schema below our hook
 # (pydantic runs the rest on the returned instance); a root of `load`/`load_many`, or a subclass
@@ -145,7 +160,7 @@ _ModelKey = tuple[str, int, str, bool]
 class _Node:
     """A model whose class can hold references: it may have to wait for the models it refers to."""
 
-    __slots__ = ("children", "cls", "key", "missing", "model", "model_key", "waiting")
+    __slots__ = ("children", "cls", "key", "missing", "model", "model_key", "partial", "waiting")
 
     def __init__(self, cls: type[ExternalBaseModel], model_key: _ModelKey) -> None:
         self.cls = cls
@@ -155,6 +170,8 @@ class _Node:
         self.missing = False
         self.waiting = 0  # what it waits for: unbuilt nodes, unfetched records
         self.children: list[_Node] = []  # the nodes among those, for naming a cycle
+        # Built around placeholders: the model and the placeholders it holds (see `_Placeholder`).
+        self.partial: tuple[ExternalBaseModel, list[_Placeholder]] | None = None
 
 
 class TreeLoader:
@@ -190,6 +207,8 @@ class TreeLoader:
         self._blocked: set[_Node] | None = None
         self._blocked_on_fetch = False
         self._placeholders = False  # may resolve() return _PENDING rather than raise
+        # The placeholders handed out while building one node, if it may be filled in place.
+        self._handed: list[_Placeholder] | None = None
         self._upgraded: dict[_RecordKey, ExternalBaseModel] = {}
         # (class validating it, class_name, id text) -> (class it loads as, reference): see `validate`.
         self.references: dict[tuple[type[Any], str, str], tuple[type[Any], ExternalReference]] = {}
@@ -308,10 +327,19 @@ class TreeLoader:
 
     def _build(self, node: _Node) -> None:
         record = self._records[node.key]
+        partial = node.partial
+        if partial is not None:
+            node.partial = None
+            if self._fill(*partial):
+                self._finish(node, record, partial[0])
+                return
+            # Not provably what validating it again gives: validated again, as below.
         blocked: set[_Node] = set()
         self._blocked = blocked
         self._blocked_on_fetch = False
         self._placeholders = runs_no_user_code(node.cls, node.model_key[3])
+        self._handed = [] if self._placeholders else None
+        handed: list[_Placeholder] | None = None
         failure: StoredDataError | None = None
         model: ExternalBaseModel | None = None
         try:
@@ -321,11 +349,15 @@ class TreeLoader:
                 failure = stored_data_error(node.cls, record, exc)
         finally:
             self._blocked = None
+            handed, self._handed = self._handed, None
         if failure is not None:
             raise failure  # outside the except block, as in materialize_checked
         if blocked or self._blocked_on_fetch:
             # Collected only, or validated around a reference pydantic skipped: build it again
-            # once everything it refers to is there.
+            # once everything it refers to is there; or, built around placeholders only (no
+            # user code saw them), fill them in then.
+            if model is not None and handed:
+                node.partial = (model, handed)
             node.waiting = len(blocked)
             node.children = list(blocked)
             for child in blocked:
@@ -335,10 +367,36 @@ class TreeLoader:
                 self._after_fetch.append(node)
             return
         assert model is not None
+        self._finish(node, record, model)
+
+    def _finish(self, node: _Node, record: StoredRecord, model: ExternalBaseModel) -> None:
         node.model = model
         if record.schema_version < node.cls.__toast_settings__.schema_version:
             self._note_upgraded(node.cls, node.key, model)
         self._settled(node)
+
+    def _fill(self, model: ExternalBaseModel, handed: list[_Placeholder]) -> bool:
+        """Swap each placeholder in `model` for its model, now that all are fetched or built.
+
+        Each is resolved as validating the record again would resolve it, in the same order;
+        pydantic-core, running no user code, put each returned object where it now puts the
+        placeholder, so the result is the same model. False (nothing to keep) when a reference
+        would fail now, or a placeholder is not where the walk looks: then it is validated again,
+        which raises or builds exactly as before.
+        """
+        self._blocked = set()
+        self._blocked_on_fetch = False
+        self._placeholders = True  # a reference still unbuilt gives _PENDING, not an exception
+        try:
+            for placeholder in handed:
+                placeholder.model = self.resolve(placeholder.cls, placeholder.target, placeholder.reference)
+        except Exception:  # noqa: BLE001 - validating again raises it where it belongs
+            return False
+        finally:
+            blocked, self._blocked = self._blocked, None
+        if blocked or self._blocked_on_fetch:
+            return False
+        return fill_placeholders(model, _Placeholder, len(handed))
 
     def _note_upgraded(self, cls: type[ExternalBaseModel], key: _RecordKey, model: ExternalBaseModel) -> None:
         if cls.__toast_settings__.upgrade_write_back:
@@ -389,7 +447,7 @@ class TreeLoader:
                 assert self._blocked is not None
                 self._blocked.add(node)
                 if self._placeholders:
-                    return cast(M, _PENDING)
+                    return self._placeholder(cls, target, reference)
                 raise _NotBuiltYetError
         else:
             record = self._records.get(key)
@@ -399,15 +457,26 @@ class TreeLoader:
                 self._wanted[key] = (settings, reference.id)
                 self._blocked_on_fetch = True
                 if self._placeholders:
-                    return cast(M, _PENDING)
+                    return self._placeholder(cls, target, reference)
                 raise _NotBuiltYetError
         raise RecordNotFoundError(reference.class_name, reference.id)
+
+    def _placeholder(self, cls: type[M], target: type[M], reference: ExternalReference) -> M:
+        handed = self._handed
+        if handed is None:
+            return cast(M, _PENDING)
+        placeholder = _Placeholder(cls, target, reference)
+        handed.append(placeholder)
+        return cast(M, placeholder)
 
     def resolve_value(self, reader: ContentReader, reference: ExternalReference) -> Any:
         """Called by a `Toast` value's validator for a reference met while a record of this tree is
         validated: the value once its record is fetched; until then the reference joins the next
         fetch, one batch per backend with the models of the same level."""
         settings = reader.settings
+        # A value's own constraints run on what it reads, placeholders included: a record holding
+        # one is validated again, never filled in place.
+        self._handed = None
         key = (settings.url.raw, reference.id.int, reference.class_name)
         record = self._records.get(key)
         if record is None:
