@@ -31,10 +31,12 @@ from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_o
 from ._writing import WriteSet, collecting_writes
 from .backends.base import StoredRecord
 from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError, StoredDataError
-from .reference import ExternalReference, looks_like_reference, parse_reference
+from .reference import ExternalReference, looks_like_reference, parse_reference, uuid_from_text
 from .upgrades import upgraded_data
 
 if TYPE_CHECKING:
+    from pydantic_core import SchemaValidator
+
     from .base import ExternalBaseModel
 
 __all__ = [
@@ -74,9 +76,10 @@ def validate(
         if type(name) is str and type(text) is str:
             key = (cls, name, text)
             known = loader.references.get(key)
-            if known is None and _is_reference(cls, value):
-                reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
-                known = loader.references[key] = (resolve_class(cls, reference), reference)
+            if known is None:
+                known = loader.reference_to(cls, value, name, text)
+                if known is not None:
+                    loader.references[key] = known
             if known is not None:
                 return loader.resolve(cls, known[0], known[1])
     if _is_reference(cls, value):
@@ -121,6 +124,11 @@ def _is_reference(cls: type[ExternalBaseModel], value: object) -> bool:
 
 # (storage URL, id as an int, class_name): UUID hashing is Python-level, int hashing is not.
 _RecordKey = tuple[str, int, str]
+
+# What loading a class's records reads from it, looked up once per class and load: an attribute
+# of a pydantic model class is read through its metaclass's __getattr__ hook, several times
+# slower than a dict: (settings, storage URL, holds references, validator, core validator).
+_ClassReading = tuple["ModelSettings", str, bool, "SchemaValidator", "SchemaValidator"]
 
 
 class _NotBuiltYetError(ValueError):
@@ -212,6 +220,7 @@ class TreeLoader:
         self._upgraded: dict[_RecordKey, ExternalBaseModel] = {}
         # (class validating it, class_name, id text) -> (class it loads as, reference): see `validate`.
         self.references: dict[tuple[type[Any], str, str], tuple[type[Any], ExternalReference]] = {}
+        self._classes: dict[type[Any], _ClassReading] = {}
         self._roots: list[tuple[type[ExternalBaseModel], _RecordKey, _ModelKey, _Node | None]] = []
         append, wanted = self._roots.append, self._wanted
         last: type[ExternalBaseModel] | None = None
@@ -315,13 +324,44 @@ class TreeLoader:
             raise self._cycle_error()
         return None
 
+    def _reading(self, cls: type[Any]) -> _ClassReading:
+        reading = self._classes.get(cls)
+        if reading is None:
+            settings = cls.__toast_settings__
+            reading = self._classes[cls] = (
+                settings,
+                settings.url.raw,
+                holds_references(cls),
+                inner_validator(cls),
+                core_validator(cls),
+            )
+        return reading
+
+    def reference_to(
+        self, cls: type[ExternalBaseModel], value: dict[Any, Any], name: str, text: str
+    ) -> tuple[type[Any], ExternalReference] | None:
+        """(class it loads as, reference) if `value`, a dict of a str class_name and id, is a
+        reference when validated as `cls`; else None (it is data)."""
+        settings = getattr(cls, "__toast_settings__", None)
+        if settings is not None and name == settings.storage_name:
+            # The common case, a reference to the field's own class: what the checks below
+            # conclude for it, with the id parsed once.
+            record_id = uuid_from_text(text)
+            if record_id is not None:
+                return cls, ExternalReference.trusted(name, record_id)
+        if not _is_reference(cls, value):
+            return None
+        reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
+        return resolve_class(cls, reference), reference
+
     def _build_simple(
         self, cls: type[ExternalBaseModel], model_key: _ModelKey, record: StoredRecord
     ) -> ExternalBaseModel:
         """Build a model of a class that holds no references: it never waits for anything."""
-        model = materialize_checked(cls, record, model_key[3], self._context)
+        reading = self._reading(cls)
+        model = materialize_checked(cls, record, model_key[3], self._context, reading)
         self._built[model_key] = model
-        if record.schema_version < cls.__toast_settings__.schema_version:
+        if record.schema_version < reading[0].schema_version:
             self._note_upgraded(cls, model_key[:3], model)
         return model
 
@@ -343,7 +383,7 @@ class TreeLoader:
         failure: StoredDataError | None = None
         model: ExternalBaseModel | None = None
         try:
-            model = materialize(node.cls, record, node.model_key[3], self._context)
+            model = materialize(node.cls, record, node.model_key[3], self._context, self._reading(node.cls))
         except pydantic_core.ValidationError as exc:
             if not blocked and not self._blocked_on_fetch:
                 failure = stored_data_error(node.cls, record, exc)
@@ -430,14 +470,15 @@ class TreeLoader:
 
         The hot path of loading a tree: once per reference and pass, hence the inlined lookups.
         """
-        settings = target.__toast_settings__
-        url, number, name = settings.url.raw, reference.id.int, reference.class_name
+        reading = self._classes.get(target) or self._reading(target)
+        settings, url = reading[0], reading[1]
+        number, name = reference.id.int, reference.class_name
         model_key = (url, number, name, target is not cls)
         model = self._built.get(model_key)
         if model is not None:
             return cast(M, model)
         key = (url, number, name)
-        if holds_references(target):  # a node, built when everything it refers to is
+        if reading[2]:  # a node, built when everything it refers to is
             node = self._node(target, model_key)
             if node.model is not None:
                 return cast(M, node.model)
@@ -688,13 +729,20 @@ async def _drive(steps: _Steps[T]) -> T:
         return cast(T, done.value)
 
 
-def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: Any = None) -> M:
+def materialize(
+    cls: type[M],
+    record: StoredRecord,
+    full: bool = True,
+    context: Any = None,
+    reading: _ClassReading | None = None,
+) -> M:
     """Validate a stored record's data into a model that remembers which record it is.
 
     `full`: with the class's validators above our hook too (else pydantic runs them on the
-    result). Raises pydantic's ValidationError; `stored_data_error` makes it safe to show.
+    result). `reading`: what a tree loader looked up about `cls` already. Raises pydantic's
+    ValidationError; `stored_data_error` makes it safe to show.
     """
-    settings = cls.__toast_settings__
+    settings = cls.__toast_settings__ if reading is None else reading[0]
     current = record.schema_version == settings.schema_version
     if current and settings.codec is None and record.encoding == "json":
         data_json = record.payload  # what upgraded_data returns here, without its two calls per record
@@ -702,7 +750,10 @@ def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: 
         data_json = upgraded_data(cls, record)
     if settings.content_addressed:
         check_loaded(cls, record, data_json)  # before any validator of the user's sees the data
-    validator = inner_validator(cls) if full else core_validator(cls)
+    if reading is None:
+        validator = inner_validator(cls) if full else core_validator(cls)
+    else:
+        validator = reading[3] if full else reading[4]
     model = cast(M, validator.validate_json(data_json, by_alias=False, by_name=True, context=context))
     if model.__pydantic_private__ is None:
         # Built without post-init (see _pydantic_internals._build_inner): this is the only
@@ -720,11 +771,17 @@ def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: 
     return model
 
 
-def materialize_checked(cls: type[M], record: StoredRecord, full: bool = True, context: Any = None) -> M:
+def materialize_checked(
+    cls: type[M],
+    record: StoredRecord,
+    full: bool = True,
+    context: Any = None,
+    reading: _ClassReading | None = None,
+) -> M:
     """`materialize`, with a record that does not validate reported as `StoredDataError`."""
     failure: StoredDataError | None = None
     try:
-        return materialize(cls, record, full, context)
+        return materialize(cls, record, full, context, reading)
     except pydantic_core.ValidationError as exc:
         failure = stored_data_error(cls, record, exc)
     # Raised here, outside the except block: the ValidationError holds stored values and must not
