@@ -71,17 +71,21 @@ def validate(
     loader = _tree_loader.get()
     if type(loader) is TreeLoader and type(value) is dict and len(value) == 2:
         # A reference in a record being loaded: validated again when its parent is rebuilt, so
-        # it is parsed (and its class resolved) once per load.
+        # it is parsed (and its class resolved) once per load; unless the parent is filled in
+        # place (`_handed`), validated once, where the cache would cost more than it saves.
         name, text = value.get("class_name"), value.get("id")
         if type(name) is str and type(text) is str:
-            key = (cls, name, text)
-            known = loader.references.get(key)
-            if known is None:
+            if loader._handed is not None:
                 known = loader.reference_to(cls, value, name, text)
-                if known is not None:
-                    loader.references[key] = known
+            else:
+                key = (cls, name, text)
+                known = loader.references.get(key)
+                if known is None:
+                    known = loader.reference_to(cls, value, name, text)
+                    if known is not None:
+                        loader.references[key] = known
             if known is not None:
-                return loader.resolve(cls, known[0], known[1])
+                return loader.resolve_id(cls, known[0], name, known[1])
     if _is_reference(cls, value):
         reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
         return load_sync(cls, reference, info.context)
@@ -131,6 +135,11 @@ _RecordKey = tuple[str, int, str]
 _ClassReading = tuple["ModelSettings", str, bool, "SchemaValidator", "SchemaValidator"]
 
 
+def class_reading(cls: type[ExternalBaseModel]) -> _ClassReading:
+    settings = cls.__toast_settings__
+    return settings, settings.url.raw, holds_references(cls), inner_validator(cls), core_validator(cls)
+
+
 class _NotBuiltYetError(ValueError):
     """Raised for a nested reference whose model is not built yet.
 
@@ -149,12 +158,13 @@ class _Placeholder:
     model not built yet: the model built around it is kept, and each placeholder is swapped for
     its model in place once built (`TreeLoader._fill`), instead of validating the record again."""
 
-    __slots__ = ("cls", "model", "reference", "target")
+    __slots__ = ("class_name", "cls", "id", "model", "target")
 
-    def __init__(self, cls: type[Any], target: type[Any], reference: ExternalReference) -> None:
+    def __init__(self, cls: type[Any], target: type[Any], class_name: str, id: UUID) -> None:
         self.cls = cls
         self.target = target
-        self.reference = reference
+        self.class_name = class_name
+        self.id = id
         self.model: object = None
 
 
@@ -218,8 +228,8 @@ class TreeLoader:
         # The placeholders handed out while building one node, if it may be filled in place.
         self._handed: list[_Placeholder] | None = None
         self._upgraded: dict[_RecordKey, ExternalBaseModel] = {}
-        # (class validating it, class_name, id text) -> (class it loads as, reference): see `validate`.
-        self.references: dict[tuple[type[Any], str, str], tuple[type[Any], ExternalReference]] = {}
+        # (class validating it, class_name, id text) -> (class it loads as, id): see `validate`.
+        self.references: dict[tuple[type[Any], str, str], tuple[type[Any], UUID]] = {}
         self._classes: dict[type[Any], _ClassReading] = {}
         self._roots: list[tuple[type[ExternalBaseModel], _RecordKey, _ModelKey, _Node | None]] = []
         append, wanted = self._roots.append, self._wanted
@@ -327,32 +337,25 @@ class TreeLoader:
     def _reading(self, cls: type[Any]) -> _ClassReading:
         reading = self._classes.get(cls)
         if reading is None:
-            settings = cls.__toast_settings__
-            reading = self._classes[cls] = (
-                settings,
-                settings.url.raw,
-                holds_references(cls),
-                inner_validator(cls),
-                core_validator(cls),
-            )
+            reading = self._classes[cls] = class_reading(cls)
         return reading
 
     def reference_to(
         self, cls: type[ExternalBaseModel], value: dict[Any, Any], name: str, text: str
-    ) -> tuple[type[Any], ExternalReference] | None:
-        """(class it loads as, reference) if `value`, a dict of a str class_name and id, is a
-        reference when validated as `cls`; else None (it is data)."""
+    ) -> tuple[type[Any], UUID] | None:
+        """(class it loads as, id) if `value`, a dict of a str class_name and id, is a reference
+        when validated as `cls`; else None (it is data)."""
         settings = getattr(cls, "__toast_settings__", None)
         if settings is not None and name == settings.storage_name:
             # The common case, a reference to the field's own class: what the checks below
             # conclude for it, with the id parsed once.
             record_id = uuid_from_text(text)
             if record_id is not None:
-                return cls, ExternalReference.trusted(name, record_id)
+                return cls, record_id
         if not _is_reference(cls, value):
             return None
         reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
-        return resolve_class(cls, reference), reference
+        return resolve_class(cls, reference), reference.id
 
     def _build_simple(
         self, cls: type[ExternalBaseModel], model_key: _ModelKey, record: StoredRecord
@@ -429,7 +432,9 @@ class TreeLoader:
         self._placeholders = True  # a reference still unbuilt gives _PENDING, not an exception
         try:
             for placeholder in handed:
-                placeholder.model = self.resolve(placeholder.cls, placeholder.target, placeholder.reference)
+                placeholder.model = self.resolve_id(
+                    placeholder.cls, placeholder.target, placeholder.class_name, placeholder.id
+                )
         except Exception:  # noqa: BLE001 - validating again raises it where it belongs
             return False
         finally:
@@ -466,13 +471,17 @@ class TreeLoader:
         )
 
     def resolve(self, cls: type[M], target: type[M], reference: ExternalReference) -> M:
-        """Called by a nested reference's validator while a record of this tree is validated.
+        """Called by a nested reference's validator while a record of this tree is validated."""
+        return self.resolve_id(cls, target, reference.class_name, reference.id)
+
+    def resolve_id(self, cls: type[M], target: type[M], name: str, record_id: UUID) -> M:
+        """`resolve` of the reference (name, record_id).
 
         The hot path of loading a tree: once per reference and pass, hence the inlined lookups.
         """
         reading = self._classes.get(target) or self._reading(target)
         settings, url = reading[0], reading[1]
-        number, name = reference.id.int, reference.class_name
+        number = record_id.int
         model_key = (url, number, name, target is not cls)
         model = self._built.get(model_key)
         if model is not None:
@@ -484,29 +493,29 @@ class TreeLoader:
                 return cast(M, node.model)
             if not node.missing:
                 if key not in self._records:
-                    self._wanted[key] = (settings, reference.id)
+                    self._wanted[key] = (settings, record_id)
                 assert self._blocked is not None
                 self._blocked.add(node)
                 if self._placeholders:
-                    return self._placeholder(cls, target, reference)
+                    return self._placeholder(cls, target, name, record_id)
                 raise _NotBuiltYetError
         else:
             record = self._records.get(key)
             if record is not None:
                 return cast(M, self._build_simple(target, model_key, record))
             if key not in self._missing:
-                self._wanted[key] = (settings, reference.id)
+                self._wanted[key] = (settings, record_id)
                 self._blocked_on_fetch = True
                 if self._placeholders:
-                    return self._placeholder(cls, target, reference)
+                    return self._placeholder(cls, target, name, record_id)
                 raise _NotBuiltYetError
-        raise RecordNotFoundError(reference.class_name, reference.id)
+        raise RecordNotFoundError(name, record_id)
 
-    def _placeholder(self, cls: type[M], target: type[M], reference: ExternalReference) -> M:
+    def _placeholder(self, cls: type[M], target: type[M], name: str, record_id: UUID) -> M:
         handed = self._handed
         if handed is None:
             return cast(M, _PENDING)
-        placeholder = _Placeholder(cls, target, reference)
+        placeholder = _Placeholder(cls, target, name, record_id)
         handed.append(placeholder)
         return cast(M, placeholder)
 
@@ -597,11 +606,16 @@ def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context:
     """`load_many` of references to `cls` itself, a class that holds no references: what
     `TreeLoader` does for them (one fetch, each record once, every missing id in one error, the
     same instance for a repeated reference, upgrades written back), without its bookkeeping."""
-    settings = cls.__toast_settings__
+    reading = class_reading(cls)
+    settings = reading[0]
     # id as an int -> id: UUID hashing is Python-level, int hashing is not.
     ids: dict[int, UUID] = {}
+    numbers: list[int] = []
     for reference in references:
-        ids.setdefault(reference.id.int, reference.id)
+        record_id = reference.id
+        number = record_id.int
+        numbers.append(number)
+        ids.setdefault(number, record_id)
     name = settings.storage_name
     pairs = [(record_id, name) for record_id in ids.values()]
     found: list[StoredRecord | None] = yield _fetch_many(settings, pairs), settings
@@ -613,13 +627,13 @@ def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context:
     upgraded: list[ExternalBaseModel] = []
     for number, record in zip(ids, found, strict=True):
         assert record is not None
-        model = built[number] = materialize_checked(cls, record, True, context)
+        model = built[number] = materialize_checked(cls, record, True, context, reading)
         if record.schema_version < current and settings.upgrade_write_back:
             upgraded.append(model)
     if upgraded:
         write_back = _rewrite(upgraded)
         yield write_back.flush(), write_back
-    return [built[reference.id.int] for reference in references]
+    return [built[number] for number in numbers]
 
 
 def _fetch_many(settings: ModelSettings, pairs: list[tuple[UUID, str]]) -> Coroutine[Any, Any, Any]:

@@ -484,10 +484,15 @@ def _filled(value: Any, fill: _Fill) -> Any:
         fill.left -= 1
         return value.model
     if kind is list:
+        placeholder = fill.kind
         for index, item in enumerate(value):
             if not fill.left:
                 break
-            if type(item) not in _LEAVES:
+            item_kind = type(item)
+            if item_kind is placeholder:  # the common case, inline: a list of children
+                fill.left -= 1
+                value[index] = item.model
+            elif item_kind not in _LEAVES:
                 filled = _filled(item, fill)
                 if filled is not item:
                     value[index] = filled

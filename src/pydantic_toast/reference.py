@@ -132,12 +132,13 @@ def parse_id(value: Any) -> UUID:
 
 _UNSET = object.__new__
 _SET = object.__setattr__
+_UNKNOWN = SafeUUID.unknown  # an enum member read through a Python-level descriptor: once
 
 
 def uuid_from_text(text: str) -> UUID | None:
     """`UUID(text)` for text in the canonical form (8-4-4-4-12 hex digits, either case), built
     at a third of `UUID()`'s cost; None for any other text, which `UUID()` is left to judge."""
-    if len(text) == 36 and text[8] == "-" and text[13] == "-" and text[18] == "-" and text[23] == "-":
+    if len(text) == 36 and text[8:24:5] == "----":  # the dashes at 8, 13, 18 and 23
         try:
             # 32 characters give 16 bytes only if all are hex digits (fromhex skips whitespace).
             raw = bytes.fromhex(text.replace("-", ""))
@@ -147,7 +148,7 @@ def uuid_from_text(text: str) -> UUID | None:
             parsed = _UNSET(UUID)
             # What UUID.__init__ sets (its slots); UUID forbids setattr, as it does itself.
             _SET(parsed, "int", int.from_bytes(raw))
-            _SET(parsed, "is_safe", SafeUUID.unknown)
+            _SET(parsed, "is_safe", _UNKNOWN)
             return parsed
     return None
 
