@@ -323,7 +323,7 @@ class TreeLoader:
                         record = self._records.get(key)
                         if record is None:
                             break
-                        model = self._build_simple(cls, model_key, record)
+                        model = self._build_simple(cls, model_key, record, self._reading(cls))
                     models.append(model)
             else:
                 return models
@@ -358,10 +358,9 @@ class TreeLoader:
         return resolve_class(cls, reference), reference.id
 
     def _build_simple(
-        self, cls: type[ExternalBaseModel], model_key: _ModelKey, record: StoredRecord
+        self, cls: type[ExternalBaseModel], model_key: _ModelKey, record: StoredRecord, reading: _ClassReading
     ) -> ExternalBaseModel:
         """Build a model of a class that holds no references: it never waits for anything."""
-        reading = self._reading(cls)
         model = materialize_checked(cls, record, model_key[3], self._context, reading)
         self._built[model_key] = model
         if record.schema_version < reading[0].schema_version:
@@ -502,7 +501,7 @@ class TreeLoader:
         else:
             record = self._records.get(key)
             if record is not None:
-                return cast(M, self._build_simple(target, model_key, record))
+                return cast(M, self._build_simple(target, model_key, record, reading))
             if key not in self._missing:
                 self._wanted[key] = (settings, record_id)
                 self._blocked_on_fetch = True
