@@ -331,3 +331,62 @@ async def test_async_load_and_load_many_fill_in_place(classes: Classes) -> None:
     assert outcomes == [True, True, True, True]
     assert_same(fast, slow)
     assert_same(single, slow[0])
+
+
+def test_frozen_parent_with_a_direct_child_and_extras_is_filled_in_place(classes: Classes) -> None:
+    child = classes.frozen
+
+    class Frozen(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=classes.storage, frozen=True, extra="allow")
+        __pydantic_extra__: dict[str, child]  # type: ignore[valid-type]
+        one: child  # type: ignore[valid-type]
+
+    original = Frozen(one=child(name="a"), more=child(name="b"))
+    reference = original.model_dump()
+
+    fast, slow, outcomes = load_both(Frozen, reference)
+
+    assert outcomes == [True]
+    assert_same(fast, slow)
+    assert fast.one.name == "a"
+    assert fast.__pydantic_extra__["more"].name == "b"
+    assert hash(fast) == hash(slow)
+
+
+def test_a_subclass_through_a_base_class_field_and_a_deeper_tree(classes: Classes) -> None:
+    class Base(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=classes.storage)
+        name: str
+
+    class Sub(Base):
+        extra_field: int = 7
+
+    class Middle(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=classes.storage)
+        items: list[Base]
+
+    top_type = make_parent(classes, list[Middle])
+    shared = Middle(items=[Sub(name="s", extra_field=3), Base(name="b")])
+    reference = top_type(v=[shared, Middle(items=[]), shared]).model_dump()
+
+    fast, slow, outcomes = load_both(top_type, reference)
+
+    assert outcomes == [True, True]  # the middle record, then the top one
+    assert_same(fast, slow)
+    assert type(fast.v[0].items[0]) is Sub
+    assert fast.v[0] is fast.v[2]
+
+
+def test_a_parent_with_private_attributes_is_validated_again(classes: Classes) -> None:
+    class Private(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=classes.storage)
+        v: list[classes.child]  # type: ignore[name-defined]
+        _note: str = "default"
+
+    reference = Private(v=[classes.child(name="a")]).model_dump()
+
+    fast, slow, outcomes = load_both(Private, reference)
+
+    assert outcomes == []  # pydantic's post-init sets the private attributes: validated again
+    assert_same(fast, slow)
+    assert fast._note == "default"
