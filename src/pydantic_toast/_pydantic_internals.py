@@ -461,11 +461,15 @@ def fill_placeholders(model: Any, kind: type[Any], count: int) -> bool:
     with the placeholder in it, nor into external models (built by a validation of their own).
     """
     fill = _Fill(kind, count)
+    _fill_model(model, fill)
+    return fill.left == 0
+
+
+def _fill_model(model: BaseModel, fill: _Fill) -> None:
     _fill_mapping(model.__dict__, fill)
     extra = model.__pydantic_extra__
     if fill.left and type(extra) is dict:
         _fill_mapping(extra, fill)
-    return fill.left == 0
 
 
 def _fill_mapping(mapping: dict[Any, Any], fill: _Fill) -> None:
@@ -505,10 +509,7 @@ def _filled(value: Any, fill: _Fill) -> Any:
     elif isinstance(value, BaseModel):
         private = value.__pydantic_private__
         if not (private and STATE in private):
-            _fill_mapping(value.__dict__, fill)
-            extra = value.__pydantic_extra__
-            if fill.left and type(extra) is dict:
-                _fill_mapping(extra, fill)
+            _fill_model(value, fill)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for field in dataclasses.fields(value):
             if not fill.left:
