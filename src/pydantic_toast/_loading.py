@@ -20,6 +20,7 @@ from . import runtime
 from ._content_models import check_loaded
 from ._pydantic_internals import (
     core_validator,
+    fill_placeholders,
     holds_references,
     inner_validator,
     runs_no_user_code,
@@ -30,10 +31,12 @@ from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_o
 from ._writing import WriteSet, collecting_writes
 from .backends.base import StoredRecord
 from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError, StoredDataError
-from .reference import ExternalReference, looks_like_reference, parse_reference
+from .reference import ExternalReference, looks_like_reference, parse_reference, uuid_from_text
 from .upgrades import upgraded_data
 
 if TYPE_CHECKING:
+    from pydantic_core import SchemaValidator
+
     from .base import ExternalBaseModel
 
 __all__ = [
@@ -68,16 +71,21 @@ def validate(
     loader = _tree_loader.get()
     if type(loader) is TreeLoader and type(value) is dict and len(value) == 2:
         # A reference in a record being loaded: validated again when its parent is rebuilt, so
-        # it is parsed (and its class resolved) once per load.
+        # it is parsed (and its class resolved) once per load; unless the parent is filled in
+        # place (`_handed`), validated once, where the cache would cost more than it saves.
         name, text = value.get("class_name"), value.get("id")
         if type(name) is str and type(text) is str:
-            key = (cls, name, text)
-            known = loader.references.get(key)
-            if known is None and _is_reference(cls, value):
-                reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
-                known = loader.references[key] = (resolve_class(cls, reference), reference)
+            if loader._handed is not None:
+                known = loader.reference_to(cls, value, name, text)
+            else:
+                key = (cls, name, text)
+                known = loader.references.get(key)
+                if known is None:
+                    known = loader.reference_to(cls, value, name, text)
+                    if known is not None:
+                        loader.references[key] = known
             if known is not None:
-                return loader.resolve(cls, known[0], known[1])
+                return loader.resolve_id(cls, known[0], name, known[1])
     if _is_reference(cls, value):
         reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
         return load_sync(cls, reference, info.context)
@@ -121,6 +129,16 @@ def _is_reference(cls: type[ExternalBaseModel], value: object) -> bool:
 # (storage URL, id as an int, class_name): UUID hashing is Python-level, int hashing is not.
 _RecordKey = tuple[str, int, str]
 
+# What loading a class's records reads from it, looked up once per class and load: an attribute
+# of a pydantic model class is read through its metaclass's __getattr__ hook, several times
+# slower than a dict: (settings, storage URL, holds references, validator, core validator).
+_ClassReading = tuple["ModelSettings", str, bool, "SchemaValidator", "SchemaValidator"]
+
+
+def class_reading(cls: type[ExternalBaseModel]) -> _ClassReading:
+    settings = cls.__toast_settings__
+    return settings, settings.url.raw, holds_references(cls), inner_validator(cls), core_validator(cls)
+
 
 class _NotBuiltYetError(ValueError):
     """Raised for a nested reference whose model is not built yet.
@@ -135,6 +153,21 @@ _PENDING = object()
 user code, where nobody can see it: raising costs more than the rest of resolving a reference."""
 
 
+class _Placeholder:
+    """What a nested reference's validator returns, in data whose schema runs no user code, for a
+    model not built yet: the model built around it is kept, and each placeholder is swapped for
+    its model in place once built (`TreeLoader._fill`), instead of validating the record again."""
+
+    __slots__ = ("class_name", "cls", "id", "model", "target")
+
+    def __init__(self, cls: type[Any], target: type[Any], class_name: str, id: UUID) -> None:
+        self.cls = cls
+        self.target = target
+        self.class_name = class_name
+        self.id = id
+        self.model: object = None
+
+
 # A model to build: the record's key, and whether it is built with the validators above our hook.
 # A reference validated through a field of its own class is built with the schema below our hook
 # (pydantic runs the rest on the returned instance); a root of `load`/`load_many`, or a subclass
@@ -145,7 +178,7 @@ _ModelKey = tuple[str, int, str, bool]
 class _Node:
     """A model whose class can hold references: it may have to wait for the models it refers to."""
 
-    __slots__ = ("children", "cls", "key", "missing", "model", "model_key", "waiting")
+    __slots__ = ("children", "cls", "key", "missing", "model", "model_key", "partial", "waiting")
 
     def __init__(self, cls: type[ExternalBaseModel], model_key: _ModelKey) -> None:
         self.cls = cls
@@ -155,6 +188,8 @@ class _Node:
         self.missing = False
         self.waiting = 0  # what it waits for: unbuilt nodes, unfetched records
         self.children: list[_Node] = []  # the nodes among those, for naming a cycle
+        # Built around placeholders: the model and the placeholders it holds (see `_Placeholder`).
+        self.partial: tuple[ExternalBaseModel, list[_Placeholder]] | None = None
 
 
 class TreeLoader:
@@ -190,9 +225,12 @@ class TreeLoader:
         self._blocked: set[_Node] | None = None
         self._blocked_on_fetch = False
         self._placeholders = False  # may resolve() return _PENDING rather than raise
+        # The placeholders handed out while building one node, if it may be filled in place.
+        self._handed: list[_Placeholder] | None = None
         self._upgraded: dict[_RecordKey, ExternalBaseModel] = {}
-        # (class validating it, class_name, id text) -> (class it loads as, reference): see `validate`.
-        self.references: dict[tuple[type[Any], str, str], tuple[type[Any], ExternalReference]] = {}
+        # (class validating it, class_name, id text) -> (class it loads as, id): see `validate`.
+        self.references: dict[tuple[type[Any], str, str], tuple[type[Any], UUID]] = {}
+        self._classes: dict[type[Any], _ClassReading] = {}
         self._roots: list[tuple[type[ExternalBaseModel], _RecordKey, _ModelKey, _Node | None]] = []
         append, wanted = self._roots.append, self._wanted
         last: type[ExternalBaseModel] | None = None
@@ -285,7 +323,7 @@ class TreeLoader:
                         record = self._records.get(key)
                         if record is None:
                             break
-                        model = self._build_simple(cls, model_key, record)
+                        model = self._build_simple(cls, model_key, record, self._reading(cls))
                     models.append(model)
             else:
                 return models
@@ -296,36 +334,72 @@ class TreeLoader:
             raise self._cycle_error()
         return None
 
+    def _reading(self, cls: type[Any]) -> _ClassReading:
+        reading = self._classes.get(cls)
+        if reading is None:
+            reading = self._classes[cls] = class_reading(cls)
+        return reading
+
+    def reference_to(
+        self, cls: type[ExternalBaseModel], value: dict[Any, Any], name: str, text: str
+    ) -> tuple[type[Any], UUID] | None:
+        """(class it loads as, id) if `value`, a dict of a str class_name and id, is a reference
+        when validated as `cls`; else None (it is data)."""
+        settings = getattr(cls, "__toast_settings__", None)
+        if settings is not None and name == settings.storage_name:
+            # The common case, a reference to the field's own class: what the checks below
+            # conclude for it, with the id parsed once.
+            record_id = uuid_from_text(text)
+            if record_id is not None:
+                return cls, record_id
+        if not _is_reference(cls, value):
+            return None
+        reference = parse_reference(value, expected_class=cls.__toast_settings__.storage_name)
+        return resolve_class(cls, reference), reference.id
+
     def _build_simple(
-        self, cls: type[ExternalBaseModel], model_key: _ModelKey, record: StoredRecord
+        self, cls: type[ExternalBaseModel], model_key: _ModelKey, record: StoredRecord, reading: _ClassReading
     ) -> ExternalBaseModel:
         """Build a model of a class that holds no references: it never waits for anything."""
-        model = materialize_checked(cls, record, model_key[3], self._context)
+        model = materialize_checked(cls, record, model_key[3], self._context, reading)
         self._built[model_key] = model
-        if record.schema_version < cls.__toast_settings__.schema_version:
+        if record.schema_version < reading[0].schema_version:
             self._note_upgraded(cls, model_key[:3], model)
         return model
 
     def _build(self, node: _Node) -> None:
         record = self._records[node.key]
+        partial = node.partial
+        if partial is not None:
+            node.partial = None
+            if self._fill(*partial):
+                self._finish(node, record, partial[0])
+                return
+            # Not provably what validating it again gives: validated again, as below.
         blocked: set[_Node] = set()
         self._blocked = blocked
         self._blocked_on_fetch = False
         self._placeholders = runs_no_user_code(node.cls, node.model_key[3])
+        self._handed = [] if self._placeholders else None
+        handed: list[_Placeholder] | None = None
         failure: StoredDataError | None = None
         model: ExternalBaseModel | None = None
         try:
-            model = materialize(node.cls, record, node.model_key[3], self._context)
+            model = materialize(node.cls, record, node.model_key[3], self._context, self._reading(node.cls))
         except pydantic_core.ValidationError as exc:
             if not blocked and not self._blocked_on_fetch:
                 failure = stored_data_error(node.cls, record, exc)
         finally:
             self._blocked = None
+            handed, self._handed = self._handed, None
         if failure is not None:
             raise failure  # outside the except block, as in materialize_checked
         if blocked or self._blocked_on_fetch:
             # Collected only, or validated around a reference pydantic skipped: build it again
-            # once everything it refers to is there.
+            # once everything it refers to is there; or, built around placeholders only (no
+            # user code saw them), fill them in then.
+            if model is not None and handed:
+                node.partial = (model, handed)
             node.waiting = len(blocked)
             node.children = list(blocked)
             for child in blocked:
@@ -335,10 +409,38 @@ class TreeLoader:
                 self._after_fetch.append(node)
             return
         assert model is not None
+        self._finish(node, record, model)
+
+    def _finish(self, node: _Node, record: StoredRecord, model: ExternalBaseModel) -> None:
         node.model = model
         if record.schema_version < node.cls.__toast_settings__.schema_version:
             self._note_upgraded(node.cls, node.key, model)
         self._settled(node)
+
+    def _fill(self, model: ExternalBaseModel, handed: list[_Placeholder]) -> bool:
+        """Swap each placeholder in `model` for its model, now that all are fetched or built.
+
+        Each is resolved as validating the record again would resolve it, in the same order;
+        pydantic-core, running no user code, put each returned object where it now puts the
+        placeholder, so the result is the same model. False (nothing to keep) when a reference
+        would fail now, or a placeholder is not where the walk looks: then it is validated again,
+        which raises or builds exactly as before.
+        """
+        self._blocked = set()
+        self._blocked_on_fetch = False
+        self._placeholders = True  # a reference still unbuilt gives _PENDING, not an exception
+        try:
+            for placeholder in handed:
+                placeholder.model = self.resolve_id(
+                    placeholder.cls, placeholder.target, placeholder.class_name, placeholder.id
+                )
+        except Exception:  # noqa: BLE001 - validating again raises it where it belongs
+            return False
+        finally:
+            blocked, self._blocked = self._blocked, None
+        if blocked or self._blocked_on_fetch:
+            return False
+        return fill_placeholders(model, _Placeholder, len(handed))
 
     def _note_upgraded(self, cls: type[ExternalBaseModel], key: _RecordKey, model: ExternalBaseModel) -> None:
         if cls.__toast_settings__.upgrade_write_back:
@@ -368,46 +470,62 @@ class TreeLoader:
         )
 
     def resolve(self, cls: type[M], target: type[M], reference: ExternalReference) -> M:
-        """Called by a nested reference's validator while a record of this tree is validated.
+        """Called by a nested reference's validator while a record of this tree is validated."""
+        return self.resolve_id(cls, target, reference.class_name, reference.id)
+
+    def resolve_id(self, cls: type[M], target: type[M], name: str, record_id: UUID) -> M:
+        """`resolve` of the reference (name, record_id).
 
         The hot path of loading a tree: once per reference and pass, hence the inlined lookups.
         """
-        settings = target.__toast_settings__
-        url, number, name = settings.url.raw, reference.id.int, reference.class_name
+        reading = self._classes.get(target) or self._reading(target)
+        settings, url = reading[0], reading[1]
+        number = record_id.int
         model_key = (url, number, name, target is not cls)
         model = self._built.get(model_key)
         if model is not None:
             return cast(M, model)
         key = (url, number, name)
-        if holds_references(target):  # a node, built when everything it refers to is
+        if reading[2]:  # a node, built when everything it refers to is
             node = self._node(target, model_key)
             if node.model is not None:
                 return cast(M, node.model)
             if not node.missing:
                 if key not in self._records:
-                    self._wanted[key] = (settings, reference.id)
+                    self._wanted[key] = (settings, record_id)
                 assert self._blocked is not None
                 self._blocked.add(node)
                 if self._placeholders:
-                    return cast(M, _PENDING)
+                    return self._placeholder(cls, target, name, record_id)
                 raise _NotBuiltYetError
         else:
             record = self._records.get(key)
             if record is not None:
-                return cast(M, self._build_simple(target, model_key, record))
+                return cast(M, self._build_simple(target, model_key, record, reading))
             if key not in self._missing:
-                self._wanted[key] = (settings, reference.id)
+                self._wanted[key] = (settings, record_id)
                 self._blocked_on_fetch = True
                 if self._placeholders:
-                    return cast(M, _PENDING)
+                    return self._placeholder(cls, target, name, record_id)
                 raise _NotBuiltYetError
-        raise RecordNotFoundError(reference.class_name, reference.id)
+        raise RecordNotFoundError(name, record_id)
+
+    def _placeholder(self, cls: type[M], target: type[M], name: str, record_id: UUID) -> M:
+        handed = self._handed
+        if handed is None:
+            return cast(M, _PENDING)
+        placeholder = _Placeholder(cls, target, name, record_id)
+        handed.append(placeholder)
+        return cast(M, placeholder)
 
     def resolve_value(self, reader: ContentReader, reference: ExternalReference) -> Any:
         """Called by a `Toast` value's validator for a reference met while a record of this tree is
         validated: the value once its record is fetched; until then the reference joins the next
         fetch, one batch per backend with the models of the same level."""
         settings = reader.settings
+        # A value's own constraints run on what it reads, placeholders included: a record holding
+        # one is validated again, never filled in place.
+        self._handed = None
         key = (settings.url.raw, reference.id.int, reference.class_name)
         record = self._records.get(key)
         if record is None:
@@ -487,11 +605,16 @@ def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context:
     """`load_many` of references to `cls` itself, a class that holds no references: what
     `TreeLoader` does for them (one fetch, each record once, every missing id in one error, the
     same instance for a repeated reference, upgrades written back), without its bookkeeping."""
-    settings = cls.__toast_settings__
+    reading = class_reading(cls)
+    settings = reading[0]
     # id as an int -> id: UUID hashing is Python-level, int hashing is not.
     ids: dict[int, UUID] = {}
+    numbers: list[int] = []
     for reference in references:
-        ids.setdefault(reference.id.int, reference.id)
+        record_id = reference.id
+        number = record_id.int
+        numbers.append(number)
+        ids.setdefault(number, record_id)
     name = settings.storage_name
     pairs = [(record_id, name) for record_id in ids.values()]
     found: list[StoredRecord | None] = yield _fetch_many(settings, pairs), settings
@@ -503,13 +626,13 @@ def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context:
     upgraded: list[ExternalBaseModel] = []
     for number, record in zip(ids, found, strict=True):
         assert record is not None
-        model = built[number] = materialize_checked(cls, record, True, context)
+        model = built[number] = materialize_checked(cls, record, True, context, reading)
         if record.schema_version < current and settings.upgrade_write_back:
             upgraded.append(model)
     if upgraded:
         write_back = _rewrite(upgraded)
         yield write_back.flush(), write_back
-    return [built[reference.id.int] for reference in references]
+    return [built[number] for number in numbers]
 
 
 def _fetch_many(settings: ModelSettings, pairs: list[tuple[UUID, str]]) -> Coroutine[Any, Any, Any]:
@@ -619,13 +742,20 @@ async def _drive(steps: _Steps[T]) -> T:
         return cast(T, done.value)
 
 
-def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: Any = None) -> M:
+def materialize(
+    cls: type[M],
+    record: StoredRecord,
+    full: bool = True,
+    context: Any = None,
+    reading: _ClassReading | None = None,
+) -> M:
     """Validate a stored record's data into a model that remembers which record it is.
 
     `full`: with the class's validators above our hook too (else pydantic runs them on the
-    result). Raises pydantic's ValidationError; `stored_data_error` makes it safe to show.
+    result). `reading`: what a tree loader looked up about `cls` already. Raises pydantic's
+    ValidationError; `stored_data_error` makes it safe to show.
     """
-    settings = cls.__toast_settings__
+    settings = cls.__toast_settings__ if reading is None else reading[0]
     current = record.schema_version == settings.schema_version
     if current and settings.codec is None and record.encoding == "json":
         data_json = record.payload  # what upgraded_data returns here, without its two calls per record
@@ -633,7 +763,10 @@ def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: 
         data_json = upgraded_data(cls, record)
     if settings.content_addressed:
         check_loaded(cls, record, data_json)  # before any validator of the user's sees the data
-    validator = inner_validator(cls) if full else core_validator(cls)
+    if reading is None:
+        validator = inner_validator(cls) if full else core_validator(cls)
+    else:
+        validator = reading[3] if full else reading[4]
     model = cast(M, validator.validate_json(data_json, by_alias=False, by_name=True, context=context))
     if model.__pydantic_private__ is None:
         # Built without post-init (see _pydantic_internals._build_inner): this is the only
@@ -651,11 +784,17 @@ def materialize(cls: type[M], record: StoredRecord, full: bool = True, context: 
     return model
 
 
-def materialize_checked(cls: type[M], record: StoredRecord, full: bool = True, context: Any = None) -> M:
+def materialize_checked(
+    cls: type[M],
+    record: StoredRecord,
+    full: bool = True,
+    context: Any = None,
+    reading: _ClassReading | None = None,
+) -> M:
     """`materialize`, with a record that does not validate reported as `StoredDataError`."""
     failure: StoredDataError | None = None
     try:
-        return materialize(cls, record, full, context)
+        return materialize(cls, record, full, context, reading)
     except pydantic_core.ValidationError as exc:
         failure = stored_data_error(cls, record, exc)
     # Raised here, outside the except block: the ValidationError holds stored values and must not

@@ -6,6 +6,8 @@
 * `schema_names`: the field names, aliases and union tags of a core schema, which tell the parts
   of an error location that are not data.
 * `serializer_error_fields`: the field names in the text of pydantic's serializer warnings.
+* `fill_placeholders`: where a validated model keeps the values its validators returned (fields in
+  `__dict__`, extras in `__pydantic_extra__`, dataclass attributes), to swap placeholders in place.
 * Discriminated unions of external models. A field such as
   `Annotated[Cat | Dog, Field(discriminator="kind")]` becomes a pydantic-core tagged union that
   reads the tag from the input's "kind" key; an external model's own dump in that field is a
@@ -23,11 +25,13 @@ and discriminated unions of external models fail as before, with pydantic's own 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from pydantic import BaseModel
 from pydantic_core import (
     CoreSchema,
     PydanticSerializationError,
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "core_validator",
     "data_schema",
+    "fill_placeholders",
     "holds_references",
     "inner_serializer",
     "inner_validator",
@@ -431,3 +436,87 @@ def model_serializers(cls: type[Any]) -> dict[str, Callable[..., Any]]:
 def serializer_error_fields(exc: PydanticSerializationError) -> list[str]:
     """The names of the fields a serializer warning turned error is about; its values are dropped."""
     return sorted(set(_FIELD_NAME.findall(str(exc))))
+
+
+# --------------------------------------------------------------------------- placeholders in a built model
+
+# Values that cannot hold a placeholder: skipped without a look inside.
+_LEAVES = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+class _Fill:
+    __slots__ = ("kind", "left")
+
+    def __init__(self, kind: type[Any], left: int) -> None:
+        self.kind = kind
+        self.left = left
+
+
+def fill_placeholders(model: Any, kind: type[Any], count: int) -> bool:
+    """Replace, in the freshly validated `model`, each of the `count` objects of type `kind` it
+    holds by its `.model`; False when fewer were found (some sit where this walk does not look).
+
+    Looked into: the model's fields and extras, and below them lists, dict values, tuples (rebuilt),
+    plain models and dataclasses. Not into sets or dict keys, where a value's hash was taken
+    with the placeholder in it, nor into external models (built by a validation of their own).
+    """
+    fill = _Fill(kind, count)
+    _fill_model(model, fill)
+    return fill.left == 0
+
+
+def _fill_model(model: BaseModel, fill: _Fill) -> None:
+    _fill_mapping(model.__dict__, fill)
+    extra = model.__pydantic_extra__
+    if fill.left and type(extra) is dict:
+        _fill_mapping(extra, fill)
+
+
+def _fill_mapping(mapping: dict[Any, Any], fill: _Fill) -> None:
+    for key, value in list(mapping.items()):
+        if not fill.left:
+            return
+        if type(value) not in _LEAVES:
+            filled = _filled(value, fill)
+            if filled is not value:
+                mapping[key] = filled
+
+
+def _filled(value: Any, fill: _Fill) -> Any:
+    kind = type(value)
+    if kind is fill.kind:
+        fill.left -= 1
+        return value.model
+    if kind is list:
+        placeholder = fill.kind
+        for index, item in enumerate(value):
+            if not fill.left:
+                break
+            item_kind = type(item)
+            if item_kind is placeholder:  # the common case, inline: a list of children
+                fill.left -= 1
+                value[index] = item.model
+            elif item_kind not in _LEAVES:
+                filled = _filled(item, fill)
+                if filled is not item:
+                    value[index] = filled
+    elif kind is dict:
+        _fill_mapping(value, fill)
+    elif kind is tuple:
+        items = [item if type(item) in _LEAVES else _filled(item, fill) for item in value]
+        if any(new is not old for new, old in zip(items, value, strict=True)):
+            return tuple(items)
+    elif isinstance(value, BaseModel):
+        private = value.__pydantic_private__
+        if not (private and STATE in private):
+            _fill_model(value, fill)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            if not fill.left:
+                break
+            item = getattr(value, field.name, None)
+            if type(item) not in _LEAVES:
+                filled = _filled(item, fill)
+                if filled is not item:
+                    object.__setattr__(value, field.name, filled)  # frozen ones too: still being built
+    return value

@@ -1,0 +1,114 @@
+"""Count the CPU instructions of one pydantic-toast operation on memory:// with callgrind.
+
+    python benchmarks/count_instructions.py nested_load [--calls 10] [--no-gc]
+
+Instruction counts are stable on a shared, loaded machine where wall time is not: the count is
+the library's own work plus pydantic's, with no I/O (memory://). The operation runs `--calls`
+times inside one `functools.reduce` call, and callgrind counts only inside it
+(`--toggle-collect=functools_reduce`), so setup and interpreter start-up are left out. Needs
+valgrind. `--no-gc` disables the garbage collector around the counted calls (after one
+`gc.collect()`), to tell the collector's share.
+
+Operations: load (10 fields), load_many (1,000 records of 10 fields), flat101 (`load_many` of 101
+children), nested_load (a parent with 100 external children).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import gc
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bench_models import FLAT10, model_set, values_for
+
+OPERATIONS = ("load", "load_many", "flat101", "nested_load")
+
+
+async def _operation(name: str) -> Callable[[], Awaitable[object]]:
+    models = model_set("memory://count-instructions")
+    flat10, child = models.flat10, models.child
+    reference = await flat10(**values_for(FLAT10, 1)).save()
+    references = await flat10.save_many([flat10(**values_for(FLAT10, seed)) for seed in range(1000)])
+    children = [child(name=f"child {n}", value=n, tags=["a", "b"]) for n in range(101)]
+    flat_references = await child.save_many(children)
+    parent_reference = await models.parent(title="parent", children=children[:100]).save()
+    operations: dict[str, Callable[[], Awaitable[object]]] = {
+        "load": lambda: flat10.load(reference),
+        "load_many": lambda: flat10.load_many(references),
+        "flat101": lambda: child.load_many(flat_references),
+        "nested_load": lambda: models.parent.load(parent_reference),
+    }
+    call = operations[name]
+    for _ in range(5):  # warm: validators built, caches filled
+        await call()
+    return call
+
+
+def measured(name: str, calls: int, no_gc: bool) -> None:
+    """Run under callgrind: `calls` operations inside one functools.reduce call."""
+    with asyncio.Runner() as runner:
+        call = runner.run(_operation(name))
+
+        async def repeat() -> None:
+            for _ in range(calls):
+                await call()
+
+        gc.collect()
+        if no_gc:
+            gc.disable()
+        functools.reduce(lambda _, __: runner.run(repeat()), [0], None)
+        gc.enable()
+
+
+def count(name: str, calls: int, no_gc: bool) -> int:
+    """Instructions per operation, from a callgrind run of this script."""
+    with tempfile.TemporaryDirectory() as directory:
+        out = Path(directory) / "callgrind.out"
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--toggle-collect=functools_reduce",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            "--measured",
+            name,
+            "--calls",
+            str(calls),
+            *(["--no-gc"] if no_gc else []),
+        ]
+        environment = {**os.environ, "PYTHONHASHSEED": "0"}
+        subprocess.run(command, check=True, env=environment, capture_output=True)
+        totals = re.search(r"^(?:totals|summary): (\d+)", out.read_text(), re.MULTILINE)
+        if totals is None:
+            raise SystemExit("callgrind wrote no totals")
+        return int(totals.group(1)) // calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("operation", choices=OPERATIONS)
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--no-gc", action="store_true", help="garbage collector off while counting")
+    parser.add_argument("--measured", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measured:
+        measured(args.operation, args.calls, args.no_gc)
+    else:
+        instructions = count(args.operation, args.calls, args.no_gc)
+        gc_note = ", GC off" if args.no_gc else ""
+        print(f"{args.operation}: {instructions:,} instructions per call{gc_note}")
+
+
+if __name__ == "__main__":
+    main()
