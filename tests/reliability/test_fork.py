@@ -25,7 +25,10 @@ def _run(script: str, *args: str, timeout: float = 240) -> str:
         timeout=timeout,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stderr == ""
+    # A loaded machine can make an operation take over a second; the library's WARNING saying
+    # so is about speed, which the tests here bound themselves, not a sign of a broken fork.
+    unexpected = [line for line in result.stderr.splitlines() if "slow storage operation" not in line]
+    assert unexpected == [], result.stderr
     return result.stdout
 
 
