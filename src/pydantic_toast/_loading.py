@@ -621,11 +621,16 @@ def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context:
     missing = [record_id for record_id, record in zip(ids.values(), found, strict=True) if record is None]
     if missing:
         raise RecordNotFoundError(name, missing)
+    del pairs, missing
     current = settings.schema_version
     built: dict[int, M] = {}
     upgraded: list[ExternalBaseModel] = []
-    for number, record in zip(ids, found, strict=True):
+    for index, number in enumerate(ids):
+        record = found[index]
         assert record is not None
+        # Each record goes as soon as its model is built: a batch's peak memory is its models,
+        # not its models and every record's bytes.
+        found[index] = None
         model = built[number] = materialize_checked(cls, record, True, context, reading)
         if record.schema_version < current and settings.upgrade_write_back:
             upgraded.append(model)
