@@ -26,7 +26,6 @@ from pydantic_toast import (
     StorageValidationError,
     register_backend,
 )
-from pydantic_toast._record_state import state_of
 from pydantic_toast.backends import RecordStorageBackend
 from pydantic_toast.backends.base import RecordKey, StoredRecord
 from pydantic_toast.url import StorageURL
@@ -148,19 +147,6 @@ async def test_a_loaded_model_dumped_unchanged_writes_nothing(storage_url: str) 
         loaded.model_dump()
         loaded.model_dump()
     assert changed[storage_url] == 1
-
-
-async def test_a_loaded_model_keeps_a_digest_of_its_record_not_its_bytes(storage_url: str) -> None:
-    # Memory: a loaded model does not keep its record's bytes alive, except where the store
-    # re-encodes JSON (PostgreSQL's jsonb), whose bytes must be compared as data.
-    _, leaf_type = tree(storage_url)
-    reference = await leaf_type(text="a").save()
-    state = state_of(await leaf_type.load(reference))
-    if storage_url.startswith("postgresql"):
-        assert state.loaded_json is not None
-    else:
-        assert state.loaded_json is None
-        assert state.stored_digest is not None
 
 
 async def test_save_always_writes_the_models_passed_but_not_unchanged_children(storage_url: str) -> None:

@@ -26,7 +26,7 @@ from ._pydantic_internals import (
     runs_no_user_code,
     schema_names,
 )
-from ._record_state import STATE, RecordState, digest, keep_record, state_of
+from ._record_state import STATE, RecordState, keep_record, state_of
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
 from ._writing import WriteSet, collecting_writes
 from .backends.base import StoredRecord
@@ -784,13 +784,8 @@ def materialize(
         state.created_at = record.created_at
         state.revision = record.revision
     if current:
-        # What the record holds (decoded), so that dumping the model unchanged writes nothing:
-        # its digest where the store returns what it was given (~230 fewer bytes per loaded
-        # model of 10 fields than keeping the bytes), else the bytes, compared as JSON.
-        if settings.payloads_as_saved:
-            state.stored_digest = digest(data_json)
-        else:
-            state.loaded_json = data_json
+        # What the record holds (decoded), so that dumping the model unchanged writes nothing.
+        state.loaded_json = data_json
     return model
 
 

@@ -56,8 +56,6 @@ class ModelSettings:
     warn_size: int | None = None
     max_size: int | None = None
     content_addressed: bool = False
-    # The backend's `payloads_as_saved`: a loaded model keeps a digest, not its record's bytes.
-    payloads_as_saved: bool = False
 
 
 def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
@@ -109,8 +107,6 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         threshold = check_threshold("offload_threshold", config.get("offload_threshold"))
         warn_size, max_size = _size(config, "warn_size"), _size(config, "max_size")
         content_addressed = _content_addressed(config, optimistic, write_back)
-        # A duck-typed backend (no StorageBackend base) says nothing: its bytes are kept.
-        payloads_as_saved = getattr(backend, "payloads_as_saved", False) is True
         # Last: a class refused for another reason must not keep the name claimed.
         _claim_storage_name(cls, url, storage_name)
     except StorageValidationError as exc:
@@ -130,7 +126,6 @@ def settings_for(cls: type[ExternalBaseModel]) -> ModelSettings:
         warn_size=warn_size,
         max_size=max_size,
         content_addressed=content_addressed,
-        payloads_as_saved=payloads_as_saved,
         dict_references="class_name" not in cls.__pydantic_fields__,
     )
 

@@ -366,14 +366,6 @@ class StorageBackend(ABC):
     #: Capabilities that no method override can reveal (TTL, UNIQUE_IDS): declare them here.
     declared_capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
-    #: Whether a loaded JSON payload is byte for byte what was saved, or (for a record another
-    #: writer stored) JSON in pydantic's compact form. Then a loaded model keeps a 32-byte digest
-    #: of its record rather than the record's bytes to recognise an unchanged dump. False for a
-    #: store that returns JSON re-encoded its own way (PostgreSQL's jsonb adds spaces and reorders
-    #: keys): the loaded bytes are kept and compared as JSON. Wrongly True costs a rewrite on the
-    #: first unchanged dump of each loaded model, never a lost or wrong write.
-    payloads_as_saved: ClassVar[bool] = True
-
     def __init__(self, url: str) -> None:
         self.url = url
 

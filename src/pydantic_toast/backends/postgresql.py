@@ -197,7 +197,6 @@ class PostgreSQLBackend(RecordStorageBackend):
 
     options_model = PostgreSQLOptions
     declared_capabilities = frozenset({Capability.TTL, Capability.UNIQUE_IDS})
-    payloads_as_saved = False  # jsonb: the text comes back re-encoded
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
