@@ -797,7 +797,9 @@ async def test_a_send_stalled_by_a_hung_server_times_out_then_recovers(redis_ser
         server.pause()
         try:
             started = time.monotonic()
-            timed_out = r"Timeout writing to socket.*socket_timeout=0\.3"
+            # Where the transport takes the whole value into its buffer (Python 3.13 here), the
+            # send returns and the wait for the reply is what times out: a timeout all the same.
+            timed_out = r"Timeout (writing to socket|reading from).*socket_timeout=0\.3"
             with pytest.raises(StorageConnectionError, match=timed_out):
                 await backend.save_records([record(data=b'{"text":"%b"}' % (b"x" * 64_000_000))])
             assert 0.3 <= time.monotonic() - started < 3

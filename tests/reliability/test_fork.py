@@ -342,7 +342,8 @@ BLOB_WRITER_LOST_TO_FORK = """
         async def connect(self) -> None: ...
         async def disconnect(self) -> None: ...
         async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
-            if os.getpid() == parent:  # the parent's write waits until the child is done
+            # The parent's write of the contested bytes waits until the child is done.
+            if os.getpid() == parent and "same bytes" in repr(data):
                 await asyncio.get_running_loop().run_in_executor(None, release.wait)
             self.records[(id, class_name)] = data
         async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
@@ -350,6 +351,11 @@ BLOB_WRITER_LOST_TO_FORK = """
 
     register_backend("gated", Gated)
     blobs = BlobStore("gated://x")
+    # One put first, so that the fork below never lands while the writer thread serializes a
+    # class for the first time: on Python 3.13 such a fork left the child stuck inside
+    # pydantic-core's to_json (2 of 4 runs; none of 18 with this warm-up), which is not the
+    # library's to fix and not what this test is about.
+    blobs.put(b"warm-up")
     writer = threading.Thread(target=blobs.put, args=(b"same bytes",))
     writer.start()
     while not blobs._writing:
