@@ -10,7 +10,8 @@ valgrind. `--no-gc` disables the garbage collector around the counted calls (aft
 `gc.collect()`), to tell the collector's share.
 
 Operations: load (10 fields), load_many (1,000 records of 10 fields), flat101 (`load_many` of 101
-children), nested_load (a parent with 100 external children).
+children), nested_load (a parent with 100 external children), new_save_many (building 1,000 new
+models of 10 fields and `save_many` of them).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from bench_models import FLAT10, model_set, values_for
 
-OPERATIONS = ("load", "load_many", "flat101", "nested_load")
+OPERATIONS = ("load", "load_many", "flat101", "nested_load", "new_save_many")
 
 
 async def _operation(name: str) -> Callable[[], Awaitable[object]]:
@@ -40,11 +41,14 @@ async def _operation(name: str) -> Callable[[], Awaitable[object]]:
     children = [child(name=f"child {n}", value=n, tags=["a", "b"]) for n in range(101)]
     flat_references = await child.save_many(children)
     parent_reference = await models.parent(title="parent", children=children[:100]).save()
+    rows = [values_for(FLAT10, seed) for seed in range(1000)]
     operations: dict[str, Callable[[], Awaitable[object]]] = {
         "load": lambda: flat10.load(reference),
         "load_many": lambda: flat10.load_many(references),
         "flat101": lambda: child.load_many(flat_references),
         "nested_load": lambda: models.parent.load(parent_reference),
+        # Building the models is counted too: where a new model's record state is made.
+        "new_save_many": lambda: flat10.save_many([flat10(**row) for row in rows]),
     }
     call = operations[name]
     for _ in range(5):  # warm: validators built, caches filled
