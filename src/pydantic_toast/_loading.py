@@ -131,8 +131,16 @@ _ClassReading = tuple["ModelSettings", str, bool, "SchemaValidator", "SchemaVali
 
 
 def class_reading(cls: type[ExternalBaseModel]) -> _ClassReading:
-    settings = cls.__toast_settings__
-    return settings, settings.url.raw, holds_references(cls), inner_validator(cls), core_validator(cls)
+    # Kept on the class itself (its own __dict__, never a base's): ~9,000 instructions to gather
+    # on every load otherwise, and a module-level cache would keep every class alive through
+    # its validators.
+    reading: _ClassReading | None = cls.__dict__.get("__toast_reading__")
+    if reading is None:
+        settings = cls.__toast_settings__
+        holds = holds_references(cls)
+        reading = (settings, settings.url.raw, holds, inner_validator(cls), core_validator(cls))
+        type.__setattr__(cls, "__toast_reading__", reading)
+    return reading
 
 
 class _NotBuiltYetError(ValueError):
@@ -153,13 +161,22 @@ class _Placeholder:
     model not built yet: the model built around it is kept, and each placeholder is swapped for
     its model in place once built (`TreeLoader._fill`), instead of validating the record again."""
 
-    __slots__ = ("class_name", "cls", "id", "model", "target")
+    __slots__ = ("class_name", "cls", "id", "leaf", "model", "target")
 
-    def __init__(self, cls: type[Any], target: type[Any], class_name: str, id: UUID) -> None:
+    def __init__(
+        self,
+        cls: type[Any],
+        target: type[Any],
+        class_name: str,
+        id: UUID,
+        leaf: tuple[_ModelKey, _RecordKey, _ClassReading] | None,
+    ) -> None:
         self.cls = cls
         self.target = target
         self.class_name = class_name
         self.id = id
+        # For a class holding no references: what resolving it again looks up, kept (see _fill).
+        self.leaf = leaf
         self.model: object = None
 
 
@@ -231,8 +248,8 @@ class TreeLoader:
         last: type[ExternalBaseModel] | None = None
         for cls, reference, full in roots:
             if cls is not last:  # roots are mostly of one class: look its settings up once
-                last, settings, holds = cls, cls.__toast_settings__, holds_references(cls)
-                url = settings.url.raw
+                reading = self._reading(cls)
+                last, settings, url, holds = cls, reading[0], reading[1], reading[2]
             number, name = reference.id.int, reference.class_name
             key = (url, number, name)
             if fetched is not None:
@@ -340,7 +357,8 @@ class TreeLoader:
     ) -> tuple[type[Any], UUID] | None:
         """(class it loads as, id) if `value`, a dict of a str class_name and id, is a reference
         when validated as `cls`; else None (it is data)."""
-        settings = getattr(cls, "__toast_settings__", None)
+        reading = self._classes.get(cls)  # known once a reference of this class was resolved
+        settings = getattr(cls, "__toast_settings__", None) if reading is None else reading[0]
         if settings is not None and name == settings.storage_name:
             # The common case, a reference to the field's own class: what the checks below
             # conclude for it, with the id parsed once.
@@ -424,11 +442,22 @@ class TreeLoader:
         self._blocked = set()
         self._blocked_on_fetch = False
         self._placeholders = True  # a reference still unbuilt gives _PENDING, not an exception
+        built, records = self._built, self._records
         try:
             for placeholder in handed:
-                placeholder.model = self.resolve_id(
-                    placeholder.cls, placeholder.target, placeholder.class_name, placeholder.id
-                )
+                child: object = None
+                leaf = placeholder.leaf
+                if leaf is not None:
+                    # What resolve_id does for a class holding no references, its keys made once.
+                    model_key, key, reading = leaf
+                    child = built.get(model_key)
+                    if child is None and (record := records.get(key)) is not None:
+                        child = self._build_simple(placeholder.target, model_key, record, reading)
+                if child is None:
+                    child = self.resolve_id(
+                        placeholder.cls, placeholder.target, placeholder.class_name, placeholder.id
+                    )
+                placeholder.model = child
         except Exception:  # noqa: BLE001 - validating again raises it where it belongs
             return False
         finally:
@@ -491,7 +520,7 @@ class TreeLoader:
                 assert self._blocked is not None
                 self._blocked.add(node)
                 if self._placeholders:
-                    return self._placeholder(cls, target, name, record_id)
+                    return self._placeholder(cls, target, name, record_id, None)
                 raise _NotBuiltYetError
         else:
             record = self._records.get(key)
@@ -501,15 +530,22 @@ class TreeLoader:
                 self._wanted[key] = (settings, record_id)
                 self._blocked_on_fetch = True
                 if self._placeholders:
-                    return self._placeholder(cls, target, name, record_id)
+                    return self._placeholder(cls, target, name, record_id, (model_key, key, reading))
                 raise _NotBuiltYetError
         raise RecordNotFoundError(name, record_id)
 
-    def _placeholder(self, cls: type[M], target: type[M], name: str, record_id: UUID) -> M:
+    def _placeholder(
+        self,
+        cls: type[M],
+        target: type[M],
+        name: str,
+        record_id: UUID,
+        leaf: tuple[_ModelKey, _RecordKey, _ClassReading] | None,
+    ) -> M:
         handed = self._handed
         if handed is None:
             return cast(M, _PENDING)
-        placeholder = _Placeholder(cls, target, name, record_id)
+        placeholder = _Placeholder(cls, target, name, record_id, leaf)
         handed.append(placeholder)
         return cast(M, placeholder)
 
@@ -573,7 +609,17 @@ def load_sync(cls: type[M], reference: ExternalReference, context: Any = None) -
 
 
 async def load(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
-    return await _drive(_load_one(resolve_class(cls, reference), reference, True, context))
+    reading = class_reading(cls)
+    target = cls if reading[0].storage_name == reference.class_name else resolve_class(cls, reference)
+    if target is not cls:
+        reading = class_reading(target)
+    if reading[2]:
+        return await _drive(_load_one(target, reference, True, context))
+    # A class holding no references, the common load: its steps awaited in line.
+    model, write_back = _leaf(target, await _fetch_one(reading[0], reference), True, context, reading)
+    if write_back is not None:
+        await write_back.flush()
+    return model
 
 
 def load_blocking(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
@@ -641,17 +687,29 @@ def _fetch_many(settings: ModelSettings, pairs: list[tuple[UUID, str]]) -> Corou
 
 def _load_one(cls: type[M], reference: ExternalReference, full: bool, context: Any) -> _Steps[M]:
     """Load one model of class `cls` (`full`: with the validators above our hook)."""
-    settings = cls.__toast_settings__
+    reading = class_reading(cls)
+    settings = reading[0]
     record = yield _fetch_one(settings, reference), settings
-    if holds_references(cls):
-        [model] = yield from TreeLoader([(cls, reference, full)], context, fetched=record).run()
-        return cast(M, model)
+    if reading[2]:
+        [root] = yield from TreeLoader([(cls, reference, full)], context, fetched=record).run()
+        return cast(M, root)
     # No references, so nothing to wait for: no loader needed.
-    model = materialize_checked(cls, record, full, context)
-    if settings.upgrade_write_back and record.schema_version < settings.schema_version:
-        write_back = _rewrite([model])
+    model, write_back = _leaf(cls, record, full, context, reading)
+    if write_back is not None:
         yield write_back.flush(), write_back
     return model
+
+
+def _leaf(
+    cls: type[M], record: StoredRecord, full: bool, context: Any, reading: _ClassReading
+) -> tuple[M, WriteSet | None]:
+    """The model of a record of a class that holds no references, and the write storing it
+    again at its current version if it was upgraded (and upgrades are written back)."""
+    model = materialize_checked(cls, record, full, context, reading)
+    settings = reading[0]
+    if record.schema_version < settings.schema_version and settings.upgrade_write_back:
+        return model, _rewrite([model])
+    return model, None
 
 
 async def _fetch_one(settings: ModelSettings, reference: ExternalReference) -> StoredRecord:

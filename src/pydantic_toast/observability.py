@@ -108,11 +108,24 @@ def _active_tracer() -> Any:
     elif tracer is _UNSET:
         # A TracerProvider can only have been set by code that imported the API: until then
         # nothing is imported here (no import cost, no driver-like import by the core).
-        if "opentelemetry.trace" not in sys.modules and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ:
+        if "opentelemetry.trace" not in sys.modules and not _provider_in_environment():
             return None
         _load_tracer()
         return _active_tracer()
     return tracer
+
+
+_provider_named: bool | None = None
+
+
+def _provider_in_environment() -> bool:
+    """Whether OTEL_PYTHON_TRACER_PROVIDER is set, read once: a lookup in os.environ costs as much
+    as the rest of an operation's observability check (~8,000 instructions, a raised KeyError),
+    and a process sets it before it starts, as OpenTelemetry expects it."""
+    global _provider_named
+    if _provider_named is None:
+        _provider_named = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+    return _provider_named
 
 
 def enabled() -> bool:

@@ -596,12 +596,14 @@ class PostgreSQLBackend(RecordStorageBackend):
             return [
                 StoredRecord(id, class_name, content, version, created, updated, expires, encoding, revision)
             ]
-        rows = await self._run("load", pool.fetch, self._load_many, list({id: None for id, _ in keys}))
+        # Keyed by the ids' integers: a uuid.UUID hashes in Python code, its `int` is a slot.
+        unique = list({id.int: id for id, _ in keys}.values())
+        rows = await self._run("load", pool.fetch, self._load_many, unique)
         self.stats.add(read=len(rows))
-        found = {(row[0], row[1]): row for row in rows}
+        found = {(row[0].int, row[1]): row for row in rows}
         records: list[StoredRecord | None] = []
         for id, class_name in keys:
-            row = found.get((id, class_name))
+            row = found.get((id.int, class_name))
             if row is None:
                 records.append(None)
                 continue

@@ -66,6 +66,14 @@ _COLUMNS = (
     "id, class_name, data, schema_version, created_at, updated_at, expires_at, "
     "CASE typeof(data) WHEN 'text' THEN NULL ELSE encoding END, revision"
 )
+# What a load reads (the class name is the caller's). A JSON record's TEXT comes as its UTF-8
+# bytes, the payload itself, rather than as a str encoded again; in a database of another text
+# encoding (never one this backend creates) the text is read as text.
+_LOAD_COLUMNS = (
+    "id, CAST(data AS BLOB), schema_version, created_at, updated_at, expires_at, "
+    "CASE typeof(data) WHEN 'text' THEN NULL ELSE encoding END, revision"
+)
+_LOAD_COLUMNS_DECODED = _LOAD_COLUMNS.replace("CAST(data AS BLOB)", "data")
 # Every write stores all of a record's columns as given, its revision included (None: NULL).
 _UPSERT_HEAD = (
     'INSERT INTO "{table}" '
@@ -114,6 +122,8 @@ class SQLiteBackend(RecordStorageBackend):
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
         self._statements: dict[tuple[str, int, str], str] = {}
+        self._selects: dict[int, str] = {}
+        self._load_columns = _LOAD_COLUMNS
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -168,6 +178,9 @@ class SQLiteBackend(RecordStorageBackend):
             except sqlite3.Error as exc:
                 failure = exc
             else:
+                if connection.execute("PRAGMA encoding").fetchone()[0] != "UTF-8":
+                    # CAST(data AS BLOB) gives the text in the database's encoding: decode it.
+                    self._load_columns = _LOAD_COLUMNS_DECODED
                 return connection
             connection.close()
             raise_unchained(self._error("prepare", failure))
@@ -353,44 +366,50 @@ class SQLiteBackend(RecordStorageBackend):
     async def load_records(self, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
         if not keys:
             return []
-        # Filled in place rather than returned: the executor's future keeps its result until
-        # the task's step ends, and the caller builds every model in that same step, so a
-        # returned dict would keep every record alive after the caller has let each one go
-        # (measured: +15 MiB of peak at 100,000 records).
-        found: dict[RecordKey, StoredRecord] = {}
-        await self._run("load", lambda connection: self._read(connection, keys, found))
-        self.stats.add(read=len(found))
-        return [found.get(key) for key in keys]
+        # The very list the executor's future keeps as its result until the task's step ends: a
+        # caller that lets each record go as its model is built (load_many) empties it, so the
+        # future keeps no record alive (measured before: +15 MiB of peak at 100,000 records).
+        found = await self._run("load", lambda connection: self._read(connection, keys))
+        self.stats.add(read=len(keys) - found.count(None))
+        return found
 
-    def _read(
-        self,
-        connection: sqlite3.Connection,
-        keys: Sequence[RecordKey],
-        found: dict[RecordKey, StoredRecord],
-    ) -> None:
-        now = format_timestamp(datetime.now(UTC))
+    def _read(self, connection: sqlite3.Connection, keys: Sequence[RecordKey]) -> list[StoredRecord | None]:
+        now = _now_text()
+        if len(keys) == 1:
+            # A single load: no grouping, and the caller's id and class name as they are.
+            id, class_name = keys[0]
+            row = connection.execute(self._select(1), (class_name, str(id), now)).fetchone()
+            return [None if row is None else _loaded(row, class_name, id, parse_timestamp)]
+        texts = [str(id) for id, _ in keys]
         # Each id's text once, and back to the caller's UUID without parsing the row's text.
         by_class: dict[str, dict[str, UUID]] = {}
-        for id, class_name in keys:
-            by_class.setdefault(class_name, {})[str(id)] = id
+        for (id, class_name), text in zip(keys, texts, strict=True):
+            by_class.setdefault(class_name, {})[text] = id
+        found: dict[str, dict[str, StoredRecord]] = {}
+        parse = _timestamp_parser()
         for class_name, ids in by_class.items():
+            records = found[class_name] = {}
             unique = list(ids)
             for start in range(0, len(unique), _MAX_IDS_PER_SELECT):
                 chunk = unique[start : start + _MAX_IDS_PER_SELECT]
-                marks = ",".join("?" * len(chunk))
-                # `+class_name`: without the plus, SQLite's planner picks the class_name index
-                # for many ids and walks every record of the class (measured: 5x slower at
-                # 30,000 records) instead of one primary-key lookup per id.
-                rows = connection.execute(
-                    f"SELECT {_COLUMNS} "
-                    f'FROM "{self._table}" WHERE +class_name = ? AND id IN ({marks}) '
-                    "AND (expires_at IS NULL OR expires_at > ?)",
-                    (class_name, *chunk, now),
-                ).fetchall()
-                parse = _timestamp_parser()
-                for row in rows:
-                    id = ids[row[0]]
-                    found[id, class_name] = _record_from_row(row, parse, id)
+                for row in connection.execute(self._select(len(chunk)), (class_name, *chunk, now)):
+                    records[row[0]] = _loaded(row, class_name, ids[row[0]], parse)
+        return [found[class_name].get(text) for text, (_, class_name) in zip(texts, keys, strict=True)]
+
+    def _select(self, count: int) -> str:
+        """The load query for `count` ids of one class, built once per count (sqlite3 caches
+        statements by their text)."""
+        text = self._selects.get(count)
+        if text is None:
+            marks = ",".join("?" * count)
+            # `+class_name`: without the plus, SQLite's planner picks the class_name index
+            # for many ids and walks every record of the class (measured: 5x slower at
+            # 30,000 records) instead of one primary-key lookup per id.
+            text = self._selects[count] = (
+                f'SELECT {self._load_columns} FROM "{self._table}" WHERE +class_name = ? AND id IN ({marks}) '
+                "AND (expires_at IS NULL OR expires_at > ?)"
+            )
+        return text
 
     async def delete(self, id: UUID, class_name: str) -> bool:
         def remove(connection: sqlite3.Connection) -> bool:
@@ -525,6 +544,45 @@ def _timestamp_parser() -> Callable[[str], datetime]:
         return found
 
     return parse
+
+
+def _loaded(
+    row: tuple[Any, ...], class_name: str, id: UUID, parse: Callable[[str], datetime]
+) -> StoredRecord:
+    """A row of `_LOAD_COLUMNS` as a record."""
+    _, data, version, created, updated, expires, encoding, revision = row
+    if encoding is None:
+        encoding = "json"
+        if type(data) is str:  # read as text (_LOAD_COLUMNS_DECODED)
+            data = data.encode()
+    return StoredRecord(
+        id,
+        class_name,
+        data,
+        version,
+        parse(created),
+        parse(updated),
+        None if expires is None else parse(expires),
+        encoding,
+        revision,
+    )
+
+
+# The last second's text: format_timestamp(datetime.now(UTC)) costs ~20,000 instructions, more
+# than the query it bounds.
+_second: tuple[int, str] = (-1, "")
+
+
+def _now_text() -> str:
+    """Now as `format_timestamp` writes it (UTC, microseconds, `Z`): what expires_at compares with."""
+    global _second
+    moment = time.time()
+    whole = int(moment)
+    second, prefix = _second
+    if whole != second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, prefix)
+    return f"{prefix}.{int((moment - whole) * 1_000_000):06d}Z"
 
 
 def _record_from_row(

@@ -67,14 +67,16 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
         if match is not None and value[cut - 1] == 0x7D and value[_HEAD_LENGTH] == 0x7B:
             version, created, updated, revision = match.groups()
             try:
+                created_at = parse_timestamp(created.decode())
                 # Positional: this runs once per record of every load (keywords cost ~15% more).
                 return StoredRecord(
                     id,
                     class_name,
                     value[_HEAD_LENGTH:cut],
                     int(version),
-                    parse_timestamp(created.decode()),
-                    parse_timestamp(updated.decode()),
+                    created_at,
+                    # A record never updated since it was created: no second decode and parse.
+                    created_at if updated == created else parse_timestamp(updated.decode()),
                     None,
                     "json",
                     None if revision is None else int(revision),
