@@ -853,26 +853,45 @@ def _collect_leaves(
     guard = WriteSet()
     now = guard._now
     references: list[ExternalReference] = []
+    current: type[ExternalBaseModel] | None = None
     token = _write_set.set(guard)
     try:
         for model in models:
-            writer, batch = writers[type(model)]
-            settings = writer.settings
+            if type(model) is not current:  # per run of one class, not per model: hoisted
+                current = type(model)
+                writer, batch = writers[current]
+                settings = writer.settings
+                stored_data, name, version = (
+                    writer.stored_data,
+                    settings.storage_name,
+                    settings.schema_version,
+                )
+                expires = None if settings.ttl is None else now + settings.ttl
+                plain = settings.codec is None and not settings.optimistic_concurrency
+                sized = settings.warn_size is not None or settings.max_size is not None
+                records, raw, states, digests = batch.records, batch.raw, batch.states, batch.digests
             state = state_of(model)
-            if state.id is None:  # the first save, identified before its data as `add` does
-                state.id = uuid4()
-            if state.created_at is None:
-                state.created_at = now
-            references.append(state.reference(settings.storage_name))
-            data = writer.stored_data(model)
-            if settings.warn_size is not None or settings.max_size is not None:
+            record_id = state.id
+            if record_id is None:  # the first save, identified before its data as `add` does
+                record_id = state.id = uuid4()
+            created = state.created_at
+            if created is None:
+                created = state.created_at = now
+            references.append(state.reference(name))
+            data = stored_data(model)
+            if sized:
                 observability.check_size(writer.name, settings, len(data))
-            record = _record_of(state, settings, data, now)
-            number = record.id.int
-            batch.records[number] = record
-            batch.raw[number] = len(data)
-            batch.states.append(state)
-            batch.digests.append(digest(data))
+            if plain:  # `_record_of` without its codec stage and revision
+                record = StoredRecord(
+                    record_id, name, data, version, created, now, expires, codecs.JSON, None
+                )
+            else:
+                record = _record_of(state, settings, data, now)
+            number = record_id.int
+            records[number] = record
+            raw[number] = len(data)
+            states.append(state)
+            digests.append(digest(data))
     finally:
         _write_set.reset(token)
     if guard._entries:
