@@ -3,7 +3,8 @@
 `serialize` (the model's wrap serializer) adds the model to the current `WriteSet` and returns
 its reference. A top-level dump owns the write set and flushes it before returning, so every
 external model reached by one dump, at any depth, is written in one batch per backend. A record
-whose data did not change is not written again (see `RecordState.holds`).
+whose data did not change is not written again (see `RecordState.holds`). A `save_many` of models
+whose classes hold no external model needs no ordering and skips the write set (`_collect_leaves`).
 """
 
 from __future__ import annotations
