@@ -10,9 +10,10 @@ valgrind. `--no-gc` disables the garbage collector around the counted calls (aft
 `gc.collect()`), to tell the collector's share.
 
 Operations: load (10 fields), load_many (1,000 records of 10 fields), flat101 (`load_many` of 101
-children), nested_load (a parent with 100 external children), save_many (1,000 records of 10
-fields, written again each call), and baseline_save_many (the hand-written `save_many` of
-baselines.py on the same records; `--backend sqlite` only).
+children), nested_load (a parent with 100 external children), new_save_many (building 1,000 new
+models of 10 fields and `save_many` of them), save_many (1,000 records of 10 fields, written
+again each call), and baseline_save_many (the hand-written `save_many` of baselines.py on the
+same records; `--backend sqlite` only).
 
 `--backend sqlite` runs against a SQLite file in a temporary directory instead of memory://: the
 count then includes the writer thread's work (sqlite3's parameter binding, SQLite itself), since
@@ -37,7 +38,15 @@ from uuid import uuid4
 from baselines import SQLiteBaseline
 from bench_models import FLAT10, model_set, values_for
 
-OPERATIONS = ("load", "load_many", "flat101", "nested_load", "save_many", "baseline_save_many")
+OPERATIONS = (
+    "load",
+    "load_many",
+    "flat101",
+    "nested_load",
+    "new_save_many",
+    "save_many",
+    "baseline_save_many",
+)
 BACKENDS = ("memory", "sqlite")
 
 
@@ -50,6 +59,7 @@ async def _operation(name: str, backend: str, directory: str) -> Callable[[], Aw
     children = [child(name=f"child {n}", value=n, tags=["a", "b"]) for n in range(101)]
     flat_references = await child.save_many(children)
     parent_reference = await models.parent(title="parent", children=children[:100]).save()
+    rows = [values_for(FLAT10, seed) for seed in range(1000)]
     batch = [flat10(**values_for(FLAT10, seed)) for seed in range(1000)]
     baseline = SQLiteBaseline(f"{directory}/baseline.db", "baseline")
     if name == "baseline_save_many":
@@ -62,6 +72,8 @@ async def _operation(name: str, backend: str, directory: str) -> Callable[[], Aw
         "load_many": lambda: flat10.load_many(references),
         "flat101": lambda: child.load_many(flat_references),
         "nested_load": lambda: models.parent.load(parent_reference),
+        # Building the models is counted too: where a new model's record state is made.
+        "new_save_many": lambda: flat10.save_many([flat10(**row) for row in rows]),
         "save_many": lambda: flat10.save_many(batch),
         "baseline_save_many": lambda: baseline.save_many(items),
     }

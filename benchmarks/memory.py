@@ -9,7 +9,10 @@ schemas and caches exist), build the list of ids or references, collect garbage,
 kernel's peak-RSS mark (`/proc/self/clear_refs`), load all N in one call and read the peak
 (`VmHWM`). What is compared is the growth of the peak over the process's size just before the
 call: the memory the load itself needed, with the result alive. The absolute peaks are printed
-too (the library's process imports more before it starts). Linux only: it reads /proc.
+too (the library's process imports more before it starts), and the growth per record, whose
+difference between the sides is what the library keeps or allocates per model (its record
+state, the record's bytes kept so an unchanged dump writes nothing, its batch bookkeeping).
+Linux only: it reads /proc.
 
 `--smoke` (2,000 records, one round, SQLite only) keeps the harness running in CI.
 """
@@ -193,7 +196,10 @@ def main() -> None:
     if args.smoke:
         args.records, args.rounds, args.backends = 2_000, 1, "sqlite"
     print(f"peak memory of load_many({args.records:,}) of ten-field records; growth = peak - size before")
-    print(f"{'backend':<11} {'side':<15} {'growth MiB (median)':>20} {'peak MiB':>9}  runs (growth MiB)")
+    print(
+        f"{'backend':<11} {'side':<15} {'growth MiB (median)':>20} {'B/record':>9} {'peak MiB':>9}"
+        "  runs (growth MiB)"
+    )
     failed_target = False
     with tempfile.TemporaryDirectory(prefix="toast-memory-") as directory:
         workdir = Path(directory)
@@ -215,10 +221,13 @@ def main() -> None:
                 medians[side] = statistics.median(growth)
                 peak = statistics.median(run["peak_kib"] / 1024 for run in runs[side])
                 shown = ", ".join(f"{value:.0f}" for value in growth)
-                print(f"{backend:<11} {label:<15} {medians[side]:>20.1f} {peak:>9.1f}  {shown}")
+                per_record = medians[side] * 1024 * 1024 / args.records
+                figures = f"{medians[side]:>20.1f} {per_record:>9.0f} {peak:>9.1f}"
+                print(f"{backend:<11} {label:<15} {figures}  {shown}")
             ratio = medians["toast"] / medians["baseline"]
             failed_target |= ratio > TARGET
-            print(f"{backend:<11} {'ratio':<15} {ratio:>20.2f}  (target <= {TARGET})")
+            extra = (medians["toast"] - medians["baseline"]) * 1024 * 1024 / args.records
+            print(f"{backend:<11} {'ratio':<15} {ratio:>20.2f} {extra:>+9.0f}  (target <= {TARGET})")
     if failed_target and not args.smoke:
         print("a ratio is over the target")
 

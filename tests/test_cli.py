@@ -241,6 +241,41 @@ def test_reading_a_mistyped_sqlite_path_fails_and_creates_nothing(
     assert sorted(path.name for path in tmp_path.iterdir() if path.name != "__pycache__") == before
 
 
+@pytest.mark.parametrize("command", READ_COMMANDS, ids=lambda command: " ".join(command[:2]))
+def test_reading_a_missing_postgresql_table_fails_and_creates_nothing(
+    command: list[str],
+    postgresql_table_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    asyncpg = pytest.importorskip("asyncpg")
+    module = f"cli_missing_pg_{uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(
+        "from pydantic_toast import ExternalBaseModel, ExternalConfigDict\n"
+        "class Person(ExternalBaseModel):\n"
+        "    name: str\n"
+        f"    model_config = ExternalConfigDict(storage={postgresql_table_url!r}, schema_version=2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    table = postgresql_table_url.rsplit("table=", 1)[1]
+
+    assert main([part.format(url=postgresql_table_url, module=module) for part in command]) == 1
+    error = capsys.readouterr().err
+    assert f'table "{table}" does not exist' in error
+    assert "'?table='" in error
+    assert "only reads" in error
+
+    async def exists() -> bool:
+        connection = await asyncpg.connect(postgresql_table_url.split("?", 1)[0])
+        try:
+            return bool(await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", table))
+        finally:
+            await connection.close()
+
+    assert not asyncio.run(exists())
+
+
 def test_reading_a_sqlite_database_without_the_table_fails_and_writes_nothing(
     sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,12 +7,13 @@ import copy
 import pickle
 import threading
 import time
+import weakref
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, PrivateAttr, ValidationError
 
 from models import every_type_model, every_type_values, wide_model, wide_values
 from pydantic_toast import (
@@ -22,6 +23,7 @@ from pydantic_toast import (
     RecordNotFoundError,
     StorageValidationError,
 )
+from pydantic_toast._record_state import state_of
 from pydantic_toast.registry import backend_class
 from pydantic_toast.url import StorageURL
 
@@ -367,3 +369,78 @@ def test_a_record_state_pickled_by_an_older_version_still_unpickles() -> None:
         None,
     )
     assert pickle.loads(pickle.dumps(state)).id == record_id
+
+
+class PrivateUser(ExternalBaseModel):
+    name: str
+    _note: str = PrivateAttr(default="none")
+    model_config = ExternalConfigDict(storage="memory://pickle-test")
+
+
+def test_a_loaded_model_holds_no_private_attribute_dict(storage_url: str) -> None:
+    # The record state lives in a slot: a private attribute dict per model cost 184 bytes.
+    model = user_model(storage_url)
+    reference = model(name="Ada", email="a@example.com", age=36).model_dump()
+    loaded = model.model_validate(reference)
+    assert loaded.__pydantic_private__ is None
+    assert loaded.external_reference == ExternalReference.model_validate(reference)
+
+
+def test_a_pickled_loaded_model_is_the_same_record_with_the_same_data() -> None:
+    reference = PickledUser(name="Ada").model_dump()
+    loaded = PickledUser.model_validate(reference)
+
+    unpickled = pickle.loads(pickle.dumps(loaded))
+
+    assert unpickled == loaded
+    assert unpickled.__pydantic_private__ is None
+    assert state_of(unpickled).loaded_json == state_of(loaded).loaded_json
+    assert unpickled.model_dump() == reference
+
+
+def test_pickles_carry_the_state_where_older_versions_kept_it() -> None:
+    original = PickledUser(name="Ada")
+    reference = original.model_dump()
+    pickled = original.__getstate__()
+    assert pickled["__pydantic_private__"] == {"_toast_record": state_of(original)}
+
+    older = PickledUser.__new__(PickledUser)
+    older.__setstate__({**pickled, "__pydantic_private__": {"_toast_record": state_of(original)}})
+    assert older.external_reference == ExternalReference.model_validate(reference)
+    assert older.__pydantic_private__ is None
+    assert older == original
+
+
+def test_private_attributes_survive_pickle_copy_and_equality() -> None:
+    original = PrivateUser(name="Ada")
+    original._note = "kept"
+    reference = original.model_dump()
+
+    unpickled = pickle.loads(pickle.dumps(original))
+    assert unpickled._note == "kept"
+    assert unpickled.external_reference == original.external_reference
+    assert unpickled == original
+    copied = copy.deepcopy(original)
+    assert copied._note == "kept"
+    assert copied.external_reference is None
+    assert copied == original
+    other = PrivateUser(name="Ada")
+    assert other != original  # pydantic compares private attributes: "none" != "kept"
+    loaded = PrivateUser.model_validate(reference)
+    assert loaded._note == "none"
+    assert loaded.external_reference == original.external_reference
+
+
+def test_constructed_and_mixed_in_models_are_new_records(storage_url: str) -> None:
+    class Base(BaseModel):
+        tag: str = "t"
+
+    class Mixed(ExternalBaseModel, Base):
+        name: str
+        model_config = ExternalConfigDict(storage=storage_url)
+
+    constructed = Mixed.model_construct(name="Ada", tag="x")
+    assert constructed.external_reference is None
+    reference = constructed.model_dump()
+    assert Mixed.model_validate(reference) == constructed
+    assert weakref.ref(constructed)() is constructed

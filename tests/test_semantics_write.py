@@ -159,6 +159,25 @@ async def test_save_always_writes_the_models_passed_but_not_unchanged_children(s
     assert saving[storage_url] == 1 + 2
 
 
+async def test_a_large_saved_model_dumped_unchanged_writes_nothing(storage_url: str) -> None:
+    # A save hashes large data on a worker thread while the record is written: the digest it
+    # keeps is the written data's all the same, whether saved alone or in a batch.
+    node_type, _ = tree(storage_url)
+    node = node_type(title="x" * 300_000, leaves=[])
+    other = node_type(title="y" * 300_000, leaves=[])
+    await node.save()
+    await node_type.save_many([other])
+    with written(storage_url) as unchanged:
+        node.model_dump()
+        await pydantic_toast.adump([node, other])
+    node.title = "z" * 300_000  # as long as before: only the data tells it changed
+    with written(storage_url) as changed:
+        node.model_dump()
+        node.model_dump()
+    assert unchanged[storage_url] == 0
+    assert changed[storage_url] == 1
+
+
 async def test_children_with_a_ttl_are_written_with_their_parent(memory_url: str, sqlite_url: str) -> None:
     # A child must not expire before the parent that points at it.
     node_type, leaf_type = tree(sqlite_url, memory_url, child_ttl=timedelta(hours=1))

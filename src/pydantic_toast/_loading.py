@@ -26,7 +26,7 @@ from ._pydantic_internals import (
     runs_no_user_code,
     schema_names,
 )
-from ._record_state import STATE, RecordState, keep_record, state_of
+from ._record_state import RecordState, attach_state, keep_record
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
 from ._writing import WriteSet, collecting_writes
 from .backends.base import StoredRecord
@@ -96,14 +96,9 @@ def validate(
         # Python mode breaks JSON-only semantics (strict datetimes, base64 bytes): re-validate
         # as JSON with the schema below this hook (pydantic runs the validators above it).
         options = json_options.get() or {}
-        model = core_validator(cls).validate_json(
-            pydantic_core.to_json(value), context=info.context, **options
-        )
-        if model.__pydantic_private__ is None:
-            # Built without post-init (see _pydantic_internals._build_inner), which materialize()
-            # makes up for on stored data; data from the caller is a new, unsaved record.
-            object.__setattr__(model, "__pydantic_private__", {STATE: RecordState()})
-        return model
+        # Data from the caller: a new, unsaved record (its state is made on first use).
+        validator = core_validator(cls)
+        return validator.validate_json(pydantic_core.to_json(value), context=info.context, **options)
     return keep_record(value, handler(value))
 
 
@@ -773,19 +768,11 @@ def materialize(
     else:
         validator = reading[3] if full else reading[4]
     model = cast(M, validator.validate_json(data_json, by_alias=False, by_name=True, context=context))
-    if model.__pydantic_private__ is None:
-        # Built without post-init (see _pydantic_internals._build_inner): this is the only
-        # private attribute.
-        state = RecordState(record.id, record.created_at, revision=record.revision)
-        object.__setattr__(model, "__pydantic_private__", {STATE: state})
-    else:
-        state = state_of(model)
-        state.id = record.id
-        state.created_at = record.created_at
-        state.revision = record.revision
-    if current:
-        # What the record holds (decoded), so that dumping the model unchanged writes nothing.
-        state.loaded_json = data_json
+    # loaded_json: what the record holds (decoded), so that dumping the model unchanged writes
+    # nothing. (Not after an upgrade: the record holds the old version.)
+    loaded = data_json if current else None
+    state = RecordState(record.id, record.created_at, loaded_json=loaded, revision=record.revision)
+    attach_state(model, state)
     return model
 
 

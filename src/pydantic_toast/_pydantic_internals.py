@@ -26,7 +26,6 @@ and discriminated unions of external models fail as before, with pydantic's own 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -41,7 +40,7 @@ from pydantic_core import (
 )
 
 from . import forksafe
-from ._record_state import STATE
+from ._record_state import is_external
 from .exceptions import StorageValidationError
 
 if TYPE_CHECKING:
@@ -267,11 +266,6 @@ def _build_inner(cls: type[ExternalBaseModel]) -> tuple[SchemaValidator, SchemaS
     stripped = _strip_own_validator(schema)
     below = _below_own_validator(schema)
     stripped_model = _model_node_without(stripped, "serialization")  # our wrap serializer
-    if _only_our_private_state(cls):
-        # materialize() sets the private state itself, once; pydantic's post-init would build a
-        # default state first (twice, for subclasses of a model with private attributes).
-        stripped = _model_node_without(stripped, "post_init")
-        below = _model_node_without(below, "post_init")
 
     def top(node: dict[str, Any]) -> Any:
         return core_schema.definitions_schema(node, definitions) if definitions else node
@@ -303,16 +297,6 @@ def data_schema(schema: CoreSchema) -> CoreSchema:
     its metadata (the JSON schema hook that is asking)."""
     node = _model_node_without(cast(dict[str, Any], schema), "serialization")
     return cast(CoreSchema, {key: value for key, value in node.items() if key not in ("ref", "metadata")})
-
-
-def _only_our_private_state(cls: type[ExternalBaseModel]) -> bool:
-    """True when the model has no private attributes and no model_post_init of its own."""
-    if set(cls.__private_attributes__) != {STATE}:
-        return False
-    post_init = inspect.unwrap(cls.model_post_init)
-    return getattr(post_init, "__name__", "") == "init_private_attributes" and getattr(
-        post_init, "__module__", ""
-    ).startswith("pydantic.")
 
 
 def _model_node_without(schema: dict[str, Any], key: str) -> dict[str, Any]:
@@ -507,8 +491,7 @@ def _filled(value: Any, fill: _Fill) -> Any:
         if any(new is not old for new, old in zip(items, value, strict=True)):
             return tuple(items)
     elif isinstance(value, BaseModel):
-        private = value.__pydantic_private__
-        if not (private and STATE in private):
+        if not is_external(value):
             _fill_model(value, fill)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for field in dataclasses.fields(value):

@@ -17,7 +17,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     GetJsonSchemaHandler,
-    PrivateAttr,
     SerializationInfo,
     SerializerFunctionWrapHandler,
     ValidationError,
@@ -29,8 +28,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticSerializationError
 
-from . import _loading, _pydantic_internals, _writing, lifecycle
-from ._record_state import RecordState, reset_state, state_of
+from . import _loading, _pydantic_internals, _record_state, _writing, lifecycle
+from ._record_state import PICKLED, RecordState, attach_state, peek_state, reset_state, state_of
 from ._settings import ModelSettings, coerce_reference, settings_for, storage_names
 from .encryption import KeySet
 from .exceptions import ExternalStorageError, StorageValidationError
@@ -163,7 +162,9 @@ class ExternalBaseModel(BaseModel):
     __toast_settings__: ClassVar[ModelSettings]
     __toast_upgrades__: ClassVar[dict[int, UpgradeFunction]]
 
-    _toast_record: RecordState = PrivateAttr(default_factory=RecordState)
+    # The record this instance is (see _record_state): a slot, not a private attribute, whose
+    # dict would cost more per loaded model than the state it holds.
+    __slots__ = ("_toast_state",)
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -362,7 +363,31 @@ class ExternalBaseModel(BaseModel):
         reset_state(copied)
         return copied
 
+    # Pickles carry the state among the private attributes, where versions before the slot kept
+    # it: a pickle of either reads in the other.
 
+    def __getstate__(self) -> dict[Any, Any]:
+        pickled = super().__getstate__()
+        state = peek_state(self)
+        if state is not None:
+            pickled["__pydantic_private__"] = {**(pickled["__pydantic_private__"] or {}), PICKLED: state}
+        return pickled
+
+    def __setstate__(self, pickled: dict[Any, Any]) -> None:
+        private = pickled.get("__pydantic_private__")
+        state = None
+        if private and PICKLED in private:
+            private = dict(private)
+            state = private.pop(PICKLED)
+            if not private and not type(self).__private_attributes__:
+                private = None  # as pydantic leaves a model without private attributes
+            pickled = {**pickled, "__pydantic_private__": private}
+        super().__setstate__(pickled)
+        if isinstance(state, RecordState):
+            attach_state(self, state)
+
+
+_record_state.bind_slot(ExternalBaseModel)
 # Lets _pydantic_internals recognise our validator among the user's own in the core schema.
 ExternalBaseModel._toast_validate.__func__.__toast_hook__ = True
 _pydantic_internals.install(ExternalBaseModel)

@@ -87,8 +87,9 @@ async def open_backend(url: str, *needs: Capability, create: bool = False) -> As
     """A connected backend for a one-off command, closed afterwards (not the runtime's pool).
 
     A backend lacking a capability in `needs` is refused before anything connects. Without
-    `create`, a SQLite database must already exist: connecting would create the file and its
-    table, turning a mistyped path into an empty store and a write on a read path.
+    `create`, a SQLite database and a PostgreSQL table must already exist: connecting would
+    create them, turning a mistyped path or table name into an empty store and a write on a
+    read path.
     """
     parsed = StorageURL.parse(url)
     backend_type = backend_class(parsed.scheme)
@@ -102,12 +103,21 @@ async def open_backend(url: str, *needs: Capability, create: bool = False) -> As
             )
     if not create:
         _require_sqlite_table(parsed, backend_type)
-    backend = backend_type(url)
+    backend = _reader(url, backend_type) if not create else backend_type(url)
     await backend.connect()
     try:
         yield backend
     finally:
         await backend.disconnect()
+
+
+def _reader(url: str, backend_type: type[StorageBackend]) -> StorageBackend:
+    """A backend that creates nothing when it connects, where the backend can promise that."""
+    from .backends.postgresql import PostgreSQLBackend
+
+    if issubclass(backend_type, PostgreSQLBackend):
+        return backend_type(url, create=False)
+    return backend_type(url)
 
 
 def _require_sqlite_table(url: StorageURL, backend_type: type[StorageBackend]) -> None:

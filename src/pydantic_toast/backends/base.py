@@ -84,7 +84,10 @@ _BY_METHOD: dict[Capability, tuple[str, ...]] = {
 # The last timestamp formatted and parsed. Records written together share their timestamps (one
 # `now` per write, created_at == updated_at for a new record), so most calls repeat the previous
 # one: formatting was 13% of a Redis batch save's CPU. One tuple, replaced whole: thread-safe.
+# Formatting keeps the one before too: a saved-again record alternates its own created_at with
+# each write's updated_at, which missed both every time (5 us of a 10-field Redis save).
 _formatted: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")
+_formatted_before = _formatted
 _parsed: tuple[str, datetime] = ("", datetime.min.replace(tzinfo=UTC))
 
 
@@ -93,13 +96,22 @@ def format_timestamp(moment: datetime) -> str:
 
     Always with microseconds, so the text sorts like the instant (SQLite compares it as text).
     """
-    global _formatted
+    global _formatted, _formatted_before
     last = _formatted
     # Equal instants give equal UTC text whatever their offsets (a naive datetime never equals
     # an aware one, so it is formatted as local time as before).
     if last[0] == moment:
         return last[1]
-    text = moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    before = _formatted_before
+    if before[0] == moment:
+        _formatted, _formatted_before = before, last
+        return before[1]
+    if moment.tzinfo is UTC:  # what the library makes: isoformat() without keywords, half the cost
+        text = moment.isoformat()[:-6]  # without "+00:00"
+        text = f"{text}Z" if moment.microsecond else f"{text}.000000Z"
+    else:
+        text = moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    _formatted_before = last
     _formatted = (moment, text)
     return text
 

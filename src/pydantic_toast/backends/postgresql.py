@@ -199,9 +199,12 @@ class PostgreSQLBackend(RecordStorageBackend):
     options_model = PostgreSQLOptions
     declared_capabilities = frozenset({Capability.TTL, Capability.UNIQUE_IDS})
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """`create=False` connects only to a table that exists, creating nothing: the CLI's
+        read-only commands use it, so that a mistyped table name is an error, not a new table."""
         super().__init__(url)
         self._settings = _settings(StorageURL.parse(url))
+        self._create = create
         self._pool: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._driver: ModuleType | None = None
@@ -367,6 +370,11 @@ class PostgreSQLBackend(RecordStorageBackend):
                 self._index_name("expires_at"),
             )
             has_schema, has_table, has_columns, has_class_index, has_expiry_index = row
+            if not self._create:
+                self._refuse_missing(has_schema and has_table)
+                # Without the TTL, codec and revision columns no record can be read, so a table
+                # of an older version still gains them below; indexes only speed up writes' scans.
+                has_class_index = has_expiry_index = True
             if not has_schema:
                 await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             if not has_table:
@@ -397,6 +405,17 @@ class PostgreSQLBackend(RecordStorageBackend):
                     f'CREATE INDEX IF NOT EXISTS "{settings.index("expires_at")}" ON {table} (expires_at) '
                     "WHERE expires_at IS NOT NULL"
                 )
+
+    def _refuse_missing(self, found: bool) -> None:
+        if found:
+            return
+        settings = self._settings
+        raise StorageConnectionError(
+            f"PostgreSQL table {settings.qualified} does not exist on {settings.where}, so it holds no "
+            "pydantic-toast records; check the database in the URL and its '?table=' and '?schema=' "
+            "options. This command only reads, so it does not create the table",
+            url=settings.shown,
+        )
 
     def _index_name(self, suffix: str) -> str:
         name = f'"{self._settings.index(suffix)}"'
