@@ -3,13 +3,14 @@
 `serialize` (the model's wrap serializer) adds the model to the current `WriteSet` and returns
 its reference. A top-level dump owns the write set and flushes it before returning, so every
 external model reached by one dump, at any depth, is written in one batch per backend. A record
-whose data did not change is not written again (see `RecordState.holds`).
+whose data did not change is not written again (see `RecordState.holds`). A `save_many` of models
+whose classes hold no external model needs no ordering and skips the write set (`_collect_leaves`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
 from . import _content, _content_models, codecs, observability, runtime
-from ._pydantic_internals import inner_serializer, serializer_error_fields
+from ._pydantic_internals import holds_references, inner_serializer, serializer_error_fields
 from ._record_state import RecordState, digest, state_of
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
 from ._stats import counters_for
@@ -493,26 +494,21 @@ class WriteSet:
         # Keyed by the id's int: a UUID's own hash runs in Python, an int's does not.
         records: dict[int, StoredRecord] = {}
         raw: dict[int, int] = {}
-        checked = False
         now = self._now
         for entry in entries:
-            record = _record_of(entry, now)
+            assert entry.data is not None
+            record = _record_of(entry.state, entry.settings, entry.data, now)
             number = record.id.int
             records[number] = record
-            raw[number] = len(entry.data or b"")
-            checked = checked or record.revision is not None
-        batch = list(records.values())
+            raw[number] = len(entry.data)
         url = entries[0].settings.url
         timeout = max(entry.settings.timeout for entry in entries)
-        if checked:
-            await _write_checked(url, timeout, batch, entries)
-        else:
-            await runtime.execute(url, timeout, lambda backend: backend.save_records(batch))
-        counters_for(url).add(
-            round_trips=0,
-            bytes_written=sum(map(len, [record.payload for record in batch])),
-            raw_bytes_written=sum(raw.values()),
-        )
+        states = [entry.state for entry in entries]
+
+        def names() -> dict[str, str]:
+            return {entry.settings.storage_name: type(entry.model).__qualname__ for entry in entries}
+
+        await _send(url, timeout, list(records.values()), sum(raw.values()), states, names)
         stored: list[tuple[str, int, str]] = []
         for entry in entries:
             state = entry.state
@@ -538,19 +534,17 @@ def _contains_itself(model: object) -> BaseException:
     )
 
 
-def _record_of(entry: _Pending, now: datetime) -> StoredRecord:
-    """The stored record of one collected model."""
-    state, settings = entry.state, entry.settings
+def _record_of(state: RecordState, settings: ModelSettings, data: bytes, now: datetime) -> StoredRecord:
+    """The stored record of one collected model, whose JSON is `data`."""
     assert state.id is not None
     assert state.created_at is not None
-    assert entry.data is not None
     # The codec stage: the one place where stored bytes are made from a model's JSON.
     if settings.codec is None:  # no pipeline: the JSON itself (codecs.encode's first case, inlined)
-        payload, encoding = entry.data, codecs.JSON
+        payload, encoding = data, codecs.JSON
     else:
         payload, encoding = codecs.encode(
             settings.codec,
-            entry.data,
+            data,
             class_name=settings.storage_name,
             id=state.id,
             schema_version=settings.schema_version,
@@ -568,17 +562,41 @@ def _record_of(entry: _Pending, now: datetime) -> StoredRecord:
     )
 
 
+async def _send(
+    url: StorageURL,
+    seconds: float,
+    batch: list[StoredRecord],
+    raw_bytes: int,
+    states: Sequence[RecordState],
+    names: Callable[[], Mapping[str, str]],
+) -> None:
+    """Write one backend's batch and count it. `states`: the instances' states, whose revisions
+    a checked write updates; `names`: storage name -> class name, for a conflict's message."""
+    if any(record.revision is not None for record in batch):
+        await _write_checked(url, seconds, batch, states, names)
+    else:
+        await runtime.execute(url, seconds, lambda backend: backend.save_records(batch))
+    counters_for(url).add(
+        round_trips=0,
+        bytes_written=sum(map(len, [record.payload for record in batch])),
+        raw_bytes_written=raw_bytes,
+    )
+
+
 async def _write_checked(
-    url: StorageURL, seconds: float, batch: list[StoredRecord], entries: list[_Pending]
+    url: StorageURL,
+    seconds: float,
+    batch: list[StoredRecord],
+    states: Sequence[RecordState],
+    names: Callable[[], Mapping[str, str]],
 ) -> None:
     """Write a batch holding records of models with `optimistic_concurrency`: each is written only
     if the store still holds the revision its instance knows; else nothing is (where the store
     allows atomic batches) and `ConcurrentUpdateError` names the first conflict."""
     conflicts = await runtime.execute(url, seconds, lambda backend: backend.save_records_checked(batch))
     if conflicts:
-        names = {entry.settings.storage_name: type(entry.model).__qualname__ for entry in entries}
         first = conflicts[0]
-        model = names.get(first.class_name, first.class_name)
+        model = names().get(first.class_name, first.class_name)
         if first.found is None:
             found = "the store holds no such record any more (deleted or expired)"
         elif first.expected == 0:
@@ -602,9 +620,9 @@ async def _write_checked(
             conflicts=[(c.class_name, c.id, c.expected, c.found) for c in conflicts],
         )
     revisions = {record.id: record.revision for record in batch}
-    for entry in entries:
-        assert entry.state.id is not None
-        entry.state.revision = revisions[entry.state.id]
+    for state in states:
+        assert state.id is not None
+        state.revision = revisions[state.id]
 
 
 @contextmanager
@@ -773,9 +791,113 @@ async def save_many(models: Sequence[ExternalBaseModel], *, shallow: bool = Fals
     The models passed are always written (that refreshes their ttl); the models they hold only
     when their data changed, as in a dump.
     """
+    leaves = _collect_leaves(models)
+    if leaves is not None:
+        batches, references = leaves
+        await runtime.gather_all(batch.write() for batch in batches)
+        return references
     write_set, references = _collect_saves(models, shallow)
     await write_set.flush()
     return references
+
+
+class _LeafBatch:
+    """One backend's records of a `save_many` of leaf models: what a `WriteSet` would write for
+    them, built without its bookkeeping (they point at nothing, so there is nothing to order)."""
+
+    __slots__ = ("digests", "names", "raw", "records", "seconds", "states", "url")
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.url = settings.url
+        self.seconds = settings.timeout
+        # By the id's int, as `WriteSet._write` does: two instances of one record, the last wins.
+        self.records: dict[int, StoredRecord] = {}
+        self.states: list[RecordState] = []
+        self.digests: list[bytes] = []
+        self.raw: dict[int, int] = {}  # the JSON's size, before any codec
+        self.names: dict[str, str] = {}
+
+    async def write(self) -> None:
+        batch = list(self.records.values())
+        await _send(self.url, self.seconds, batch, sum(self.raw.values()), self.states, lambda: self.names)
+        for state, data_digest in zip(self.states, self.digests, strict=True):
+            state.wrote(data_digest)
+
+
+def _collect_leaves(
+    models: Sequence[ExternalBaseModel],
+) -> tuple[Iterable[_LeafBatch], list[ExternalReference]] | None:
+    """The batches and references of a `save_many` whose models are all of leaf classes, or None.
+
+    A leaf class holds no external model and no `Toast` value (decided once per class, from its
+    schema) and is not content-addressed: its instances' records point at nothing, so a save of
+    them needs no `WriteSet` (no per-model entry, no ordering, no stages). The behaviour is the
+    write set's: every model passed is written (so unchanged ones too, refreshing their ttl), a
+    record that would not load back is refused and sizes are checked before anything is sent.
+    """
+    writers: dict[type[ExternalBaseModel], tuple[_ClassWriter, _LeafBatch]] = {}
+    batches: dict[str, _LeafBatch] = {}
+    for cls in set(map(type, models)):
+        writer = _ClassWriter.of(cls)
+        settings = writer.settings
+        if settings.content_addressed or holds_references(cls):
+            return None
+        batch = batches.get(settings.url.raw)
+        if batch is None:
+            batch = batches[settings.url.raw] = _LeafBatch(settings)
+        batch.seconds = max(batch.seconds, settings.timeout)
+        batch.names[settings.storage_name] = writer.name
+        writers[cls] = (writer, batch)
+    # A schema tells what a field validates, not what it may hold: an `Any` (or `object`) field
+    # may hold an external model or a Toast value, which joins the running write set when it is
+    # serialized. This one only notices them; the general path then saves the batch instead.
+    guard = WriteSet()
+    now = guard._now
+    references: list[ExternalReference] = []
+    current: type[ExternalBaseModel] | None = None
+    token = _write_set.set(guard)
+    try:
+        for model in models:
+            if type(model) is not current:  # per run of one class, not per model: hoisted
+                current = type(model)
+                writer, batch = writers[current]
+                settings = writer.settings
+                stored_data, name, version = (
+                    writer.stored_data,
+                    settings.storage_name,
+                    settings.schema_version,
+                )
+                expires = None if settings.ttl is None else now + settings.ttl
+                plain = settings.codec is None and not settings.optimistic_concurrency
+                sized = settings.warn_size is not None or settings.max_size is not None
+                records, raw, states, digests = batch.records, batch.raw, batch.states, batch.digests
+            state = state_of(model)
+            record_id = state.id
+            if record_id is None:  # the first save, identified before its data as `add` does
+                record_id = state.id = uuid4()
+            created = state.created_at
+            if created is None:
+                created = state.created_at = now
+            references.append(state.reference(name))
+            data = stored_data(model)
+            if sized:
+                observability.check_size(writer.name, settings, len(data))
+            if plain:  # `_record_of` without its codec stage and revision
+                record = StoredRecord(
+                    record_id, name, data, version, created, now, expires, codecs.JSON, None
+                )
+            else:
+                record = _record_of(state, settings, data, now)
+            number = record_id.int
+            records[number] = record
+            raw[number] = len(data)
+            states.append(state)
+            digests.append(digest(data))
+    finally:
+        _write_set.reset(token)
+    if guard._entries:
+        return None
+    return batches.values(), references
 
 
 def save_sync(model: ExternalBaseModel) -> ExternalReference:

@@ -257,11 +257,12 @@ class SQLiteBackend(RecordStorageBackend):
         # instant is formatted once, not three times per record (formatting was ~40% of this loop).
         texts: dict[datetime, str] = {}
         statements: list[tuple[str, list[Any]]] = []
+        ids = _id_texts([r.id for r in records])
         for start in range(0, len(records), per_statement):
             chunk = records[start : start + per_statement]
             parameters: list[Any] = []
             add = parameters.extend
-            for r in chunk:
+            for r, id_text in zip(chunk, ids[start : start + per_statement], strict=True):
                 created, updated = texts.get(r.created_at), texts.get(r.updated_at)
                 if created is None:
                     created = texts[r.created_at] = format_timestamp(r.created_at)
@@ -269,7 +270,7 @@ class SQLiteBackend(RecordStorageBackend):
                     updated = texts[r.updated_at] = format_timestamp(r.updated_at)
                 # JSON stays TEXT, readable with SQLite's JSON functions; other encodings are BLOBs.
                 data = r.payload.decode() if r.encoding == "json" else r.payload
-                add((str(r.id), r.class_name, data, r.schema_version, created, updated))
+                add((id_text, r.class_name, data, r.schema_version, created, updated))
                 if expiring:
                     moment = r.expires_at
                     expires = None if moment is None else texts.get(moment)
@@ -531,6 +532,30 @@ def _add_missing_columns(connection: sqlite3.Connection, table: str) -> None:
             # "duplicate column": another process added it between our look and our ALTER.
             if "duplicate column" not in str(exc):
                 raise
+
+
+# Where each of an id's 32 hex digits goes in its text: 8-4-4-4-12 digits, dashes between.
+_DIGIT_PLACES = tuple(
+    (digit, digit + (digit >= 8) + (digit >= 12) + (digit >= 16) + (digit >= 20)) for digit in range(32)
+)
+
+
+def _id_texts(ids: Sequence[UUID]) -> list[str]:
+    """`[str(id) for id in ids]`, made for the whole batch at once.
+
+    UUID.__str__ is Python code: it was two thirds of the Python work of building a batch's
+    parameters. Here one call formats every id's digits, and each digit position is moved into
+    place for all ids by one slice assignment: per id, only C code runs.
+    """
+    count = len(ids)
+    digits = (("%032x" * count) % tuple([id.int for id in ids])).encode()
+    text = bytearray(b"-" * (37 * count))  # 36 characters and a comma per id
+    text[36::37] = b"," * count
+    for digit, place in _DIGIT_PLACES:
+        text[place::37] = digits[digit::32]
+    texts = text.decode().split(",")
+    texts.pop()  # after the last comma
+    return texts
 
 
 def _timestamp_parser() -> Callable[[str], datetime]:
