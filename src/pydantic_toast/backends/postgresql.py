@@ -484,9 +484,8 @@ class PostgreSQLBackend(RecordStorageBackend):
             )
         return pool
 
-    # ------------------------------------------------------------------ contract
-
-    # ------------------------------------------------------------------ fast paths
+    # ------------------------------------------------------------------ records
+    # The batch methods; RecordStorageBackend builds the contract's save and load on them.
 
     async def save_records(self, records: Sequence[StoredRecord]) -> None:
         if not records:
