@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import closing
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -71,7 +72,7 @@ async def test_an_external_model_in_an_any_field_is_still_written_first(sqlite_u
     assert child.external_reference is not None
     assert await Child.load(child.external_reference) == child
     path = sqlite_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as connection:
+    with closing(sqlite3.connect(path)) as connection:
         [(data,)] = connection.execute(
             "SELECT data FROM external_models WHERE id = ?", (str(loose_reference.id),)
         )
