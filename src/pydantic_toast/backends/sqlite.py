@@ -574,7 +574,7 @@ def _timestamp_parser() -> Callable[[str], datetime]:
 def _loaded(
     row: tuple[Any, ...], class_name: str, id: UUID, parse: Callable[[str], datetime]
 ) -> StoredRecord:
-    """A row of `_LOAD_COLUMNS` as a record."""
+    """A row of `_LOAD_COLUMNS` (or of `_COLUMNS` without its class name) as a record."""
     _, data, version, created, updated, expires, encoding, revision = row
     if encoding is None:
         encoding = "json"
@@ -613,18 +613,8 @@ def _now_text() -> str:
 def _record_from_row(
     row: tuple[Any, ...], parse: Callable[[str], datetime] = parse_timestamp, id: UUID | None = None
 ) -> StoredRecord:
-    id_text, class_name, data, version, created, updated, expires, encoding, revision = row
-    return StoredRecord(
-        UUID(id_text) if id is None else id,
-        class_name,
-        data.encode() if encoding is None else data,
-        version,
-        parse(created),
-        parse(updated),
-        None if expires is None else parse(expires),
-        encoding or "json",
-        revision,
-    )
+    """A row of `_COLUMNS` (scans and finds, which read the class name) as a record."""
+    return _loaded(row[:1] + row[2:], row[1], UUID(row[0]) if id is None else id, parse)
 
 
 def _settings(url: StorageURL) -> tuple[str, SQLiteOptions]:
