@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import pytest
-from pydantic import BaseModel, PlainSerializer, field_serializer
+from pydantic import BaseModel, PlainSerializer, create_model, field_serializer
 
 import pydantic_toast
 from pydantic_toast import (
@@ -102,7 +102,17 @@ def test_plain_scalar_classes_are_told_from_their_schema(memory_url: str) -> Non
         name: str
         model_config = ExternalConfigDict(storage=memory_url, extra="allow")
 
-    for cls in (Listed, Nested, Chosen, Serialized, PlainSerialized, Open):
+    class Stored(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=memory_url)
+
+    # Past the field count where checking each value costs more than the checked call saves.
+    fields: dict[str, Any] = {f"f{index}": (int, 0) for index in range(65)}
+    Wide = create_model("Wide", __base__=Stored, **fields)  # noqa: N806
+    del fields["f64"]
+    Narrow = create_model("Narrow", __base__=Stored, **fields)  # noqa: N806
+    assert _ClassWriter.of(Narrow).exact is not None
+
+    for cls in (Listed, Nested, Chosen, Serialized, PlainSerialized, Open, Wide):
         assert _ClassWriter.of(cls).exact is None, cls.__name__
 
 
