@@ -92,11 +92,12 @@ class _ClassWriter:
     """What storing the instances of one class takes, built once per class and looked up once
     per write set, not per instance (three lookups and two casts were ~5% of a batch's work)."""
 
-    __slots__ = ("exact", "leaf", "name", "required", "serializer", "settings")
+    __slots__ = ("exact", "fields", "leaf", "name", "required", "serializer", "settings")
 
     def __init__(self, cls: type[ExternalBaseModel]) -> None:
         self.settings = _settings_of(cls)  # first: a class without storage is refused here
         self.name = cls.__qualname__
+        self.fields = tuple(cls.__pydantic_fields__)
         self.required = frozenset(
             name for name, field in cls.__pydantic_fields__.items() if field.is_required()
         )
@@ -124,15 +125,18 @@ class _ClassWriter:
         # fields: skipped when every field holds a value of exactly its declared scalar type,
         # which pydantic serializes without a warning; any other value takes the checked call.
         warnings: Literal["error"] | bool = "error"
-        exact = self.exact
         values = model.__dict__
-        if exact is not None and tuple(values) == exact[0]:  # every field, no other key
-            types = tuple(map(type, values.values()))
-            if types == exact[1] or all(map(operator.contains, exact[2], types)):
-                warnings = True
-        # keys() >= set compares in place; issubset(keys()) would build a set from the keys first.
-        if warnings is not True and not values.keys() >= self.required:
-            missing = sorted(self.required - model.__dict__.keys())
+        # Every field, in order, and no other key: the common case, so no required field is
+        # missing. A tuple of the keys compares by identity; `keys() >= required` looks each
+        # required name up (26,000 instructions for 100 fields against ~3,000).
+        if tuple(values) == self.fields:
+            exact = self.exact
+            if exact is not None:
+                types = tuple(map(type, values.values()))
+                if types == exact[0] or all(map(operator.contains, exact[1], types)):
+                    warnings = True
+        elif not values.keys() >= self.required:
+            missing = sorted(self.required - values.keys())
             raise _remember(
                 StorageValidationError(
                     f"{self.name} cannot be stored: required field(s) {', '.join(map(repr, missing))} "
@@ -193,10 +197,10 @@ _EXACT_FIELDS_MAX = 64
 
 def _scalar_fields(
     cls: type[ExternalBaseModel],
-) -> tuple[tuple[str, ...], tuple[type, ...], tuple[frozenset[type], ...]] | None:
-    """(field names in order, each field's type, each field's accepted types) when every field
-    of `cls` is a plain scalar (optionally nullable, with a default) and there are at most
-    `_EXACT_FIELDS_MAX` of them, else None.
+) -> tuple[tuple[type, ...], tuple[frozenset[type], ...]] | None:
+    """(each field's type, each field's accepted types), in the order of `__pydantic_fields__`,
+    when every field of `cls` is a plain scalar (optionally nullable, with a default) and there
+    are at most `_EXACT_FIELDS_MAX` of them, else None.
 
     From the class's core schema: no custom serializer at any level of a field, no extra fields
     kept (they would be serialized by inference), no shared definitions. A model whose `__dict__`
@@ -238,7 +242,9 @@ def _scalar_fields(
         names.append(name)
         firsts.append(kind)
         accepted.append(frozenset({kind, *kinds}))
-    return tuple(names), tuple(firsts), tuple(accepted)
+    if tuple(names) != tuple(cls.__pydantic_fields__):  # checked against the instance's keys
+        return None
+    return tuple(firsts), tuple(accepted)
 
 
 class WriteSet:
@@ -874,19 +880,19 @@ async def save(model: ExternalBaseModel) -> ExternalReference:
     if writer.leaf:
         leaf = _leaf_record(model, writer)
         if leaf is not None:
-            record, state, reference = leaf
+            record, data, state, reference = leaf
             settings = writer.settings
             names = {settings.storage_name: writer.name}
             await _send(
                 settings.url,
                 settings.timeout,
                 [record],
-                len(record.payload),
+                len(data),  # the JSON's size: the record's payload may be compressed or encrypted
                 [state],
                 lambda: names,
                 checked=settings.optimistic_concurrency,
             )
-            state.wrote(record.payload)
+            state.wrote(digest(data))
             return reference
     [reference] = await save_many([model])
     return reference
@@ -894,9 +900,9 @@ async def save(model: ExternalBaseModel) -> ExternalReference:
 
 def _leaf_record(
     model: ExternalBaseModel, writer: _ClassWriter
-) -> tuple[StoredRecord, RecordState, ExternalReference] | None:
-    """`_collect_leaves` for one model: its record, state and reference; None if a field held an
-    external model or a `Toast` value after all (the general path then saves it)."""
+) -> tuple[StoredRecord, bytes, RecordState, ExternalReference] | None:
+    """`_collect_leaves` for one model: its record, JSON, state and reference; None if a field
+    held an external model or a `Toast` value after all (the general path then saves it)."""
     settings = writer.settings
     guard = _LeafGuard()
     now = guard._now
@@ -915,7 +921,7 @@ def _leaf_record(
         return None
     if settings.warn_size is not None or settings.max_size is not None:
         observability.check_size(writer.name, settings, len(data))
-    return _record_of(state, settings, data, now), state, reference
+    return _record_of(state, settings, data, now), data, state, reference
 
 
 async def save_many_shallow(models: Sequence[ExternalBaseModel]) -> list[ExternalReference]:
