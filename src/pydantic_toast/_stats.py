@@ -14,6 +14,11 @@ _counters: dict[str, tuple[StorageURL, BackendStats]] = {}
 
 def counters_for(url: StorageURL) -> BackendStats:
     """The counters of `url`, created on first use; one set per URL across event loops."""
+    # Read without the lock (one dict lookup is atomic): every write counts, and only the first
+    # for a URL creates its entry.
+    entry = _counters.get(url.raw)
+    if entry is not None:
+        return entry[1]
     with _lock:
         entry = _counters.get(url.raw)
         if entry is None:

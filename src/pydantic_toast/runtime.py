@@ -186,7 +186,12 @@ async def _execute(
     task = deadlines.enter(seconds)
     cancelling = task.cancelling()
     try:
-        result = await operation(await get_backend(url))
+        # get_backend's first lines inline: once connected, a backend is two lookups away, and
+        # awaiting a coroutine that never suspends still costs its frame.
+        slots = _slots.get(loop)
+        slot = None if slots is None else slots.get(url.raw)
+        backend = slot.backend if slot is not None and slot.connected else await get_backend(url)
+        result = await operation(backend)
     except asyncio.CancelledError:
         # As asyncio.timeout does: our deadline's cancel becomes the timeout error only when no
         # other cancel (the caller's task.cancel(), a TaskGroup, ...) landed with it.
