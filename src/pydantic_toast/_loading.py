@@ -19,12 +19,15 @@ from pydantic import ValidationInfo, ValidatorFunctionWrapHandler
 from . import runtime
 from ._content_models import check_loaded
 from ._pydantic_internals import (
+    StoredReference,
+    collect_placeholders,
     core_validator,
     fill_placeholders,
     holds_references,
     inner_validator,
     runs_no_user_code,
     schema_names,
+    stored_reader,
 )
 from ._record_state import RecordState, attach_state, keep_record
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
@@ -201,7 +204,7 @@ class _Node:
         self.waiting = 0  # what it waits for: unbuilt nodes, unfetched records
         self.children: list[_Node] = []  # the nodes among those, for naming a cycle
         # Built around placeholders: the model and the placeholders it holds (see `_Placeholder`).
-        self.partial: tuple[ExternalBaseModel, list[_Placeholder]] | None = None
+        self.partial: tuple[ExternalBaseModel, list[_Placeholder] | list[StoredReference]] | None = None
 
 
 class TreeLoader:
@@ -389,6 +392,10 @@ class TreeLoader:
                 self._finish(node, record, partial[0])
                 return
             # Not provably what validating it again gives: validated again, as below.
+        elif runs_no_user_code(node.cls, node.model_key[3]):
+            reader = stored_reader(node.cls)
+            if reader is not None and self._read_stored(node, record, *reader):
+                return
         blocked: set[_Node] = set()
         self._blocked = blocked
         self._blocked_on_fetch = False
@@ -424,13 +431,71 @@ class TreeLoader:
         assert model is not None
         self._finish(node, record, model)
 
+    def _read_stored(
+        self, node: _Node, record: StoredRecord, validator: SchemaValidator, names: dict[str, type[Any]]
+    ) -> bool:
+        """Build `node` with its class's stored reader (see `stored_reader`): its references to
+        leaf classes come back as `StoredReference`s, resolved here, not through our hook once
+        each. False (nothing kept) if anything is not as the validation with the hook would
+        have it: that validation then runs as before and builds, waits or raises as it does."""
+        self._blocked = set()
+        self._blocked_on_fetch = False
+        self._placeholders = False  # our hook, on input the reader leaves to it: no placeholders
+        self._handed = None
+        classes, built, records, wanted = self._classes, self._built, self._records, self._wanted
+        pending = False
+        try:
+            model = materialize(
+                node.cls, record, node.model_key[3], self._context, self._reading(node.cls), validator
+            )
+            if self._blocked or self._blocked_on_fetch:
+                return False
+            found = collect_placeholders(model, StoredReference)
+            for reference in found:
+                fields = reference.__dict__
+                name, record_id = fields["class_name"], fields["id"]
+                target = names[name]
+                reading = classes.get(target) or self._reading(target)
+                # What resolve_id does for a reference to a class holding no references.
+                model_key = (reading[1], record_id.int, name, False)
+                child = built.get(model_key)
+                leaf = None
+                if child is None:
+                    key = model_key[:3]
+                    stored = records.get(key)
+                    if stored is not None:
+                        child = self._build_simple(target, model_key, stored, reading)
+                    elif key in self._missing:
+                        return False
+                    else:
+                        wanted[key] = (reading[0], record_id)
+                        leaf = (model_key, key, reading)
+                        pending = True
+                reference.cls = reference.target = target
+                reference.leaf = leaf
+                reference.model = child
+        except Exception:  # noqa: BLE001 - validating with the hook raises it where it belongs
+            return False
+        finally:
+            self._blocked = None
+        if pending:
+            node.partial = (model, found)
+            node.waiting = 1
+            node.children = []
+            self._after_fetch.append(node)
+            return True
+        if found and not fill_placeholders(model, StoredReference, len(found)):
+            return False
+        self._finish(node, record, model)
+        return True
+
     def _finish(self, node: _Node, record: StoredRecord, model: ExternalBaseModel) -> None:
         node.model = model
         if record.schema_version < node.cls.__toast_settings__.schema_version:
             self._note_upgraded(node.cls, node.key, model)
         self._settled(node)
 
-    def _fill(self, model: ExternalBaseModel, handed: list[_Placeholder]) -> bool:
+    def _fill(self, model: ExternalBaseModel, handed: list[_Placeholder] | list[StoredReference]) -> bool:
         """Swap each placeholder in `model` for its model, now that all are fetched or built.
 
         Each is resolved as validating the record again would resolve it, in the same order;
@@ -445,8 +510,8 @@ class TreeLoader:
         built, records = self._built, self._records
         try:
             for placeholder in handed:
-                child: object = None
-                leaf = placeholder.leaf
+                child: object = placeholder.model  # resolved already (a stored reader's)
+                leaf = placeholder.leaf if child is None else None
                 if leaf is not None:
                     # What resolve_id does for a class holding no references, its keys made once.
                     model_key, key, reading = leaf
@@ -464,7 +529,7 @@ class TreeLoader:
             blocked, self._blocked = self._blocked, None
         if blocked or self._blocked_on_fetch:
             return False
-        return fill_placeholders(model, _Placeholder, len(handed))
+        return fill_placeholders(model, type(handed[0]), len(handed))
 
     def _note_upgraded(self, cls: type[ExternalBaseModel], key: _RecordKey, model: ExternalBaseModel) -> None:
         if cls.__toast_settings__.upgrade_write_back:
@@ -806,12 +871,14 @@ def materialize(
     full: bool = True,
     context: Any = None,
     reading: _ClassReading | None = None,
+    validator: SchemaValidator | None = None,
 ) -> M:
     """Validate a stored record's data into a model that remembers which record it is.
 
     `full`: with the class's validators above our hook too (else pydantic runs them on the
-    result). `reading`: what a tree loader looked up about `cls` already. Raises pydantic's
-    ValidationError; `stored_data_error` makes it safe to show.
+    result). `reading`: what a tree loader looked up about `cls` already. `validator`: the
+    validator to use instead of those. Raises pydantic's ValidationError; `stored_data_error`
+    makes it safe to show.
     """
     settings = cls.__toast_settings__ if reading is None else reading[0]
     current = record.schema_version == settings.schema_version
@@ -821,10 +888,11 @@ def materialize(
         data_json = upgraded_data(cls, record)
     if settings.content_addressed:
         check_loaded(cls, record, data_json)  # before any validator of the user's sees the data
-    if reading is None:
-        validator = inner_validator(cls) if full else core_validator(cls)
-    else:
-        validator = reading[3] if full else reading[4]
+    if validator is None:
+        if reading is None:
+            validator = inner_validator(cls) if full else core_validator(cls)
+        else:
+            validator = reading[3] if full else reading[4]
     model = cast(M, validator.validate_json(data_json, by_alias=False, by_name=True, context=context))
     # loaded_json: what the record holds (decoded), so that dumping the model unchanged writes
     # nothing. (Not after an upgrade: the record holds the old version.)
