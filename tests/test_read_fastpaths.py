@@ -19,7 +19,14 @@ import pytest
 from pydantic import BaseModel, Field, field_validator
 
 from fixtures.stored import store_raw
-from pydantic_toast import ExternalBaseModel, ExternalConfigDict, StoredDataError, Toast, _loading
+from pydantic_toast import (
+    ExternalBaseModel,
+    ExternalConfigDict,
+    StorageValidationError,
+    StoredDataError,
+    Toast,
+    _loading,
+)
 from pydantic_toast._pydantic_internals import stored_reader
 from pydantic_toast._record_state import state_of
 from test_fill_in_place import assert_same
@@ -219,3 +226,32 @@ def test_ids_of_a_read_reference_are_uuids(models: Models) -> None:
     model = validator.validate_json(stored)
     assert names == {"Child": models.child, "Small": models.small}
     assert type(model.children[0].id) is UUID
+
+
+async def test_an_abstract_class_refuses_a_reference_object_as_it_refuses_any_other(models: Models) -> None:
+    class Abstract(ExternalBaseModel):  # no storage configured
+        name: str
+
+    reference = await models.child(name="c").save()
+    for argument in (reference, reference.model_dump(), reference.id):
+        with pytest.raises(StorageValidationError, match="no storage configured"):
+            await Abstract.load(argument)
+        with pytest.raises(StorageValidationError, match="no storage configured"):
+            await Abstract.load_many([argument])
+    assert await Abstract.load_many([]) == []
+
+
+async def test_load_many_refuses_another_class_and_keeps_stored_values_out(
+    models: Models,
+) -> None:
+    good = await models.child(name="good").save()
+    bad = await store_raw(models.storage, "Child", {"name": ["a secret value"]})
+
+    with pytest.raises(StoredDataError) as failure:
+        await models.child.load_many([good, bad])
+
+    assert failure.value.id == bad
+    assert "a secret value" not in str(failure.value)
+    assert failure.value.__context__ is None
+    with pytest.raises(StorageValidationError):
+        await models.child.load_many([good, {"class_name": "Parent", "id": str(good.id)}])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Coroutine, Generator, Mapping, Sequence
 from contextvars import ContextVar
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 from uuid import UUID
 
@@ -139,7 +140,7 @@ def class_reading(cls: type[ExternalBaseModel]) -> _ClassReading:
     # its validators.
     reading: _ClassReading | None = cls.__dict__.get("__toast_reading__")
     if reading is None:
-        settings = cls.__toast_settings__
+        settings = settings_of(cls)  # an abstract class: the error coerce_reference gives it
         holds = holds_references(cls)
         reading = (settings, settings.url.raw, holds, inner_validator(cls), core_validator(cls))
         type.__setattr__(cls, "__toast_reading__", reading)
@@ -694,17 +695,21 @@ def load_blocking(cls: type[M], reference: ExternalReference, context: Any = Non
 
 async def load_many(cls: type[M], references: Sequence[ExternalReference], context: Any = None) -> list[M]:
     """Load models in order; every missing id is reported in one RecordNotFoundError."""
-    if references and not holds_references(cls):
-        storage_name = settings_of(cls).storage_name
-        if all(reference.class_name == storage_name for reference in references):
+    if not references:
+        return []
+    reading = class_reading(cls)
+    if not reading[2]:
+        storage_name = reading[0].storage_name
+        if all(map(storage_name.__eq__, map(_class_name, references))):
             # The common batch: one class whose data refers to no external model, so no waiting.
             return await _drive(_load_leaves(cls, references, context))
     roots: list[tuple[type[ExternalBaseModel], ExternalReference, bool]] = [
         (resolve_class(cls, reference), reference, True) for reference in references
     ]
-    if not roots:
-        return []
     return cast(list[M], await _drive(TreeLoader(roots, context).run()))
+
+
+_class_name = attrgetter("class_name")
 
 
 def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context: Any) -> _Steps[list[M]]:
@@ -731,15 +736,22 @@ def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context:
     current = settings.schema_version
     built: dict[int, M] = {}
     upgraded: list[ExternalBaseModel] = []
-    for index, number in enumerate(ids):
-        record = found[index]
+    failure: StoredDataError | None = None
+    try:
+        for index, number in enumerate(ids):
+            record = found[index]
+            assert record is not None
+            # Each record goes as soon as its model is built: a batch's peak memory is its models,
+            # not its models and every record's bytes.
+            found[index] = None
+            model = built[number] = materialize(cls, record, True, context, reading)
+            if record.schema_version < current and settings.upgrade_write_back:
+                upgraded.append(model)
+    except pydantic_core.ValidationError as exc:  # materialize_checked's, once per batch
         assert record is not None
-        # Each record goes as soon as its model is built: a batch's peak memory is its models,
-        # not its models and every record's bytes.
-        found[index] = None
-        model = built[number] = materialize_checked(cls, record, True, context, reading)
-        if record.schema_version < current and settings.upgrade_write_back:
-            upgraded.append(model)
+        failure = stored_data_error(cls, record, exc)
+    if failure is not None:
+        raise failure  # outside the except block: the ValidationError holds stored values
     if upgraded:
         write_back = _rewrite(upgraded)
         yield write_back.flush(), write_back
@@ -893,12 +905,13 @@ def materialize(
             validator = inner_validator(cls) if full else core_validator(cls)
         else:
             validator = reading[3] if full else reading[4]
-    model = cast(M, validator.validate_json(data_json, by_alias=False, by_name=True, context=context))
+    # (Annotated, not cast(): a call per record.)
+    model: M = validator.validate_json(data_json, by_alias=False, by_name=True, context=context)
     # loaded_json: what the record holds (decoded), so that dumping the model unchanged writes
-    # nothing. (Not after an upgrade: the record holds the old version.)
+    # nothing. (Not after an upgrade: the record holds the old version.) Positional: a keyword
+    # call to the dataclass's __init__ costs half as much again.
     loaded = data_json if current else None
-    state = RecordState(record.id, record.created_at, loaded_json=loaded, revision=record.revision)
-    attach_state(model, state)
+    attach_state(model, RecordState(record.id, record.created_at, None, None, loaded, record.revision))
     return model
 
 
