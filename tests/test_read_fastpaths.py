@@ -18,7 +18,7 @@ from uuid import UUID
 import pytest
 from pydantic import BaseModel, Field, field_validator
 
-from fixtures.stored import store_raw
+from fixtures.stored import store_raw, stored_version
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
@@ -26,6 +26,7 @@ from pydantic_toast import (
     StoredDataError,
     Toast,
     _loading,
+    upgrade,
 )
 from pydantic_toast._pydantic_internals import stored_reader
 from pydantic_toast._record_state import state_of
@@ -255,3 +256,35 @@ async def test_load_many_refuses_another_class_and_keeps_stored_values_out(
     assert failure.value.__context__ is None
     with pytest.raises(StorageValidationError):
         await models.child.load_many([good, {"class_name": "Parent", "id": str(good.id)}])
+
+
+@pytest.mark.parametrize("write_back", [False, True])
+async def test_old_children_read_by_the_reader_are_upgraded_and_written_back_as_before(
+    sqlite_url: str, write_back: bool
+) -> None:
+    class Pet(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=sqlite_url, schema_version=2, upgrade_write_back=write_back)
+        full_name: str
+
+        @upgrade(from_version=1)
+        def _rename(data: dict[str, Any]) -> dict[str, Any]:
+            data["full_name"] = data.pop("name")
+            return data
+
+    class Owner(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=sqlite_url)
+        pets: list[Pet]
+
+    old = await store_raw(sqlite_url, "Pet", {"name": "Rex"}, version=1)
+    current = await Pet(full_name="Tom").save()
+    pets = [{"class_name": "Pet", "id": str(old)}, {"class_name": "Pet", "id": str(current.id)}]
+    owner = await store_raw(sqlite_url, "Owner", {"pets": pets})
+    assert stored_reader(Owner) is not None
+
+    with hook_calls() as calls:
+        loaded = await Owner.load(owner)
+
+    assert calls == []
+    assert [pet.full_name for pet in loaded.pets] == ["Rex", "Tom"]
+    assert await stored_version(sqlite_url, "Pet", old) == (2 if write_back else 1)
+    assert await stored_version(sqlite_url, "Owner", owner) == 1  # nothing else written

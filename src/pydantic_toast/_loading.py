@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Coroutine, Generator, Mapping, Sequence
 from contextvars import ContextVar
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, is_not, itemgetter
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 from uuid import UUID
 
@@ -282,17 +283,26 @@ class TreeLoader:
 
     async def fetch_wanted(self) -> None:
         """Fetch every collected reference: one `load_records` call per backend, concurrently."""
-        groups: dict[str, list[_RecordKey]] = {}
-        for key in self._wanted:
-            groups.setdefault(key[0], []).append(key)
         wanted, self._wanted = self._wanted, {}
+        # Per-key work in C where it can be (map, zip): a level holds many references.
+        keys = list(wanted)
+        groups: dict[str, list[_RecordKey]] = {}
+        if len(set(map(_first, keys))) == 1:
+            groups[keys[0][0]] = keys
+        else:
+            for key in keys:
+                groups.setdefault(key[0], []).append(key)
 
         async def fetch_group(keys: list[_RecordKey]) -> None:
-            settings = wanted[keys[0]][0]
-            pairs = [(wanted[key][1], key[2]) for key in keys]
-            timeout = max(wanted[key][0].timeout for key in keys)
+            entries = list(map(wanted.__getitem__, keys))
+            settings = entries[0][0]
+            pairs = list(zip(map(_second, entries), map(_third, keys), strict=True))
+            timeout = max(map(_timeout, map(_first, entries)))
             found = await runtime.execute(settings.url, timeout, lambda backend: backend.load_records(pairs))
             records, unfetched = self._records, self._unfetched
+            if not unfetched and all(map(is_not, found, repeat(None))):
+                records.update(zip(keys, cast(list[StoredRecord], found), strict=True))
+                return
             for key, record in zip(keys, found, strict=True):
                 if record is None:
                     self._missing.add(key)
@@ -452,15 +462,17 @@ class TreeLoader:
             if self._blocked or self._blocked_on_fetch:
                 return False
             found = collect_placeholders(model, StoredReference)
+            last = None
             for reference in found:
                 fields = reference.__dict__
                 name, record_id = fields["class_name"], fields["id"]
-                target = names[name]
-                reading = classes.get(target) or self._reading(target)
+                if name != last:  # mostly one class: its lookups once
+                    last, target = name, names[name]
+                    reading = classes.get(target) or self._reading(target)
+                    settings, url = reading[0], reading[1]
                 # What resolve_id does for a reference to a class holding no references.
-                model_key = (reading[1], record_id.int, name, False)
+                model_key = (url, record_id.int, name, False)
                 child = built.get(model_key)
-                leaf = None
                 if child is None:
                     key = model_key[:3]
                     stored = records.get(key)
@@ -469,11 +481,11 @@ class TreeLoader:
                     elif key in self._missing:
                         return False
                     else:
-                        wanted[key] = (reading[0], record_id)
-                        leaf = (model_key, key, reading)
+                        wanted[key] = (settings, record_id)
+                        # What _fill reads of a placeholder still to resolve.
+                        reference.leaf = (model_key, key, reading)
+                        reference.cls = reference.target = target
                         pending = True
-                reference.cls = reference.target = target
-                reference.leaf = leaf
                 reference.model = child
         except Exception:  # noqa: BLE001 - validating with the hook raises it where it belongs
             return False
@@ -508,7 +520,7 @@ class TreeLoader:
         self._blocked = set()
         self._blocked_on_fetch = False
         self._placeholders = True  # a reference still unbuilt gives _PENDING, not an exception
-        built, records = self._built, self._records
+        built, records, context = self._built, self._records, self._context
         try:
             for placeholder in handed:
                 child: object = placeholder.model  # resolved already (a stored reader's)
@@ -518,7 +530,13 @@ class TreeLoader:
                     model_key, key, reading = leaf
                     child = built.get(model_key)
                     if child is None and (record := records.get(key)) is not None:
-                        child = self._build_simple(placeholder.target, model_key, record, reading)
+                        # _build_simple's steps without its error report: a failure here is
+                        # reported by validating the parent again.
+                        target = placeholder.target
+                        made = built[model_key] = materialize(target, record, model_key[3], context, reading)
+                        if record.schema_version < reading[0].schema_version:
+                            self._note_upgraded(target, key, made)
+                        child = made
                 if child is None:
                     child = self.resolve_id(
                         placeholder.cls, placeholder.target, placeholder.class_name, placeholder.id
@@ -710,6 +728,7 @@ async def load_many(cls: type[M], references: Sequence[ExternalReference], conte
 
 
 _class_name = attrgetter("class_name")
+_first, _second, _third, _timeout = itemgetter(0), itemgetter(1), itemgetter(2), attrgetter("timeout")
 
 
 def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context: Any) -> _Steps[list[M]]:

@@ -251,7 +251,17 @@ class StoredReference:
     afterwards and swapped in place for its model (`collect_placeholders`, `fill_placeholders`).
     pydantic-core puts the fields `class_name` and `id` (a UUID) in its `__dict__`."""
 
-    __slots__ = ("__dict__", "cls", "leaf", "model", "target")
+    # pydantic-core's bookkeeping in slots, not in the instance dict: ~500 instructions less each.
+    __slots__ = (
+        "__dict__",
+        "__pydantic_extra__",
+        "__pydantic_fields_set__",
+        "__pydantic_private__",
+        "cls",
+        "leaf",
+        "model",
+        "target",
+    )
 
     class_name: str
     id: UUID
