@@ -464,8 +464,7 @@ class TreeLoader:
             found = collect_placeholders(model, StoredReference)
             last = None
             for reference in found:
-                fields = reference.__dict__
-                name, record_id = fields["class_name"], fields["id"]
+                name, record_id = reference.class_name, reference.id
                 if name != last:  # mostly one class: its lookups once
                     last, target = name, names[name]
                     reading = classes.get(target) or self._reading(target)

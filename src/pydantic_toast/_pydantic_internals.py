@@ -248,20 +248,11 @@ def core_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
 class StoredReference:
     """A reference to an external model, in a record validated by `stored_reader`'s validator:
     built by pydantic-core where our hook would otherwise be called, resolved by the loader
-    afterwards and swapped in place for its model (`collect_placeholders`, `fill_placeholders`).
-    pydantic-core puts the fields `class_name` and `id` (a UUID) in its `__dict__`."""
+    afterwards and swapped in place for its model (`collect_placeholders`, `fill_placeholders`)."""
 
-    # pydantic-core's bookkeeping in slots, not in the instance dict: ~500 instructions less each.
-    __slots__ = (
-        "__dict__",
-        "__pydantic_extra__",
-        "__pydantic_fields_set__",
-        "__pydantic_private__",
-        "cls",
-        "leaf",
-        "model",
-        "target",
-    )
+    # Built by pydantic-core as a slots dataclass (it sets `class_name` and `id`): one object
+    # for the collector to track, where a model schema made three (instance, __dict__, fields set).
+    __slots__ = ("class_name", "cls", "id", "leaf", "model", "target")
 
     class_name: str
     id: UUID
@@ -375,15 +366,15 @@ def _or_reference(node: dict[str, Any], cls: type[Any], names: dict[str, type[An
     name = settings.storage_name
     if names.setdefault(name, cls) is not cls:
         return None  # two classes of one storage name: the name does not tell them apart
-    reference = core_schema.model_schema(
+    fields = [
+        core_schema.dataclass_field("class_name", core_schema.literal_schema([name])),
+        core_schema.dataclass_field("id", core_schema.uuid_schema()),
+    ]
+    reference = core_schema.dataclass_schema(
         StoredReference,
-        core_schema.model_fields_schema(
-            {
-                "class_name": core_schema.model_field(core_schema.literal_schema([name])),
-                "id": core_schema.model_field(core_schema.uuid_schema()),
-            },
-            extra_behavior="forbid",
-        ),
+        core_schema.dataclass_args_schema("StoredReference", fields, extra_behavior="forbid"),
+        ["class_name", "id"],
+        slots=True,
     )
     return core_schema.union_schema([reference, cast(CoreSchema, node)], mode="left_to_right")
 
