@@ -726,7 +726,7 @@ async def load_many(cls: type[M], references: Sequence[ExternalReference], conte
     return cast(list[M], await _drive(TreeLoader(roots, context).run()))
 
 
-_class_name = attrgetter("class_name")
+_class_name, _id, _int = attrgetter("class_name"), attrgetter("id"), attrgetter("int")
 _first, _second, _third, _timeout = itemgetter(0), itemgetter(1), itemgetter(2), attrgetter("timeout")
 
 
@@ -736,21 +736,19 @@ def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context:
     same instance for a repeated reference, upgrades written back), without its bookkeeping."""
     reading = class_reading(cls)
     settings = reading[0]
-    # id as an int -> id: UUID hashing is Python-level, int hashing is not.
-    ids: dict[int, UUID] = {}
-    numbers: list[int] = []
-    for reference in references:
-        record_id = reference.id
-        number = record_id.int
-        numbers.append(number)
-        ids.setdefault(number, record_id)
+    # id as an int -> id: UUID hashing is Python-level, int hashing is not. (Per reference in C,
+    # map and zip; a repeated id keeps its last UUID object, an equal one.)
+    record_ids = list(map(_id, references))
+    numbers = list(map(_int, record_ids))
+    ids = dict(zip(numbers, record_ids, strict=True))
+    del record_ids
     name = settings.storage_name
-    pairs = [(record_id, name) for record_id in ids.values()]
+    pairs = list(zip(ids.values(), repeat(name)))
     found: list[StoredRecord | None] = yield _fetch_many(settings, pairs), settings
-    missing = [record_id for record_id, record in zip(ids.values(), found, strict=True) if record is None]
-    if missing:
+    del pairs
+    if not all(map(is_not, found, repeat(None))):
+        missing = [record_id for record_id, record in zip(ids.values(), found, strict=True) if record is None]
         raise RecordNotFoundError(name, missing)
-    del pairs, missing
     current = settings.schema_version
     built: dict[int, M] = {}
     upgraded: list[ExternalBaseModel] = []
@@ -773,7 +771,7 @@ def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context:
     if upgraded:
         write_back = _rewrite(upgraded)
         yield write_back.flush(), write_back
-    return [built[number] for number in numbers]
+    return list(map(built.__getitem__, numbers))
 
 
 def _fetch_many(settings: ModelSettings, pairs: list[tuple[UUID, str]]) -> Coroutine[Any, Any, Any]:
