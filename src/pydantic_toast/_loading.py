@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Coroutine, Generator, Mapping, Sequence
 from contextvars import ContextVar
+from itertools import repeat
+from operator import attrgetter, is_not, itemgetter
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, cast
 from uuid import UUID
 
@@ -19,12 +21,15 @@ from pydantic import ValidationInfo, ValidatorFunctionWrapHandler
 from . import runtime
 from ._content_models import check_loaded
 from ._pydantic_internals import (
+    StoredReference,
+    collect_placeholders,
     core_validator,
     fill_placeholders,
     holds_references,
     inner_validator,
     runs_no_user_code,
     schema_names,
+    stored_reader,
 )
 from ._record_state import RecordState, attach_state, keep_record
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
@@ -136,7 +141,7 @@ def class_reading(cls: type[ExternalBaseModel]) -> _ClassReading:
     # its validators.
     reading: _ClassReading | None = cls.__dict__.get("__toast_reading__")
     if reading is None:
-        settings = cls.__toast_settings__
+        settings = settings_of(cls)  # an abstract class: the error coerce_reference gives it
         holds = holds_references(cls)
         reading = (settings, settings.url.raw, holds, inner_validator(cls), core_validator(cls))
         type.__setattr__(cls, "__toast_reading__", reading)
@@ -201,7 +206,7 @@ class _Node:
         self.waiting = 0  # what it waits for: unbuilt nodes, unfetched records
         self.children: list[_Node] = []  # the nodes among those, for naming a cycle
         # Built around placeholders: the model and the placeholders it holds (see `_Placeholder`).
-        self.partial: tuple[ExternalBaseModel, list[_Placeholder]] | None = None
+        self.partial: tuple[ExternalBaseModel, list[_Placeholder] | list[StoredReference]] | None = None
 
 
 class TreeLoader:
@@ -278,17 +283,26 @@ class TreeLoader:
 
     async def fetch_wanted(self) -> None:
         """Fetch every collected reference: one `load_records` call per backend, concurrently."""
-        groups: dict[str, list[_RecordKey]] = {}
-        for key in self._wanted:
-            groups.setdefault(key[0], []).append(key)
         wanted, self._wanted = self._wanted, {}
+        # Per-key work in C where it can be (map, zip): a level holds many references.
+        keys = list(wanted)
+        groups: dict[str, list[_RecordKey]] = {}
+        if len(set(map(_first, keys))) == 1:
+            groups[keys[0][0]] = keys
+        else:
+            for key in keys:
+                groups.setdefault(key[0], []).append(key)
 
         async def fetch_group(keys: list[_RecordKey]) -> None:
-            settings = wanted[keys[0]][0]
-            pairs = [(wanted[key][1], key[2]) for key in keys]
-            timeout = max(wanted[key][0].timeout for key in keys)
+            entries = list(map(wanted.__getitem__, keys))
+            settings = entries[0][0]
+            pairs = list(zip(map(_second, entries), map(_third, keys), strict=True))
+            timeout = max(map(_timeout, map(_first, entries)))
             found = await runtime.execute(settings.url, timeout, lambda backend: backend.load_records(pairs))
             records, unfetched = self._records, self._unfetched
+            if not unfetched and all(map(is_not, found, repeat(None))):
+                records.update(zip(keys, cast(list[StoredRecord], found), strict=True))
+                return
             for key, record in zip(keys, found, strict=True):
                 if record is None:
                     self._missing.add(key)
@@ -389,6 +403,10 @@ class TreeLoader:
                 self._finish(node, record, partial[0])
                 return
             # Not provably what validating it again gives: validated again, as below.
+        elif runs_no_user_code(node.cls, node.model_key[3]):
+            reader = stored_reader(node.cls)
+            if reader is not None and self._read_stored(node, record, *reader):
+                return
         blocked: set[_Node] = set()
         self._blocked = blocked
         self._blocked_on_fetch = False
@@ -424,13 +442,72 @@ class TreeLoader:
         assert model is not None
         self._finish(node, record, model)
 
+    def _read_stored(
+        self, node: _Node, record: StoredRecord, validator: SchemaValidator, names: dict[str, type[Any]]
+    ) -> bool:
+        """Build `node` with its class's stored reader (see `stored_reader`): its references to
+        leaf classes come back as `StoredReference`s, resolved here, not through our hook once
+        each. False (nothing kept) if anything is not as the validation with the hook would
+        have it: that validation then runs as before and builds, waits or raises as it does."""
+        self._blocked = set()
+        self._blocked_on_fetch = False
+        self._placeholders = False  # our hook, on input the reader leaves to it: no placeholders
+        self._handed = None
+        classes, built, records, wanted = self._classes, self._built, self._records, self._wanted
+        pending = False
+        try:
+            model = materialize(
+                node.cls, record, node.model_key[3], self._context, self._reading(node.cls), validator
+            )
+            if self._blocked or self._blocked_on_fetch:
+                return False
+            found = collect_placeholders(model, StoredReference)
+            last = None
+            for reference in found:
+                name, record_id = reference.class_name, reference.id
+                if name != last:  # mostly one class: its lookups once
+                    last, target = name, names[name]
+                    reading = classes.get(target) or self._reading(target)
+                    settings, url = reading[0], reading[1]
+                # What resolve_id does for a reference to a class holding no references.
+                model_key = (url, record_id.int, name, False)
+                child = built.get(model_key)
+                if child is None:
+                    key = model_key[:3]
+                    stored = records.get(key)
+                    if stored is not None:
+                        child = self._build_simple(target, model_key, stored, reading)
+                    elif key in self._missing:
+                        return False
+                    else:
+                        wanted[key] = (settings, record_id)
+                        # What _fill reads of a placeholder still to resolve.
+                        reference.leaf = (model_key, key, reading)
+                        reference.cls = reference.target = target
+                        pending = True
+                reference.model = child
+        except Exception:  # noqa: BLE001 - validating with the hook raises it where it belongs
+            return False
+        finally:
+            self._blocked = None
+        if pending:
+            node.partial = (model, found)
+            node.waiting = 1
+            node.children = []
+            self._after_fetch.append(node)
+            return True
+        if found and not fill_placeholders(model, StoredReference, len(found)):
+            return False
+        self._finish(node, record, model)
+        return True
+
     def _finish(self, node: _Node, record: StoredRecord, model: ExternalBaseModel) -> None:
         node.model = model
         if record.schema_version < node.cls.__toast_settings__.schema_version:
             self._note_upgraded(node.cls, node.key, model)
         self._settled(node)
 
-    def _fill(self, model: ExternalBaseModel, handed: list[_Placeholder]) -> bool:
+    def _fill(self, model: ExternalBaseModel, handed: list[_Placeholder] | list[StoredReference]) -> bool:
         """Swap each placeholder in `model` for its model, now that all are fetched or built.
 
         Each is resolved as validating the record again would resolve it, in the same order;
@@ -442,17 +519,23 @@ class TreeLoader:
         self._blocked = set()
         self._blocked_on_fetch = False
         self._placeholders = True  # a reference still unbuilt gives _PENDING, not an exception
-        built, records = self._built, self._records
+        built, records, context = self._built, self._records, self._context
         try:
             for placeholder in handed:
-                child: object = None
-                leaf = placeholder.leaf
+                child: object = placeholder.model  # resolved already (a stored reader's)
+                leaf = placeholder.leaf if child is None else None
                 if leaf is not None:
                     # What resolve_id does for a class holding no references, its keys made once.
                     model_key, key, reading = leaf
                     child = built.get(model_key)
                     if child is None and (record := records.get(key)) is not None:
-                        child = self._build_simple(placeholder.target, model_key, record, reading)
+                        # _build_simple's steps without its error report: a failure here is
+                        # reported by validating the parent again.
+                        target = placeholder.target
+                        made = built[model_key] = materialize(target, record, model_key[3], context, reading)
+                        if record.schema_version < reading[0].schema_version:
+                            self._note_upgraded(target, key, made)
+                        child = made
                 if child is None:
                     child = self.resolve_id(
                         placeholder.cls, placeholder.target, placeholder.class_name, placeholder.id
@@ -464,7 +547,7 @@ class TreeLoader:
             blocked, self._blocked = self._blocked, None
         if blocked or self._blocked_on_fetch:
             return False
-        return fill_placeholders(model, _Placeholder, len(handed))
+        return fill_placeholders(model, type(handed[0]), len(handed))
 
     def _note_upgraded(self, cls: type[ExternalBaseModel], key: _RecordKey, model: ExternalBaseModel) -> None:
         if cls.__toast_settings__.upgrade_write_back:
@@ -629,17 +712,22 @@ def load_blocking(cls: type[M], reference: ExternalReference, context: Any = Non
 
 async def load_many(cls: type[M], references: Sequence[ExternalReference], context: Any = None) -> list[M]:
     """Load models in order; every missing id is reported in one RecordNotFoundError."""
-    if references and not holds_references(cls):
-        storage_name = settings_of(cls).storage_name
-        if all(reference.class_name == storage_name for reference in references):
+    if not references:
+        return []
+    reading = class_reading(cls)
+    if not reading[2]:
+        storage_name = reading[0].storage_name
+        if all(map(storage_name.__eq__, map(_class_name, references))):
             # The common batch: one class whose data refers to no external model, so no waiting.
             return await _drive(_load_leaves(cls, references, context))
     roots: list[tuple[type[ExternalBaseModel], ExternalReference, bool]] = [
         (resolve_class(cls, reference), reference, True) for reference in references
     ]
-    if not roots:
-        return []
     return cast(list[M], await _drive(TreeLoader(roots, context).run()))
+
+
+_class_name, _id, _int = attrgetter("class_name"), attrgetter("id"), attrgetter("int")
+_first, _second, _third, _timeout = itemgetter(0), itemgetter(1), itemgetter(2), attrgetter("timeout")
 
 
 def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context: Any) -> _Steps[list[M]]:
@@ -648,37 +736,42 @@ def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context:
     same instance for a repeated reference, upgrades written back), without its bookkeeping."""
     reading = class_reading(cls)
     settings = reading[0]
-    # id as an int -> id: UUID hashing is Python-level, int hashing is not.
-    ids: dict[int, UUID] = {}
-    numbers: list[int] = []
-    for reference in references:
-        record_id = reference.id
-        number = record_id.int
-        numbers.append(number)
-        ids.setdefault(number, record_id)
+    # id as an int -> id: UUID hashing is Python-level, int hashing is not. (Per reference in C,
+    # map and zip; a repeated id keeps its last UUID object, an equal one.)
+    record_ids = list(map(_id, references))
+    numbers = list(map(_int, record_ids))
+    ids = dict(zip(numbers, record_ids, strict=True))
+    del record_ids
     name = settings.storage_name
-    pairs = [(record_id, name) for record_id in ids.values()]
+    pairs = list(zip(ids.values(), repeat(name)))
     found: list[StoredRecord | None] = yield _fetch_many(settings, pairs), settings
-    missing = [record_id for record_id, record in zip(ids.values(), found, strict=True) if record is None]
-    if missing:
+    del pairs
+    if not all(map(is_not, found, repeat(None))):
+        missing = [record_id for record_id, record in zip(ids.values(), found, strict=True) if record is None]
         raise RecordNotFoundError(name, missing)
-    del pairs, missing
     current = settings.schema_version
     built: dict[int, M] = {}
     upgraded: list[ExternalBaseModel] = []
-    for index, number in enumerate(ids):
-        record = found[index]
+    failure: StoredDataError | None = None
+    try:
+        for index, number in enumerate(ids):
+            record = found[index]
+            assert record is not None
+            # Each record goes as soon as its model is built: a batch's peak memory is its models,
+            # not its models and every record's bytes.
+            found[index] = None
+            model = built[number] = materialize(cls, record, True, context, reading)
+            if record.schema_version < current and settings.upgrade_write_back:
+                upgraded.append(model)
+    except pydantic_core.ValidationError as exc:  # materialize_checked's, once per batch
         assert record is not None
-        # Each record goes as soon as its model is built: a batch's peak memory is its models,
-        # not its models and every record's bytes.
-        found[index] = None
-        model = built[number] = materialize_checked(cls, record, True, context, reading)
-        if record.schema_version < current and settings.upgrade_write_back:
-            upgraded.append(model)
+        failure = stored_data_error(cls, record, exc)
+    if failure is not None:
+        raise failure  # outside the except block: the ValidationError holds stored values
     if upgraded:
         write_back = _rewrite(upgraded)
         yield write_back.flush(), write_back
-    return [built[number] for number in numbers]
+    return list(map(built.__getitem__, numbers))
 
 
 def _fetch_many(settings: ModelSettings, pairs: list[tuple[UUID, str]]) -> Coroutine[Any, Any, Any]:
@@ -806,12 +899,14 @@ def materialize(
     full: bool = True,
     context: Any = None,
     reading: _ClassReading | None = None,
+    validator: SchemaValidator | None = None,
 ) -> M:
     """Validate a stored record's data into a model that remembers which record it is.
 
     `full`: with the class's validators above our hook too (else pydantic runs them on the
-    result). `reading`: what a tree loader looked up about `cls` already. Raises pydantic's
-    ValidationError; `stored_data_error` makes it safe to show.
+    result). `reading`: what a tree loader looked up about `cls` already. `validator`: the
+    validator to use instead of those. Raises pydantic's ValidationError; `stored_data_error`
+    makes it safe to show.
     """
     settings = cls.__toast_settings__ if reading is None else reading[0]
     current = record.schema_version == settings.schema_version
@@ -821,16 +916,18 @@ def materialize(
         data_json = upgraded_data(cls, record)
     if settings.content_addressed:
         check_loaded(cls, record, data_json)  # before any validator of the user's sees the data
-    if reading is None:
-        validator = inner_validator(cls) if full else core_validator(cls)
-    else:
-        validator = reading[3] if full else reading[4]
-    model = cast(M, validator.validate_json(data_json, by_alias=False, by_name=True, context=context))
+    if validator is None:
+        if reading is None:
+            validator = inner_validator(cls) if full else core_validator(cls)
+        else:
+            validator = reading[3] if full else reading[4]
+    # (Annotated, not cast(): a call per record.)
+    model: M = validator.validate_json(data_json, by_alias=False, by_name=True, context=context)
     # loaded_json: what the record holds (decoded), so that dumping the model unchanged writes
-    # nothing. (Not after an upgrade: the record holds the old version.)
+    # nothing. (Not after an upgrade: the record holds the old version.) Positional: a keyword
+    # call to the dataclass's __init__ costs half as much again.
     loaded = data_json if current else None
-    state = RecordState(record.id, record.created_at, loaded_json=loaded, revision=record.revision)
-    attach_state(model, state)
+    attach_state(model, RecordState(record.id, record.created_at, None, None, loaded, record.revision))
     return model
 
 

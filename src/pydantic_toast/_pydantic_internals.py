@@ -29,6 +29,7 @@ import dataclasses
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
 
 from pydantic import BaseModel
 from pydantic_core import (
@@ -47,8 +48,10 @@ if TYPE_CHECKING:
     from .base import ExternalBaseModel
 
 __all__ = [
+    "StoredReference",
     "core_validator",
     "data_schema",
+    "collect_placeholders",
     "fill_placeholders",
     "holds_references",
     "inner_serializer",
@@ -60,6 +63,7 @@ __all__ = [
     "schema_holds_references",
     "schema_names",
     "serializer_error_fields",
+    "stored_reader",
     "surrounding_json_config",
 ]
 
@@ -241,6 +245,160 @@ def core_validator(cls: type[ExternalBaseModel]) -> SchemaValidator:
     return cast(SchemaValidator, cached)
 
 
+class StoredReference:
+    """A reference to an external model, in a record validated by `stored_reader`'s validator:
+    built by pydantic-core where our hook would otherwise be called, resolved by the loader
+    afterwards and swapped in place for its model (`collect_placeholders`, `fill_placeholders`)."""
+
+    # Built by pydantic-core as a slots dataclass (it sets `class_name` and `id`): one object
+    # for the collector to track, where a model schema made three (instance, __dict__, fields set).
+    __slots__ = ("class_name", "cls", "id", "leaf", "model", "target")
+
+    class_name: str
+    id: UUID
+    # Set by the loader, as on its own placeholders: the class it loads as, what resolving it
+    # again looks up (None once resolved), and its model.
+    cls: type[Any]
+    target: type[Any]
+    leaf: Any
+    model: object
+
+
+_UNBUILT = object()
+
+# Node types whose validated value sits where `fill_placeholders` looks, with the keys below them
+# that may hold a reference. (Not unions: a smart union weighs each choice's result, and would
+# weigh a StoredReference differently from what our hook returns. Not a nested model: pydantic-core
+# reuses a complete class's own validator, which calls our hook.)
+_WALKED: dict[str, tuple[str, ...]] = {
+    "model-fields": ("fields", "extras_schema"),
+    "model-field": ("schema",),
+    "list": ("items_schema",),
+    "dict": ("values_schema",),
+    "nullable": ("schema",),
+    "default": ("schema",),
+}
+
+
+def stored_reader(cls: type[ExternalBaseModel]) -> tuple[SchemaValidator, dict[str, type[Any]]] | None:
+    """A validator of `cls`'s stored data (the schema below our hook) that turns each reference
+    to a field's own class into a `StoredReference` without a call to our hook, and the classes
+    by storage name; None unless that is certain to build the model validating with the hook
+    builds around its placeholders.
+
+    Only for data that runs no user code and whose references all sit where the fill in place
+    looks, each to a class that holds no references itself. Any other input at such a place
+    (a subclass's reference, inline data, a malformed reference) goes to our hook as before.
+    """
+    cached = cls.__dict__.get("__toast_stored_reader__", _UNBUILT)
+    if cached is _UNBUILT:
+        cached = None
+        schema, definitions = _own_schema(cls)
+        below = _below_own_validator(schema)
+        names: dict[str, type[Any]] = {}
+        by_ref = {d["ref"]: d for d in definitions if isinstance(d, dict) and "ref" in d}
+        holds, no_user_code = _read_traits(cls)[:2]
+        if below["type"] == "model" and holds and no_user_code:
+            inner = _read_references(below["schema"], by_ref, names)
+            if inner is not None and names:
+                reading = {**below, "schema": inner}
+                node = core_schema.definitions_schema(reading, definitions) if definitions else reading
+                with _build_lock:
+                    type.__setattr__(cls, "__pydantic_complete__", False)  # as in _build_inner
+                    try:
+                        validator = SchemaValidator(cast(CoreSchema, node), below.get("config"))
+                    finally:
+                        type.__setattr__(cls, "__pydantic_complete__", True)
+                cached = (validator, names)
+        type.__setattr__(cls, "__toast_stored_reader__", cached)
+    return cast("tuple[SchemaValidator, dict[str, type[Any]]] | None", cached)
+
+
+def _read_references(node: Any, by_ref: dict[str, Any], names: dict[str, type[Any]]) -> Any:
+    """`node` with each hook below it, where the fill looks, made to read a reference without
+    our hook first; None if a hook sits anywhere else, or cannot be read so."""
+    if not isinstance(node, dict):
+        return None if _reaches_hook(node, by_ref) else node
+    hooked = _hook_class(node)
+    if hooked is None and node.get("type") == "definition-ref":
+        hooked = _hook_class(by_ref.get(str(node.get("schema_ref"))))
+    if hooked is not None:
+        return _or_reference(node, hooked, names)
+    keys = _WALKED.get(node.get("type", ""))
+    if keys is None:
+        return None if _reaches_hook(node, by_ref) else node
+    copied = dict(node)
+    for key, value in node.items():
+        if key in ("metadata", "serialization"):
+            continue
+        if key not in keys:
+            if _reaches_hook(value, by_ref):
+                return None
+        elif key == "fields":
+            fields = {}
+            for name, field in value.items():
+                fields[name] = _read_references(field, by_ref, names)
+                if fields[name] is None:
+                    return None
+            copied[key] = fields
+        else:
+            copied[key] = _read_references(value, by_ref, names)
+            if copied[key] is None:
+                return None
+    return copied
+
+
+def _hook_class(node: Any) -> type[Any] | None:
+    """The external class whose wrap validator `node` is, if it is one."""
+    if not isinstance(node, dict) or node.get("type") != "function-wrap":
+        return None
+    function = node.get("function")
+    hook = function.get("function") if isinstance(function, dict) else None
+    owner = getattr(hook, "__self__", None)
+    return owner if getattr(hook, "__toast_hook__", False) and isinstance(owner, type) else None
+
+
+def _or_reference(node: dict[str, Any], cls: type[Any], names: dict[str, type[Any]]) -> Any:
+    """Try a reference to `cls` itself, in pydantic-core; else `node` (our hook) as before."""
+    settings = cls.__dict__.get("__toast_settings__")
+    if settings is None or holds_references(cls):
+        return None  # resolved by the hook, or waits for records of its own: not read here
+    name = settings.storage_name
+    if names.setdefault(name, cls) is not cls:
+        return None  # two classes of one storage name: the name does not tell them apart
+    fields = [
+        core_schema.dataclass_field("class_name", core_schema.literal_schema([name])),
+        core_schema.dataclass_field("id", core_schema.uuid_schema()),
+    ]
+    reference = core_schema.dataclass_schema(
+        StoredReference,
+        core_schema.dataclass_args_schema("StoredReference", fields, extra_behavior="forbid"),
+        ["class_name", "id"],
+        slots=True,
+    )
+    return core_schema.union_schema([reference, cast(CoreSchema, node)], mode="left_to_right")
+
+
+def _reaches_hook(node: object, by_ref: dict[str, Any]) -> bool:
+    """Whether validating `node` can call our hook or a Toast value's, following definitions."""
+    pending, seen = [node], set()
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            function = item.get("function")
+            hook = function.get("function") if isinstance(function, dict) else None
+            if getattr(hook, "__toast_hook__", False) or getattr(hook, "__toast_value_hook__", False):
+                return True
+            ref = item.get("schema_ref") if item.get("type") == "definition-ref" else None
+            if isinstance(ref, str) and ref not in seen:
+                seen.add(ref)
+                pending.append(by_ref.get(ref))
+            pending.extend(value for key, value in item.items() if key not in ("metadata", "serialization"))
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+    return False
+
+
 def inner_serializer(cls: type[ExternalBaseModel]) -> SchemaSerializer:
     """A serializer of `cls`'s own data: its core schema minus our wrap serializer at the top.
 
@@ -254,15 +412,7 @@ def inner_serializer(cls: type[ExternalBaseModel]) -> SchemaSerializer:
 
 
 def _build_inner(cls: type[ExternalBaseModel]) -> tuple[SchemaValidator, SchemaSerializer]:
-    if not cls.__pydantic_complete__:
-        cls.model_rebuild(raise_errors=True)
-    schema = cast(dict[str, Any], cls.__pydantic_core_schema__)
-    definitions: list[Any] = []
-    if schema["type"] == "definitions":
-        definitions = schema["definitions"]
-        schema = schema["schema"]
-    if schema["type"] == "definition-ref":
-        schema = next(d for d in definitions if d.get("ref") == schema["schema_ref"])
+    schema, definitions = _own_schema(cls)
     stripped = _strip_own_validator(schema)
     below = _below_own_validator(schema)
     stripped_model = _model_node_without(stripped, "serialization")  # our wrap serializer
@@ -288,6 +438,20 @@ def _build_inner(cls: type[ExternalBaseModel]) -> tuple[SchemaValidator, SchemaS
     type.__setattr__(cls, "__toast_read_traits__", (holds, not user_code_below, not user_code_above))
     type.__setattr__(cls, "__toast_inner_serializer__", serializer)
     return validator, serializer
+
+
+def _own_schema(cls: type[ExternalBaseModel]) -> tuple[dict[str, Any], list[Any]]:
+    """`cls`'s core schema from its own node down (our hook on top), and its definitions."""
+    if not cls.__pydantic_complete__:
+        cls.model_rebuild(raise_errors=True)
+    schema = cast(dict[str, Any], cls.__pydantic_core_schema__)
+    definitions: list[Any] = []
+    if schema["type"] == "definitions":
+        definitions = schema["definitions"]
+        schema = schema["schema"]
+    if schema["type"] == "definition-ref":
+        schema = next(d for d in definitions if d.get("ref") == schema["schema_ref"])
+    return schema, definitions
 
 
 def data_schema(schema: CoreSchema) -> CoreSchema:
@@ -429,11 +593,13 @@ _LEAVES = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 class _Fill:
-    __slots__ = ("kind", "left")
+    __slots__ = ("found", "kind", "left")
 
-    def __init__(self, kind: type[Any], left: int) -> None:
+    def __init__(self, kind: type[Any], left: int, found: list[Any] | None = None) -> None:
         self.kind = kind
         self.left = left
+        # Collecting (`collect_placeholders`): each one found is appended here and left in place.
+        self.found = found
 
 
 def fill_placeholders(model: Any, kind: type[Any], count: int) -> bool:
@@ -447,6 +613,14 @@ def fill_placeholders(model: Any, kind: type[Any], count: int) -> bool:
     fill = _Fill(kind, count)
     _fill_model(model, fill)
     return fill.left == 0
+
+
+def collect_placeholders(model: Any, kind: type[Any]) -> list[Any]:
+    """The objects of type `kind` in `model`, in the order `fill_placeholders` meets them: the
+    same walk, so that filling the same model later finds every one of them."""
+    found: list[Any] = []
+    _fill_model(model, _Fill(kind, -1, found))  # never reaches 0: the whole model is walked
+    return found
 
 
 def _fill_model(model: BaseModel, fill: _Fill) -> None:
@@ -470,16 +644,22 @@ def _filled(value: Any, fill: _Fill) -> Any:
     kind = type(value)
     if kind is fill.kind:
         fill.left -= 1
+        if fill.found is not None:
+            fill.found.append(value)
+            return value
         return value.model
     if kind is list:
-        placeholder = fill.kind
+        placeholder, found = fill.kind, fill.found
         for index, item in enumerate(value):
             if not fill.left:
                 break
             item_kind = type(item)
             if item_kind is placeholder:  # the common case, inline: a list of children
                 fill.left -= 1
-                value[index] = item.model
+                if found is None:
+                    value[index] = item.model
+                else:
+                    found.append(item)
             elif item_kind not in _LEAVES:
                 filled = _filled(item, fill)
                 if filled is not item:

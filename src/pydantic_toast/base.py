@@ -241,7 +241,9 @@ class ExternalBaseModel(BaseModel):
 
         `context` reaches the validators of every model loaded, as with `model_validate`.
         """
-        return await _loading.load(cls, coerce_reference(cls, reference), context)
+        if type(reference) is not ExternalReference:  # (an ExternalReference is taken as it is)
+            reference = coerce_reference(cls, reference)
+        return await _loading.load(cls, reference, context)
 
     @classmethod
     async def save_many(cls, models: Iterable[ExternalBaseModel]) -> list[ExternalReference]:
@@ -262,7 +264,8 @@ class ExternalBaseModel(BaseModel):
 
         Every missing id is reported together in one `RecordNotFoundError`.
         """
-        return await _loading.load_many(cls, [coerce_reference(cls, ref) for ref in references], context)
+        batch = [ref if type(ref) is ExternalReference else coerce_reference(cls, ref) for ref in references]
+        return await _loading.load_many(cls, batch, context)
 
     delete: ClassVar[_DeleteMethod[Any]] = _DeleteMethod()
 
