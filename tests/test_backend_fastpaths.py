@@ -2,11 +2,13 @@
 
 PostgreSQL: a batch load of one class reads timestamps as integers (server 14+), and falls back
 to the general query for mixed classes, an older server, and timestamps with no integer or no
-datetime form.
+datetime form. Redis: decoding reuses the previous value's metadata only when its tail is the
+same bytes.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
@@ -14,9 +16,10 @@ from uuid import UUID, uuid4
 import pytest
 
 from fixtures.postgresql import sql
-from pydantic_toast import StorageConnectionError
+from pydantic_toast import StorageConnectionError, StoredDataError
 from pydantic_toast.backends.base import StoredRecord
 from pydantic_toast.backends.postgresql import PostgreSQLBackend
+from pydantic_toast.backends.redis._values import _decode, _encode
 
 
 @pytest.fixture
@@ -129,3 +132,52 @@ async def test_postgresql_batch_load_falls_back_for_timestamps_past_datetime(
     with pytest.raises(StorageConnectionError) as general:
         await _general(pg_backend, keys)
     assert str(lean.value) == str(general.value)
+
+
+# --------------------------------------------------------------------------- Redis values
+
+
+def _full_parse(id: UUID, class_name: str, value: bytes) -> StoredRecord:
+    """What the envelope parse gives for a value, without the Redis decoder's shortcuts (with the
+    data as the decoder slices it: the parse re-encodes it)."""
+    envelope = json.loads(value)
+    parsed = StoredRecord.from_envelope(id, class_name, envelope)
+    assert json.loads(parsed.payload) == envelope["data"]
+    parsed.payload = value[len(b'{"data":') : value.rfind(b',"schema_version":')]
+    return parsed
+
+
+def test_redis_decode_reuses_a_tail_only_when_it_is_byte_for_byte_the_same() -> None:
+    moment = datetime(2026, 11, 27, 19, 20, 1, 123457, tzinfo=UTC)
+    later = moment + timedelta(seconds=1)
+    records = [
+        _record("A", moment),
+        _record("A", moment, payload=b'{"n": 2, "schema_version": 9}'),
+        _record("A", moment, updated_at=later),
+        _record("A", moment, updated_at=later, revision=4),
+        _record("A", moment, updated_at=later, revision=5),
+        _record("A", moment, schema_version=3),
+        _record("A", later),
+        _record("A", moment),
+    ]
+    for record in records + records[::-1]:
+        value = _encode(record)
+        decoded = _decode(record.id, "A", value, b"key")
+        assert decoded == record
+        assert decoded == _full_parse(record.id, "A", value)
+
+
+def test_redis_decode_checks_every_value_before_reusing_a_tail() -> None:
+    """A value with the previous value's tail but no object before it is not decoded by the tail."""
+    moment = datetime(2026, 11, 27, 19, 20, 1, 123457, tzinfo=UTC)
+    record = _record("A", moment)
+    value = _encode(record)
+    assert _decode(record.id, "A", value, b"key") == record
+    tail = value[value.rfind(b',"schema_version":') :]
+    not_an_object = b'{"data":[1, {}]' + tail
+    with pytest.raises(StoredDataError):
+        _decode(record.id, "A", b'{"data":1}' + tail[:-1], b"key")
+    decoded = _decode(record.id, "A", not_an_object, b"key")
+    # Taken apart by the full parse, which re-encodes the data: not sliced by the shortcut.
+    assert decoded == StoredRecord.from_envelope(record.id, "A", json.loads(not_an_object))
+    assert decoded.payload == b"[1,{}]"
