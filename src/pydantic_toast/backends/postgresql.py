@@ -269,12 +269,13 @@ class PostgreSQLBackend(RecordStorageBackend):
         )
         self._load_many = f"SELECT {_COLUMNS} FROM {table} WHERE id = ANY($1::uuid[]) AND {_LIVE}"
         # The batch of one class (what load_many sends), on a server where _MICROS is exact; set
-        # at connect. The class is filtered by the server, so it does not come back.
+        # at connect. No `class_name = $2` filter: with it the planner scans the class's index
+        # instead of the primary key (4.8 ms instead of 2.9 ms for 1,000 of 2,000 rows).
         self._load_class: str | None = None
         self._load_class_lean = (
-            f"SELECT id, data::text, schema_version, {_MICROS.format('created_at')}, "
+            f"SELECT id, class_name, data::text, schema_version, {_MICROS.format('created_at')}, "
             f"{_MICROS.format('updated_at')}, expires_at, {_PAYLOAD}, revision FROM {table} "
-            f"WHERE id = ANY($1::uuid[]) AND class_name = $2 AND {_LIVE}"
+            f"WHERE id = ANY($1::uuid[]) AND {_LIVE}"
         )
         # Removes an expired leftover too, but answers like a load would: was a live record there?
         self._delete = (
@@ -664,7 +665,7 @@ class PostgreSQLBackend(RecordStorageBackend):
 
         async def read() -> list[Any] | None:
             try:
-                rows: list[Any] = await pool.fetch(query, unique, class_name)
+                rows: list[Any] = await pool.fetch(query, unique)
             except (driver.FeatureNotSupportedError, driver.NumericValueOutOfRangeError):
                 return None
             return rows
@@ -678,10 +679,10 @@ class PostgreSQLBackend(RecordStorageBackend):
         try:
             for id, _ in keys:
                 row = found.get(id.int)
-                if row is None:
+                if row is None or row[1] != class_name:
                     records.append(None)
                     continue
-                _, data, version, created, updated, expires, payload, encoding, revision = row
+                _, _, data, version, created, updated, expires, payload, encoding, revision = row
                 created_at = moments.get(created)
                 if created_at is None:
                     created_at = moments[created] = _EPOCH + timedelta(microseconds=created)
