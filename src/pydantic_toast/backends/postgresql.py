@@ -34,6 +34,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
@@ -84,6 +85,13 @@ _COLUMNS = (
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
 # A batch's `data` text as jsonb, or JSON null where the record goes to `payload` as bytes.
 _INPUT_DATA = "COALESCE(data::jsonb, 'null'::jsonb)"
+# A timestamp as microseconds since the epoch, exact from PostgreSQL 14 on (`extract` returns
+# numeric; before, float8). asyncpg builds a datetime per timestamptz value at ~6,000
+# instructions; the records of a batch mostly share their timestamps (one save_many, one `now`),
+# so a batch load converts each distinct value once. 'infinity' (and a year past 292,000)
+# fails the cast: the general query reads such rows.
+_MICROS = "(extract(epoch from {0}) * 1000000)::int8"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 _DRIVER = "libpq"
@@ -260,6 +268,15 @@ class PostgreSQLBackend(RecordStorageBackend):
             f"revision FROM {table} WHERE id = $1 AND class_name = $2 AND {_LIVE}"
         )
         self._load_many = f"SELECT {_COLUMNS} FROM {table} WHERE id = ANY($1::uuid[]) AND {_LIVE}"
+        # The batch of one class (what load_many sends), on a server where _MICROS is exact; set
+        # at connect. No `class_name = $2` filter: with it the planner scans the class's index
+        # instead of the primary key (4.8 ms instead of 2.9 ms for 1,000 of 2,000 rows).
+        self._load_class: str | None = None
+        self._load_class_lean = (
+            f"SELECT id, class_name, data::text, schema_version, {_MICROS.format('created_at')}, "
+            f"{_MICROS.format('updated_at')}, expires_at, {_PAYLOAD}, revision FROM {table} "
+            f"WHERE id = ANY($1::uuid[]) AND {_LIVE}"
+        )
         # Removes an expired leftover too, but answers like a load would: was a live record there?
         self._delete = (
             f"WITH gone AS (DELETE FROM {table} WHERE id = $1 AND class_name = $2 RETURNING expires_at) "
@@ -370,6 +387,8 @@ class PostgreSQLBackend(RecordStorageBackend):
                 self._index_name("expires_at"),
             )
             has_schema, has_table, has_columns, has_class_index, has_expiry_index = row
+            if connection.get_server_version().major >= 14:
+                self._load_class = self._load_class_lean
             if not self._create:
                 self._refuse_missing(has_schema and has_table)
                 # Without the TTL, codec and revision columns no record can be read, so a table
@@ -614,6 +633,10 @@ class PostgreSQLBackend(RecordStorageBackend):
             ]
         # Keyed by the ids' integers: a uuid.UUID hashes in Python code, its `int` is a slot.
         unique = list({id.int: id for id, _ in keys}.values())
+        if self._load_class is not None and len({class_name for _, class_name in keys}) == 1:
+            lean = await self._load_one_class(pool, self._load_class, keys, unique)
+            if lean is not None:
+                return lean
         rows = await self._run("load", pool.fetch, self._load_many, unique)
         self.stats.add(read=len(rows))
         found = {(row[0].int, row[1]): row for row in rows}
@@ -629,6 +652,55 @@ class PostgreSQLBackend(RecordStorageBackend):
             records.append(
                 StoredRecord(id, class_name, content, row[3], row[4], row[5], row[6], encoding, row[9])
             )
+        return records
+
+    async def _load_one_class(
+        self, pool: Any, query: str, keys: Sequence[RecordKey], unique: list[UUID]
+    ) -> list[StoredRecord | None] | None:
+        """load_records of keys of one class, timestamps as integers; None when a row's timestamp
+        has no integer or no datetime form ('infinity', out of range): the general query reads it."""
+        driver = self._driver
+        assert driver is not None
+        class_name = keys[0][1]
+
+        async def read() -> list[Any] | None:
+            try:
+                rows: list[Any] = await pool.fetch(query, unique)
+            except (driver.FeatureNotSupportedError, driver.NumericValueOutOfRangeError):
+                return None
+            return rows
+
+        rows = await self._run("load", read)
+        if rows is None:
+            return None
+        found = {row[0].int: row for row in rows}
+        moments: dict[int, datetime] = {}
+        records: list[StoredRecord | None] = []
+        try:
+            for id, _ in keys:
+                row = found.get(id.int)
+                if row is None or row[1] != class_name:
+                    records.append(None)
+                    continue
+                _, _, data, version, created, updated, expires, payload, encoding, revision = row
+                created_at = moments.get(created)
+                if created_at is None:
+                    created_at = moments[created] = _EPOCH + timedelta(microseconds=created)
+                updated_at = moments.get(updated)
+                if updated_at is None:
+                    updated_at = moments[updated] = _EPOCH + timedelta(microseconds=updated)
+                # Model data is a JSON object: '{' is every JSON record; the rest is the rare path.
+                content, encoding = (
+                    (data.encode(), "json") if data[0] == "{" else _content(data, payload, encoding)
+                )
+                records.append(
+                    StoredRecord(
+                        id, class_name, content, version, created_at, updated_at, expires, encoding, revision
+                    )
+                )
+        except OverflowError:
+            return None
+        self.stats.add(read=len(rows))
         return records
 
     async def delete(self, id: UUID, class_name: str) -> bool:

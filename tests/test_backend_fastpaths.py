@@ -1,0 +1,183 @@
+"""The network backends' fast paths give exactly what their general paths give, and fall back.
+
+PostgreSQL: a batch load of one class reads timestamps as integers (server 14+), and falls back
+to the general query for mixed classes, an older server, and timestamps with no integer or no
+datetime form. Redis: decoding reuses the previous value's metadata only when its tail is the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from uuid import UUID, uuid4
+
+import pytest
+
+from fixtures.postgresql import sql
+from pydantic_toast import StorageConnectionError, StoredDataError
+from pydantic_toast.backends.base import StoredRecord
+from pydantic_toast.backends.postgresql import PostgreSQLBackend
+from pydantic_toast.backends.redis._values import _decode, _encode
+
+
+@pytest.fixture
+async def pg_backend(postgresql_table_url: str) -> AsyncIterator[PostgreSQLBackend]:
+    instance = PostgreSQLBackend(postgresql_table_url)
+    await instance.connect()
+    yield instance
+    await instance.disconnect()
+
+
+def _record(class_name: str, moment: datetime, **changes: object) -> StoredRecord:
+    fields: dict[str, object] = {
+        "id": uuid4(),
+        "class_name": class_name,
+        "payload": b'{"n": 1}',
+        "schema_version": 2,
+        "created_at": moment,
+        "updated_at": moment,
+    }
+    fields.update(changes)
+    return StoredRecord(**fields)  # type: ignore[arg-type]
+
+
+async def _general(backend: PostgreSQLBackend, keys: list[tuple[UUID, str]]) -> list[StoredRecord | None]:
+    """What the general query reads for `keys`."""
+    lean, backend._load_class = backend._load_class, None
+    try:
+        return await backend.load_records(keys)
+    finally:
+        backend._load_class = lean
+
+
+@pytest.mark.postgresql
+async def test_postgresql_one_class_batch_load_equals_the_general_query(
+    pg_backend: PostgreSQLBackend,
+) -> None:
+    assert pg_backend._load_class is not None, "the test server is PostgreSQL 14 or later"
+    shared = datetime(2026, 11, 27, 19, 20, 1, 123457, tzinfo=UTC)
+    records = [
+        _record("A", shared),
+        _record("A", shared, updated_at=shared + timedelta(microseconds=1), revision=3),
+        _record("A", datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        _record("A", datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC)),
+        _record("A", datetime(9000, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        _record("A", shared, payload=b"\x00compressed", encoding="zlib"),
+        _record("A", shared, payload=b'{"s": "\\u0000"}'),
+        _record("A", shared, expires_at=shared + timedelta(days=3650)),
+        _record("A", shared, expires_at=shared - timedelta(days=1)),
+    ]
+    other = _record("B", shared)
+    await pg_backend.save_records([*records, other])
+    keys = [r.key for r in records]
+    keys += [(other.id, "A"), (uuid4(), "A"), records[0].key]
+    loaded = await pg_backend.load_records(keys)
+    assert loaded == await _general(pg_backend, keys)
+    assert loaded[:8] == records[:8]
+    assert loaded[8:11] == [None, None, None]
+    assert loaded[11] == records[0]
+    assert all(r is None or r.created_at.tzinfo is UTC for r in loaded)
+
+
+@pytest.mark.postgresql
+async def test_postgresql_batch_load_of_mixed_classes_takes_the_general_query(
+    pg_backend: PostgreSQLBackend,
+) -> None:
+    moment = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    a, b = _record("A", moment), _record("B", moment)
+    await pg_backend.save_records([a, b])
+    keys = [a.key, b.key, (a.id, "B")]
+    assert await pg_backend.load_records(keys) == [a, b, None]
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("stored", ["infinity", "-infinity"])
+async def test_postgresql_batch_load_falls_back_for_timestamps_without_an_integer(
+    pg_backend: PostgreSQLBackend, postgresql_table_url: str, stored: str
+) -> None:
+    moment = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    records = [_record("A", moment), _record("A", moment)]
+    await pg_backend.save_records(records)
+    table = pg_backend._settings.qualified
+    await sql(
+        postgresql_table_url, f"UPDATE {table} SET updated_at = '{stored}' WHERE id = $1", records[1].id
+    )
+    keys = [r.key for r in records]
+    loaded = await pg_backend.load_records(keys)
+    assert loaded == await _general(pg_backend, keys)
+    assert loaded[0] == records[0]
+    assert loaded[1] is not None
+    assert loaded[1].updated_at != moment
+
+
+@pytest.mark.postgresql
+async def test_postgresql_batch_load_falls_back_for_timestamps_past_datetime(
+    pg_backend: PostgreSQLBackend, postgresql_table_url: str
+) -> None:
+    """A year past 9999 has an integer but no datetime: the general query decides what happens."""
+    moment = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    records = [_record("A", moment), _record("A", moment)]
+    await pg_backend.save_records(records)
+    table = pg_backend._settings.qualified
+    await sql(
+        postgresql_table_url,
+        f"UPDATE {table} SET created_at = '20000-01-01 00:00:00+00' WHERE id = $1",
+        records[1].id,
+    )
+    keys = [r.key for r in records]
+    with pytest.raises(StorageConnectionError) as lean:
+        await pg_backend.load_records(keys)
+    with pytest.raises(StorageConnectionError) as general:
+        await _general(pg_backend, keys)
+    assert str(lean.value) == str(general.value)
+
+
+# --------------------------------------------------------------------------- Redis values
+
+
+def _full_parse(id: UUID, class_name: str, value: bytes) -> StoredRecord:
+    """What the envelope parse gives for a value, without the Redis decoder's shortcuts (with the
+    data as the decoder slices it: the parse re-encodes it)."""
+    envelope = json.loads(value)
+    parsed = StoredRecord.from_envelope(id, class_name, envelope)
+    assert json.loads(parsed.payload) == envelope["data"]
+    parsed.payload = value[len(b'{"data":') : value.rfind(b',"schema_version":')]
+    return parsed
+
+
+def test_redis_decode_reuses_a_tail_only_when_it_is_byte_for_byte_the_same() -> None:
+    moment = datetime(2026, 11, 27, 19, 20, 1, 123457, tzinfo=UTC)
+    later = moment + timedelta(seconds=1)
+    records = [
+        _record("A", moment),
+        _record("A", moment, payload=b'{"n": 2, "schema_version": 9}'),
+        _record("A", moment, updated_at=later),
+        _record("A", moment, updated_at=later, revision=4),
+        _record("A", moment, updated_at=later, revision=5),
+        _record("A", moment, schema_version=3),
+        _record("A", later),
+        _record("A", moment),
+    ]
+    for record in records + records[::-1]:
+        value = _encode(record)
+        decoded = _decode(record.id, "A", value, b"key")
+        assert decoded == record
+        assert decoded == _full_parse(record.id, "A", value)
+
+
+def test_redis_decode_checks_every_value_before_reusing_a_tail() -> None:
+    """A value with the previous value's tail but no object before it is not decoded by the tail."""
+    moment = datetime(2026, 11, 27, 19, 20, 1, 123457, tzinfo=UTC)
+    record = _record("A", moment)
+    value = _encode(record)
+    assert _decode(record.id, "A", value, b"key") == record
+    tail = value[value.rfind(b',"schema_version":') :]
+    not_an_object = b'{"data":[1, {}]' + tail
+    with pytest.raises(StoredDataError):
+        _decode(record.id, "A", b'{"data":1}' + tail[:-1], b"key")
+    decoded = _decode(record.id, "A", not_an_object, b"key")
+    # Taken apart by the full parse, which re-encodes the data: not sliced by the shortcut.
+    assert decoded == StoredRecord.from_envelope(record.id, "A", json.loads(not_an_object))
+    assert decoded.payload == b"[1,{}]"
