@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 from uuid import UUID, uuid4
 
 import pytest
@@ -163,3 +164,82 @@ def test_a_backend_dropped_without_disconnect_closes_its_file_and_thread(tmp_pat
     # The last connection's close checkpoints the WAL into the file and removes it.
     assert not (tmp_path / "toast.db-wal").exists()
     assert len(_stored_ids(path)) == 1
+
+
+class _NoJSON:
+    """A connection whose SQLite was built without the JSON functions."""
+
+    def execute(self, sql: str, *parameters: object) -> sqlite3.Cursor:
+        raise sqlite3.OperationalError("no such table: json_each")
+
+
+async def _batch_reads(path: Path, *, encoding: str | None = None) -> None:
+    """Loads through the JSON array and through `id IN (...)` give the same records."""
+    if encoding is not None:
+        with closing(sqlite3.connect(path)) as connection:
+            connection.execute(f"PRAGMA encoding = '{encoding}'")
+            connection.execute("CREATE TABLE scratch (x)")
+    backend = SQLiteBackend(f"sqlite:///{path}")
+    await backend.connect()
+    try:
+        assert backend._listed is not None
+        assert backend._listed_select(cast(sqlite3.Connection, _NoJSON())) is None
+        earlier, now = datetime(2024, 5, 1, tzinfo=UTC), datetime.now(UTC)
+        things = [uuid4() for _ in range(40)]
+        others = [uuid4() for _ in range(3)]
+        expired, expiring = uuid4(), uuid4()
+        await backend.save_records(
+            [StoredRecord(id, "Thing", b'{"n":%d}' % n, 2, earlier, now) for n, id in enumerate(things)]
+            + [StoredRecord(id, "Other", b"{}", 1, now, now, encoding="zstd") for id in others]
+            + [StoredRecord(expired, "Thing", b"{}", 1, now, now, expires_at=earlier)]
+            + [
+                StoredRecord(
+                    expiring, "Thing", b"{}", 1, now, now, expires_at=datetime(2999, 1, 1, tzinfo=UTC)
+                )
+            ]
+        )
+        await backend.save_records_checked(
+            [StoredRecord(things[0], "Thing", b'{"n":0}', 2, earlier, now, revision=1)]
+        )
+        batches = [
+            [(id, "Thing") for id in things],  # one class: one query
+            [(id, "Thing") for id in things[:3]],  # fewer ids than _BATCH_ID_TEXTS
+            # classes mixed, an id asked under another class, duplicates, missing, expired, expiring
+            [
+                (things[0], "Thing"),
+                (others[0], "Other"),
+                (others[1], "Thing"),
+                (things[0], "Thing"),
+                (uuid4(), "Thing"),
+                (expired, "Thing"),
+                (expiring, "Thing"),
+                (others[2], "Other"),
+            ],
+        ]
+        listed = [await backend.load_records(keys) for keys in batches]
+        backend._listed = None
+        assert [await backend.load_records(keys) for keys in batches] == listed
+        one_class, few, mixed = listed
+        assert [record.id if record else None for record in one_class] == things
+        assert [record.id if record else None for record in few] == things[:3]
+        assert one_class[0] is not None
+        assert one_class[0].revision == 1
+        assert one_class[1] is not None
+        assert one_class[1].created_at == earlier
+        assert one_class[1].payload == b'{"n":1}'
+        assert one_class[1].encoding == "json"
+        assert [record is None for record in mixed] == [False, False, True, False, True, True, False, False]
+        assert mixed[1] is not None
+        assert mixed[1].encoding == "zstd"
+        assert mixed[6] is not None
+        assert mixed[6].expires_at == datetime(2999, 1, 1, tzinfo=UTC)
+    finally:
+        await backend.disconnect()
+
+
+async def test_batch_loads_read_the_same_with_and_without_json_each(tmp_path: Path) -> None:
+    await _batch_reads(tmp_path / "toast.db")
+
+
+async def test_batch_loads_of_a_utf16_database_read_the_same(tmp_path: Path) -> None:
+    await _batch_reads(tmp_path / "toast.db", encoding="UTF-16le")

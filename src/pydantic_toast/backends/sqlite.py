@@ -126,6 +126,8 @@ class SQLiteBackend(RecordStorageBackend):
         self._statements: dict[tuple[str, int, str], str] = {}
         self._selects: dict[int, str] = {}
         self._load_columns = _LOAD_COLUMNS
+        # The batch load query, when this SQLite has json_each (decided at connect; None: `_select`).
+        self._listed: str | None = None
 
     @classmethod
     def check_url(cls, url: StorageURL) -> None:
@@ -181,6 +183,7 @@ class SQLiteBackend(RecordStorageBackend):
                 if connection.execute("PRAGMA encoding").fetchone()[0] != "UTF-8":
                     # CAST(data AS BLOB) gives the text in the database's encoding: decode it.
                     self._load_columns = _LOAD_COLUMNS_DECODED
+                self._listed = self._listed_select(connection)
                 return connection
             connection.close()
             raise_unchained(self._error("prepare", failure))
@@ -380,6 +383,8 @@ class SQLiteBackend(RecordStorageBackend):
             id, class_name = keys[0]
             row = connection.execute(self._select(1), (class_name, str(id), now)).fetchone()
             return [None if row is None else _loaded(row, class_name, id, parse_timestamp)]
+        if self._listed is not None:
+            return self._read_listed(connection, keys, now, self._listed)
         texts = [str(id) for id, _ in keys]
         # Each id's text once, and back to the caller's UUID without parsing the row's text.
         by_class: dict[str, dict[str, UUID]] = {}
@@ -395,6 +400,70 @@ class SQLiteBackend(RecordStorageBackend):
                 for row in connection.execute(self._select(len(chunk)), (class_name, *chunk, now)):
                     records[row[0]] = _loaded(row, class_name, ids[row[0]], parse)
         return [found[class_name].get(text) for text, (_, class_name) in zip(texts, keys, strict=True)]
+
+    def _listed_select(self, connection: sqlite3.Connection) -> str | None:
+        """The batch load query: the ids as one JSON array, each row tagged with its id's place.
+
+        Against `_select`'s `id IN (?, ...)` (measured, 1,000 ids: ~35% less time in SQLite and
+        sqlite3): one bound text instead of one per id, no id column to convert and look up, no
+        chunks of 900. `CROSS JOIN` keeps the array as the outer loop, one primary-key lookup
+        per id, whatever the planner would make of the class_name index. SQLite builds without
+        the JSON functions (before 3.38 they could be left out) keep `_select`.
+        """
+        try:
+            connection.execute("SELECT key FROM json_each('[\"x\"]')").fetchall()
+        except sqlite3.OperationalError:
+            return None
+        columns = self._load_columns.removeprefix("id, ")
+        return (
+            f'SELECT k.key, {columns} FROM json_each(?) AS k CROSS JOIN "{self._table}" AS t '
+            "ON t.id = k.value WHERE +t.class_name = ? AND (t.expires_at IS NULL OR t.expires_at > ?)"
+        )
+
+    def _read_listed(
+        self, connection: sqlite3.Connection, keys: Sequence[RecordKey], now: str, query: str
+    ) -> list[StoredRecord | None]:
+        count = len(keys)
+        ids = [id for id, _ in keys]
+        texts = _id_texts(ids) if count >= _BATCH_ID_TEXTS else [str(id) for id in ids]
+        first = keys[0][1]
+        groups: list[tuple[str, Sequence[int]]]
+        if [class_name for _, class_name in keys].count(first) == count:
+            groups = [(first, range(count))]
+        else:
+            places: dict[str, list[int]] = {}
+            for place, (_, class_name) in enumerate(keys):
+                places.setdefault(class_name, []).append(place)
+            groups = list(places.items())
+        found: list[StoredRecord | None] = [None] * count
+        moments: dict[str, datetime] = {}  # records saved together share their timestamps
+        for class_name, positions in groups:
+            listed = texts if len(positions) == count else [texts[place] for place in positions]
+            rows = connection.execute(query, ('["' + '","'.join(listed) + '"]', class_name, now))
+            for place, data, version, created, updated, expires, encoding, revision in rows:
+                if encoding is None:
+                    encoding = "json"
+                    if type(data) is str:  # read as text (_LOAD_COLUMNS_DECODED)
+                        data = data.encode()
+                created_at = moments.get(created)
+                if created_at is None:
+                    created_at = moments[created] = parse_timestamp(created)
+                updated_at = moments.get(updated)
+                if updated_at is None:
+                    updated_at = moments[updated] = parse_timestamp(updated)
+                position = positions[place]
+                found[position] = StoredRecord(
+                    ids[position],
+                    class_name,
+                    data,
+                    version,
+                    created_at,
+                    updated_at,
+                    None if expires is None else parse_timestamp(expires),
+                    encoding,
+                    revision,
+                )
+        return found
 
     def _select(self, count: int) -> str:
         """The load query for `count` ids of one class, built once per count (sqlite3 caches
