@@ -243,3 +243,15 @@ async def test_batch_loads_read_the_same_with_and_without_json_each(tmp_path: Pa
 
 async def test_batch_loads_of_a_utf16_database_read_the_same(tmp_path: Path) -> None:
     await _batch_reads(tmp_path / "toast.db", encoding="UTF-16le")
+
+
+async def test_a_driver_error_reaches_the_caller_without_the_driver_exception(tmp_path: Path) -> None:
+    backend = SQLiteBackend(f"sqlite:///{tmp_path / 'toast.db'}")
+    await backend.connect()
+    try:
+        with pytest.raises(StorageConnectionError, match="no such table") as caught:
+            await backend._run("test", lambda connection: connection.execute("SELECT * FROM missing"))
+        assert caught.value.__cause__ is None
+        assert caught.value.__context__ is None
+    finally:
+        await backend.disconnect()
