@@ -1,0 +1,257 @@
+"""The SQLite backend's fast paths and its worker thread: each behaves as the general way it replaces.
+
+Ids of small batches are formatted one by one and large ones at once (`_id_texts`); calls reach
+the connection's thread through `_Worker` instead of an executor, which must keep an executor's
+order, cancellation and error delivery, and end its thread when the backend closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import cast
+from uuid import UUID, uuid4
+
+import pytest
+
+from pydantic_toast.backends.base import StoredRecord
+from pydantic_toast.backends.sqlite import _BATCH_ID_TEXTS, SQLiteBackend, _id_texts
+from pydantic_toast.exceptions import StorageConnectionError
+
+
+def _record(id: UUID, moment: datetime) -> StoredRecord:
+    return StoredRecord(id, "Thing", b'{"n":1}', 1, moment, moment)
+
+
+def _stored_ids(path: Path) -> set[str]:
+    with closing(sqlite3.connect(path)) as connection:
+        return {row[0] for row in connection.execute("SELECT id FROM external_models")}
+
+
+def test_batch_id_texts_are_the_ids_str() -> None:
+    for count in (1, _BATCH_ID_TEXTS - 1, _BATCH_ID_TEXTS, 1000):
+        ids = [uuid4() for _ in range(count)] + [UUID(int=0), UUID(int=2**128 - 1)]
+        assert _id_texts(ids) == [str(id) for id in ids]
+
+
+@pytest.mark.parametrize("count", [1, _BATCH_ID_TEXTS - 1, _BATCH_ID_TEXTS, 2 * _BATCH_ID_TEXTS])
+async def test_batches_either_side_of_the_id_threshold_store_the_same_ids(tmp_path: Path, count: int) -> None:
+    backend = SQLiteBackend(f"sqlite:///{tmp_path / 'toast.db'}")
+    await backend.connect()
+    try:
+        now = datetime.now(UTC)
+        ids = [uuid4() for _ in range(count)]
+        await backend.save_records([_record(id, now) for id in ids])
+        assert _stored_ids(tmp_path / "toast.db") == {str(id) for id in ids}
+        loaded = await backend.load_records([(id, "Thing") for id in ids])
+        assert [record.id if record else None for record in loaded] == ids
+    finally:
+        await backend.disconnect()
+
+
+def _workers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "pydantic-toast-sqlite"]
+
+
+async def test_calls_run_in_order_and_failures_reach_the_caller(tmp_path: Path) -> None:
+    backend = SQLiteBackend(f"sqlite:///{tmp_path / 'toast.db'}")
+    await backend.connect()
+    try:
+        seen: list[int] = []
+
+        def note(n: int) -> int:
+            seen.append(n)
+            return n
+
+        def noting(n: int) -> Callable[[sqlite3.Connection], int]:
+            return lambda _: note(n)
+
+        results = await asyncio.gather(*(backend._run("test", noting(n)) for n in range(50)))
+        assert seen == list(range(50)) == results
+        with pytest.raises(StorageConnectionError, match="SQLite test failed"):
+            await backend._run("test", lambda connection: connection.execute("SELECT * FROM missing"))
+        with pytest.raises(ZeroDivisionError):
+            await backend._run("test", lambda connection: 1 // 0)
+        seven = await backend._run("test", lambda connection: connection.execute("SELECT 7").fetchone()[0])
+        assert seven == 7
+    finally:
+        await backend.disconnect()
+
+
+async def test_a_call_cancelled_before_it_starts_never_runs(tmp_path: Path) -> None:
+    backend = SQLiteBackend(f"sqlite:///{tmp_path / 'toast.db'}")
+    await backend.connect()
+    try:
+        release = threading.Event()
+        ran: list[str] = []
+        blocker = asyncio.ensure_future(backend._run("test", lambda connection: release.wait(10)))
+        waiting = asyncio.ensure_future(backend._run("test", lambda connection: ran.append("late")))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        release.set()
+        assert await blocker is True
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # A call made afterwards still runs, after the cancelled one was passed over.
+        await backend._run("test", lambda connection: ran.append("next"))
+        assert ran == ["next"]
+    finally:
+        await backend.disconnect()
+
+
+async def test_a_call_cancelled_while_it_runs_finishes_and_the_worker_goes_on(tmp_path: Path) -> None:
+    backend = SQLiteBackend(f"sqlite:///{tmp_path / 'toast.db'}")
+    await backend.connect()
+    try:
+        started, release = threading.Event(), threading.Event()
+        finished: list[bool] = []
+
+        def slow(connection: sqlite3.Connection) -> None:
+            started.set()
+            release.wait(10)
+            finished.append(True)
+
+        running = asyncio.ensure_future(backend._run("test", slow))
+        await asyncio.to_thread(started.wait, 10)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        release.set()
+        assert await backend._run("test", lambda connection: 3) == 3
+        assert finished == [True]
+    finally:
+        await backend.disconnect()
+
+
+async def test_disconnect_ends_the_worker_thread(tmp_path: Path) -> None:
+    before = len(_workers())
+    backend = SQLiteBackend(f"sqlite:///{tmp_path / 'toast.db'}")
+    await backend.connect()
+    assert len(_workers()) == before + 1
+    await backend.disconnect()
+    for _ in range(200):
+        if len(_workers()) == before:
+            break
+        await asyncio.sleep(0.01)
+    assert len(_workers()) == before
+
+
+def test_a_backend_dropped_without_disconnect_closes_its_file_and_thread(tmp_path: Path) -> None:
+    before = len(_workers())
+    path = tmp_path / "toast.db"
+
+    async def use() -> None:
+        backend = SQLiteBackend(f"sqlite:///{path}")
+        await backend.connect()
+        await backend.save_records([_record(uuid4(), datetime.now(UTC))])
+
+    asyncio.run(use())
+    gc.collect()
+    # The finalizer has the worker close the connection and stop (it cannot wait for that when the
+    # worker itself drops the backend's last reference).
+    for _ in range(200):
+        if len(_workers()) == before:
+            break
+        time.sleep(0.01)
+    assert len(_workers()) == before
+    # The last connection's close checkpoints the WAL into the file and removes it.
+    assert not (tmp_path / "toast.db-wal").exists()
+    assert len(_stored_ids(path)) == 1
+
+
+class _NoJSON:
+    """A connection whose SQLite was built without the JSON functions."""
+
+    def execute(self, sql: str, *parameters: object) -> sqlite3.Cursor:
+        raise sqlite3.OperationalError("no such table: json_each")
+
+
+async def _batch_reads(path: Path, *, encoding: str | None = None) -> None:
+    """Loads through the JSON array and through `id IN (...)` give the same records."""
+    if encoding is not None:
+        with closing(sqlite3.connect(path)) as connection:
+            connection.execute(f"PRAGMA encoding = '{encoding}'")
+            connection.execute("CREATE TABLE scratch (x)")
+    backend = SQLiteBackend(f"sqlite:///{path}")
+    await backend.connect()
+    try:
+        assert backend._listed is not None
+        assert backend._listed_select(cast(sqlite3.Connection, _NoJSON())) is None
+        earlier, now = datetime(2024, 5, 1, tzinfo=UTC), datetime.now(UTC)
+        things = [uuid4() for _ in range(40)]
+        others = [uuid4() for _ in range(3)]
+        expired, expiring = uuid4(), uuid4()
+        await backend.save_records(
+            [StoredRecord(id, "Thing", b'{"n":%d}' % n, 2, earlier, now) for n, id in enumerate(things)]
+            + [StoredRecord(id, "Other", b"{}", 1, now, now, encoding="zstd") for id in others]
+            + [StoredRecord(expired, "Thing", b"{}", 1, now, now, expires_at=earlier)]
+            + [
+                StoredRecord(
+                    expiring, "Thing", b"{}", 1, now, now, expires_at=datetime(2999, 1, 1, tzinfo=UTC)
+                )
+            ]
+        )
+        await backend.save_records_checked(
+            [StoredRecord(things[0], "Thing", b'{"n":0}', 2, earlier, now, revision=1)]
+        )
+        batches = [
+            [(id, "Thing") for id in things],  # one class: one query
+            [(id, "Thing") for id in things[:3]],  # fewer ids than _BATCH_ID_TEXTS
+            # classes mixed, an id asked under another class, duplicates, missing, expired, expiring
+            [
+                (things[0], "Thing"),
+                (others[0], "Other"),
+                (others[1], "Thing"),
+                (things[0], "Thing"),
+                (uuid4(), "Thing"),
+                (expired, "Thing"),
+                (expiring, "Thing"),
+                (others[2], "Other"),
+            ],
+        ]
+        listed = [await backend.load_records(keys) for keys in batches]
+        backend._listed = None
+        assert [await backend.load_records(keys) for keys in batches] == listed
+        one_class, few, mixed = listed
+        assert [record.id if record else None for record in one_class] == things
+        assert [record.id if record else None for record in few] == things[:3]
+        assert one_class[0] is not None
+        assert one_class[0].revision == 1
+        assert one_class[1] is not None
+        assert one_class[1].created_at == earlier
+        assert one_class[1].payload == b'{"n":1}'
+        assert one_class[1].encoding == "json"
+        assert [record is None for record in mixed] == [False, False, True, False, True, True, False, False]
+        assert mixed[1] is not None
+        assert mixed[1].encoding == "zstd"
+        assert mixed[6] is not None
+        assert mixed[6].expires_at == datetime(2999, 1, 1, tzinfo=UTC)
+    finally:
+        await backend.disconnect()
+
+
+async def test_batch_loads_read_the_same_with_and_without_json_each(tmp_path: Path) -> None:
+    await _batch_reads(tmp_path / "toast.db")
+
+
+async def test_batch_loads_of_a_utf16_database_read_the_same(tmp_path: Path) -> None:
+    await _batch_reads(tmp_path / "toast.db", encoding="UTF-16le")
+
+
+async def test_a_driver_error_reaches_the_caller_without_the_driver_exception(tmp_path: Path) -> None:
+    backend = SQLiteBackend(f"sqlite:///{tmp_path / 'toast.db'}")
+    await backend.connect()
+    try:
+        with pytest.raises(StorageConnectionError, match="no such table") as caught:
+            await backend._run("test", lambda connection: connection.execute("SELECT * FROM missing"))
+        assert caught.value.__cause__ is None
+        assert caught.value.__context__ is None
+    finally:
+        await backend.disconnect()
