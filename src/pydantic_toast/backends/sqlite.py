@@ -259,11 +259,7 @@ class SQLiteBackend(RecordStorageBackend):
         # instant is formatted once, not three times per record (formatting was ~40% of this loop).
         texts: dict[datetime, str] = {}
         statements: list[tuple[str, list[Any]]] = []
-        ids = (
-            _id_texts([r.id for r in records])
-            if len(records) >= _BATCH_ID_TEXTS
-            else [str(r.id) for r in records]
-        )
+        ids = _id_texts([r.id for r in records])
         for start in range(0, len(records), per_statement):
             chunk = records[start : start + per_statement]
             parameters: list[Any] = []
@@ -429,7 +425,7 @@ class SQLiteBackend(RecordStorageBackend):
     ) -> list[StoredRecord | None]:
         count = len(keys)
         ids = [id for id, _ in keys]
-        texts = _id_texts(ids) if count >= _BATCH_ID_TEXTS else [str(id) for id in ids]
+        texts = _id_texts(ids)
         first = keys[0][1]
         groups: list[tuple[str, Sequence[int]]]
         if [class_name for _, class_name in keys].count(first) == count:
@@ -440,33 +436,13 @@ class SQLiteBackend(RecordStorageBackend):
                 places.setdefault(class_name, []).append(place)
             groups = list(places.items())
         found: list[StoredRecord | None] = [None] * count
-        moments: dict[str, datetime] = {}  # records saved together share their timestamps
+        parse = _timestamp_parser()
         for class_name, positions in groups:
             listed = texts if len(positions) == count else [texts[place] for place in positions]
             rows = connection.execute(query, ('["' + '","'.join(listed) + '"]', class_name, now))
-            for place, data, version, created, updated, expires, encoding, revision in rows:
-                if encoding is None:
-                    encoding = "json"
-                    if type(data) is str:  # read as text (_LOAD_COLUMNS_DECODED)
-                        data = data.encode()
-                created_at = moments.get(created)
-                if created_at is None:
-                    created_at = moments[created] = parse_timestamp(created)
-                updated_at = moments.get(updated)
-                if updated_at is None:
-                    updated_at = moments[updated] = parse_timestamp(updated)
-                position = positions[place]
-                found[position] = StoredRecord(
-                    ids[position],
-                    class_name,
-                    data,
-                    version,
-                    created_at,
-                    updated_at,
-                    None if expires is None else parse_timestamp(expires),
-                    encoding,
-                    revision,
-                )
+            for row in rows:  # each row starts with its id's place in the array
+                position = positions[row[0]]
+                found[position] = _loaded(row, class_name, ids[position], parse)
         return found
 
     def _select(self, count: int) -> str:
@@ -691,13 +667,15 @@ _BATCH_ID_TEXTS = 16
 
 
 def _id_texts(ids: Sequence[UUID]) -> list[str]:
-    """`[str(id) for id in ids]`, made for the whole batch at once.
+    """`[str(id) for id in ids]`, made for the whole batch at once from `_BATCH_ID_TEXTS` ids on.
 
     UUID.__str__ is Python code: it was two thirds of the Python work of building a batch's
     parameters. Here one call formats every id's digits, and each digit position is moved into
     place for all ids by one slice assignment: per id, only C code runs.
     """
     count = len(ids)
+    if count < _BATCH_ID_TEXTS:
+        return [str(id) for id in ids]
     digits = (("%032x" * count) % tuple([id.int for id in ids])).encode()
     text = bytearray(b"-" * (37 * count))  # 36 characters and a comma per id
     text[36::37] = b"," * count
@@ -724,7 +702,8 @@ def _timestamp_parser() -> Callable[[str], datetime]:
 def _loaded(
     row: tuple[Any, ...], class_name: str, id: UUID, parse: Callable[[str], datetime]
 ) -> StoredRecord:
-    """A row of `_LOAD_COLUMNS` (or of `_COLUMNS` without its class name) as a record."""
+    """A row of `_LOAD_COLUMNS` (or of `_COLUMNS` without its class name, or of the batch query
+    with its id's place first) as a record."""
     _, data, version, created, updated, expires, encoding, revision = row
     if encoding is None:
         encoding = "json"
