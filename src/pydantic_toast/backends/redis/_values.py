@@ -66,6 +66,22 @@ def _encode(record: StoredRecord) -> bytes:
 _last_tail: tuple[bytes, tuple[int, datetime, datetime, int | None]] = (b"", (0, _NEVER, _NEVER, None))
 
 
+def _tail_fields(tail: bytes) -> tuple[int, datetime, datetime, int | None] | None:
+    """What a metadata tail holds, or None when it is not one the fast decode reads (an impossible
+    date, say: the full parse reports it properly)."""
+    match = _TAIL.match(tail)
+    if match is None:
+        return None
+    version_text, created, updated, revision_text = match.groups()
+    try:
+        created_at = parse_timestamp(created.decode())
+        # A record never updated since it was created: no second decode and parse.
+        updated_at = created_at if updated == created else parse_timestamp(updated.decode())
+    except ValueError:
+        return None
+    return int(version_text), created_at, updated_at, None if revision_text is None else int(revision_text)
+
+
 def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord:
     global _last_tail
     if value.startswith(_ENVELOPE_HEAD):
@@ -76,8 +92,11 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
         if cut > _HEAD_LENGTH and value[cut - 1] == 0x7D and value[_HEAD_LENGTH] == 0x7B:
             tail = value[cut:]
             last = _last_tail
-            if last[0] == tail:
-                version, created_at, updated_at, revision = last[1]
+            fields = last[1] if last[0] == tail else _tail_fields(tail)
+            if fields is not None:
+                if fields is not last[1]:
+                    _last_tail = (tail, fields)
+                version, created_at, updated_at, revision = fields
                 # Positional: this runs once per record of every load (keywords cost ~15% more).
                 return StoredRecord(
                     id,
@@ -90,30 +109,6 @@ def _decode(id: UUID, class_name: str, value: bytes, key: bytes) -> StoredRecord
                     "json",
                     revision,
                 )
-            match = _TAIL.match(tail)
-            if match is not None:
-                version_text, created, updated, revision_text = match.groups()
-                try:
-                    created_at = parse_timestamp(created.decode())
-                    # A record never updated since it was created: no second decode and parse.
-                    updated_at = created_at if updated == created else parse_timestamp(updated.decode())
-                except ValueError:
-                    pass  # an impossible date; the full parse below reports it properly
-                else:
-                    version = int(version_text)
-                    revision = None if revision_text is None else int(revision_text)
-                    _last_tail = (tail, (version, created_at, updated_at, revision))
-                    return StoredRecord(
-                        id,
-                        class_name,
-                        value[_HEAD_LENGTH:cut],
-                        version,
-                        created_at,
-                        updated_at,
-                        None,
-                        "json",
-                        revision,
-                    )
     elif value.startswith(_BINARY_HEAD):
         header, _, payload = value[1:].partition(b"\n")
         try:
