@@ -15,7 +15,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from fixtures.postgresql import sql
+from fixtures.postgresql import connected_backend, sql
 from pydantic_toast import StorageConnectionError, StoredDataError
 from pydantic_toast.backends.base import StoredRecord
 from pydantic_toast.backends.postgresql import PostgreSQLBackend
@@ -24,10 +24,8 @@ from pydantic_toast.backends.redis._values import _decode, _encode
 
 @pytest.fixture
 async def pg_backend(postgresql_table_url: str) -> AsyncIterator[PostgreSQLBackend]:
-    instance = PostgreSQLBackend(postgresql_table_url)
-    await instance.connect()
-    yield instance
-    await instance.disconnect()
+    async with connected_backend(postgresql_table_url) as instance:
+        yield instance
 
 
 def _record(class_name: str, moment: datetime, **changes: object) -> StoredRecord:
@@ -92,24 +90,29 @@ async def test_postgresql_batch_load_of_mixed_classes_takes_the_general_query(
     assert await pg_backend.load_records(keys) == [a, b, None]
 
 
+_MOMENT = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+
+
+async def _two_saved_then(backend: PostgreSQLBackend, url: str, assignment: str) -> list[StoredRecord]:
+    """Two records of one class saved together, then `assignment` made to the second one in SQL."""
+    records = [_record("A", _MOMENT), _record("A", _MOMENT)]
+    await backend.save_records(records)
+    await sql(url, f"UPDATE {backend._settings.qualified} SET {assignment} WHERE id = $1", records[1].id)
+    return records
+
+
 @pytest.mark.postgresql
 @pytest.mark.parametrize("stored", ["infinity", "-infinity"])
 async def test_postgresql_batch_load_falls_back_for_timestamps_without_an_integer(
     pg_backend: PostgreSQLBackend, postgresql_table_url: str, stored: str
 ) -> None:
-    moment = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
-    records = [_record("A", moment), _record("A", moment)]
-    await pg_backend.save_records(records)
-    table = pg_backend._settings.qualified
-    await sql(
-        postgresql_table_url, f"UPDATE {table} SET updated_at = '{stored}' WHERE id = $1", records[1].id
-    )
+    records = await _two_saved_then(pg_backend, postgresql_table_url, f"updated_at = '{stored}'")
     keys = [r.key for r in records]
     loaded = await pg_backend.load_records(keys)
     assert loaded == await _general(pg_backend, keys)
     assert loaded[0] == records[0]
     assert loaded[1] is not None
-    assert loaded[1].updated_at != moment
+    assert loaded[1].updated_at != _MOMENT
 
 
 @pytest.mark.postgresql
@@ -117,14 +120,8 @@ async def test_postgresql_batch_load_falls_back_for_timestamps_past_datetime(
     pg_backend: PostgreSQLBackend, postgresql_table_url: str
 ) -> None:
     """A year past 9999 has an integer but no datetime: the general query decides what happens."""
-    moment = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
-    records = [_record("A", moment), _record("A", moment)]
-    await pg_backend.save_records(records)
-    table = pg_backend._settings.qualified
-    await sql(
-        postgresql_table_url,
-        f"UPDATE {table} SET created_at = '20000-01-01 00:00:00+00' WHERE id = $1",
-        records[1].id,
+    records = await _two_saved_then(
+        pg_backend, postgresql_table_url, "created_at = '20000-01-01 00:00:00+00'"
     )
     keys = [r.key for r in records]
     with pytest.raises(StorageConnectionError) as lean:

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pydantic_toast
-from fixtures.postgresql import sql, with_options
+from fixtures.postgresql import connected_backend, sql, with_options
 from models import every_type_model, every_type_values, wide_model, wide_values
 from pydantic_toast import (
     ExternalBaseModel,
@@ -57,11 +57,8 @@ def pg_url(postgresql_url: str, table: str) -> str:
 
 @pytest.fixture
 async def backend(pg_url: str) -> AsyncIterator[PostgreSQLBackend]:
-    """A backend instance of the test's own, outside the runtime (for record-level calls)."""
-    instance = PostgreSQLBackend(pg_url)
-    await instance.connect()
-    yield instance
-    await instance.disconnect()
+    async with connected_backend(pg_url) as instance:
+        yield instance
 
 
 def user_model(
