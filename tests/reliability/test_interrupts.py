@@ -93,7 +93,10 @@ def _run_script(*parts: str) -> subprocess.CompletedProcess[str]:
 
 
 SLOW_BACKEND = """
-    import asyncio, sys
+    import asyncio, signal, sys
+    # Ctrl-C as in a terminal, even when the test run itself ignores SIGINT (a shell starts
+    # background jobs so, and children inherit it): the tests are about what Ctrl-C does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from typing import Any
     from uuid import UUID
     import pydantic_toast
