@@ -519,7 +519,7 @@ class TreeLoader:
         self._blocked = set()
         self._blocked_on_fetch = False
         self._placeholders = True  # a reference still unbuilt gives _PENDING, not an exception
-        built, records, context = self._built, self._records, self._context
+        built, records = self._built, self._records
         try:
             for placeholder in handed:
                 child: object = placeholder.model  # resolved already (a stored reader's)
@@ -529,13 +529,7 @@ class TreeLoader:
                     model_key, key, reading = leaf
                     child = built.get(model_key)
                     if child is None and (record := records.get(key)) is not None:
-                        # _build_simple's steps without its error report: a failure here is
-                        # reported by validating the parent again.
-                        target = placeholder.target
-                        made = built[model_key] = materialize(target, record, model_key[3], context, reading)
-                        if record.schema_version < reading[0].schema_version:
-                            self._note_upgraded(target, key, made)
-                        child = made
+                        child = self._build_simple(placeholder.target, model_key, record, reading)
                 if child is None:
                     child = self.resolve_id(
                         placeholder.cls, placeholder.target, placeholder.class_name, placeholder.id
