@@ -155,6 +155,7 @@ class RedisBaseline:
         self._url = url
         self._prefix = prefix
         self._client: Any = None
+        self._sync_client: Any = None
 
     def _key(self, cls: type[BaseModel], id: UUID) -> str:
         return f"{self._prefix}:{cls.__name__}:{id}"
@@ -168,12 +169,23 @@ class RedisBaseline:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._sync_client is not None:
+            self._sync_client.close()
+            self._sync_client = None
 
     async def drop(self) -> None:
         await _delete_prefix(self._client, self._prefix)
 
     async def save(self, id: UUID, model: BaseModel) -> None:
         await self._client.set(self._key(type(model), id), _encode(model))
+
+    def save_sync(self, id: UUID, model: BaseModel) -> None:
+        """`save` with redis-py's sync client, in the calling thread (its own pool, made on first use)."""
+        if self._sync_client is None:
+            from redis import Redis
+
+            self._sync_client = Redis.from_url(self._url, socket_timeout=30)
+        self._sync_client.set(self._key(type(model), id), _encode(model))
 
     async def load(self, id: UUID, cls: type[M]) -> M:
         raw = await self._client.get(self._key(cls, id))
