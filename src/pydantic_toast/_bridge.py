@@ -44,6 +44,10 @@ class Bridge:
     def loop_if_running(self) -> asyncio.AbstractEventLoop | None:
         return self._loop
 
+    def in_io_thread(self) -> bool:
+        thread = self._thread
+        return thread is not None and threading.current_thread() is thread
+
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:

@@ -23,7 +23,7 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
-from . import _content, _content_models, codecs, observability, runtime
+from . import _content, _content_models, _direct, codecs, observability, runtime
 from ._pydantic_internals import holds_references, inner_serializer, serializer_error_fields
 from ._record_state import RecordState, digest, state_of
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
@@ -620,6 +620,31 @@ class WriteSet:
     def timeout(self) -> float:
         return max((entry.settings.timeout for entry in self._done), default=DEFAULT_TIMEOUT)
 
+    def write_directly(self) -> bool:
+        """Write the set in the calling thread, if it is one record its store's sync client takes
+        (`_direct.py`); False, having written nothing, when `flush` must write it instead."""
+        writes = self._planned()
+        if len(writes) != 1:
+            return False
+        [entry] = writes
+        settings = entry.settings
+        if settings.content_addressed or settings.optimistic_concurrency:
+            return False  # remembered once written / a checked write: `_write`'s own steps
+        if isinstance(entry.model, ContentValue):
+            return False
+        client = _direct.redis_client(settings.url, runtime.in_io_thread())
+        if client is None:
+            return False
+        data = entry.data
+        assert data is not None
+        if settings.warn_size is not None or settings.max_size is not None:
+            observability.check_size(type(entry.model).__qualname__, settings, len(data))
+        record = _record_of(entry.state, settings, data, self._now)
+        client.save(record, settings.timeout)
+        _count_written(settings.url, [record], len(data))
+        entry.state.wrote(entry.digest)
+        return True
+
 
 def _contains_itself(model: object) -> BaseException:
     return _remember(
@@ -676,6 +701,11 @@ async def _send(
         await _write_checked(url, seconds, batch, states, names)
     else:
         await runtime.execute(url, seconds, lambda backend: backend.save_records(batch))
+    _count_written(url, batch, raw_bytes)
+
+
+def _count_written(url: StorageURL, batch: list[StoredRecord], raw_bytes: int) -> None:
+    """The write path's share of the counters (the backend counts its round trips and records)."""
     counters_for(url).add(
         round_trips=0,
         bytes_written=sum([len(record.payload) for record in batch]),
@@ -737,7 +767,7 @@ def collecting_writes(*, shallow: bool = False) -> Iterator[WriteSet]:
 
 
 def _flush_sync(write_set: WriteSet) -> None:
-    if write_set.has_writes:
+    if write_set.has_writes and not write_set.write_directly():
         runtime.run_sync(write_set.flush(), write_set.timeout)
 
 

@@ -4,7 +4,8 @@ Async calls run on the caller's event loop with that loop's own backend instance
 no thread hop, and no connection is ever used from a loop that did not create it. Instances are
 created lazily, connected once, and reused until `aclose()` or until asyncio shuts the loop down.
 Sync calls (`run_sync`) run on the loop of the library's I/O thread (`_bridge.py`), which has
-backends of its own. `execute` bounds each operation by its model's timeout.
+backends of its own; a sync call's single-record Redis save skips it (`_direct.py`). `execute`
+bounds each operation by its model's timeout.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iter
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import forksafe, observability
+from . import _direct, forksafe, observability
 from ._backend_errors import raise_translated, timed_out
 from ._bridge import SHUTDOWN_TIMEOUT, Bridge
 from ._stats import counters_for
@@ -29,7 +30,17 @@ from .exceptions import ExternalStorageError, UnsupportedEventLoopError
 from .registry import backend_class
 from .url import StorageURL
 
-__all__ = ["aclose", "close", "execute", "gather_all", "get_backend", "run_sync", "running_loop", "time_left"]
+__all__ = [
+    "aclose",
+    "close",
+    "execute",
+    "gather_all",
+    "get_backend",
+    "in_io_thread",
+    "run_sync",
+    "running_loop",
+    "time_left",
+]
 
 T = TypeVar("T")
 
@@ -229,6 +240,7 @@ async def aclose() -> None:
     already closed are dropped. The next call reconnects lazily.
     """
     current = running_loop()
+    _direct.close()
     await _close_loop(current)
     bridge_loop = _bridge.loop_if_running()
     if bridge_loop is not None and bridge_loop is not current:
@@ -241,6 +253,7 @@ async def aclose() -> None:
 
 def close() -> None:
     """Sync twin of `aclose()` for code that runs no event loop of its own."""
+    _direct.close()
     bridge_loop = _bridge.loop_if_running()
     if bridge_loop is not None:
         _bridge.run(_close_loop(bridge_loop), SHUTDOWN_TIMEOUT)
@@ -264,6 +277,11 @@ _bridge = Bridge(_close_loop)
 def run_sync(coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
     """Run `coroutine` on the library's I/O thread and wait up to about `timeout` seconds."""
     return _bridge.run(coroutine, timeout)
+
+
+def in_io_thread() -> bool:
+    """Whether this is the library's I/O thread, where a sync call is refused (see `Bridge.run`)."""
+    return _bridge.in_io_thread()
 
 
 def _forget_after_fork() -> None:

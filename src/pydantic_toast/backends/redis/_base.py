@@ -266,23 +266,38 @@ class _RedisBase(RecordStorageBackend):
         Best effort: a server that does not let us read its configuration (managed services
         disable CONFIG, ACLs may deny it) or does not answer quickly is skipped, at DEBUG.
         """
-        skipped: tuple[type[BaseException], ...] = (*self._driver_errors, TimeoutError)
+        failures: tuple[type[BaseException], ...] = (*self._driver_errors, TimeoutError)
         try:
-            async with asyncio.timeout(min(_POLICY_CHECK_TIMEOUT, self._settings.options.socket_timeout)):
+            async with asyncio.timeout(self._eviction_check_seconds()):
                 configs = await self._memory_configs()
-        except self._unreachable as exc:
+        except failures as exc:
+            failure = self._eviction_check_failed(exc)
+            if failure is None:
+                return
+            await self.disconnect()
+            raise failure from None
+        self._note_memory_configs(configs)
+
+    def _eviction_check_seconds(self) -> float:
+        return min(_POLICY_CHECK_TIMEOUT, self._settings.options.socket_timeout)
+
+    def _eviction_check_failed(self, exc: BaseException) -> StorageConnectionError | None:
+        """The connect's failure when the eviction check could not reach the server, else None
+        (the check is skipped: the server would not tell, or not in time)."""
+        if isinstance(exc, self._unreachable):
             # The client already spent its retries (or the server refused the credentials): this
             # is the connect's failure, said once, rather than skipped and retried all over again
             # by the first command.
-            await self.disconnect()
-            raise self._failure("connect", exc) from None
-        except skipped as exc:
-            _log.debug(
-                "could not read the maxmemory-policy of %s (%s); eviction check skipped",
-                self._settings.where,
-                type(exc).__name__,
-            )
-            return
+            return self._failure("connect", exc)
+        _log.debug(
+            "could not read the maxmemory-policy of %s (%s); eviction check skipped",
+            self._settings.where,
+            type(exc).__name__,
+        )
+        return None
+
+    def _note_memory_configs(self, configs: list[tuple[str, dict[Any, Any]]]) -> None:
+        """Warn now, or at the first save of a record with a ttl, as the servers' policies say."""
         for where, config in configs:
             values = {
                 (k.decode() if isinstance(k, bytes) else str(k)): (
