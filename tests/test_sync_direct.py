@@ -33,6 +33,7 @@ from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
     ExternalReference,
+    RecordNotFoundError,
     StorageConnectionError,
     StorageValidationError,
     _direct,
@@ -98,7 +99,7 @@ def _record(**changes: Any) -> StoredRecord:
     "changes",
     [
         {},
-        {"expires_at": datetime.now(UTC) + timedelta(hours=1)},
+        {"expires_at": timedelta(hours=1)},  # from now, when the test runs
         {"encoding": "zstd", "payload": b"\x28\xb5\x2f\xfd binary"},
         {"revision": 7},
     ],
@@ -107,6 +108,8 @@ def _record(**changes: Any) -> StoredRecord:
 async def test_the_sync_client_stores_the_bytes_the_async_backend_stores(
     redis_url: str, raw: redis.Redis, changes: dict[str, Any]
 ) -> None:
+    if "expires_at" in changes:
+        changes = {"expires_at": datetime.now(UTC) + changes["expires_at"]}
     url = _url(redis_url)
     direct = DirectRedis(StorageURL.parse(url))
     backend = RedisBackend(url)
@@ -491,3 +494,24 @@ assert Note.model_validate(parent.model_dump()).text == "parent again"
 print(os.waitstatus_to_exitcode(status))
 """
     assert _run(code).strip() == "0"
+
+
+# ---------------------------------------------------------------------------- single loads (the hook)
+
+
+async def test_fetch_record_gives_what_the_io_threads_fetch_gives(redis_url: str) -> None:
+    """`_direct.fetch_record`, for `_loading` to call from its sync loads (not wired there yet)."""
+    from pydantic_toast._loading import fetch_record as fetch_through_the_backend
+
+    note = note_model(_url(redis_url))
+    settings = note.__toast_settings__
+    reference = ExternalReference.model_validate(note(text="loaded").model_dump())
+    direct = _direct.fetch_record(settings, reference, False)
+    assert direct == await fetch_through_the_backend(settings, reference)
+    missing = ExternalReference.trusted(settings.storage_name, uuid4())
+    with pytest.raises(RecordNotFoundError) as through_async:
+        await fetch_through_the_backend(settings, missing)
+    with pytest.raises(RecordNotFoundError) as directly:
+        _direct.fetch_record(settings, missing, False)
+    assert str(directly.value) == str(through_async.value)
+    assert _direct.fetch_record(settings, reference, True) is None  # from the I/O thread: refused

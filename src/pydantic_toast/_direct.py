@@ -1,7 +1,8 @@
 """Which sync calls skip the library's I/O thread: the one place that decides.
 
 A sync call's single-record save on the built-in single-server Redis backend (redis://,
-rediss://, unix://) runs in the calling thread through redis-py's sync client
+rediss://, unix://) runs in the calling thread (and so can a single-record load: `fetch_record`,
+for the loading side to call) through redis-py's sync client
 (`backends/redis/direct.py`): the same command, bytes, retries, limits and errors, without the
 ~50 µs hop to the I/O thread. Everything else takes `runtime.run_sync`: batches and trees of
 records, checked writes (optimistic_concurrency), Redis Cluster, every other backend, a custom
@@ -19,14 +20,17 @@ import os
 from typing import TYPE_CHECKING
 
 from . import forksafe, observability
-from .exceptions import MissingDependencyError
+from .exceptions import MissingDependencyError, RecordNotFoundError
 from .registry import backend_class, registered_backends
 
 if TYPE_CHECKING:
+    from ._settings import ModelSettings
+    from .backends.base import StoredRecord
     from .backends.redis.direct import DirectRedis
+    from .reference import ExternalReference
     from .url import StorageURL
 
-__all__ = ["close", "redis_client"]
+__all__ = ["close", "fetch_record", "redis_client"]
 
 _SCHEMES = frozenset({"redis", "rediss", "unix"})
 
@@ -64,6 +68,20 @@ def _client_for(url: StorageURL) -> DirectRedis | None:
             client = None
     with _lock:
         return _clients.setdefault(url.raw, client)
+
+
+def fetch_record(
+    settings: ModelSettings, reference: ExternalReference, in_io_thread: bool
+) -> StoredRecord | None:
+    """`_loading.fetch_record` in the calling thread, where `redis_client` allows; None when the
+    fetch must take the I/O thread. Raises RecordNotFoundError for a missing record, as there."""
+    client = redis_client(settings.url, in_io_thread)
+    if client is None:
+        return None
+    record = client.load(reference.id, reference.class_name, settings.timeout)
+    if record is None:
+        raise RecordNotFoundError(reference.class_name, reference.id)
+    return record
 
 
 def close() -> None:

@@ -127,7 +127,10 @@ class DirectRedis:
     def _connect(self, deadline: float, seconds: float) -> Any:
         """The pool's client, after the eviction check `RedisBackend.connect` makes, as the first
         use of a connection (whose failure is the connect's, as there)."""
-        with self._lock:
+        # Another thread may be connecting: wait for it no longer than this call may take.
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise timed_out(self._url, seconds)
+        try:
             if self._client is not None:
                 return self._client
             backend = self._backend
@@ -152,6 +155,8 @@ class DirectRedis:
                 _deadline.at = deadline
             self._client = client
             return client
+        finally:
+            self._lock.release()
 
 
 def _client(backend: RedisBackend) -> Any:
