@@ -13,11 +13,14 @@ Operations: load (10 fields), load_many (1,000 records of 10 fields), flat101 (`
 children), nested_load (a parent with 100 external children), new_save_many (building 1,000 new
 models of 10 fields and `save_many` of them), save_many (1,000 records of 10 fields, written
 again each call), and baseline_save_many (the hand-written `save_many` of baselines.py on the
-same records; `--backend sqlite` only).
+same records; `--backend sqlite` only), and sync_dump (a sync `model_dump()` of a changed 10-field
+model inside the running loop).
 
 `--backend sqlite` runs against a SQLite file in a temporary directory instead of memory://: the
 count then includes the writer thread's work (sqlite3's parameter binding, SQLite itself), since
-callgrind counts every thread while collection is on.
+callgrind counts every thread while collection is on. `--backend redis` (TOAST_TEST_REDIS_URL or
+127.0.0.1:6379) is counted the same way: the client's CPU work in every thread (the library's I/O
+thread included), not the server's nor the time spent waiting.
 """
 
 from __future__ import annotations
@@ -46,12 +49,19 @@ OPERATIONS = (
     "new_save_many",
     "save_many",
     "baseline_save_many",
+    "sync_dump",
 )
-BACKENDS = ("memory", "sqlite")
+BACKENDS = ("memory", "sqlite", "redis")
+_REDIS_PREFIX = f"count_{uuid4().hex[:8]}"
 
 
 async def _operation(name: str, backend: str, directory: str) -> Callable[[], Awaitable[object]]:
-    url = "memory://count-instructions" if backend == "memory" else f"sqlite:///{directory}/count.db"
+    urls = {
+        "memory": "memory://count-instructions",
+        "sqlite": f"sqlite:///{directory}/count.db",
+        "redis": f"{os.environ.get('TOAST_TEST_REDIS_URL', 'redis://127.0.0.1:6379/0')}?prefix={_REDIS_PREFIX}",
+    }
+    url = urls[backend]
     models = model_set(url)
     flat10, child = models.flat10, models.child
     reference = await flat10(**values_for(FLAT10, 1)).save()
@@ -67,6 +77,12 @@ async def _operation(name: str, backend: str, directory: str) -> Callable[[], Aw
             raise SystemExit("baseline_save_many runs with --backend sqlite")
         await baseline.start()
     items = [(uuid4(), models.plain_flat10(**values_for(FLAT10, seed))) for seed in range(1000)]
+    changed = flat10(**values_for(FLAT10, 2))
+
+    async def sync_dump() -> object:
+        changed.visits += 1  # type: ignore[attr-defined]
+        return changed.model_dump()  # a sync call inside the running loop
+
     operations: dict[str, Callable[[], Awaitable[object]]] = {
         "load": lambda: flat10.load(reference),
         "load_many": lambda: flat10.load_many(references),
@@ -76,6 +92,7 @@ async def _operation(name: str, backend: str, directory: str) -> Callable[[], Aw
         "new_save_many": lambda: flat10.save_many([flat10(**row) for row in rows]),
         "save_many": lambda: flat10.save_many(batch),
         "baseline_save_many": lambda: baseline.save_many(items),
+        "sync_dump": sync_dump,
     }
     call = operations[name]
     for _ in range(5):  # warm: validators built, caches filled
@@ -97,6 +114,13 @@ def measured(name: str, calls: int, no_gc: bool, backend: str) -> None:
             gc.disable()
         functools.reduce(lambda _, __: runner.run(repeat()), [0], None)
         gc.enable()
+        if backend == "redis":
+            import redis
+
+            client = redis.Redis.from_url(os.environ.get("TOAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+            for key in client.scan_iter(match=f"{_REDIS_PREFIX}:*", count=1000):
+                client.delete(key)
+            client.close()
 
 
 def count(name: str, calls: int, no_gc: bool, backend: str) -> int:
