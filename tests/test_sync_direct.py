@@ -26,7 +26,7 @@ import pytest
 import redis
 
 import pydantic_toast
-from fixtures.redis import RedisServer
+from fixtures.redis import RedisServer, TLSFiles
 from fixtures.servers import free_port
 from models import note_model
 from pydantic_toast import (
@@ -187,6 +187,24 @@ def test_threads_share_one_pool_bounded_by_max_connections(redis_url: str, raw: 
     assert failures == []
     clients = [entry for entry in raw.client_list() if entry.get("name") == name]
     assert 1 <= len(clients) <= 2
+
+
+def test_tls_and_unix_sockets_take_the_direct_path(
+    redis_servers: Callable[..., RedisServer], redis_tls_files: TLSFiles, tmp_path: Path, hops: list[str]
+) -> None:
+    server = redis_servers(tls=redis_tls_files)
+    verified = note_model(f"rediss://127.0.0.1:{server.port}/0?prefix=tls&ssl_ca_certs={redis_tls_files.ca}")
+    assert verified.model_validate(verified(text="over tls").model_dump()).text == "over tls"
+    unverified = note_model(f"rediss://localhost:{server.port}/0?prefix=tls&retries=0", storage_name="N2")
+    with pytest.raises(StorageConnectionError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        unverified(text="x").model_dump()
+
+    socket_path = tmp_path / "redis.sock"
+    local = redis_servers(extra_args=("--unixsocket", str(socket_path), "--unixsocketperm", "700"))
+    assert local.port
+    unix = note_model(f"unix://{socket_path}?db=2&prefix=unix", storage_name="UnixNote")
+    assert unix.model_validate(unix(text="unix").model_dump()).text == "unix"
+    assert hops == ["_fetch_one", "_fetch_one"]  # the saves went directly, the loads not (yet)
 
 
 # ---------------------------------------------------------------------------- counters and listeners
