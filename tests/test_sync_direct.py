@@ -425,6 +425,29 @@ def test_the_first_connect_to_a_hung_server_is_bounded_too(redis_servers: Callab
     assert note.model_validate(note(text="y").model_dump()).text == "y"
 
 
+def test_connections_the_server_closed_are_replaced_even_without_retries(
+    redis_servers: Callable[..., RedisServer],
+) -> None:
+    """As on the async path: the pool checks a pooled connection before handing it out, so an
+    idle one the server closed (CLIENT KILL, its idle timeout, a restart) is replaced, with
+    retries=0 too."""
+    server = redis_servers()
+    note = note_model(f"{server.url}?retries=0&prefix=idle", timeout=5)
+    item = note(text="0")
+    item.model_dump()
+    admin = redis.Redis(host="127.0.0.1", port=server.port)
+    try:
+        for round_number in range(1, 4):
+            assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+            item.text = str(round_number)
+            item.model_dump()
+    finally:
+        admin.close()
+    server.restart()
+    item.text = "after a restart"
+    assert note.model_validate(item.model_dump()).text == "after a restart"
+
+
 def test_ctrl_c_during_a_call_leaves_the_pool_usable(redis_servers: Callable[..., RedisServer]) -> None:
     server = redis_servers()
     note = note_model(f"{server.url}?prefix=interrupted&max_connections=1", timeout=10)
