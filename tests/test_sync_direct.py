@@ -78,6 +78,11 @@ def _url(redis_url: str, **options: object) -> str:
     return f"{redis_url.split('?')[0]}?{query}"
 
 
+def _write_and_read_back(note: Any, item: Any, text: str) -> None:
+    item.text = text
+    assert note.model_validate(item.model_dump()).text == text
+
+
 def _record(**changes: Any) -> StoredRecord:
     now = datetime.now(UTC)
     fields: dict[str, Any] = {
@@ -406,8 +411,7 @@ def test_a_hung_server_times_out_then_recovers(
         assert seconds[0] <= time.monotonic() - started < seconds[1]
     finally:
         server.resume()
-    item.text = "after"
-    assert note.model_validate(item.model_dump()).text == "after"
+    _write_and_read_back(note, item, "after")
     assert hops == ["_fetch_one"]
 
 
@@ -444,8 +448,7 @@ def test_connections_the_server_closed_are_replaced_even_without_retries(
     finally:
         admin.close()
     server.restart()
-    item.text = "after a restart"
-    assert note.model_validate(item.model_dump()).text == "after a restart"
+    _write_and_read_back(note, item, "after a restart")
 
 
 def test_ctrl_c_during_a_call_leaves_the_pool_usable(redis_servers: Callable[..., RedisServer]) -> None:
@@ -464,8 +467,7 @@ def test_ctrl_c_during_a_call_leaves_the_pool_usable(redis_servers: Callable[...
         timer.cancel()
         server.resume()
     # The one slot and the connection came back: the next call is served, not left waiting.
-    item.text = "after"
-    assert note.model_validate(item.model_dump()).text == "after"
+    _write_and_read_back(note, item, "after")
 
 
 def test_the_eviction_check_of_connect_warns_on_the_direct_path_too(
