@@ -26,6 +26,7 @@ and discriminated unions of external models fail as before, with pydantic's own 
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -588,6 +589,8 @@ def serializer_error_fields(exc: PydanticSerializationError) -> list[str]:
 
 # --------------------------------------------------------------------------- placeholders in a built model
 
+_model_of = operator.attrgetter("model")
+
 # Values that cannot hold a placeholder: skipped without a look inside.
 _LEAVES = frozenset({str, int, float, bool, bytes, type(None)})
 
@@ -650,6 +653,16 @@ def _filled(value: Any, fill: _Fill) -> Any:
         return value.model
     if kind is list:
         placeholder, found = fill.kind, fill.found
+        if value and type(value[0]) is placeholder and set(map(type, value)) == {placeholder}:
+            # The common case, a list of children and nothing else: in C, item by item as below.
+            if found is not None:
+                found.extend(value)
+                fill.left -= len(value)
+                return value
+            if fill.left >= len(value):
+                value[:] = map(_model_of, value)
+                fill.left -= len(value)
+                return value
         for index, item in enumerate(value):
             if not fill.left:
                 break
