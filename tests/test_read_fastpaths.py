@@ -19,6 +19,7 @@ import pytest
 from pydantic import BaseModel, Field, field_validator
 
 from fixtures.stored import store_raw, stored_version
+from fixtures.traffic import traffic
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
@@ -479,3 +480,54 @@ async def test_old_children_of_a_batch_are_upgraded_and_written_back_once(
     assert loaded.pets[0] is loaded.pets[2]
     assert await stored_version(sqlite_url, "Pet", old) == (2 if write_back else 1)
     assert state_of(loaded.pets[0]).loaded_json is None  # the record held the old version
+
+
+@pytest.mark.parametrize("gone", [False, True])
+async def test_a_batch_fetched_on_its_own_costs_the_round_trips_it_did(
+    one_class: OneClass, gone: bool
+) -> None:
+    kept, lost = one_class.child(name="kept"), one_class.child(name="lost")
+    reference = await one_class.parent(children=[kept, lost, kept]).save()
+    if gone:
+        await lost.delete()
+
+    counts = []
+    for block in (batch_outcomes, without_batch, without_reader):
+        with block(), traffic(one_class.storage) as seen:
+            try:
+                await one_class.parent.load(reference)
+            except StoredDataError:
+                assert gone
+        counts.append((seen.round_trips, seen.read))
+
+    assert counts == [(2, 2 if gone else 3)] * 3  # the parent, then its children in one batch
+
+
+async def test_a_missing_child_of_parents_batched_together_fails_as_before(one_class: OneClass) -> None:
+    shared, gone = one_class.child(name="shared"), one_class.child(name="gone")
+    first = await one_class.parent(children=[shared]).save()
+    second = await one_class.parent(children=[shared, gone]).save()
+    await gone.delete()
+
+    with batch_outcomes() as outcomes, pytest.raises(StoredDataError) as fast:
+        await one_class.parent.load_many([first, second])
+    with without_reader(), pytest.raises(StoredDataError) as slow:
+        await one_class.parent.load_many([first, second])
+
+    assert outcomes == {"want": [True, True], "fill": [True, False]}
+    assert str(fast.value) == str(slow.value)
+    assert fast.value.errors == slow.value.errors
+
+
+def test_a_batch_loads_the_same_through_the_sync_api(one_class: OneClass) -> None:
+    children = [one_class.child(name=f"c{n}") for n in range(3)]
+    reference = one_class.parent(children=[*children, children[0]], by_name={"x": children[1]}).model_dump()
+
+    with batch_outcomes() as outcomes:
+        fast = one_class.parent.model_validate(reference)
+    with without_reader():
+        slow = one_class.parent.model_validate(reference)
+
+    assert outcomes == {"want": [True], "fill": [True]}
+    assert_same(fast, slow)
+    assert fast.children[0] is fast.children[3]

@@ -193,8 +193,11 @@ _ModelKey = tuple[str, int, str, bool]
 
 
 # A parent's references to one leaf class, all fetched by the next fetch: (class, what loading it
-# reads, model keys, record keys), in the order of the parent's placeholders.
-_LeafBatch = tuple[type[Any], _ClassReading, list[_ModelKey], list[_RecordKey]]
+# reads, ids in the order of the parent's placeholders; if fetched on their own: their records in
+# that order, and the ids as ints where one repeats, else None: the records are the loader's).
+_LeafBatch = tuple[
+    type[Any], _ClassReading, list[UUID], "list[StoredRecord | None] | None", "list[int] | None"
+]
 
 
 class _Node:
@@ -213,7 +216,7 @@ class _Node:
         # Built around placeholders: the model and the placeholders it holds (see `_Placeholder`).
         self.partial: tuple[ExternalBaseModel, list[_Placeholder] | list[StoredReference]] | None = None
         # With `partial`, when every reference it holds is to one leaf class and was unfetched
-        # (see `_read_stored`): that class, and the children's model keys and record keys.
+        # (see `_want_batch`).
         self.batch: _LeafBatch | None = None
 
 
@@ -247,6 +250,8 @@ class TreeLoader:
         self._unfetched: dict[_RecordKey, list[_Node]] = {}
         self._waiters: dict[_Node, list[_Node]] = {}
         self._after_fetch: list[_Node] = []  # nodes waiting (also) for records of the next fetch
+        self._batches: list[_Node] = []  # nodes whose `batch` the next fetch reads
+        self._fetched_names: set[str] = set()  # the class names among `_records`' keys
         self._blocked: set[_Node] | None = None
         self._blocked_on_fetch = False
         self._placeholders = False  # may resolve() return _PENDING rather than raise
@@ -267,6 +272,7 @@ class TreeLoader:
             key = (url, number, name)
             if fetched is not None:
                 self._records[key] = fetched
+                self._fetched_names.add(name)
             else:
                 wanted[key] = (settings, reference.id)
             model_key = (url, number, name, full)
@@ -287,10 +293,43 @@ class TreeLoader:
 
     @property
     def timeout(self) -> float:
-        return max((settings.timeout for settings, _ in self._wanted.values()), default=DEFAULT_TIMEOUT)
+        settings = [settings for settings, _ in self._wanted.values()]
+        settings.extend(cast(_LeafBatch, node.batch)[1][0] for node in self._batches)
+        return max(map(_timeout, settings), default=DEFAULT_TIMEOUT)
 
     async def fetch_wanted(self) -> None:
         """Fetch every collected reference: one `load_records` call per backend, concurrently."""
+        batches, self._batches = self._batches, []
+        if len(batches) == 1 and not self._wanted and len(self._nodes) == 1:
+            # One parent and its children, the whole tree: they are fetched as `load_many`
+            # fetches, without the keys that share records between nodes (there is no other).
+            [node] = batches
+            target, reading, ids, _, _ = cast(_LeafBatch, node.batch)
+            settings, name = reading[0], reading[0].storage_name
+            numbers = list(map(_int, ids))
+            unique = dict(zip(numbers, ids, strict=True))
+            if len(unique) == len(ids):
+                found = await _fetch_many(settings, list(zip(ids, repeat(name))))
+                node.batch = (target, reading, ids, found, None)
+            else:  # a repeated child is read once, and built once
+                found = await _fetch_many(settings, list(zip(unique.values(), repeat(name))))
+                by_number = dict(zip(unique, found, strict=True))
+                node.batch = (target, reading, ids, list(map(by_number.__getitem__, numbers)), numbers)
+        else:
+            for node in batches:
+                ids, settings = cast(_LeafBatch, node.batch)[2], cast(_LeafBatch, node.batch)[1][0]
+                keys = self._keys(ids, settings)
+                self._wanted.update(zip(keys, zip(repeat(settings), ids, strict=False), strict=True))
+        if self._wanted:
+            await self._fetch_keys()
+        # Every record wanted so far is now fetched or known missing.
+        for node in self._after_fetch:
+            node.waiting -= 1
+            if node.waiting == 0:
+                self._ready.append(node)
+        self._after_fetch = []
+
+    async def _fetch_keys(self) -> None:
         wanted, self._wanted = self._wanted, {}
         # Per-key work in C where it can be (map, zip): a level holds many references.
         keys = list(wanted)
@@ -304,6 +343,7 @@ class TreeLoader:
         async def fetch_group(keys: list[_RecordKey]) -> None:
             entries = list(map(wanted.__getitem__, keys))
             settings = entries[0][0]
+            self._fetched_names.update(map(_third, keys))
             pairs = list(zip(map(_second, entries), map(_third, keys), strict=True))
             timeout = max(map(_timeout, map(_first, entries)))
             found = await runtime.execute(settings.url, timeout, lambda backend: backend.load_records(pairs))
@@ -325,12 +365,10 @@ class TreeLoader:
                             self._ready.append(node)
 
         await runtime.gather_all(fetch_group(keys) for keys in groups.values())
-        # Every record wanted so far is now fetched or known missing.
-        for node in self._after_fetch:
-            node.waiting -= 1
-            if node.waiting == 0:
-                self._ready.append(node)
-        self._after_fetch = []
+
+    @staticmethod
+    def _keys(ids: list[UUID], settings: ModelSettings) -> list[_RecordKey]:
+        return list(zip(repeat(settings.url.raw), map(_int, ids), repeat(settings.storage_name)))
 
     def build(self) -> list[ExternalBaseModel] | None:
         """Build every model whose references are all built; the roots' models once they are."""
@@ -364,7 +402,7 @@ class TreeLoader:
         finally:
             json_options.reset(options_token)
             _tree_loader.reset(loader_token)
-        if not self._wanted:
+        if not self._wanted and not self._batches:
             raise self._cycle_error()
         return None
 
@@ -520,26 +558,26 @@ class TreeLoader:
         self, node: _Node, model: ExternalBaseModel, found: list[StoredReference], names: dict[str, type[Any]]
     ) -> bool:
         """The common first sight of a parent's children: references to one leaf class (the
-        stored reader's only one), none of them built, fetched or known missing yet. Each joins
-        the next fetch, as `_read_stored`'s loop would have it, with its keys made per batch in C
-        and kept for `_fill_batch`; False (nothing done) for anything else."""
+        stored reader's only one), none of them built, fetched or known missing yet. They join
+        the next fetch as one batch (see `fetch_wanted`), read by `_fill_batch`, where
+        `_read_stored`'s loop would resolve each; False (nothing done) for anything else."""
         [(name, target)] = names.items()
         reading = self._classes.get(target) or self._reading(target)
-        settings, url = reading[0], reading[1]
+        settings = reading[0]
         ids = list(map(_id, found))
-        numbers = list(map(_int, ids))
-        model_keys = list(zip(repeat(url), numbers, repeat(name), repeat(False)))
-        keys = list(zip(repeat(url), numbers, repeat(name)))
-        records, built, missing = self._records, self._built, self._missing
-        if (
-            any(map(built.__contains__, model_keys))
-            or any(map(records.__contains__, keys))
-            or (missing and any(map(missing.__contains__, keys)))
-        ):
-            return False
-        self._wanted.update(zip(keys, zip(repeat(settings), ids, strict=False), strict=True))
+        built, missing = self._built, self._missing
+        # Keys are made only where a record of the class may be known already.
+        if built or missing or name in self._fetched_names:
+            keys = self._keys(ids, settings)
+            if (
+                any(map(self._records.__contains__, keys))
+                or any(map(missing.__contains__, keys))
+                or any(map(built.__contains__, [(*key, False) for key in keys]))
+            ):
+                return False
         node.partial = (model, found)
-        node.batch = (target, reading, model_keys, keys)
+        node.batch = (target, reading, ids, None, None)
+        self._batches.append(node)
         node.waiting = 1
         node.children = []
         self._after_fetch.append(node)
@@ -550,29 +588,60 @@ class TreeLoader:
         built as `_build_simple` builds it (a repeated or meanwhile built one is the built
         instance), then swapped in. False (nothing to keep) when a record is missing or a child
         fails to build: the parent is then validated again, which raises or builds as before."""
-        target, reading, model_keys, keys = batch
-        fetched = list(map(self._records.get, keys))
+        target, reading, ids, fetched, numbers = batch
+        settings = reading[0]
+        keys: list[_RecordKey] | None = None
+        # The models built so far, by what tells a child from the others: the loader's own (by
+        # model key) when other nodes share them; by number when a child repeats and nobody else
+        # shares them; none when neither.
+        cache: dict[Any, ExternalBaseModel] | None = None
+        cache_keys: list[Any] | None = numbers
+        if fetched is None:
+            keys = self._keys(ids, settings)
+            fetched = list(map(self._records.get, keys))
+            cache, cache_keys = self._built, [(*key, False) for key in keys]
+        elif numbers is not None:
+            cache = {}
         if not all(map(is_not, fetched, repeat(None))):
+            if keys is None:
+                self._keep_fetched(ids, settings, fetched)
             return False
         stored = cast(list[StoredRecord], fetched)
-        built, context = self._built, self._context
-        children: list[ExternalBaseModel] = []
-        append = children.append
+        context = self._context
         try:
-            for model_key, record in zip(model_keys, stored, strict=True):
-                child = built.get(model_key)
-                if child is None:
-                    child = built[model_key] = materialize(target, record, False, context, reading)
-                append(child)
+            if cache is None:
+                children = [materialize(target, record, False, context, reading) for record in stored]
+            else:
+                children = []
+                append = children.append
+                for cache_key, record in zip(cast(list[Any], cache_keys), stored, strict=True):
+                    child = cache.get(cache_key)
+                    if child is None:
+                        child = cache[cache_key] = materialize(target, record, False, context, reading)
+                    append(child)
         except Exception:  # noqa: BLE001 - validating again raises it where it belongs
+            if keys is None:
+                self._keep_fetched(ids, settings, fetched)
             return False
-        current = reading[0].schema_version
+        current = settings.schema_version
         if min(map(_schema_version, stored)) < current:
-            for model_key, record, child in zip(model_keys, stored, children, strict=True):
+            for key, record, child in zip(self._keys(ids, settings), stored, children, strict=True):
                 if record.schema_version < current:
-                    self._note_upgraded(target, model_key[:3], child)
+                    self._note_upgraded(target, key, child)
         list(map(setattr, found, repeat("model"), children))
         return fill_placeholders(model, StoredReference, len(found))
+
+    def _keep_fetched(
+        self, ids: list[UUID], settings: ModelSettings, fetched: list[StoredRecord | None]
+    ) -> None:
+        """Records a batch fetched on its own, kept as the loader's: validating its parent again
+        then finds them (or knows them missing) as it would have."""
+        for key, record in zip(self._keys(ids, settings), fetched, strict=True):
+            if record is None:
+                self._missing.add(key)
+            else:
+                self._records[key] = record
+        self._fetched_names.add(settings.storage_name)
 
     def _finish(self, node: _Node, record: StoredRecord, model: ExternalBaseModel) -> None:
         node.model = model
