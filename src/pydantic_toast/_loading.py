@@ -18,7 +18,7 @@ from uuid import UUID
 import pydantic_core
 from pydantic import ValidationInfo, ValidatorFunctionWrapHandler
 
-from . import runtime
+from . import _record_state, runtime
 from ._content_models import check_loaded
 from ._pydantic_internals import (
     StoredReference,
@@ -27,11 +27,12 @@ from ._pydantic_internals import (
     fill_placeholders,
     holds_references,
     inner_validator,
+    names_are_keys,
     runs_no_user_code,
     schema_names,
     stored_reader,
 )
-from ._record_state import RecordState, attach_state, keep_record
+from ._record_state import RecordState, keep_record
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
 from ._writing import WriteSet, collecting_writes
 from .backends.base import StoredRecord
@@ -131,8 +132,9 @@ _RecordKey = tuple[str, int, str]
 
 # What loading a class's records reads from it, looked up once per class and load: an attribute
 # of a pydantic model class is read through its metaclass's __getattr__ hook, several times
-# slower than a dict: (settings, storage URL, holds references, validator, core validator).
-_ClassReading = tuple["ModelSettings", str, bool, "SchemaValidator", "SchemaValidator"]
+# slower than a dict: (settings, storage URL, holds references, validator, core validator, whether
+# its records validate with no keyword: see `materialize`).
+_ClassReading = tuple["ModelSettings", str, bool, "SchemaValidator", "SchemaValidator", bool]
 
 
 def class_reading(cls: type[ExternalBaseModel]) -> _ClassReading:
@@ -143,7 +145,8 @@ def class_reading(cls: type[ExternalBaseModel]) -> _ClassReading:
     if reading is None:
         settings = settings_of(cls)  # an abstract class: the error coerce_reference gives it
         holds = holds_references(cls)
-        reading = (settings, settings.url.raw, holds, inner_validator(cls), core_validator(cls))
+        plain = names_are_keys(cls) and settings.codec is None and not settings.content_addressed
+        reading = (settings, settings.url.raw, holds, inner_validator(cls), core_validator(cls), plain)
         type.__setattr__(cls, "__toast_reading__", reading)
     return reading
 
@@ -1045,26 +1048,30 @@ def materialize(
     validator to use instead of those. Raises pydantic's ValidationError; `stored_data_error`
     makes it safe to show.
     """
-    settings = cls.__toast_settings__ if reading is None else reading[0]
-    current = record.schema_version == settings.schema_version
-    if current and settings.codec is None and record.encoding == "json":
-        data_json = record.payload  # what upgraded_data returns here, without its two calls per record
-    else:
-        data_json = upgraded_data(cls, record)
-    if settings.content_addressed:
-        check_loaded(cls, record, data_json)  # before any validator of the user's sees the data
+    if reading is None:
+        reading = class_reading(cls)
+    settings = reading[0]
     if validator is None:
-        if reading is None:
-            validator = inner_validator(cls) if full else core_validator(cls)
+        validator = reading[3] if full else reading[4]
+    current = record.schema_version == settings.schema_version
+    if current and reading[5] and record.encoding == "json" and context is None:
+        # The common record: data as stored, no keyword that changes what it means. (Annotated,
+        # not cast(): a call per record.)
+        data_json = record.payload
+        model: M = validator.validate_json(data_json)
+    else:
+        if current and settings.codec is None and record.encoding == "json":
+            data_json = record.payload  # what upgraded_data returns here, without its two calls
         else:
-            validator = reading[3] if full else reading[4]
-    # (Annotated, not cast(): a call per record.)
-    model: M = validator.validate_json(data_json, by_alias=False, by_name=True, context=context)
+            data_json = upgraded_data(cls, record)
+        if settings.content_addressed:
+            check_loaded(cls, record, data_json)  # before any validator of the user's sees the data
+        model = validator.validate_json(data_json, by_alias=False, by_name=True, context=context)
     # loaded_json: what the record holds (decoded), so that dumping the model unchanged writes
     # nothing. (Not after an upgrade: the record holds the old version.) Positional: a keyword
     # call to the dataclass's __init__ costs half as much again.
     loaded = data_json if current else None
-    attach_state(model, RecordState(record.id, record.created_at, None, None, loaded, record.revision))
+    _record_state._set(model, RecordState(record.id, record.created_at, None, None, loaded, record.revision))
     return model
 
 

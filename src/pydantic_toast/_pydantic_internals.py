@@ -60,6 +60,7 @@ __all__ = [
     "install",
     "json_schema_metadata",
     "model_serializers",
+    "names_are_keys",
     "runs_no_user_code",
     "schema_holds_references",
     "schema_names",
@@ -217,6 +218,30 @@ def surrounding_json_config(handler: Any) -> dict[str, Any]:
 def schema_holds_references(schema: object) -> bool:
     """Whether validating `schema` can meet an external model or a Toast value (our hooks)."""
     return _scan(schema)[0]
+
+
+def names_are_keys(cls: type[ExternalBaseModel]) -> bool:
+    """Whether no field validated as part of `cls` has an alias: then stored data validates the
+    same by field name (`by_name=True, by_alias=False`) as with the config's defaults, and the
+    loader leaves those keywords out (each costs pydantic-core a keyword match per call)."""
+    cached = cls.__dict__.get("__toast_names_are_keys__")
+    if cached is None:
+        cached = not _has_alias(cls.__pydantic_core_schema__)
+        type.__setattr__(cls, "__toast_names_are_keys__", cached)
+    return cast(bool, cached)
+
+
+def _has_alias(schema: object) -> bool:
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if node.get("validation_alias") is not None or node.get("alias") is not None:
+                return True
+            pending.extend(value for key, value in node.items() if key not in ("metadata", "serialization"))
+        elif isinstance(node, list | tuple):
+            pending.extend(node)
+    return False
 
 
 def runs_no_user_code(cls: type[ExternalBaseModel], full: bool) -> bool:
