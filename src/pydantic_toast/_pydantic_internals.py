@@ -621,24 +621,39 @@ _LEAVES = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 class _Fill:
-    __slots__ = ("found", "kind", "left")
+    __slots__ = ("found", "kind", "left", "models", "taken")
 
-    def __init__(self, kind: type[Any], left: int, found: list[Any] | None = None) -> None:
+    def __init__(
+        self, kind: type[Any], left: int, found: list[Any] | None = None, models: list[Any] | None = None
+    ) -> None:
         self.kind = kind
         self.left = left
         # Collecting (`collect_placeholders`): each one found is appended here and left in place.
         self.found = found
+        # Filling from a list: the placeholders' models in the order the walk meets them.
+        self.models = models
+        self.taken = 0
 
 
-def fill_placeholders(model: Any, kind: type[Any], count: int) -> bool:
+def _model_for(placeholder: Any, fill: _Fill) -> Any:
+    models = fill.models
+    if models is None:
+        return placeholder.model
+    fill.taken += 1
+    return models[fill.taken - 1]
+
+
+def fill_placeholders(model: Any, kind: type[Any], count: int, models: list[Any] | None = None) -> bool:
     """Replace, in the freshly validated `model`, each of the `count` objects of type `kind` it
-    holds by its `.model`; False when fewer were found (some sit where this walk does not look).
+    holds by its `.model` (or, given `models`, by the next of those: the models of the objects
+    `collect_placeholders` found, in its order); False when fewer were found (some sit where this
+    walk does not look).
 
     Looked into: the model's fields and extras, and below them lists, dict values, tuples (rebuilt),
     plain models and dataclasses. Not into sets or dict keys, where a value's hash was taken
     with the placeholder in it, nor into external models (built by a validation of their own).
     """
-    fill = _Fill(kind, count)
+    fill = _Fill(kind, count, None, models)
     _fill_model(model, fill)
     return fill.left == 0
 
@@ -675,7 +690,7 @@ def _filled(value: Any, fill: _Fill) -> Any:
         if fill.found is not None:
             fill.found.append(value)
             return value
-        return value.model
+        return _model_for(value, fill)
     if kind is list:
         placeholder, found = fill.kind, fill.found
         if value and type(value[0]) is placeholder and set(map(type, value)) == {placeholder}:
@@ -685,7 +700,12 @@ def _filled(value: Any, fill: _Fill) -> Any:
                 fill.left -= len(value)
                 return value
             if fill.left >= len(value):
-                value[:] = map(_model_of, value)
+                models, taken = fill.models, fill.taken
+                if models is None:
+                    value[:] = map(_model_of, value)
+                else:
+                    value[:] = models[taken : taken + len(value)]
+                    fill.taken += len(value)
                 fill.left -= len(value)
                 return value
         for index, item in enumerate(value):
@@ -695,7 +715,7 @@ def _filled(value: Any, fill: _Fill) -> Any:
             if item_kind is placeholder:  # the common case, inline: a list of children
                 fill.left -= 1
                 if found is None:
-                    value[index] = item.model
+                    value[index] = _model_for(item, fill)
                 else:
                     found.append(item)
             elif item_kind not in _LEAVES:
