@@ -531,3 +531,19 @@ def test_a_batch_loads_the_same_through_the_sync_api(one_class: OneClass) -> Non
     assert outcomes == {"want": [True], "fill": [True]}
     assert_same(fast, slow)
     assert fast.children[0] is fast.children[3]
+
+
+async def test_load_many_builds_the_common_record_in_line_as_materialize_does(one_class: OneClass) -> None:
+    children = [one_class.child(name=f"c{n}") for n in range(3)]
+    references = await one_class.child.save_many(children)
+    order = [references[2], references[0], references[2], references[1]]
+
+    fast = await one_class.child.load_many(order)
+    # A context takes materialize's general path (the keywords, then the state) for every record.
+    general = await one_class.child.load_many(order, context={"any": "context"})
+
+    assert_same(fast, general)
+    assert fast[0] is fast[2]
+    assert [child.name for child in fast] == ["c2", "c0", "c2", "c1"]
+    assert state_of(fast[1]).loaded_json is not None  # an unchanged dump writes nothing
+    assert [state_of(child).id for child in fast] == [reference.id for reference in order]
