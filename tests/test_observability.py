@@ -26,6 +26,7 @@ from pydantic_toast import (
     StorageValidationError,
     observability,
 )
+from pydantic_toast.backends.base import BackendStats
 
 SECRET = "s3cret-Pa55word"
 MARKER = "PAYLOAD-MARKER-7f3a"
@@ -426,3 +427,71 @@ async def test_postgresql_retries_are_warned(
         await pydantic_toast.aclose()
         await relay.close()
         await sql(postgresql_url, f'DROP TABLE IF EXISTS "{table}"')
+
+
+def test_enabled_follows_every_change_of_the_loggers_level(no_tracing: None) -> None:
+    logger = observability.logger
+    level, disabled = logger.level, logger.disabled
+    try:
+        logger.setLevel(logging.WARNING)
+        assert not observability.enabled()
+        logger.setLevel(logging.DEBUG)
+        assert observability.enabled()
+        logger.disabled = True  # what logging.config does to loggers it does not name
+        assert not observability.enabled()
+        logger.disabled = False
+        logging.disable(logging.DEBUG)
+        assert not observability.enabled()
+        logging.disable(logging.NOTSET)
+        assert observability.enabled()
+        logger.setLevel(logging.NOTSET)  # the root logger's level decides again
+        root = logging.getLogger()
+        root_level = root.level
+        root.setLevel(logging.DEBUG)
+        assert observability.enabled()
+        root.setLevel(logging.INFO)
+        assert not observability.enabled()
+        root.setLevel(root_level)
+    finally:
+        logging.disable(logging.NOTSET)
+        logger.setLevel(level)
+        logger.disabled = disabled
+
+
+def test_an_unlooked_up_tracer_is_looked_up_once_opentelemetry_is_imported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(observability, "_tracer", observability._UNSET)
+    monkeypatch.setattr(observability, "_provider_named", False)
+    monkeypatch.delitem(sys.modules, "opentelemetry.trace", raising=False)
+    looked_up: list[bool] = []
+    monkeypatch.setattr(observability, "_active_tracer", lambda: looked_up.append(True))
+
+    assert not observability.enabled()
+    assert looked_up == []  # never imported: nobody can have set a provider
+    monkeypatch.setattr(observability, "_provider_named", True)
+    assert not observability.enabled()
+    assert looked_up == [True]  # named by the environment: looked up
+
+
+def test_counters_add_exactly_from_many_threads() -> None:
+    counters = BackendStats()
+
+    def work() -> None:
+        for number in range(2000):
+            counters.add(written=number % 3, read=number % 2, bytes_written=5, raw_bytes_written=number % 7)
+            counters.add()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert counters.snapshot() == {
+        "round_trips": 16000,
+        "records_written": 4 * sum(number % 3 for number in range(2000)),
+        "records_read": 4 * 1000,
+        "bytes_written": 4 * 2000 * 5,
+        "raw_bytes_written": 4 * sum(number % 7 for number in range(2000)),
+    }

@@ -19,6 +19,7 @@ import pytest
 from pydantic import BaseModel, Field, field_validator
 
 from fixtures.stored import store_raw, stored_version
+from fixtures.traffic import traffic
 from pydantic_toast import (
     ExternalBaseModel,
     ExternalConfigDict,
@@ -288,3 +289,261 @@ async def test_old_children_read_by_the_reader_are_upgraded_and_written_back_as_
     assert [pet.full_name for pet in loaded.pets] == ["Rex", "Tom"]
     assert await stored_version(sqlite_url, "Pet", old) == (2 if write_back else 1)
     assert await stored_version(sqlite_url, "Owner", owner) == 1  # nothing else written
+
+
+# ---------------------------------------------------------------------------- one batch of leaf children
+
+
+@contextmanager
+def batch_outcomes() -> Iterator[dict[str, list[bool]]]:
+    """What `_want_batch` and `_fill_batch` returned while the block ran."""
+    outcomes: dict[str, list[bool]] = {"want": [], "fill": []}
+    want, fill = _loading.TreeLoader._want_batch, _loading.TreeLoader._fill_batch
+
+    def want_spy(self: Any, *args: Any) -> bool:
+        outcomes["want"].append(want(self, *args))
+        return outcomes["want"][-1]
+
+    def fill_spy(self: Any, *args: Any) -> bool:
+        outcomes["fill"].append(fill(self, *args))
+        return outcomes["fill"][-1]
+
+    with (
+        mock.patch.object(_loading.TreeLoader, "_want_batch", want_spy),
+        mock.patch.object(_loading.TreeLoader, "_fill_batch", fill_spy),
+    ):
+        yield outcomes
+
+
+@contextmanager
+def without_batch() -> Iterator[None]:
+    """Each reference the stored reader read resolved one by one, as before the batch."""
+    with mock.patch.object(_loading.TreeLoader, "_want_batch", return_value=False):
+        yield
+
+
+class OneClass:
+    def __init__(self, storage: str) -> None:
+        config = ExternalConfigDict(storage=storage)
+
+        class Child(ExternalBaseModel):
+            model_config = config
+            name: str
+
+        class Parent(ExternalBaseModel):
+            model_config = config
+            title: str = "p"
+            children: list[Child] = Field(default_factory=list)
+            by_name: dict[str, Child | None] = Field(default_factory=dict)
+            groups: dict[str, list[Child]] = Field(default_factory=dict)
+
+        self.child, self.parent, self.storage = Child, Parent, storage
+
+
+@pytest.fixture
+def one_class(sqlite_url: str) -> OneClass:
+    return OneClass(sqlite_url)
+
+
+async def load_three_ways(cls: Any, reference: Any) -> tuple[Any, dict[str, list[bool]]]:
+    """Loaded with the batch, checked against one by one and against the hook; the batch's model."""
+    with batch_outcomes() as outcomes:
+        fast = await cls.load(reference)
+    with without_batch():
+        one_by_one = await cls.load(reference)
+    with without_reader():
+        slow = await cls.load(reference)
+    assert_same(fast, one_by_one)
+    assert_same(fast, slow)
+    return fast, outcomes
+
+
+async def test_children_of_one_class_are_fetched_and_built_as_one_batch(one_class: OneClass) -> None:
+    one, two, three = (one_class.child(name=name) for name in ("one", "two", "three"))
+    parent = one_class.parent(
+        children=[one, two, one],
+        by_name={"a": three, "b": None, "c": two},
+        groups={"g": [three, one]},
+    )
+    reference = await parent.save()
+
+    fast, outcomes = await load_three_ways(one_class.parent, reference)
+
+    assert outcomes == {"want": [True], "fill": [True]}
+    assert [child.name for child in fast.children] == ["one", "two", "one"]
+    assert fast.children[0] is fast.children[2] is fast.groups["g"][1]
+    assert fast.by_name["a"] is fast.groups["g"][0]
+    assert fast.by_name["c"] is fast.children[1]
+    assert state_of(fast.children[1]).id == state_of(two).id
+    assert fast.model_dump_json() == parent.model_dump_json()
+
+
+async def test_load_many_of_parents_sharing_children_builds_each_child_once(one_class: OneClass) -> None:
+    shared, own = one_class.child(name="shared"), one_class.child(name="own")
+    first = await one_class.parent(children=[shared, own]).save()
+    second = await one_class.parent(children=[own, shared, shared]).save()
+
+    with batch_outcomes() as outcomes:
+        fast = await one_class.parent.load_many([first, second])
+    with without_reader():
+        slow = await one_class.parent.load_many([first, second])
+
+    assert outcomes == {"want": [True, True], "fill": [True, True]}
+    assert_same(fast, slow)
+    assert fast[0].children[0] is fast[1].children[1] is fast[1].children[2]
+    assert fast[0].children[1] is fast[1].children[0]
+
+
+async def test_children_fetched_at_another_level_are_not_batched(one_class: OneClass) -> None:
+    child = one_class.child
+
+    class Holder(ExternalBaseModel):  # holds references of its own: its reference waits
+        model_config = ExternalConfigDict(storage=one_class.storage)
+        inner: list[one_class.parent]  # type: ignore[name-defined]
+        direct: list[child]  # type: ignore[valid-type]
+
+    shared = child(name="shared")
+    inner = one_class.parent(children=[shared, child(name="other")])
+    reference = await Holder(inner=[inner], direct=[shared]).save()
+
+    with batch_outcomes() as outcomes:
+        fast = await Holder.load(reference)
+    with without_reader():
+        slow = await Holder.load(reference)
+
+    # The inner parent is read after `shared` was fetched for the holder: resolved one by one.
+    assert outcomes == {"want": [False], "fill": []}
+    assert_same(fast, slow)
+    assert fast.inner[0].children[0] is fast.direct[0]
+
+
+async def test_a_missing_child_of_a_batch_fails_as_before(one_class: OneClass) -> None:
+    gone = one_class.child(name="gone")
+    reference = await one_class.parent(children=[one_class.child(name="kept"), gone]).save()
+    await gone.delete()
+
+    with batch_outcomes() as outcomes, pytest.raises(StoredDataError) as fast:
+        await one_class.parent.load(reference)
+    with without_reader(), pytest.raises(StoredDataError) as slow:
+        await one_class.parent.load(reference)
+
+    assert outcomes == {"want": [True], "fill": [False]}  # validated again: the hook's error
+    assert str(fast.value) == str(slow.value)
+    assert fast.value.errors == slow.value.errors
+
+
+async def test_a_child_that_does_not_validate_fails_as_before(one_class: OneClass) -> None:
+    good = await one_class.child(name="good").save()
+    bad = await store_raw(one_class.storage, "Child", {"name": ["a secret value"]})
+    children = [{"class_name": "Child", "id": str(good.id)}, {"class_name": "Child", "id": str(bad)}]
+    reference = await store_raw(one_class.storage, "Parent", {"title": "t", "children": children})
+
+    with batch_outcomes() as outcomes, pytest.raises(StoredDataError) as fast:
+        await one_class.parent.load(reference)
+    with without_reader(), pytest.raises(StoredDataError) as slow:
+        await one_class.parent.load(reference)
+
+    assert outcomes == {"want": [True], "fill": [False]}
+    assert str(fast.value) == str(slow.value)
+    assert fast.value.errors == slow.value.errors
+    assert "a secret value" not in str(fast.value)
+    assert fast.value.__context__ is None
+
+
+@pytest.mark.parametrize("write_back", [False, True])
+async def test_old_children_of_a_batch_are_upgraded_and_written_back_once(
+    sqlite_url: str, write_back: bool
+) -> None:
+    class Pet(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=sqlite_url, schema_version=2, upgrade_write_back=write_back)
+        full_name: str
+
+        @upgrade(from_version=1)
+        def _rename(data: dict[str, Any]) -> dict[str, Any]:
+            data["full_name"] = data.pop("name")
+            return data
+
+    class Owner(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=sqlite_url)
+        pets: list[Pet]
+
+    old = await store_raw(sqlite_url, "Pet", {"name": "Rex"}, version=1)
+    current = await Pet(full_name="Tom").save()
+    pets = [{"class_name": "Pet", "id": str(i)} for i in (old, current.id, old)]
+    owner = await store_raw(sqlite_url, "Owner", {"pets": pets})
+
+    with batch_outcomes() as outcomes:
+        loaded = await Owner.load(owner)
+
+    assert outcomes == {"want": [True], "fill": [True]}
+    assert [pet.full_name for pet in loaded.pets] == ["Rex", "Tom", "Rex"]
+    assert loaded.pets[0] is loaded.pets[2]
+    assert await stored_version(sqlite_url, "Pet", old) == (2 if write_back else 1)
+    assert state_of(loaded.pets[0]).loaded_json is None  # the record held the old version
+
+
+@pytest.mark.parametrize("gone", [False, True])
+async def test_a_batch_fetched_on_its_own_costs_the_round_trips_it_did(
+    one_class: OneClass, gone: bool
+) -> None:
+    kept, lost = one_class.child(name="kept"), one_class.child(name="lost")
+    reference = await one_class.parent(children=[kept, lost, kept]).save()
+    if gone:
+        await lost.delete()
+
+    counts = []
+    for block in (batch_outcomes, without_batch, without_reader):
+        with block(), traffic(one_class.storage) as seen:
+            try:
+                await one_class.parent.load(reference)
+            except StoredDataError:
+                assert gone
+        counts.append((seen.round_trips, seen.read))
+
+    assert counts == [(2, 2 if gone else 3)] * 3  # the parent, then its children in one batch
+
+
+async def test_a_missing_child_of_parents_batched_together_fails_as_before(one_class: OneClass) -> None:
+    shared, gone = one_class.child(name="shared"), one_class.child(name="gone")
+    first = await one_class.parent(children=[shared]).save()
+    second = await one_class.parent(children=[shared, gone]).save()
+    await gone.delete()
+
+    with batch_outcomes() as outcomes, pytest.raises(StoredDataError) as fast:
+        await one_class.parent.load_many([first, second])
+    with without_reader(), pytest.raises(StoredDataError) as slow:
+        await one_class.parent.load_many([first, second])
+
+    assert outcomes == {"want": [True, True], "fill": [True, False]}
+    assert str(fast.value) == str(slow.value)
+    assert fast.value.errors == slow.value.errors
+
+
+def test_a_batch_loads_the_same_through_the_sync_api(one_class: OneClass) -> None:
+    children = [one_class.child(name=f"c{n}") for n in range(3)]
+    reference = one_class.parent(children=[*children, children[0]], by_name={"x": children[1]}).model_dump()
+
+    with batch_outcomes() as outcomes:
+        fast = one_class.parent.model_validate(reference)
+    with without_reader():
+        slow = one_class.parent.model_validate(reference)
+
+    assert outcomes == {"want": [True], "fill": [True]}
+    assert_same(fast, slow)
+    assert fast.children[0] is fast.children[3]
+
+
+async def test_load_many_builds_the_common_record_in_line_as_materialize_does(one_class: OneClass) -> None:
+    children = [one_class.child(name=f"c{n}") for n in range(3)]
+    references = await one_class.child.save_many(children)
+    order = [references[2], references[0], references[2], references[1]]
+
+    fast = await one_class.child.load_many(order)
+    # A context takes materialize's general path (the keywords, then the state) for every record.
+    general = await one_class.child.load_many(order, context={"any": "context"})
+
+    assert_same(fast, general)
+    assert fast[0] is fast[2]
+    assert [child.name for child in fast] == ["c2", "c0", "c2", "c1"]
+    assert state_of(fast[1]).loaded_json is not None  # an unchanged dump writes nothing
+    assert [state_of(child).id for child in fast] == [reference.id for reference in order]

@@ -494,3 +494,70 @@ def test_nested_json_data_follows_each_models_own_config_like_plain_pydantic(mem
         assert outcome(lambda: Strict.model_validate_json(text)) == outcome(  # noqa: B023
             lambda: PlainStrict.model_validate_json(text)  # noqa: B023
         )
+
+
+# --------------------------------------------------------------------------- stored data read by field name
+
+
+class AliasedBox(BaseModel):
+    inner: str = Field(alias="Inner")
+
+
+class NamedBox(BaseModel):
+    inner: str
+
+
+@pytest.mark.parametrize("where", ["none", "field", "generator", "nested"])
+async def test_stored_data_is_read_by_field_name_with_or_without_aliases(memory_url: str, where: str) -> None:
+    """Records hold field names: a class without any alias validates them with no keyword (the
+    loader's cheaper call), one with an alias anywhere by name only; both load what was saved."""
+    from pydantic.alias_generators import to_camel
+
+    from pydantic_toast._pydantic_internals import names_are_keys
+
+    config = ExternalConfigDict(storage=memory_url)
+    if where == "generator":
+        config = ExternalConfigDict(storage=memory_url, alias_generator=to_camel, validate_by_name=True)
+
+    box_type = AliasedBox if where == "nested" else NamedBox
+
+    class Item(ExternalBaseModel):
+        model_config = config
+        full_name: str = Field(alias="fullName") if where == "field" else Field()
+        box: box_type | None = None  # type: ignore[valid-type]
+
+    box = AliasedBox(Inner="x") if where == "nested" else NamedBox(inner="x")
+    item = Item.model_validate(
+        {"fullName" if where in ("field", "generator") else "full_name": "Ann", "box": box}
+    )
+    reference = await item.save()
+
+    assert names_are_keys(Item) is (where == "none")
+    loaded = await Item.load(reference)
+    assert loaded == item
+    assert (await Item.load_many([reference, reference]))[0] == item
+    assert Item.model_validate(reference.model_dump()) == item
+    assert loaded.box == box
+
+
+async def test_a_context_reaches_validators_of_a_class_without_aliases(memory_url: str) -> None:
+    seen: list[Any] = []
+
+    class Item(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=memory_url)
+        name: str
+
+        @field_validator("name")
+        @classmethod
+        def _note(cls, value: str, info: ValidationInfo) -> str:
+            seen.append(info.context)
+            return value
+
+    reference = await Item(name="a").save()
+    seen.clear()
+
+    await Item.load(reference, context={"who": "load"})
+    await Item.load_many([reference], context={"who": "many"})
+    await Item.load(reference)
+
+    assert seen == [{"who": "load"}, {"who": "many"}, None]

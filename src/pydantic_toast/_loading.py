@@ -18,7 +18,7 @@ from uuid import UUID
 import pydantic_core
 from pydantic import ValidationInfo, ValidatorFunctionWrapHandler
 
-from . import runtime
+from . import _record_state, runtime
 from ._content_models import check_loaded
 from ._pydantic_internals import (
     StoredReference,
@@ -27,11 +27,12 @@ from ._pydantic_internals import (
     fill_placeholders,
     holds_references,
     inner_validator,
+    names_are_keys,
     runs_no_user_code,
     schema_names,
     stored_reader,
 )
-from ._record_state import RecordState, attach_state, keep_record
+from ._record_state import RecordState, keep_record
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
 from ._writing import WriteSet, collecting_writes
 from .backends.base import StoredRecord
@@ -131,8 +132,9 @@ _RecordKey = tuple[str, int, str]
 
 # What loading a class's records reads from it, looked up once per class and load: an attribute
 # of a pydantic model class is read through its metaclass's __getattr__ hook, several times
-# slower than a dict: (settings, storage URL, holds references, validator, core validator).
-_ClassReading = tuple["ModelSettings", str, bool, "SchemaValidator", "SchemaValidator"]
+# slower than a dict: (settings, storage URL, holds references, validator, core validator, whether
+# its records validate with no keyword: see `materialize`).
+_ClassReading = tuple["ModelSettings", str, bool, "SchemaValidator", "SchemaValidator", bool]
 
 
 def class_reading(cls: type[ExternalBaseModel]) -> _ClassReading:
@@ -143,7 +145,8 @@ def class_reading(cls: type[ExternalBaseModel]) -> _ClassReading:
     if reading is None:
         settings = settings_of(cls)  # an abstract class: the error coerce_reference gives it
         holds = holds_references(cls)
-        reading = (settings, settings.url.raw, holds, inner_validator(cls), core_validator(cls))
+        plain = names_are_keys(cls) and settings.codec is None and not settings.content_addressed
+        reading = (settings, settings.url.raw, holds, inner_validator(cls), core_validator(cls), plain)
         type.__setattr__(cls, "__toast_reading__", reading)
     return reading
 
@@ -192,10 +195,18 @@ class _Placeholder:
 _ModelKey = tuple[str, int, str, bool]
 
 
+# A parent's references to one leaf class, all fetched by the next fetch: (class, what loading it
+# reads, ids in the order of the parent's placeholders; if fetched on their own: their records in
+# that order, and the ids as ints where one repeats, else None: the records are the loader's).
+_LeafBatch = tuple[
+    type[Any], _ClassReading, list[UUID], "list[StoredRecord | None] | None", "list[int] | None"
+]
+
+
 class _Node:
     """A model whose class can hold references: it may have to wait for the models it refers to."""
 
-    __slots__ = ("children", "cls", "key", "missing", "model", "model_key", "partial", "waiting")
+    __slots__ = ("batch", "children", "cls", "key", "missing", "model", "model_key", "partial", "waiting")
 
     def __init__(self, cls: type[ExternalBaseModel], model_key: _ModelKey) -> None:
         self.cls = cls
@@ -207,6 +218,9 @@ class _Node:
         self.children: list[_Node] = []  # the nodes among those, for naming a cycle
         # Built around placeholders: the model and the placeholders it holds (see `_Placeholder`).
         self.partial: tuple[ExternalBaseModel, list[_Placeholder] | list[StoredReference]] | None = None
+        # With `partial`, when every reference it holds is to one leaf class and was unfetched
+        # (see `_want_batch`).
+        self.batch: _LeafBatch | None = None
 
 
 class TreeLoader:
@@ -239,6 +253,8 @@ class TreeLoader:
         self._unfetched: dict[_RecordKey, list[_Node]] = {}
         self._waiters: dict[_Node, list[_Node]] = {}
         self._after_fetch: list[_Node] = []  # nodes waiting (also) for records of the next fetch
+        self._batches: list[_Node] = []  # nodes whose `batch` the next fetch reads
+        self._fetched_names: set[str] = set()  # the class names among `_records`' keys
         self._blocked: set[_Node] | None = None
         self._blocked_on_fetch = False
         self._placeholders = False  # may resolve() return _PENDING rather than raise
@@ -259,6 +275,7 @@ class TreeLoader:
             key = (url, number, name)
             if fetched is not None:
                 self._records[key] = fetched
+                self._fetched_names.add(name)
             else:
                 wanted[key] = (settings, reference.id)
             model_key = (url, number, name, full)
@@ -279,10 +296,43 @@ class TreeLoader:
 
     @property
     def timeout(self) -> float:
-        return max((settings.timeout for settings, _ in self._wanted.values()), default=DEFAULT_TIMEOUT)
+        settings = [settings for settings, _ in self._wanted.values()]
+        settings.extend(cast(_LeafBatch, node.batch)[1][0] for node in self._batches)
+        return max(map(_timeout, settings), default=DEFAULT_TIMEOUT)
 
     async def fetch_wanted(self) -> None:
         """Fetch every collected reference: one `load_records` call per backend, concurrently."""
+        batches, self._batches = self._batches, []
+        if len(batches) == 1 and not self._wanted and len(self._nodes) == 1:
+            # One parent and its children, the whole tree: they are fetched as `load_many`
+            # fetches, without the keys that share records between nodes (there is no other).
+            [node] = batches
+            target, reading, ids, _, _ = cast(_LeafBatch, node.batch)
+            settings, name = reading[0], reading[0].storage_name
+            numbers = list(map(_int, ids))
+            unique = dict(zip(numbers, ids, strict=True))
+            if len(unique) == len(ids):
+                found = await _fetch_many(settings, list(zip(ids, repeat(name))))
+                node.batch = (target, reading, ids, found, None)
+            else:  # a repeated child is read once, and built once
+                found = await _fetch_many(settings, list(zip(unique.values(), repeat(name))))
+                by_number = dict(zip(unique, found, strict=True))
+                node.batch = (target, reading, ids, list(map(by_number.__getitem__, numbers)), numbers)
+        else:
+            for node in batches:
+                ids, settings = cast(_LeafBatch, node.batch)[2], cast(_LeafBatch, node.batch)[1][0]
+                keys = self._keys(ids, settings)
+                self._wanted.update(zip(keys, zip(repeat(settings), ids, strict=False), strict=True))
+        if self._wanted:
+            await self._fetch_keys()
+        # Every record wanted so far is now fetched or known missing.
+        for node in self._after_fetch:
+            node.waiting -= 1
+            if node.waiting == 0:
+                self._ready.append(node)
+        self._after_fetch = []
+
+    async def _fetch_keys(self) -> None:
         wanted, self._wanted = self._wanted, {}
         # Per-key work in C where it can be (map, zip): a level holds many references.
         keys = list(wanted)
@@ -296,6 +346,7 @@ class TreeLoader:
         async def fetch_group(keys: list[_RecordKey]) -> None:
             entries = list(map(wanted.__getitem__, keys))
             settings = entries[0][0]
+            self._fetched_names.update(map(_third, keys))
             pairs = list(zip(map(_second, entries), map(_third, keys), strict=True))
             timeout = max(map(_timeout, map(_first, entries)))
             found = await runtime.execute(settings.url, timeout, lambda backend: backend.load_records(pairs))
@@ -317,12 +368,10 @@ class TreeLoader:
                             self._ready.append(node)
 
         await runtime.gather_all(fetch_group(keys) for keys in groups.values())
-        # Every record wanted so far is now fetched or known missing.
-        for node in self._after_fetch:
-            node.waiting -= 1
-            if node.waiting == 0:
-                self._ready.append(node)
-        self._after_fetch = []
+
+    @staticmethod
+    def _keys(ids: list[UUID], settings: ModelSettings) -> list[_RecordKey]:
+        return list(zip(repeat(settings.url.raw), map(_int, ids), repeat(settings.storage_name)))
 
     def build(self) -> list[ExternalBaseModel] | None:
         """Build every model whose references are all built; the roots' models once they are."""
@@ -356,7 +405,7 @@ class TreeLoader:
         finally:
             json_options.reset(options_token)
             _tree_loader.reset(loader_token)
-        if not self._wanted:
+        if not self._wanted and not self._batches:
             raise self._cycle_error()
         return None
 
@@ -399,7 +448,12 @@ class TreeLoader:
         partial = node.partial
         if partial is not None:
             node.partial = None
-            if self._fill(*partial):
+            batch, node.batch = node.batch, None
+            if (
+                self._fill_batch(partial[0], cast(list[StoredReference], partial[1]), batch)
+                if batch is not None
+                else self._fill(*partial)
+            ):
                 self._finish(node, record, partial[0])
                 return
             # Not provably what validating it again gives: validated again, as below.
@@ -462,6 +516,8 @@ class TreeLoader:
             if self._blocked or self._blocked_on_fetch:
                 return False
             found = collect_placeholders(model, StoredReference)
+            if len(names) == 1 and found and self._want_batch(node, model, found, names):
+                return True
             last = None
             for reference in found:
                 name, record_id = reference.class_name, reference.id
@@ -500,6 +556,108 @@ class TreeLoader:
             return False
         self._finish(node, record, model)
         return True
+
+    def _want_batch(
+        self, node: _Node, model: ExternalBaseModel, found: list[StoredReference], names: dict[str, type[Any]]
+    ) -> bool:
+        """The common first sight of a parent's children: references to one leaf class (the
+        stored reader's only one), none of them built, fetched or known missing yet. They join
+        the next fetch as one batch (see `fetch_wanted`), read by `_fill_batch`, where
+        `_read_stored`'s loop would resolve each; False (nothing done) for anything else."""
+        [(name, target)] = names.items()
+        reading = self._classes.get(target) or self._reading(target)
+        settings = reading[0]
+        ids = list(map(_id, found))
+        built, missing = self._built, self._missing
+        # Keys are made only where a record of the class may be known already.
+        if built or missing or name in self._fetched_names:
+            keys = self._keys(ids, settings)
+            if (
+                any(map(self._records.__contains__, keys))
+                or any(map(missing.__contains__, keys))
+                or any(map(built.__contains__, [(*key, False) for key in keys]))
+            ):
+                return False
+        node.partial = (model, found)
+        node.batch = (target, reading, ids, None, None)
+        self._batches.append(node)
+        node.waiting = 1
+        node.children = []
+        self._after_fetch.append(node)
+        return True
+
+    def _fill_batch(self, model: ExternalBaseModel, found: list[StoredReference], batch: _LeafBatch) -> bool:
+        """`_fill` of a parent whose references `_want_batch` sent to the fetch: each child is
+        built as `_build_simple` builds it (a repeated or meanwhile built one is the built
+        instance), then swapped in. False (nothing to keep) when a record is missing or a child
+        fails to build: the parent is then validated again, which raises or builds as before."""
+        target, reading, ids, fetched, numbers = batch
+        settings = reading[0]
+        keys: list[_RecordKey] | None = None
+        # The models built so far, by what tells a child from the others: the loader's own (by
+        # model key) when other nodes share them; by number when a child repeats and nobody else
+        # shares them; none when neither.
+        cache: dict[Any, ExternalBaseModel] | None = None
+        cache_keys: list[Any] | None = numbers
+        if fetched is None:
+            keys = self._keys(ids, settings)
+            fetched = list(map(self._records.get, keys))
+            cache, cache_keys = self._built, [(*key, False) for key in keys]
+        elif numbers is not None:
+            cache = {}
+        if not all(map(is_not, fetched, repeat(None))):
+            if keys is None:
+                self._keep_fetched(ids, settings, fetched)
+            return False
+        stored = cast(list[StoredRecord], fetched)
+        context = self._context
+        current = settings.schema_version
+        # What `materialize` does for the common record, in line, as in `_load_leaves`.
+        plain = reading[5] and context is None
+        validate, set_state = reading[4].validate_json, _record_state._set
+        children: list[ExternalBaseModel] = []
+        append = children.append
+        try:
+            for cache_key, record in zip(
+                repeat(None) if cache_keys is None else cache_keys, stored, strict=False
+            ):
+                if cache is not None:
+                    child = cache.get(cache_key)
+                    if child is not None:
+                        append(child)
+                        continue
+                if plain and record.schema_version == current and record.encoding == "json":
+                    data = record.payload
+                    child = validate(data)
+                    set_state(
+                        child, RecordState(record.id, record.created_at, None, None, data, record.revision)
+                    )
+                else:
+                    child = materialize(target, record, False, context, reading)
+                if cache is not None:
+                    cache[cache_key] = child
+                append(child)
+        except Exception:  # noqa: BLE001 - validating again raises it where it belongs
+            if keys is None:
+                self._keep_fetched(ids, settings, fetched)
+            return False
+        if min(map(_schema_version, stored)) < current:
+            for key, record, child in zip(self._keys(ids, settings), stored, children, strict=True):
+                if record.schema_version < current:
+                    self._note_upgraded(target, key, child)
+        return fill_placeholders(model, StoredReference, len(found), children)
+
+    def _keep_fetched(
+        self, ids: list[UUID], settings: ModelSettings, fetched: list[StoredRecord | None]
+    ) -> None:
+        """Records a batch fetched on its own, kept as the loader's: validating its parent again
+        then finds them (or knows them missing) as it would have."""
+        for key, record in zip(self._keys(ids, settings), fetched, strict=True):
+            if record is None:
+                self._missing.add(key)
+            else:
+                self._records[key] = record
+        self._fetched_names.add(settings.storage_name)
 
     def _finish(self, node: _Node, record: StoredRecord, model: ExternalBaseModel) -> None:
         node.model = model
@@ -722,6 +880,7 @@ async def load_many(cls: type[M], references: Sequence[ExternalReference], conte
 
 _class_name, _id, _int = attrgetter("class_name"), attrgetter("id"), attrgetter("int")
 _first, _second, _third, _timeout = itemgetter(0), itemgetter(1), itemgetter(2), attrgetter("timeout")
+_schema_version = attrgetter("schema_version")
 
 
 def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context: Any) -> _Steps[list[M]]:
@@ -744,20 +903,31 @@ def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context:
         missing = [record_id for record_id, record in zip(ids.values(), found, strict=True) if record is None]
         raise RecordNotFoundError(name, missing)
     current = settings.schema_version
-    built: dict[int, M] = {}
+    models: list[M] = []
+    append = models.append
     upgraded: list[ExternalBaseModel] = []
+    # What `materialize` does for the common record, in line: a call per record less.
+    plain = reading[5] and context is None
+    validate, set_state = reading[3].validate_json, _record_state._set
     failure: StoredDataError | None = None
+    record: StoredRecord | None = None
     try:
-        for index, number in enumerate(ids):
+        for index in range(len(found)):
             record = found[index]
             assert record is not None
             # Each record goes as soon as its model is built: a batch's peak memory is its models,
             # not its models and every record's bytes.
             found[index] = None
-            model = built[number] = materialize(cls, record, True, context, reading)
-            if record.schema_version < current and settings.upgrade_write_back:
-                upgraded.append(model)
-    except pydantic_core.ValidationError as exc:  # materialize_checked's, once per batch
+            if plain and record.schema_version == current and record.encoding == "json":
+                data = record.payload
+                model: M = validate(data)
+                set_state(model, RecordState(record.id, record.created_at, None, None, data, record.revision))
+            else:
+                model = materialize(cls, record, True, context, reading)
+                if record.schema_version < current and settings.upgrade_write_back:
+                    upgraded.append(model)
+            append(model)
+    except pydantic_core.ValidationError as exc:  # once per batch
         assert record is not None
         failure = stored_data_error(cls, record, exc)
     if failure is not None:
@@ -765,6 +935,9 @@ def _load_leaves(cls: type[M], references: Sequence[ExternalReference], context:
     if upgraded:
         write_back = _rewrite(upgraded)
         yield write_back.flush(), write_back
+    if len(models) == len(numbers):
+        return models
+    built = dict(zip(ids, models, strict=True))  # a repeated id: the same instance each time
     return list(map(built.__getitem__, numbers))
 
 
@@ -902,26 +1075,30 @@ def materialize(
     validator to use instead of those. Raises pydantic's ValidationError; `stored_data_error`
     makes it safe to show.
     """
-    settings = cls.__toast_settings__ if reading is None else reading[0]
-    current = record.schema_version == settings.schema_version
-    if current and settings.codec is None and record.encoding == "json":
-        data_json = record.payload  # what upgraded_data returns here, without its two calls per record
-    else:
-        data_json = upgraded_data(cls, record)
-    if settings.content_addressed:
-        check_loaded(cls, record, data_json)  # before any validator of the user's sees the data
+    if reading is None:
+        reading = class_reading(cls)
+    settings = reading[0]
     if validator is None:
-        if reading is None:
-            validator = inner_validator(cls) if full else core_validator(cls)
+        validator = reading[3] if full else reading[4]
+    current = record.schema_version == settings.schema_version
+    if current and reading[5] and record.encoding == "json" and context is None:
+        # The common record: data as stored, no keyword that changes what it means. (Annotated,
+        # not cast(): a call per record.)
+        data_json = record.payload
+        model: M = validator.validate_json(data_json)
+    else:
+        if current and settings.codec is None and record.encoding == "json":
+            data_json = record.payload  # what upgraded_data returns here, without its two calls
         else:
-            validator = reading[3] if full else reading[4]
-    # (Annotated, not cast(): a call per record.)
-    model: M = validator.validate_json(data_json, by_alias=False, by_name=True, context=context)
+            data_json = upgraded_data(cls, record)
+        if settings.content_addressed:
+            check_loaded(cls, record, data_json)  # before any validator of the user's sees the data
+        model = validator.validate_json(data_json, by_alias=False, by_name=True, context=context)
     # loaded_json: what the record holds (decoded), so that dumping the model unchanged writes
     # nothing. (Not after an upgrade: the record holds the old version.) Positional: a keyword
     # call to the dataclass's __init__ costs half as much again.
     loaded = data_json if current else None
-    attach_state(model, RecordState(record.id, record.created_at, None, None, loaded, record.revision))
+    _record_state._set(model, RecordState(record.id, record.created_at, None, None, loaded, record.revision))
     return model
 
 

@@ -26,6 +26,7 @@ and discriminated unions of external models fail as before, with pydantic's own 
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -59,6 +60,7 @@ __all__ = [
     "install",
     "json_schema_metadata",
     "model_serializers",
+    "names_are_keys",
     "runs_no_user_code",
     "schema_holds_references",
     "schema_names",
@@ -216,6 +218,30 @@ def surrounding_json_config(handler: Any) -> dict[str, Any]:
 def schema_holds_references(schema: object) -> bool:
     """Whether validating `schema` can meet an external model or a Toast value (our hooks)."""
     return _scan(schema)[0]
+
+
+def names_are_keys(cls: type[ExternalBaseModel]) -> bool:
+    """Whether no field validated as part of `cls` has an alias: then stored data validates the
+    same by field name (`by_name=True, by_alias=False`) as with the config's defaults, and the
+    loader leaves those keywords out (each costs pydantic-core a keyword match per call)."""
+    cached = cls.__dict__.get("__toast_names_are_keys__")
+    if cached is None:
+        cached = not _has_alias(cls.__pydantic_core_schema__)
+        type.__setattr__(cls, "__toast_names_are_keys__", cached)
+    return cast(bool, cached)
+
+
+def _has_alias(schema: object) -> bool:
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if node.get("validation_alias") is not None or node.get("alias") is not None:
+                return True
+            pending.extend(value for key, value in node.items() if key not in ("metadata", "serialization"))
+        elif isinstance(node, list | tuple):
+            pending.extend(node)
+    return False
 
 
 def runs_no_user_code(cls: type[ExternalBaseModel], full: bool) -> bool:
@@ -588,29 +614,46 @@ def serializer_error_fields(exc: PydanticSerializationError) -> list[str]:
 
 # --------------------------------------------------------------------------- placeholders in a built model
 
+_model_of = operator.attrgetter("model")
+
 # Values that cannot hold a placeholder: skipped without a look inside.
 _LEAVES = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 class _Fill:
-    __slots__ = ("found", "kind", "left")
+    __slots__ = ("found", "kind", "left", "models", "taken")
 
-    def __init__(self, kind: type[Any], left: int, found: list[Any] | None = None) -> None:
+    def __init__(
+        self, kind: type[Any], left: int, found: list[Any] | None = None, models: list[Any] | None = None
+    ) -> None:
         self.kind = kind
         self.left = left
         # Collecting (`collect_placeholders`): each one found is appended here and left in place.
         self.found = found
+        # Filling from a list: the placeholders' models in the order the walk meets them.
+        self.models = models
+        self.taken = 0
 
 
-def fill_placeholders(model: Any, kind: type[Any], count: int) -> bool:
+def _model_for(placeholder: Any, fill: _Fill) -> Any:
+    models = fill.models
+    if models is None:
+        return placeholder.model
+    fill.taken += 1
+    return models[fill.taken - 1]
+
+
+def fill_placeholders(model: Any, kind: type[Any], count: int, models: list[Any] | None = None) -> bool:
     """Replace, in the freshly validated `model`, each of the `count` objects of type `kind` it
-    holds by its `.model`; False when fewer were found (some sit where this walk does not look).
+    holds by its `.model` (or, given `models`, by the next of those: the models of the objects
+    `collect_placeholders` found, in its order); False when fewer were found (some sit where this
+    walk does not look).
 
     Looked into: the model's fields and extras, and below them lists, dict values, tuples (rebuilt),
     plain models and dataclasses. Not into sets or dict keys, where a value's hash was taken
     with the placeholder in it, nor into external models (built by a validation of their own).
     """
-    fill = _Fill(kind, count)
+    fill = _Fill(kind, count, None, models)
     _fill_model(model, fill)
     return fill.left == 0
 
@@ -647,9 +690,24 @@ def _filled(value: Any, fill: _Fill) -> Any:
         if fill.found is not None:
             fill.found.append(value)
             return value
-        return value.model
+        return _model_for(value, fill)
     if kind is list:
         placeholder, found = fill.kind, fill.found
+        if value and type(value[0]) is placeholder and set(map(type, value)) == {placeholder}:
+            # The common case, a list of children and nothing else: in C, item by item as below.
+            if found is not None:
+                found.extend(value)
+                fill.left -= len(value)
+                return value
+            if fill.left >= len(value):
+                models, taken = fill.models, fill.taken
+                if models is None:
+                    value[:] = map(_model_of, value)
+                else:
+                    value[:] = models[taken : taken + len(value)]
+                    fill.taken += len(value)
+                fill.left -= len(value)
+                return value
         for index, item in enumerate(value):
             if not fill.left:
                 break
@@ -657,7 +715,7 @@ def _filled(value: Any, fill: _Fill) -> Any:
             if item_kind is placeholder:  # the common case, inline: a list of children
                 fill.left -= 1
                 if found is None:
-                    value[index] = item.model
+                    value[index] = _model_for(item, fill)
                 else:
                     found.append(item)
             elif item_kind not in _LEAVES:

@@ -128,9 +128,32 @@ def _provider_in_environment() -> bool:
     return _provider_named
 
 
+_modules = sys.modules
+
+
 def enabled() -> bool:
     """Whether anything listens beyond the slow-operation warning: DEBUG logging or OpenTelemetry."""
-    return logger.isEnabledFor(logging.DEBUG) or (_tracer is not None and _active_tracer() is not None)
+    # Asked before every storage operation, so the answer nobody listens is reached without a
+    # call: `isEnabledFor`'s own cache read in line (the logging module clears it on any change
+    # of level), and the tracer still unlooked-up while OpenTelemetry was never imported.
+    debug = _level_cache.get(logging.DEBUG) if _level_cache is not None else None
+    if debug is None or logger.disabled:
+        debug = logger.isEnabledFor(logging.DEBUG)
+    if debug:
+        return True
+    tracer = _tracer
+    if tracer is None:
+        return False
+    if tracer is _UNSET and _provider_named is False and "opentelemetry.trace" not in _modules:
+        return False
+    return _active_tracer() is not None
+
+
+# The logger's cache of isEnabledFor answers by level (logging clears it, never replaces it);
+# None if a logging module keeps none, and every check then asks `isEnabledFor`.
+_level_cache: dict[int, bool] | None = getattr(logger, "_cache", None)
+if not isinstance(_level_cache, dict):
+    _level_cache = None
 
 
 def warn_slow(url: StorageURL, elapsed: float) -> None:
