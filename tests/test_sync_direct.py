@@ -168,8 +168,41 @@ def test_plain_sync_code_round_trips_through_the_direct_path(redis_url: str, hop
     item = note(text="plain")
     reference = item.model_dump()
     assert hops == []
-    assert note.model_validate(reference).text == "plain"  # loads take the I/O thread for now
+    assert note.model_validate(reference).text == "plain"
+    assert hops == []
+
+
+def test_a_sync_load_fails_as_the_io_threads_load_fails(
+    redis_url: str, hops: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    note = note_model(_url(redis_url))
+    missing = {"class_name": "Note", "id": str(uuid4())}
+    with pytest.raises(RecordNotFoundError) as direct:
+        note.model_validate(missing)
+    assert hops == []
+    monkeypatch.setattr(_direct, "redis_client", lambda url, in_io_thread: None)
+    with pytest.raises(RecordNotFoundError) as hopped:
+        note.model_validate(missing)
     assert hops == ["_fetch_one"]
+    assert str(direct.value) == str(hopped.value)
+    assert type(direct.value.__cause__) is type(hopped.value.__cause__)
+
+
+def test_a_sync_load_of_a_class_holding_references_hops(redis_url: str, hops: list[str]) -> None:
+    url = _url(redis_url)
+
+    class DirectLeaf(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=url)
+        text: str
+
+    class DirectHolder(ExternalBaseModel):
+        model_config = ExternalConfigDict(storage=url)
+        leaf: DirectLeaf
+
+    reference = DirectHolder(leaf=DirectLeaf(text="inner")).model_dump()
+    hops.clear()  # two records: the save took the I/O thread
+    assert DirectHolder.model_validate(reference).leaf.text == "inner"
+    assert hops[:1] == ["_fetch_one"]
 
 
 def test_threads_share_one_pool_bounded_by_max_connections(redis_url: str, raw: redis.Redis) -> None:
@@ -209,7 +242,7 @@ def test_tls_and_unix_sockets_take_the_direct_path(
     assert local.port
     unix = note_model(f"unix://{socket_path}?db=2&prefix=unix", storage_name="UnixNote")
     assert unix.model_validate(unix(text="unix").model_dump()).text == "unix"
-    assert hops == ["_fetch_one", "_fetch_one"]  # the saves went directly, the loads not (yet)
+    assert hops == []  # saves and loads alike
 
 
 # ---------------------------------------------------------------------------- counters and listeners
@@ -412,7 +445,7 @@ def test_a_hung_server_times_out_then_recovers(
     finally:
         server.resume()
     _write_and_read_back(note, item, "after")
-    assert hops == ["_fetch_one"]
+    assert hops == []
 
 
 def test_the_first_connect_to_a_hung_server_is_bounded_too(redis_servers: Callable[..., RedisServer]) -> None:
@@ -543,7 +576,7 @@ print(os.waitstatus_to_exitcode(status))
 
 
 async def test_fetch_record_gives_what_the_io_threads_fetch_gives(redis_url: str) -> None:
-    """`_direct.fetch_record`, for `_loading` to call from its sync loads (not wired there yet)."""
+    """`_direct.fetch_record`, which `_loading`'s sync loads call, against the I/O thread's fetch."""
     from pydantic_toast._loading import fetch_record as fetch_through_the_backend
 
     note = note_model(_url(redis_url))

@@ -18,7 +18,7 @@ from uuid import UUID
 import pydantic_core
 from pydantic import ValidationInfo, ValidatorFunctionWrapHandler
 
-from . import _record_state, runtime
+from . import _direct, _record_state, runtime
 from ._content_models import check_loaded
 from ._pydantic_internals import (
     StoredReference,
@@ -34,7 +34,7 @@ from ._pydantic_internals import (
 )
 from ._record_state import RecordState, keep_record
 from ._settings import DEFAULT_TIMEOUT, ModelSettings, resolve_class, settings_of
-from ._writing import WriteSet, collecting_writes
+from ._writing import WriteSet, collecting_writes, flush_sync
 from .backends.base import StoredRecord
 from .exceptions import ExternalStorageError, RecordNotFoundError, StorageValidationError, StoredDataError
 from .reference import ExternalReference, looks_like_reference, parse_reference, uuid_from_text
@@ -840,7 +840,11 @@ def load_sync(cls: type[M], reference: ExternalReference, context: Any = None) -
     if loader is not None:
         return loader.resolve(cls, target, reference)
     # Reached through pydantic: it runs this class's validators above our hook on the result.
-    return _drive_sync(_load_one(target, reference, target is not cls, context))
+    full = target is not cls
+    direct = _leaf_directly(target, reference, full, context)
+    if direct is not None:
+        return direct
+    return _drive_sync(_load_one(target, reference, full, context))
 
 
 async def load(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
@@ -859,7 +863,27 @@ async def load(cls: type[M], reference: ExternalReference, context: Any = None) 
 
 def load_blocking(cls: type[M], reference: ExternalReference, context: Any = None) -> M:
     """`load` for sync callers: the same steps, driven through the library's I/O thread."""
-    return _drive_sync(_load_one(resolve_class(cls, reference), reference, True, context))
+    target = resolve_class(cls, reference)
+    direct = _leaf_directly(target, reference, True, context)
+    if direct is not None:
+        return direct
+    return _drive_sync(_load_one(target, reference, True, context))
+
+
+def _leaf_directly(cls: type[M], reference: ExternalReference, full: bool, context: Any) -> M | None:
+    """A sync load of a class holding no references, read in the calling thread where its
+    store's sync client serves it (`_direct.py`); None, having read nothing, when the load must
+    take the I/O thread instead."""
+    reading = class_reading(cls)
+    if reading[2]:
+        return None
+    record = _direct.fetch_record(reading[0], reference, runtime.in_io_thread())
+    if record is None:
+        return None
+    model, write_back = _leaf(cls, record, full, context, reading)
+    if write_back is not None:
+        flush_sync(write_back)
+    return model
 
 
 async def load_many(cls: type[M], references: Sequence[ExternalReference], context: Any = None) -> list[M]:
@@ -1005,7 +1029,9 @@ def load_value_sync(reader: ContentReader, reference: ExternalReference, context
     if loader is not None:
         return loader.resolve_value(reader, reference)
     settings = reader.settings
-    record = runtime.run_sync(fetch_record(settings, reference), settings.timeout)
+    record = _direct.fetch_record(settings, reference, runtime.in_io_thread())
+    if record is None:
+        record = runtime.run_sync(fetch_record(settings, reference), settings.timeout)
     return read_value(reader, record, context)
 
 

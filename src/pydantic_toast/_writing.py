@@ -766,7 +766,7 @@ def collecting_writes(*, shallow: bool = False) -> Iterator[WriteSet]:
         _write_set.reset(token)
 
 
-def _flush_sync(write_set: WriteSet) -> None:
+def flush_sync(write_set: WriteSet) -> None:
     if write_set.has_writes and not write_set.write_directly():
         runtime.run_sync(write_set.flush(), write_set.timeout)
 
@@ -805,7 +805,7 @@ def serialize(
         # Inline (offload_threshold): serialized inside the set, where its nested models are known.
         result = _inline_data(model, info) if reference is None else reference.as_dict()
     try:
-        _flush_sync(write_set)
+        flush_sync(write_set)
     except ExternalStorageError as exc:
         _remember(exc)
         raise
@@ -843,7 +843,7 @@ def store_value(settings: ModelSettings, encode: Callable[[], tuple[UUID, bytes]
     with collecting_writes() as write_set:
         reference = write_set.add_value(settings, encode)
     try:
-        _flush_sync(write_set)
+        flush_sync(write_set)
     except ExternalStorageError as exc:
         _remember(exc)
         raise
@@ -1112,7 +1112,7 @@ def _collect_leaves(
 def save_sync(model: ExternalBaseModel) -> ExternalReference:
     """`save` for sync callers: collected here, written by the library's I/O thread."""
     write_set, [reference] = _collect_saves([model], False)
-    _flush_sync(write_set)
+    flush_sync(write_set)
     return reference
 
 
@@ -1133,7 +1133,7 @@ def dump(value: Any, **kwargs: Any) -> Any:
     """Dump any pydantic value; every external model inside is written in one batch per backend."""
     with collecting_writes() as write_set:
         result = _dump_collecting(value, kwargs)
-    _flush_sync(write_set)
+    flush_sync(write_set)
     return result
 
 
