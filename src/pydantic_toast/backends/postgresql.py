@@ -92,6 +92,9 @@ _INPUT_DATA = "COALESCE(data::jsonb, 'null'::jsonb)"
 # fails the cast: the general query reads such rows.
 _MICROS = "(extract(epoch from {0}) * 1000000)::int8"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A batch load's `updated_at`, or NULL where it is `created_at` (a record saved once): the reader
+# then reuses the created_at it has, and neither side converts the same instant twice.
+_UPDATED = "CASE WHEN updated_at = created_at THEN NULL ELSE {0} END"
 _IDS = "id = ANY($1::uuid[])"
 
 
@@ -274,7 +277,7 @@ class PostgreSQLBackend(RecordStorageBackend):
         # the class's index instead of the primary key (4.8 ms instead of 2.9 ms for 1,000 of 2,000
         # rows); the class is checked per row instead.
         self._load_many, self._load_class_lean = (
-            f"SELECT id, class_name, data::text, schema_version, {created}, {updated}, "
+            f"SELECT id, class_name, data::text, schema_version, {created}, {_UPDATED.format(updated)}, "
             f"expires_at, {_PAYLOAD}, revision FROM {table} WHERE {_IDS} AND {_LIVE}"
             for created, updated in (
                 ("created_at", "updated_at"),
@@ -655,8 +658,8 @@ class PostgreSQLBackend(RecordStorageBackend):
             return [
                 StoredRecord(id, class_name, content, version, created, updated, expires, encoding, revision)
             ]
-        # Keyed by the ids' integers: a uuid.UUID hashes in Python code, its `int` is a slot.
-        ids = list({id.int: id for id, _ in keys}.values())
+        # A repeated id is sent again: the server matches its row once, and it is rare.
+        ids = [id for id, _ in keys]
         lean = self._load_class
         if lean is not None and len({class_name for _, class_name in keys}) == 1:
             records = await self._load_lean(pool, lean, keys, ids)
@@ -1038,7 +1041,7 @@ def _records(
         if created_at is None:
             created_at = moments[created] = moment(created)
         updated = row[5]
-        updated_at = moments.get(updated)
+        updated_at = created_at if updated is None else moments.get(updated)
         if updated_at is None:
             updated_at = moments[updated] = moment(updated)
         data = row[2]
