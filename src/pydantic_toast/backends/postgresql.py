@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 import operator
 import random
@@ -337,6 +338,7 @@ class PostgreSQLBackend(RecordStorageBackend):
                         command_timeout=settings.options.command_timeout,
                         statement_cache_size=settings.options.statement_cache_size,
                         timeout=settings.options.connect_timeout,
+                        **_no_session_reset(driver),
                     )
                     while True:
                         try:
@@ -868,6 +870,24 @@ class _SlotWait:
         self._attempt += 1
         pause = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not secrecy
         return pause if self._loop.time() + pause < self._until else None
+
+
+async def _keep_session(connection: Any) -> None:
+    """What the pool runs on a connection it takes back: nothing.
+
+    asyncpg's default sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`,
+    and waits for the answer, after every pooled call: a second round trip per statement. This
+    backend's statements leave no session state behind (no SET, LISTEN, cursor or session-level
+    lock; the table set-up's lock is held by its transaction), and nothing else runs on its pool.
+    asyncpg itself still rolls back a transaction left open before calling this.
+    """
+
+
+def _no_session_reset(driver: ModuleType) -> dict[str, Any]:
+    """create_pool's argument for `_keep_session`, on asyncpg versions that take it (0.30 on)."""
+    if "reset" in inspect.signature(driver.create_pool).parameters:
+        return {"reset": _keep_session}
+    return {}
 
 
 def _import_driver() -> ModuleType:
