@@ -228,6 +228,8 @@ async def test_calls_leave_no_session_state_so_the_pool_skips_its_reset_round_tr
         )
         assert tuple(left) == (0, 0, 0, 0, None)
         await connection.execute("SET application_name = 'left behind'")
+    if not _no_session_reset(_import_driver()):
+        return  # asyncpg 0.29 resets every connection it takes back
     # The same connection comes back (asyncpg's pool is last in, first out), not reset.
     async with pool.acquire() as connection:
         assert await connection.fetchval("SHOW application_name") == "left behind"
@@ -240,8 +242,10 @@ def test_the_pool_resets_connections_where_asyncpg_cannot_skip_it() -> None:
 
     older = types.SimpleNamespace(create_pool=create_pool)
     assert _no_session_reset(older) == {}  # type: ignore[arg-type]
-    current = _no_session_reset(_import_driver())
-    assert current == {"reset": _keep_session}
+    driver = _import_driver()
+    major, minor = (int(part) for part in driver.__version__.split(".")[:2])
+    expected = {"reset": _keep_session} if (major, minor) >= (0, 30) else {}
+    assert _no_session_reset(driver) == expected
 
 
 async def test_concurrent_saves_of_one_record_last_write_wins(pg_url: str) -> None:
