@@ -8,6 +8,7 @@ same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -129,6 +130,26 @@ async def test_postgresql_batch_load_falls_back_for_timestamps_past_datetime(
     with pytest.raises(StorageConnectionError) as general:
         await _general(pg_backend, keys)
     assert str(lean.value) == str(general.value)
+
+
+def test_postgresql_batch_records_are_built_as_their_constructor_builds_them() -> None:
+    """The batch loader sets a StoredRecord's nine fields itself, without the Python frame of its
+    __init__: that holds only while these are all its fields and its __init__ just stores them.
+    (Records it built are compared with constructed ones above, every field read.)"""
+    names = [field.name for field in dataclasses.fields(StoredRecord)]
+    assert names == [
+        "id",
+        "class_name",
+        "payload",
+        "schema_version",
+        "created_at",
+        "updated_at",
+        "expires_at",
+        "encoding",
+        "revision",
+    ]
+    assert StoredRecord.__slots__ == tuple(names)
+    assert not hasattr(StoredRecord, "__post_init__")
 
 
 # --------------------------------------------------------------------------- Redis values
