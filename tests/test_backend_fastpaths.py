@@ -132,6 +132,20 @@ async def test_postgresql_batch_load_falls_back_for_timestamps_past_datetime(
     assert str(lean.value) == str(general.value)
 
 
+@pytest.mark.postgresql
+async def test_postgresql_loads_read_updated_at_only_where_it_differs(pg_backend: PostgreSQLBackend) -> None:
+    """The server sends NULL for an updated_at equal to created_at, single load or batch, general
+    query or lean: each gives back the record as saved either way."""
+    same = _record("A", _MOMENT)
+    later = _record("A", _MOMENT, updated_at=_MOMENT + timedelta(seconds=5))
+    await pg_backend.save_records([same, later])
+    for saved in (same, later):
+        assert await pg_backend.load_records([saved.key]) == [saved]
+    keys = [same.key, later.key]
+    assert await pg_backend.load_records(keys) == [same, later]
+    assert await _general(pg_backend, keys) == [same, later]
+
+
 def test_postgresql_batch_records_are_built_as_their_constructor_builds_them() -> None:
     """The batch loader sets a StoredRecord's nine fields itself, without the Python frame of its
     __init__: that holds only while these are all its fields and its __init__ just stores them.

@@ -93,8 +93,8 @@ _INPUT_DATA = "COALESCE(data::jsonb, 'null'::jsonb)"
 # fails the cast: the general query reads such rows.
 _MICROS = "(extract(epoch from {0}) * 1000000)::int8"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# A batch load's `updated_at`, or NULL where it is `created_at` (a record saved once): the reader
-# then reuses the created_at it has, and neither side converts the same instant twice.
+# A load's `updated_at`, or NULL where it is `created_at` (a record saved once): the reader then
+# reuses the created_at it has, and neither side converts the same instant twice.
 _UPDATED = "CASE WHEN updated_at = created_at THEN NULL ELSE {0} END"
 _IDS = "id = ANY($1::uuid[])"
 
@@ -269,8 +269,8 @@ class PostgreSQLBackend(RecordStorageBackend):
             )
         )
         self._load_one = (
-            f"SELECT data::text, schema_version, created_at, updated_at, expires_at, {_PAYLOAD}, "
-            f"revision FROM {table} WHERE id = $1 AND class_name = $2 AND {_LIVE}"
+            f"SELECT data::text, schema_version, created_at, {_UPDATED.format('updated_at')}, expires_at, "
+            f"{_PAYLOAD}, revision FROM {table} WHERE id = $1 AND class_name = $2 AND {_LIVE}"
         )
         # A batch load: the general query, and the one for a batch of one class (what load_many
         # sends) on a server where _MICROS is exact (set at connect). Both read the same columns,
@@ -657,6 +657,7 @@ class PostgreSQLBackend(RecordStorageBackend):
                 return [None]
             data, version, created, updated, expires, payload, encoding, revision = row
             content, encoding = _content(data, payload, encoding)
+            updated = created if updated is None else updated
             return [
                 StoredRecord(id, class_name, content, version, created, updated, expires, encoding, revision)
             ]
