@@ -8,6 +8,7 @@ same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -129,6 +130,40 @@ async def test_postgresql_batch_load_falls_back_for_timestamps_past_datetime(
     with pytest.raises(StorageConnectionError) as general:
         await _general(pg_backend, keys)
     assert str(lean.value) == str(general.value)
+
+
+@pytest.mark.postgresql
+async def test_postgresql_loads_read_updated_at_only_where_it_differs(pg_backend: PostgreSQLBackend) -> None:
+    """The server sends NULL for an updated_at equal to created_at, single load or batch, general
+    query or lean: each gives back the record as saved either way."""
+    same = _record("A", _MOMENT)
+    later = _record("A", _MOMENT, updated_at=_MOMENT + timedelta(seconds=5))
+    await pg_backend.save_records([same, later])
+    for saved in (same, later):
+        assert await pg_backend.load_records([saved.key]) == [saved]
+    keys = [same.key, later.key]
+    assert await pg_backend.load_records(keys) == [same, later]
+    assert await _general(pg_backend, keys) == [same, later]
+
+
+def test_postgresql_batch_records_are_built_as_their_constructor_builds_them() -> None:
+    """The batch loader sets a StoredRecord's nine fields itself, without the Python frame of its
+    __init__: that holds only while these are all its fields and its __init__ just stores them.
+    (Records it built are compared with constructed ones above, every field read.)"""
+    names = [field.name for field in dataclasses.fields(StoredRecord)]
+    assert names == [
+        "id",
+        "class_name",
+        "payload",
+        "schema_version",
+        "created_at",
+        "updated_at",
+        "expires_at",
+        "encoding",
+        "revision",
+    ]
+    assert StoredRecord.__slots__ == tuple(names)
+    assert not hasattr(StoredRecord, "__post_init__")
 
 
 # --------------------------------------------------------------------------- Redis values

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import types
 import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -32,7 +33,12 @@ from pydantic_toast import (
     stats,
 )
 from pydantic_toast.backends.base import StoredRecord
-from pydantic_toast.backends.postgresql import PostgreSQLBackend
+from pydantic_toast.backends.postgresql import (
+    PostgreSQLBackend,
+    _import_driver,
+    _keep_session,
+    _no_session_reset,
+)
 
 pytestmark = pytest.mark.postgresql
 
@@ -192,6 +198,54 @@ async def test_batches_take_one_round_trip_each_way(pg_url: str) -> None:
     assert loaded == users
     assert middle - before == 1
     assert stats()[pg_url]["round_trips"] - middle == 1
+
+
+async def test_calls_leave_no_session_state_so_the_pool_skips_its_reset_round_trip(
+    backend: PostgreSQLBackend,
+) -> None:
+    """asyncpg resets a connection it takes back (advisory locks, cursors, LISTEN, RESET ALL), one
+    more round trip per call. The backend skips that, which is only right while its statements
+    leave none of these behind: every kind of call runs first, then the session is inspected. (The
+    unnamed portal is this query's own; asyncpg's type introspection sets `jit` back to its value.)"""
+    first, second = record("A", b'{"n": 1}'), record("A", b'{"n": 2}', revision=1)
+    await backend.save_records([first])
+    await backend.save_records([first, record("A", b"\x00zipped", encoding="zlib")])
+    assert await backend.save_records_checked([second]) == []
+    assert (await backend.load_records([first.key]))[0] == first
+    assert len(await backend.load_records([first.key, second.key])) == 2
+    await backend.scan_records(cursor=None, limit=10)
+    await backend.find_record(first.id)
+    await backend.purge_expired()
+    assert await backend.delete(first.id, "A")
+    pool = backend._pool
+    async with pool.acquire() as connection:
+        left = await connection.fetchrow(
+            "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), "
+            "(SELECT count(*) FROM pg_cursors WHERE name <> ''), "
+            "(SELECT count(*) FROM pg_listening_channels()), "
+            "(SELECT count(*) FROM pg_settings WHERE source = 'session' AND setting <> reset_val), "
+            "pg_current_xact_id_if_assigned()"
+        )
+        assert tuple(left) == (0, 0, 0, 0, None)
+        await connection.execute("SET application_name = 'left behind'")
+    if not _no_session_reset(_import_driver()):
+        return  # asyncpg 0.29 resets every connection it takes back
+    # The same connection comes back (asyncpg's pool is last in, first out), not reset.
+    async with pool.acquire() as connection:
+        assert await connection.fetchval("SHOW application_name") == "left behind"
+
+
+def test_the_pool_resets_connections_where_asyncpg_cannot_skip_it() -> None:
+    """asyncpg before 0.30 has no `reset` argument: its pool then resets as it always did."""
+
+    def create_pool(dsn: str, *, min_size: int = 10, max_size: int = 10) -> None: ...
+
+    older = types.SimpleNamespace(create_pool=create_pool)
+    assert _no_session_reset(older) == {}  # type: ignore[arg-type]
+    driver = _import_driver()
+    major, minor = (int(part) for part in driver.__version__.split(".")[:2])
+    expected = {"reset": _keep_session} if (major, minor) >= (0, 30) else {}
+    assert _no_session_reset(driver) == expected
 
 
 async def test_concurrent_saves_of_one_record_last_write_wins(pg_url: str) -> None:
