@@ -13,7 +13,10 @@ Operations: load (10 fields), load_many (1,000 records of 10 fields), flat101 (`
 children), nested_load (a parent with 100 external children), new_save_many (building 1,000 new
 models of 10 fields and `save_many` of them), save_many (1,000 records of 10 fields, written
 again each call), and baseline_save_many (the hand-written `save_many` of baselines.py on the
-same records; `--backend sqlite` only).
+same records; `--backend sqlite` only), baseline_load_many (the hand-written `load_many`, with
+validation), baseline_fetch_many (the hand-written `load_many`'s fetch alone: its rows, not
+validated) and records_load_many (the backend layer alone: `load_records` of the same 1,000
+keys); the last three compare the backend's fetch with code a user writes (`--backend sqlite`).
 
 `--backend sqlite` runs against a SQLite file in a temporary directory instead of memory://: the
 count then includes the writer thread's work (sqlite3's parameter binding, SQLite itself), since
@@ -38,6 +41,9 @@ from uuid import uuid4
 from baselines import SQLiteBaseline
 from bench_models import FLAT10, model_set, values_for
 
+from pydantic_toast import runtime
+from pydantic_toast.url import StorageURL
+
 OPERATIONS = (
     "load",
     "load_many",
@@ -46,7 +52,11 @@ OPERATIONS = (
     "new_save_many",
     "save_many",
     "baseline_save_many",
+    "baseline_load_many",
+    "baseline_fetch_many",
+    "records_load_many",
 )
+_SQLITE_ONLY = ("baseline_save_many", "baseline_load_many", "baseline_fetch_many", "records_load_many")
 BACKENDS = ("memory", "sqlite")
 
 
@@ -62,11 +72,25 @@ async def _operation(name: str, backend: str, directory: str) -> Callable[[], Aw
     rows = [values_for(FLAT10, seed) for seed in range(1000)]
     batch = [flat10(**values_for(FLAT10, seed)) for seed in range(1000)]
     baseline = SQLiteBaseline(f"{directory}/baseline.db", "baseline")
-    if name == "baseline_save_many":
-        if backend != "sqlite":
-            raise SystemExit("baseline_save_many runs with --backend sqlite")
-        await baseline.start()
     items = [(uuid4(), models.plain_flat10(**values_for(FLAT10, seed))) for seed in range(1000)]
+    ids = [id for id, _ in items]
+    if name in _SQLITE_ONLY:
+        if backend != "sqlite":
+            raise SystemExit(f"{name} runs with --backend sqlite")
+        await baseline.start()
+        await baseline.save_many(items)
+    storage = await runtime.get_backend(StorageURL.parse(url))
+    keys = [(reference.id, reference.class_name) for reference in references]
+
+    class RowsAsTheyCome:
+        """The plain model's name, for the baseline's class filter, and no validation: what its
+        `load_many` gives back is then its fetch alone."""
+
+        @staticmethod
+        def model_validate_json(data: str) -> str:
+            return data
+
+    RowsAsTheyCome.__name__ = models.plain_flat10.__name__
     operations: dict[str, Callable[[], Awaitable[object]]] = {
         "load": lambda: flat10.load(reference),
         "load_many": lambda: flat10.load_many(references),
@@ -76,6 +100,9 @@ async def _operation(name: str, backend: str, directory: str) -> Callable[[], Aw
         "new_save_many": lambda: flat10.save_many([flat10(**row) for row in rows]),
         "save_many": lambda: flat10.save_many(batch),
         "baseline_save_many": lambda: baseline.save_many(items),
+        "baseline_load_many": lambda: baseline.load_many(ids, models.plain_flat10),
+        "baseline_fetch_many": lambda: baseline.load_many(ids, RowsAsTheyCome),  # type: ignore[type-var]
+        "records_load_many": lambda: storage.load_records(keys),
     }
     call = operations[name]
     for _ in range(5):  # warm: validators built, caches filled
