@@ -15,8 +15,9 @@ models of 10 fields and `save_many` of them), save_many (1,000 records of 10 fie
 again each call), and baseline_save_many (the hand-written `save_many` of baselines.py on the
 same records; `--backend sqlite` only), baseline_load_many (the hand-written `load_many`, with
 validation), baseline_fetch_many (the hand-written `load_many`'s fetch alone: its rows, not
-validated) and records_load_many (the backend layer alone: `load_records` of the same 1,000
-keys); the last three compare the backend's fetch with code a user writes (`--backend sqlite`).
+validated), records_load_many (the backend layer alone: `load_records` of the same 1,000 keys)
+and records_save_many (the backend layer alone: `save_records` of 1,000 ten-field records); the
+last four compare the backend with code a user writes (`--backend sqlite`).
 
 `--backend sqlite` runs against a SQLite file in a temporary directory instead of memory://: the
 count then includes the writer thread's work (sqlite3's parameter binding, SQLite itself), since
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
 
@@ -42,6 +44,7 @@ from baselines import SQLiteBaseline
 from bench_models import FLAT10, model_set, values_for
 
 from pydantic_toast import runtime
+from pydantic_toast.backends.base import StoredRecord
 from pydantic_toast.url import StorageURL
 
 OPERATIONS = (
@@ -55,8 +58,15 @@ OPERATIONS = (
     "baseline_load_many",
     "baseline_fetch_many",
     "records_load_many",
+    "records_save_many",
 )
-_SQLITE_ONLY = ("baseline_save_many", "baseline_load_many", "baseline_fetch_many", "records_load_many")
+_SQLITE_ONLY = (
+    "baseline_save_many",
+    "baseline_load_many",
+    "baseline_fetch_many",
+    "records_load_many",
+    "records_save_many",
+)
 BACKENDS = ("memory", "sqlite")
 
 
@@ -81,6 +91,10 @@ async def _operation(name: str, backend: str, directory: str) -> Callable[[], Aw
         await baseline.save_many(items)
     storage = await runtime.get_backend(StorageURL.parse(url))
     keys = [(reference.id, reference.class_name) for reference in references]
+    now = datetime.now(UTC)
+    records = [
+        StoredRecord(id, "PlainRecord", model.model_dump_json().encode(), 1, now, now) for id, model in items
+    ]
 
     class RowsAsTheyCome:
         """The plain model's name, for the baseline's class filter, and no validation: what its
@@ -103,6 +117,7 @@ async def _operation(name: str, backend: str, directory: str) -> Callable[[], Aw
         "baseline_load_many": lambda: baseline.load_many(ids, models.plain_flat10),
         "baseline_fetch_many": lambda: baseline.load_many(ids, RowsAsTheyCome),  # type: ignore[type-var]
         "records_load_many": lambda: storage.load_records(keys),
+        "records_save_many": lambda: storage.save_records(records),
     }
     call = operations[name]
     for _ in range(5):  # warm: validators built, caches filled
