@@ -16,16 +16,16 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
 from uuid import UUID, uuid4
 
 import pytest
 
-from pydantic_toast.backends.base import StoredRecord
+from pydantic_toast.backends.base import StoredRecord, format_timestamp
 from pydantic_toast.backends.sqlite import _BATCH_ID_TEXTS, SQLiteBackend, _id_array, _id_texts
-from pydantic_toast.exceptions import StorageConnectionError
+from pydantic_toast.exceptions import StorageConnectionError, StorageValidationError
 
 
 def _record(id: UUID, moment: datetime) -> StoredRecord:
@@ -56,6 +56,90 @@ async def test_batches_either_side_of_the_id_threshold_store_the_same_ids(tmp_pa
         assert _stored_ids(tmp_path / "toast.db") == {str(id) for id in ids}
         loaded = await backend.load_records([(id, "Thing") for id in ids])
         assert [record.id if record else None for record in loaded] == ids
+    finally:
+        await backend.disconnect()
+
+
+def _stored_rows(path: Path) -> dict[str, tuple[object, ...]]:
+    with closing(sqlite3.connect(path)) as connection:
+        return {
+            row[0]: row[1:]
+            for row in connection.execute(
+                "SELECT id, class_name, data, typeof(data), schema_version, created_at, updated_at, "
+                "expires_at, encoding, revision FROM external_models"
+            )
+        }
+
+
+def _expected_row(record: StoredRecord) -> tuple[object, ...]:
+    as_text = record.encoding == "json"
+    return (
+        record.class_name,
+        record.payload.decode() if as_text else record.payload,
+        "text" if as_text else "blob",
+        record.schema_version,
+        format_timestamp(record.created_at),
+        format_timestamp(record.updated_at),
+        None if record.expires_at is None else format_timestamp(record.expires_at),
+        record.encoding,
+        record.revision,
+    )
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 300, 1000])
+async def test_batch_saves_store_each_value_whether_the_batch_shares_it_or_not(
+    tmp_path: Path, count: int
+) -> None:
+    """Values every record shares are bound once per statement, the others per row; batches are
+    cut into statements of a power of two rows: every row holds what its record said."""
+    path = tmp_path / "toast.db"
+    backend = SQLiteBackend(f"sqlite:///{path}")
+    await backend.connect()
+    try:
+        now = datetime.now(UTC)
+        alike = [StoredRecord(uuid4(), "Thing", b'{"n":%d}' % n, 3, now, now) for n in range(count)]
+        later = now + timedelta(days=1)
+        unlike = [
+            StoredRecord(
+                uuid4(),
+                f"Kind{n % 3}",
+                b'{"n":%d}' % n if n % 2 else b"\x00\xff%d" % n,
+                1 + n % 4,
+                now - timedelta(seconds=n % 5),
+                now + timedelta(microseconds=n % 7),
+                None if n % 3 else later + timedelta(seconds=n),
+                "json" if n % 2 else "zstd",
+                None if n % 4 else n,
+            )
+            for n in range(count)
+        ]
+        expiring = [
+            StoredRecord(uuid4(), "Thing", b"{}", 1, now, now, later, "json", 5) for _ in range(count)
+        ]
+        for batch in (alike, unlike, expiring):
+            await backend.save_records(batch)
+            await backend.save_records(batch)  # again: every row an update
+        rows = _stored_rows(path)
+        for record in alike + unlike + expiring:
+            assert rows[str(record.id)] == _expected_row(record)
+        assert len(rows) == 3 * count
+    finally:
+        await backend.disconnect()
+
+
+async def test_a_refused_record_in_a_later_statement_of_a_batch_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "toast.db"
+    backend = SQLiteBackend(f"sqlite:///{path}")
+    await backend.connect()
+    try:
+        now = datetime.now(UTC)
+        owned = StoredRecord(uuid4(), "Owner", b"{}", 1, now, now)
+        await backend.save_records([owned])
+        batch = [_record(uuid4(), now) for _ in range(700)]
+        batch[600] = StoredRecord(owned.id, "Thing", b"{}", 1, now, now)
+        with pytest.raises(StorageValidationError, match="Owner"):
+            await backend.save_records(batch)
+        assert _stored_ids(path) == {str(owned.id)}
     finally:
         await backend.disconnect()
 
