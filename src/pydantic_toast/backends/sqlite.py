@@ -71,9 +71,9 @@ _COLUMNS = (
     "CASE typeof(data) WHEN 'text' THEN NULL ELSE encoding END, revision"
 )
 # What a load reads: the payload, schema version, timestamps, and encoding and revision as one
-# value (`_encoding_and_revision`). Each column of a row costs sqlite3 and SQLite ~1,000
-# instructions (sqlite3 of Python 3.11 releases and takes the GIL for each), more than any Python
-# step of a row: so no class name (the caller's), no expiry (the contract lets a loaded record
+# value (`_encoding_and_revision`). Each column of a row costs sqlite3 and SQLite ~700-1,200
+# instructions (measured: its type, value and Python object, a GIL release in between), more than
+# any Python step of a row: so no class name (the caller's), no expiry (the contract lets a loaded record
 # carry None there; the library never reads it), and the rarely set encoding and revision share a
 # column that is NULL for a JSON record without a revision.
 # A JSON record's TEXT comes as its UTF-8 bytes, the payload itself, rather than as a str encoded
@@ -290,9 +290,9 @@ class SQLiteBackend(RecordStorageBackend):
         inside sqlite3 and SQLite. A value every record of the batch shares (its class, schema
         version, timestamps, encoding: one `now` and one class per write) is bound once, as a
         numbered parameter each row names (`?3`), and only the id and payload are bound per row:
-        each bound value costs sqlite3 and SQLite ~400 instructions (measured, 1,000 records:
-        17.0 M -> 11.2 M in a bare loop). A shared None is the literal NULL, not a bound None: sqlite3 binds None
-        through its adapter lookup, which raises and discards two AttributeErrors per value.
+        each bound value costs sqlite3 and SQLite ~400 instructions (measured, 1,000 records in a
+        bare loop: 17.0 M -> 11.2 M). A shared None is the literal NULL, not a bound None: sqlite3
+        binds None through its adapter lookup, which raises and discards two AttributeErrors.
         """
         count = len(records)
         if count == 1:
