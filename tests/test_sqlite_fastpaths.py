@@ -24,7 +24,14 @@ from uuid import UUID, uuid4
 import pytest
 
 from pydantic_toast.backends.base import StoredRecord, format_timestamp
-from pydantic_toast.backends.sqlite import _BATCH_ID_TEXTS, SQLiteBackend, _id_array, _id_texts
+from pydantic_toast.backends.sqlite import (
+    _BATCH_ID_TEXTS,
+    _MOMENTS_KEPT,
+    SQLiteBackend,
+    _id_array,
+    _id_texts,
+    _Moments,
+)
 from pydantic_toast.exceptions import StorageConnectionError, StorageValidationError
 
 
@@ -43,6 +50,20 @@ def test_batch_id_texts_are_the_ids_str() -> None:
         assert _id_texts(ids) == [str(id) for id in ids]
         assert json.loads(_id_array(ids)) == [str(id) for id in ids]
         assert _id_array(ids) == json.dumps([str(id) for id in ids], separators=(",", ":"))
+
+
+def test_the_timestamp_converter_parses_like_parse_timestamp_and_stays_small() -> None:
+    moments = _Moments()
+    start = datetime(2024, 5, 1, tzinfo=UTC)
+    for step in range(2 * _MOMENTS_KEPT + 3):
+        moment = start + timedelta(microseconds=step)
+        text = format_timestamp(moment).encode()
+        assert moments[text] == moment
+        assert moments[text] is moments[text]  # the second look is a hit
+        assert len(moments) <= _MOMENTS_KEPT
+    # Texts of earlier versions or other writers parse as parse_timestamp reads them.
+    assert moments[b"2024-05-01T00:00:00+00:00"] == start
+    assert moments[b"2024-05-01T00:00:00"] == start
 
 
 @pytest.mark.parametrize("count", [1, _BATCH_ID_TEXTS - 1, _BATCH_ID_TEXTS, 2 * _BATCH_ID_TEXTS])
