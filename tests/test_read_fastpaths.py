@@ -259,10 +259,13 @@ async def test_load_many_refuses_another_class_and_keeps_stored_values_out(
         await models.child.load_many([good, {"class_name": "Parent", "id": str(good.id)}])
 
 
-@pytest.mark.parametrize("write_back", [False, True])
-async def test_old_children_read_by_the_reader_are_upgraded_and_written_back_as_before(
-    sqlite_url: str, write_back: bool
-) -> None:
+async def _owner_of_an_old_and_a_current_pet(
+    sqlite_url: str, write_back: bool, *, repeat_old: bool
+) -> tuple[Any, UUID, UUID]:
+    """An Owner class and a stored owner of two pets: one stored at version 1 (upgraded when
+    read), one at the current version 2; `repeat_old` lists the old one a second time, last.
+    Returns the class, the old pet's id and the owner's id."""
+
     class Pet(ExternalBaseModel):
         model_config = ExternalConfigDict(storage=sqlite_url, schema_version=2, upgrade_write_back=write_back)
         full_name: str
@@ -278,12 +281,22 @@ async def test_old_children_read_by_the_reader_are_upgraded_and_written_back_as_
 
     old = await store_raw(sqlite_url, "Pet", {"name": "Rex"}, version=1)
     current = await Pet(full_name="Tom").save()
-    pets = [{"class_name": "Pet", "id": str(old)}, {"class_name": "Pet", "id": str(current.id)}]
-    owner = await store_raw(sqlite_url, "Owner", {"pets": pets})
-    assert stored_reader(Owner) is not None
+    ids = [old, current.id, old] if repeat_old else [old, current.id]
+    pets = [{"class_name": "Pet", "id": str(i)} for i in ids]
+    return Owner, old, await store_raw(sqlite_url, "Owner", {"pets": pets})
+
+
+@pytest.mark.parametrize("write_back", [False, True])
+async def test_old_children_read_by_the_reader_are_upgraded_and_written_back_as_before(
+    sqlite_url: str, write_back: bool
+) -> None:
+    owner_class, old, owner = await _owner_of_an_old_and_a_current_pet(
+        sqlite_url, write_back, repeat_old=False
+    )
+    assert stored_reader(owner_class) is not None
 
     with hook_calls() as calls:
-        loaded = await Owner.load(owner)
+        loaded = await owner_class.load(owner)
 
     assert calls == []
     assert [pet.full_name for pet in loaded.pets] == ["Rex", "Tom"]
@@ -454,26 +467,12 @@ async def test_a_child_that_does_not_validate_fails_as_before(one_class: OneClas
 async def test_old_children_of_a_batch_are_upgraded_and_written_back_once(
     sqlite_url: str, write_back: bool
 ) -> None:
-    class Pet(ExternalBaseModel):
-        model_config = ExternalConfigDict(storage=sqlite_url, schema_version=2, upgrade_write_back=write_back)
-        full_name: str
-
-        @upgrade(from_version=1)
-        def _rename(data: dict[str, Any]) -> dict[str, Any]:
-            data["full_name"] = data.pop("name")
-            return data
-
-    class Owner(ExternalBaseModel):
-        model_config = ExternalConfigDict(storage=sqlite_url)
-        pets: list[Pet]
-
-    old = await store_raw(sqlite_url, "Pet", {"name": "Rex"}, version=1)
-    current = await Pet(full_name="Tom").save()
-    pets = [{"class_name": "Pet", "id": str(i)} for i in (old, current.id, old)]
-    owner = await store_raw(sqlite_url, "Owner", {"pets": pets})
+    owner_class, old, owner = await _owner_of_an_old_and_a_current_pet(
+        sqlite_url, write_back, repeat_old=True
+    )
 
     with batch_outcomes() as outcomes:
-        loaded = await Owner.load(owner)
+        loaded = await owner_class.load(owner)
 
     assert outcomes == {"want": [True], "fill": [True]}
     assert [pet.full_name for pet in loaded.pets] == ["Rex", "Tom", "Rex"]
