@@ -48,9 +48,10 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 from baselines import PostgresBaseline, SQLiteBaseline
@@ -103,7 +104,7 @@ POSTGRESQL_URL = os.environ.get("TOAST_TEST_POSTGRES_URL", "postgresql://postgre
 
 
 async def _operation(
-    name: str, backend: str, directory: str, cleanup: list[Callable[[], Awaitable[object]]]
+    name: str, backend: str, directory: str, cleanup: list[Callable[[], Coroutine[Any, Any, object]]]
 ) -> Callable[[], Awaitable[object]]:
     if backend == "postgresql":
         return await _postgresql_operation(name, cleanup)
@@ -178,7 +179,7 @@ async def _operation(
 
 
 async def _postgresql_operation(
-    name: str, cleanup: list[Callable[[], Awaitable[object]]]
+    name: str, cleanup: list[Callable[[], Coroutine[Any, Any, object]]]
 ) -> Callable[[], Awaitable[object]]:
     table = f"count_{uuid4().hex[:12]}"
     url = f"{POSTGRESQL_URL}{'&' if '?' in POSTGRESQL_URL else '?'}table={table}"
@@ -262,7 +263,7 @@ async def _drop_redis_keys() -> None:
 
 def measured(name: str, calls: int, no_gc: bool, backend: str) -> None:
     """Run under callgrind: `calls` operations inside one functools.reduce call."""
-    cleanup: list[Callable[[], Awaitable[object]]] = []
+    cleanup: list[Callable[[], Coroutine[Any, Any, object]]] = []
     with asyncio.Runner() as runner, tempfile.TemporaryDirectory() as directory:
         try:
             call = runner.run(_operation(name, backend, directory, cleanup))
