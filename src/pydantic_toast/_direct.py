@@ -41,14 +41,15 @@ _clients: dict[str, DirectRedis | None] = {}
 
 def redis_client(url: StorageURL, in_io_thread: bool) -> DirectRedis | None:
     """The sync client serving `url` in this thread, or None when the call takes the I/O thread."""
-    if in_io_thread or observability.enabled():
-        return None
+    # The URL first: every sync call of every backend asks, and most URLs have no client.
     try:
         client = _clients[url.raw]
     except KeyError:
-        return _client_for(url)
+        client = _client_for(url)
+    if client is None or in_io_thread or observability.enabled():
+        return None
     # Registered over the built-in backend since: that backend serves the scheme now.
-    if client is not None and registered_backends.get(url.scheme) is not client.serves:
+    if registered_backends.get(url.scheme) is not client.serves:
         return None
     return client
 
