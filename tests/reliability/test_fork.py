@@ -327,7 +327,7 @@ def test_every_threading_lock_of_the_library_is_fork_safe() -> None:
 # A parent thread is writing a blob when the process forks; the child puts the same bytes. The
 # writer does not exist in the child: waiting for it stalled the child for a minute.
 BLOB_WRITER_LOST_TO_FORK = """
-    import asyncio, os, threading, time
+    import asyncio, base64, os, threading, time
     from typing import Any
     from uuid import UUID
     from pydantic_toast import StorageBackend, register_backend
@@ -342,8 +342,8 @@ BLOB_WRITER_LOST_TO_FORK = """
         async def connect(self) -> None: ...
         async def disconnect(self) -> None: ...
         async def save(self, id: UUID, class_name: str, data: dict[str, Any]) -> None:
-            # The parent's write of the contested bytes waits until the child is done.
-            if os.getpid() == parent and "same bytes" in repr(data):
+            # The parent's write of the contested bytes (base64 in the envelope) waits for the child.
+            if os.getpid() == parent and base64.b64encode(b"same bytes").decode() in repr(data):
                 await asyncio.get_running_loop().run_in_executor(None, release.wait)
             self.records[(id, class_name)] = data
         async def load(self, id: UUID, class_name: str) -> dict[str, Any] | None:
