@@ -225,9 +225,13 @@ SQLITE_FORK_WHILE_WRITING = """
 
     path, children = sys.argv[1], int(sys.argv[2])
 
+    # Three writers in the parent and the child contend for SQLite's one write lock: on a loaded
+    # machine a write waits over a second for it (the slow-operation warnings say so), which is
+    # the likely reason a child failed once with a 2 s busy_timeout. A lock a fork left held still fails
+    # every child: 40 of them waiting 10 s each overrun the test's limit.
     class M(ExternalBaseModel):
         x: int
-        model_config = ExternalConfigDict(storage=f"sqlite:///{path}?busy_timeout=2", timeout=20)
+        model_config = ExternalConfigDict(storage=f"sqlite:///{path}?busy_timeout=10", timeout=20)
 
     stop = threading.Event()
 
